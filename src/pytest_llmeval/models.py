@@ -1,0 +1,168 @@
+"""Calling models: every call goes through litellm, behind the exact response cache.
+
+A provider failure is a :class:`ModelCallError` (an ``error`` outcome, never a model ``failure``);
+a model that cannot be used at all (unknown provider, missing API key) is found once per run by
+:meth:`ModelRunner.check_model`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pytest_llmeval.cache import ResponseCache, cache_key
+from pytest_llmeval.settings import Settings
+
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Remove the values of secret-looking environment variables from a message."""
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
+class ModelCallError(Exception):
+    """A model call failed for reasons outside the model's answer (provider, network, cache replay)."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(message)
+        self.model = model
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer and what it cost."""
+
+    text: str
+    model: str  # as the user named it (maybe an alias)
+    resolved_model: str  # what litellm was called with
+    latency_s: float  # of the original call, also when served from the cache
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    cached: bool = False
+
+
+_litellm_lock = threading.Lock()
+_litellm: Any = None
+
+
+def get_litellm() -> Any:
+    """Import and configure litellm once per process (heavy: ~3 s, so only when a model is called)."""
+    global _litellm
+    with _litellm_lock:
+        if _litellm is None:
+            # Offline, litellm would retry downloading its cost map for seconds on import.
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            import litellm
+
+            litellm.suppress_debug_info = True  # no "Provider List: ..." banners in test output
+            litellm.telemetry = False
+            litellm.drop_params = True  # a sampling param a provider lacks is dropped, not fatal
+            from pytest_llmeval import local
+
+            local.register()
+            _litellm = litellm
+    return _litellm
+
+
+def is_local(model: str) -> bool:
+    return model.startswith("local/")
+
+
+class ModelRunner:
+    """Per-process model access: config checks, the cache, and litellm calls."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache = ResponseCache(settings.cache_dir) if settings.cache_mode != "off" else None
+        self._checked: dict[str, str | None] = {}
+
+    def check_model(self, model: str) -> str | None:
+        """Why ``model`` cannot be used in this run (missing key, unknown provider), or None."""
+        if model not in self._checked:
+            self._checked[model] = self._check(model)
+        return self._checked[model]
+
+    def _check(self, model: str) -> str | None:
+        resolved = self.settings.resolve_model(model)
+        if is_local(resolved):
+            from pytest_llmeval.local import LocalModelError, resolve_local_model
+
+            try:
+                resolve_local_model(resolved[len("local/"):])
+            except LocalModelError as exc:
+                return str(exc)
+            return None
+        if self.settings.cache_mode == "replay":
+            return None  # replay never calls the provider: no key needed
+        litellm = get_litellm()
+        shown = model if resolved == model else f"{model} (= {resolved})"
+        try:
+            litellm.get_llm_provider(resolved)
+        except Exception:
+            return (f"--llm={shown}: unknown provider; use a litellm model name such as openai/gpt-4o-mini "
+                    "or groq/llama3-70b-8192, an alias from llmeval_aliases, or local/smollm2")
+        env = litellm.validate_environment(resolved)
+        missing = env.get("missing_keys") or []
+        if missing and not env.get("keys_in_environment"):
+            return (f"--llm={shown}: {', '.join(missing)} is not set; export it, or run offline with "
+                    "--llm=local/smollm2")
+        return None
+
+    def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
+                 sample: int = 0) -> Completion:
+        """Answer ``messages`` with ``model``, through the cache. Raises ModelCallError on failure."""
+        params = dict(params or {})
+        resolved = self.settings.resolve_model(model)
+        api_base = None if is_local(resolved) else self.settings.api_base
+        key = cache_key(model=resolved, api_base=api_base, params=params, messages=messages, sample=sample)
+        mode = self.settings.cache_mode
+        if self.cache is not None and mode in ("on", "replay"):
+            hit = self.cache.get(key)
+            if hit is not None:
+                return Completion(**{**hit, "model": model, "cached": True})
+        if mode == "replay":
+            raise ModelCallError(model, "--llm-cache=replay: no cached answer for this request; "
+                                        "record it first with --llm-cache=on")
+        litellm = get_litellm()
+        kwargs: dict[str, Any] = {"timeout": self.settings.timeout, "num_retries": self.settings.retries}
+        if api_base:
+            kwargs["api_base"] = api_base
+        start = time.perf_counter()
+        try:
+            response = litellm.completion(model=resolved, messages=messages, **kwargs, **params)
+            text = response.choices[0].message.content or ""
+        except Exception as exc:  # every provider failure is an error outcome, whatever its class
+            raise ModelCallError(model, redact(f"{type(exc).__name__}: {exc}")) from None
+        latency = time.perf_counter() - start
+        usage = getattr(response, "usage", None)
+        try:
+            cost = float(litellm.completion_cost(completion_response=response))
+        except Exception:
+            cost = None  # unknown price (local model, unlisted model): not zero, just unknown
+        if is_local(resolved):
+            cost = 0.0
+        completion = Completion(
+            text=text, model=model, resolved_model=resolved, latency_s=latency,
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
+            cost_usd=cost,
+        )
+        if self.cache is not None and mode in ("on", "refresh"):
+            stored = asdict(completion)
+            del stored["model"], stored["cached"]
+            self.cache.set(key, stored)
+        return completion
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()

@@ -1,0 +1,121 @@
+"""The pytest11 entry point: options, ini keys, markers and fixtures. Run state lives in session.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pytest_llmeval.settings import HELP
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_llmeval import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmeval", "LLM regression testing (pytest-llmeval)")
+    group.addoption("--llm", action="append", dest="llm_models", metavar="MODEL", default=None,
+                    help=HELP["models"])
+    group.addoption("--llm-cache", dest="llm_cache", metavar="MODE", default=None, help=HELP["cache"])
+    group.addoption("--llm-cache-dir", dest="llm_cache_dir", metavar="DIR", default=None,
+                    help=HELP["cache_dir"])
+    group.addoption("--llm-results", dest="llm_results", metavar="PATH", default=None, help=HELP["results"])
+    group.addoption("--llm-api-base", dest="llm_api_base", metavar="URL", default=None, help=HELP["api_base"])
+    group.addoption("--llm-timeout", dest="llm_timeout", metavar="SECONDS", default=None,
+                    help=HELP["timeout"])
+    group.addoption("--llm-retries", dest="llm_retries", metavar="N", default=None, help=HELP["retries"])
+
+    parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
+    parser.addini("llmeval_cache", default="", help=HELP["cache"])
+    parser.addini("llmeval_cache_dir", default="", help=HELP["cache_dir"])
+    parser.addini("llmeval_results", default="", help=HELP["results"])
+    parser.addini("llmeval_api_base", default="", help=HELP["api_base"])
+    parser.addini("llmeval_timeout", default="", help=HELP["timeout"])
+    parser.addini("llmeval_retries", default="", help=HELP["retries"])
+    parser.addini("llmeval_cases", type="linelist", default=["cases"], help=HELP["cases"])
+    parser.addini("llmeval_aliases", type="linelist", default=[], help=HELP["aliases"])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "llmeval: an item graded by pytest-llmeval (added automatically)")
+    config.addinivalue_line(
+        "markers",
+        "llm_case(suite=None, tags=()): count this hand-written test in the llmeval aggregates under "
+        "`suite` (default: the module name)",
+    )
+    from pytest_llmeval import builtin_checks
+    from pytest_llmeval.session import STATE, LLMEvalSession
+
+    config.pluginmanager.register(builtin_checks, "llmeval-builtin-checks")
+    state = LLMEvalSession(config)
+    config.stash[STATE] = state
+    config.pluginmanager.register(state, "llmeval-session")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from pytest_llmeval.session import STATE
+
+    state = config.stash.get(STATE, None)
+    if state is not None:
+        config.pluginmanager.unregister(state)
+        del config.stash[STATE]
+
+
+class LLM:
+    """The model under test, for hand-written tests: ``llm("What is 2+2?")`` returns the answer text.
+
+    Calls go through the response cache and are counted in the test's CaseResult.
+    """
+
+    def __init__(self, model: str, complete: Callable[..., Any], record: Callable[[Any], None]) -> None:
+        self.model = model
+        self._complete = complete
+        self._record = record
+
+    def complete(self, prompt: str | list[dict[str, Any]], *, system: str | None = None,
+                 sample: int = 0, **params: Any) -> Any:
+        """Answer a prompt (or a full message list); returns a Completion (text, tokens, latency...)."""
+        if isinstance(prompt, str):
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}]
+        else:
+            messages = list(prompt)
+        completion = self._complete(self.model, messages, params, sample=sample)
+        self._record(completion)
+        return completion
+
+    def __call__(self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any) -> str:
+        return str(self.complete(prompt, system=system, **params).text)
+
+    def __repr__(self) -> str:
+        return f"<LLM {self.model}>"
+
+
+@pytest.fixture
+def llm_model(request: pytest.FixtureRequest) -> str:
+    """The name of the model under test (one per --llm; tests using `llm` are parametrized over them)."""
+    from pytest_llmeval.session import STATE
+
+    return str(getattr(request, "param", request.config.stash[STATE].settings.models[0]))
+
+
+@pytest.fixture
+def llm(request: pytest.FixtureRequest, llm_model: str) -> LLM:
+    """Call the model under test: ``llm(prompt, system=None, **params) -> str``.
+
+    A provider failure raises ModelCallError and is recorded as an ``error`` outcome in the aggregates.
+    """
+    from pytest_llmeval.session import CALLS, STATE
+
+    state = request.config.stash[STATE]
+    problem = state.unusable.get(llm_model)
+    if problem:
+        from pytest_llmeval.collect import ModelUnusable
+
+        raise ModelUnusable(problem)
+    calls = request.node.stash.setdefault(CALLS, [])
+    return LLM(llm_model, state.runner.complete, calls.append)

@@ -1,0 +1,220 @@
+"""Run state: one plugin object per process, registered in ``pytest_configure``.
+
+It resolves the settings, owns the check registry and the model runner, turns every item's outcome into
+a CaseResult on its report, and, on the controller (or a plain run), aggregates the results, prints the
+summary table and writes results.json. The code path is the same with and without xdist: per-case data
+rides on the test report, which xdist serialises to the controller.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmeval import settings as settings_mod
+from pytest_llmeval.cases import referenced_datasets
+from pytest_llmeval.checks import CheckRegistry
+from pytest_llmeval.collect import CaseFile, CaseItem, InvalidCaseItem, ModelUnusable
+from pytest_llmeval.models import Completion, ModelCallError, ModelRunner
+from pytest_llmeval.results import CaseResult, build_results, write_results
+
+STATE = pytest.StashKey["LLMEvalSession"]()
+CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm` fixture, per item
+CASE_SUFFIXES = (".yaml", ".yml", ".jsonl")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytest-llmeval")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+class LLMEvalSession:
+    """The plugin object holding this process's run state."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.settings = settings_mod.resolve(config)
+        self.registry = CheckRegistry()
+        config.hook.pytest_llmeval_register_checks(register=self.registry.register)
+        self.runner = ModelRunner(self.settings)
+        self.is_worker = hasattr(config, "workerinput")
+        self.results: list[CaseResult] = []
+        self.invalid: list[dict[str, Any]] = []
+        self.unusable: dict[str, str] = {}  # model -> why it cannot be used (xdist workers)
+        self._datasets: set[Path] | None = None
+
+    # ------------------------------------------------------------------------------------ collection
+
+    def _in_case_dirs(self, path: Path) -> bool:
+        return any(path.is_relative_to(d) for d in self.settings.case_dirs)
+
+    def _referenced_datasets(self) -> set[Path]:
+        if self._datasets is None:
+            suites = [p for d in self.settings.case_dirs if d.is_dir()
+                      for p in sorted(d.rglob("*")) if p.suffix in (".yaml", ".yml")]
+            self._datasets = referenced_datasets(suites, self.registry)
+        return self._datasets
+
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        if file_path.suffix not in CASE_SUFFIXES:
+            return None
+        if not (self._in_case_dirs(file_path) or parent.session.isinitpath(file_path)):
+            return None
+        if file_path.suffix == ".jsonl" and file_path.resolve() in self._referenced_datasets():
+            return None  # a suite's dataset, collected through that suite
+        return CaseFile.from_parent(parent, path=file_path)
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        # Hand-written tests using the `llm` fixture run once per model under test, like case items.
+        if "llm_model" in metafunc.fixturenames and not any(
+            "llm_model" in c.params for c in getattr(metafunc, "_calls", [])
+        ):
+            models = list(self.settings.models)
+            metafunc.parametrize("llm_model", models, indirect=True, ids=models)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
+                                      items: list[pytest.Item]) -> None:
+        """Check once, before anything runs, that every model the selected items need can be used."""
+        needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m})
+        problems = {m: p for m in needed if (p := self.runner.check_model(m))}
+        if not problems:
+            return
+        if self.is_worker:
+            # A worker cannot stop the run cleanly: its items error fast with the message instead.
+            self.unusable.update(problems)
+            return
+        raise pytest.UsageError("\n".join(problems.values()))
+
+    # ------------------------------------------------------------------------------------ reporting
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]
+                                  ) -> Iterator[None] | Any:
+        report = yield
+        final = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+        if not final:
+            return report
+        if isinstance(item, InvalidCaseItem):
+            root = self.config.rootpath
+            report.llmeval_invalid = [e.to_dict(root) for e in item.errors]
+            return report
+        result = self._result_for(item, report, call)
+        if result is not None:
+            data = result.to_dict()
+            report.llmeval = data
+            props = [("llmeval_suite", result.suite), ("llmeval_case", result.case_id),
+                     ("llmeval_model", result.model), ("llmeval_outcome", result.outcome),
+                     ("llmeval_score", "" if result.score is None else f"{result.score:.4f}"),
+                     ("llmeval_latency_s", "" if result.latency_s is None else f"{result.latency_s:.3f}"),
+                     ("llmeval_cached", str(bool(result.cached)).lower())]
+            item.user_properties.extend(props)
+            report.user_properties.extend(props)
+        return report
+
+    def _result_for(self, item: pytest.Item, report: pytest.TestReport,
+                    call: pytest.CallInfo[None]) -> CaseResult | None:
+        excinfo = call.excinfo
+        error = excinfo is not None and isinstance(excinfo.value, ModelCallError | ModelUnusable)
+        if report.skipped:
+            outcome = "skipped"
+            message = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else None
+        elif report.passed:
+            outcome, message = "passed", None
+        elif error or report.when == "setup":
+            outcome = "error"
+            message = str(excinfo.value) if excinfo else None
+        else:
+            outcome, message = "failed", None
+        if isinstance(item, CaseItem):
+            return item.result(outcome, message)
+        return _hand_written_result(item, outcome, message, self.settings.models)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "llmeval", None)
+        if data:
+            self.results.append(CaseResult.from_dict(data))
+        invalid = getattr(report, "llmeval_invalid", None)
+        if invalid:
+            self.invalid.extend(invalid)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.runner.close()
+        if self.is_worker or not (self.results or self.invalid):
+            return
+        workers = getattr(self.config.option, "numprocesses", None) or 0
+        doc = build_results(self.results, models=list(self.settings.models), cache_mode=self.settings.cache_mode,
+                            exit_status=int(exitstatus), invalid=self.invalid, workers=int(workers),
+                            version=_version())
+        write_results(self.settings.results_path, doc)
+        self._written = doc
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        doc = getattr(self, "_written", None)
+        if self.is_worker or doc is None:
+            return
+        from pytest_llmeval.report import summary_lines
+
+        tr = terminalreporter
+        tr.write_sep("=", "llmeval summary")
+        for line in summary_lines(doc):
+            tr.write_line(line)
+        unusable = Counter(r.message for r in self.results
+                           if r.outcome == "error" and r.message and r.message.startswith("--llm="))
+        for message, n in unusable.items():
+            tr.write_line(f"ERROR: {n} case(s) could not run: {message}", red=True)
+        try:
+            shown = self.settings.results_path.relative_to(Path(os.getcwd()))
+        except ValueError:
+            shown = self.settings.results_path
+        tr.write_line(f"results: {shown}")
+
+
+def _item_model(item: pytest.Item, models: tuple[str, ...]) -> str | None:
+    if isinstance(item, CaseItem):
+        pending = any(c.definition and c.definition.grade is None for c in item.case.checks)
+        return None if pending else item.model
+    if "llm_model" in getattr(item, "fixturenames", ()):
+        callspec = getattr(item, "callspec", None)
+        return callspec.params.get("llm_model", models[0]) if callspec else models[0]
+    return None
+
+
+def _hand_written_result(item: pytest.Item, outcome: str, message: str | None,
+                         models: tuple[str, ...]) -> CaseResult | None:
+    """A CaseResult for a plain test that uses the `llm` fixture or carries the `llm_case` marker."""
+    marker = item.get_closest_marker("llm_case")
+    model = _item_model(item, models)
+    if marker is None and model is None:
+        return None
+    calls = item.stash.get(CALLS, [])
+    suite = marker.kwargs.get("suite") if marker else None
+    if not suite:
+        module = getattr(item, "module", None)
+        suite = module.__name__.rpartition(".")[2] if module else item.path.stem
+    tags = list(marker.kwargs.get("tags", [])) if marker else []
+    name = item.name.split("[", 1)[0]
+    latencies = [c.latency_s for c in calls]
+    last = calls[-1] if calls else None
+    costs = [c.cost_usd for c in calls if c.cost_usd is not None]
+    return CaseResult(
+        suite=str(suite), case_id=name, model=model or (last.model if last else models[0]), outcome=outcome,
+        kind="test", nodeid=item.nodeid, file=str(item.path.relative_to(item.config.rootpath))
+        if item.path.is_relative_to(item.config.rootpath) else str(item.path),
+        line=(item.reportinfo()[1] or 0) + 1, resolved_model=last.resolved_model if last else None,
+        score=(1.0 if outcome == "passed" else 0.0) if outcome in ("passed", "failed") else None,
+        answer=last.text if last else None, latency_s=sum(latencies) if calls else None,
+        prompt_tokens=sum(c.prompt_tokens or 0 for c in calls) if calls else None,
+        completion_tokens=sum(c.completion_tokens or 0 for c in calls) if calls else None,
+        cost_usd=sum(costs) if costs else None, cached=all(c.cached for c in calls) if calls else None,
+        calls=len(calls), tags=tags, message=message,
+    )

@@ -1,0 +1,164 @@
+"""One frozen Settings object, resolved once per process: command line > environment > ini > default.
+
+Every bad value is reported with where it came from, the way pytest-timeout does it
+("Invalid --llm-cache 'x' from environment variable LLMEVAL_CACHE: expected one of on, off, ...").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+DEFAULT_MODEL = "local/smollm2"
+CACHE_MODES = ("on", "off", "refresh", "replay")
+
+# Help texts shared by each option and its ini twin (pytest-timeout style).
+HELP = {
+    "models": "Model(s) under test, any litellm model name (e.g. openai/gpt-4o-mini, groq/llama3-70b) or "
+    "local/smollm2 (the embedded offline model) or local/<path to .gguf or HF model dir>. Repeat the "
+    f"option to run every case once per model. Env LLMEVAL_MODELS (comma separated). Default {DEFAULT_MODEL}.",
+    "cache": "Exact response cache: on (read and write), off (neither), refresh (call the model, overwrite "
+    "the cache), replay (never call a model: a miss is an error). Env LLMEVAL_CACHE. Default on.",
+    "cache_dir": "Directory of the response cache (diskcache), relative to the rootdir. "
+    "Env LLMEVAL_CACHE_DIR. Default .llmeval/cache.",
+    "results": "Where to write the aggregated results JSON, relative to the rootdir. "
+    "Env LLMEVAL_RESULTS. Default .llmeval/results.json.",
+    "api_base": "Base URL sent to litellm for every hosted model (an OpenAI-compatible server, a proxy). "
+    "Env LLMEVAL_API_BASE. Default: the provider's own.",
+    "timeout": "Seconds one model call may take before it is an error outcome. Env LLMEVAL_TIMEOUT. Default 120.",
+    "retries": "How often litellm retries a failed model call (rate limits, 5xx) before the case is an error. "
+    "Env LLMEVAL_RETRIES. Default 2.",
+    "cases": "Directories (relative to the rootdir) whose .yaml/.yml/.jsonl files are collected as case "
+    "suites. Default: cases.",
+    "aliases": "Model aliases, one per line: 'name = litellm-model', e.g. 'groq/llama3-70b = "
+    "groq/llama3-70b-8192'. --llm and case files may use the short name; results record both.",
+}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run-wide configuration; identical on the controller and on every xdist worker."""
+
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    aliases: dict[str, str] = field(default_factory=dict)
+    cache_mode: str = "on"
+    cache_dir: Path = Path(".llmeval/cache")
+    results_path: Path = Path(".llmeval/results.json")
+    api_base: str | None = None
+    timeout: float = 120.0
+    retries: int = 2
+    case_dirs: tuple[Path, ...] = (Path("cases"),)
+
+    def resolve_model(self, name: str) -> str:
+        """The litellm model name behind an alias (or the name itself)."""
+        return self.aliases.get(name, name)
+
+
+def _pick(
+    config: pytest.Config, option: str, flag: str, env: str, ini: str
+) -> tuple[Any, str] | tuple[None, None]:
+    """The first value set among command line, environment and ini, with a description of its source."""
+    value = config.getoption(option, None)
+    if value not in (None, [], ""):
+        return value, f"command line {flag}"
+    env_value = os.environ.get(env)
+    if env_value:
+        return env_value, f"environment variable {env}"
+    ini_value = config.getini(ini)
+    if ini_value not in (None, [], ""):
+        return ini_value, f"ini key {ini}"
+    return None, None
+
+
+def _convert(value: Any, source: str, name: str, convert: Callable[[Any], T], expected: str) -> T:
+    try:
+        return convert(value)
+    except (TypeError, ValueError):
+        raise pytest.UsageError(f"Invalid {name} {value!r} from {source}: expected {expected}.") from None
+
+
+def _split_models(value: Any) -> list[str]:
+    items: Sequence[str] = value if isinstance(value, list | tuple) else [value]
+    out: list[str] = []
+    for item in items:
+        out.extend(part.strip() for part in str(item).replace("\n", ",").split(",") if part.strip())
+    return out
+
+
+def _parse_aliases(lines: Sequence[str]) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, target = line.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise pytest.UsageError(
+                f"Invalid llmeval_aliases line {line!r} from ini file: expected 'name = litellm-model'."
+            )
+        aliases[name.strip()] = target.strip()
+    return aliases
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Resolve every setting once (cli > env > ini > default) and validate it."""
+    root = Path(config.rootpath)
+
+    models_raw, source = _pick(config, "llm_models", "--llm", "LLMEVAL_MODELS", "llmeval_models")
+    models = tuple(dict.fromkeys(_split_models(models_raw))) if models_raw else (DEFAULT_MODEL,)
+    if models_raw and not models:
+        raise pytest.UsageError(f"Invalid model list {models_raw!r} from {source}: expected model names.")
+
+    cache_raw, source = _pick(config, "llm_cache", "--llm-cache", "LLMEVAL_CACHE", "llmeval_cache")
+    cache_mode = str(cache_raw or "on").strip().lower()
+    if cache_mode not in CACHE_MODES:
+        raise pytest.UsageError(
+            f"Invalid --llm-cache {cache_raw!r} from {source}: expected one of {', '.join(CACHE_MODES)}."
+        )
+
+    def path_setting(option: str, flag: str, env: str, ini: str, default: str) -> Path:
+        raw, _ = _pick(config, option, flag, env, ini)
+        path = Path(str(raw)) if raw else Path(default)
+        return path if path.is_absolute() else root / path
+
+    cache_dir = path_setting("llm_cache_dir", "--llm-cache-dir", "LLMEVAL_CACHE_DIR", "llmeval_cache_dir",
+                             ".llmeval/cache")
+    results_path = path_setting("llm_results", "--llm-results", "LLMEVAL_RESULTS", "llmeval_results",
+                                ".llmeval/results.json")
+
+    api_base_raw, _ = _pick(config, "llm_api_base", "--llm-api-base", "LLMEVAL_API_BASE", "llmeval_api_base")
+
+    timeout_raw, source = _pick(config, "llm_timeout", "--llm-timeout", "LLMEVAL_TIMEOUT", "llmeval_timeout")
+    timeout = 120.0
+    if timeout_raw is not None:
+        timeout = _convert(timeout_raw, str(source), "timeout", float, "a number of seconds")
+        if timeout <= 0:
+            raise pytest.UsageError(f"Invalid timeout {timeout_raw!r} from {source}: expected a positive number.")
+
+    retries_raw, source = _pick(config, "llm_retries", "--llm-retries", "LLMEVAL_RETRIES", "llmeval_retries")
+    retries = 2
+    if retries_raw is not None:
+        retries = _convert(retries_raw, str(source), "retries", int, "a whole number >= 0")
+        if retries < 0:
+            raise pytest.UsageError(f"Invalid retries {retries_raw!r} from {source}: expected a number >= 0.")
+
+    case_dirs = tuple(root / d for d in (config.getini("llmeval_cases") or ["cases"]))
+
+    return Settings(
+        models=models,
+        aliases=_parse_aliases(config.getini("llmeval_aliases")),
+        cache_mode=cache_mode,
+        cache_dir=cache_dir,
+        results_path=results_path,
+        api_base=str(api_base_raw) if api_base_raw else None,
+        timeout=timeout,
+        retries=retries,
+        case_dirs=case_dirs,
+    )
