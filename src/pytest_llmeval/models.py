@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -139,7 +140,10 @@ class ModelRunner:
             kwargs["api_base"] = api_base
         start = time.perf_counter()
         try:
-            response = litellm.completion(model=resolved, messages=messages, **kwargs, **params)
+            with warnings.catch_warnings():
+                # litellm's response types trip a pydantic UserWarning on first use; not the user's concern.
+                warnings.filterwarnings("ignore", message=".*ReadOnly.*", category=UserWarning)
+                response = litellm.completion(model=resolved, messages=messages, **kwargs, **params)
             text = response.choices[0].message.content or ""
         except Exception as exc:  # every provider failure is an error outcome, whatever its class
             raise ModelCallError(model, redact(f"{type(exc).__name__}: {exc}")) from None

@@ -101,6 +101,14 @@ class LLMEvalSession:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]
                                   ) -> Iterator[None] | Any:
         report = yield
+        if report.when == "setup" and report.failed and call.excinfo is not None:
+            # pytest renders setup errors as tracebacks without asking the item; ours are explained
+            # by a message (provider failure, unusable model, invalid case), so show just that.
+            exc = call.excinfo.value
+            if isinstance(item, CaseItem | InvalidCaseItem):
+                report.longrepr = item.repr_failure(call.excinfo)
+            elif isinstance(exc, ModelCallError | ModelUnusable):
+                report.longrepr = f"model call failed: {exc}"
         final = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
         if not final:
             return report

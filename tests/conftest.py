@@ -1,0 +1,126 @@
+"""Shared fixtures: a scripted OpenAI-compatible server on 127.0.0.1 and helpers for pytester sessions."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_server import ScriptedLLMServer
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+# Imported here, before pytester snapshots sys.modules and sys.meta_path for its in-process runs:
+# litellm pulls in the importlib_metadata backport, which replaces the stdlib's distribution finder
+# with its own meta-path finder; if that import happened inside a pytester run, restoring sys.meta_path
+# afterwards would leave no finder at all and break entry-point loading for every later run. Keeping
+# litellm and the local model module loaded also spares each in-process run a 3 s import (and a 20 s
+# model load).
+import litellm  # noqa: E402,F401
+import pytest_llmeval.local  # noqa: E402,F401
+
+pytest_plugins = ["pytester"]
+
+API_KEY = "sk-test-do-not-leak-0123456789"
+
+
+@pytest.fixture(scope="session")
+def _server() -> Iterator[ScriptedLLMServer]:
+    with ScriptedLLMServer(default="I don't know.") as server:
+        yield server
+
+
+@pytest.fixture
+def llm_server(_server: ScriptedLLMServer, monkeypatch: pytest.MonkeyPatch) -> ScriptedLLMServer:
+    """The scripted server, reset for this test, with an OpenAI key in the environment."""
+    _server.reset()
+    _server.default = "I don't know."
+    _server.latency = 0.0
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    for name in ("LLMEVAL_MODELS", "LLMEVAL_CACHE", "LLMEVAL_RESULTS", "LLMEVAL_API_BASE"):
+        monkeypatch.delenv(name, raising=False)
+    return _server
+
+
+class Project:
+    """A pytester project with case files, run against the scripted server."""
+
+    def __init__(self, pytester: pytest.Pytester, server: ScriptedLLMServer) -> None:
+        self.pytester = pytester
+        self.server = server
+
+    def write(self, relpath: str, text: str) -> Path:
+        path = self.pytester.path / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def args(self, *extra: str, model: str = "openai/test-model") -> list[str]:
+        return [f"--llm={model}", f"--llm-api-base={self.server.url}", "--llm-retries=0", *extra]
+
+    def run(self, *extra: str, model: str = "openai/test-model", subprocess: bool = False
+            ) -> pytest.RunResult:
+        args = self.args(*extra, model=model)
+        if subprocess or "-n" in extra or any(a.startswith("-n") for a in extra):
+            return self.pytester.runpytest_subprocess(*args)
+        return self.pytester.runpytest(*args)
+
+    def results(self, name: str = ".llmeval/results.json") -> dict[str, Any]:
+        return json.loads((self.pytester.path / name).read_text())
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, llm_server: ScriptedLLMServer) -> Project:
+    return Project(pytester, llm_server)
+
+
+GEO = """\
+suite: geography
+kind: qna
+system: Answer in one short sentence.
+params: {temperature: 0, max_tokens: 32}
+tags: [smoke]
+cases:
+  - id: capital-fr
+    question: What is the capital of France?
+    expect:
+      - contains: Paris
+  - id: capital-jp
+    question: What is the capital of Japan?
+    expect:
+      - contains: Tokyo
+  - id: ocean
+    question: What is the largest ocean?
+    expect:
+      - contains: Pacific
+      - not_contains: Atlantic
+"""
+
+SIQA = """\
+suite: social
+kind: choice
+cases:
+  - id: tracy
+    context: Tracy didn't go home that evening and resisted Riley's attacks.
+    question: What does Tracy need to do before this?
+    choices: {A: make a new plan, B: Go home and see Riley, C: Find somewhere to go}
+    answer: C
+  - id: sydney
+    context: Sydney walked past a homeless woman asking for change but had no money to give.
+    question: How would you describe Sydney?
+    choices: {A: sympathetic, B: unable to help, C: incredulous}
+    answer: A
+"""
+
+
+def script_geo(server: ScriptedLLMServer) -> None:
+    """Answers: France right, Japan wrong, ocean right."""
+    server.answer("capital of France", "The capital of France is Paris.")
+    server.answer("capital of Japan", "The capital of Japan is Kyoto.")
+    server.answer("largest ocean", "The Pacific Ocean.")
+    server.answer("Tracy", "The answer is (C).")
+    server.answer("Sydney", "B) unable to help")

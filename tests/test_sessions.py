@@ -1,0 +1,310 @@
+"""Whole pytest sessions of the plugin against the scripted OpenAI-compatible server, through litellm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import API_KEY, GEO, SIQA, Project, script_geo
+
+
+def test_cases_graded_and_aggregated(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    project.write("cases/siqa.yaml", SIQA)
+    script_geo(project.server)
+    result = project.run("-rA")
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines([
+        "*llmeval summary*",
+        "suite*model*cases*pass*fail*rate*score*",
+        "geography*openai/test-model*3*2*1*0*0*66.7%*",
+        "social*openai/test-model*2*1*1*0*0*50.0%*",
+        "results: .llmeval/results.json",
+    ])
+    doc = project.results()
+    assert doc["schema_version"] == 1
+    rows = {r["suite"]: r for r in doc["suites"]}
+    assert rows["geography"]["passed"] == 2 and rows["geography"]["failed"] == 1
+    assert rows["geography"]["prompt_tokens"] > 0 and rows["geography"]["completion_tokens"] > 0
+    cases = {c["case_id"]: c for c in doc["cases"]}
+    assert cases["capital-jp"]["outcome"] == "failed"
+    assert cases["capital-jp"]["answer"] == "The capital of Japan is Kyoto."
+    assert cases["capital-jp"]["checks"] == [
+        {"check": "contains", "passed": False, "score": 0.0, "reason": "missing 'Tokyo'"}]
+    assert cases["capital-fr"]["file"] == "cases/geo.yaml" and cases["capital-fr"]["line"] == 7
+    assert cases["tracy"]["outcome"] == "passed" and cases["sydney"]["outcome"] == "failed"
+    assert cases["ocean"]["score"] == 1.0 and cases["ocean"]["cached"] is False
+    # The system prompt and sampling params reached the provider.
+    fr = next(r for r in project.server.requests if "France" in r["messages"][-1]["content"])
+    assert fr["messages"][0] == {"role": "system", "content": "Answer in one short sentence."}
+    assert fr["temperature"] == 0 and fr["max_tokens"] == 32
+
+
+def test_failure_report_shows_case_not_traceback(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    result = project.run("-k", "capital-jp")
+    result.assert_outcomes(failed=1, deselected=2)
+    result.stdout.fnmatch_lines([
+        "*case capital-jp (geo.yaml:11) failed on openai/test-model",
+        "*prompt:", "*What is the capital of Japan?",
+        "*answer:", "*The capital of Japan is Kyoto.",
+        "*FAIL contains (score 0.00): missing 'Tokyo'",
+    ])
+    assert "Traceback" not in result.stdout.str()
+    assert "pytest_llmeval" not in result.stdout.str()
+
+
+def test_second_run_is_served_from_cache(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    project.run().assert_outcomes(passed=2, failed=1)
+    first = project.results()
+    calls = len(project.server.requests)
+    assert calls == 3
+    project.server.answer("capital of Japan", "Tokyo!")  # would flip the outcome if it were asked
+    project.run().assert_outcomes(passed=2, failed=1)
+    assert len(project.server.requests) == calls
+    second = project.results()
+    assert [r["cache_hits"] for r in second["suites"]] == [3]
+    assert all(c["cached"] for c in second["cases"])
+    # The original latency is kept, so aggregates are identical apart from the cache counter.
+    for a, b in zip(first["suites"], second["suites"], strict=True):
+        assert {**a, "cache_hits": 0} == {**b, "cache_hits": 0}
+
+
+@pytest.mark.parametrize("mode", ["off", "refresh"])
+def test_cache_off_and_refresh_call_the_model(project: Project, mode: str) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    project.run().assert_outcomes(passed=2, failed=1)
+    project.server.reset()
+    project.server.answer("capital", "Paris and Tokyo")
+    project.server.answer("ocean", "Pacific")
+    project.run(f"--llm-cache={mode}").assert_outcomes(passed=3)
+    assert len(project.server.requests) == 3
+    # refresh overwrote the cache; off left it alone
+    project.run("--llm-cache=replay").assert_outcomes(passed=3 if mode == "refresh" else 2,
+                                                      failed=0 if mode == "refresh" else 1)
+    assert len(project.server.requests) == 3
+
+
+def test_replay_miss_is_an_error_not_a_failure(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    result = project.run("--llm-cache=replay")
+    result.assert_outcomes(errors=3)
+    assert project.server.requests == []
+    result.stdout.fnmatch_lines(["*--llm-cache=replay: no cached answer*"])
+    assert {c["outcome"] for c in project.results()["cases"]} == {"error"}
+
+
+def test_provider_failure_is_an_error_outcome(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    project.server.fail("capital of France", 500, message="upstream exploded")
+    project.server.fail("capital of Japan", 429)
+    project.server.malformed("ocean")
+    result = project.run()
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(["*model call failed for case capital-fr*", "*upstream exploded*"])
+    doc = project.results()
+    row = doc["suites"][0]
+    assert (row["error"], row["failed"], row["passed"], row["pass_rate"]) == (3, 0, 0, None)
+    fr = next(c for c in doc["cases"] if c["case_id"] == "capital-fr")
+    assert "upstream exploded" in fr["message"] and "InternalServerError" in fr["message"]
+    jp = next(c for c in doc["cases"] if c["case_id"] == "capital-jp")
+    assert "RateLimitError" in jp["message"]
+
+
+def test_transient_fault_is_retried(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    project.server.fail("capital of France", 500, times=1)
+    result = project.pytester.runpytest(*project.args()[:-1], "--llm-retries=2")
+    result.assert_outcomes(passed=2, failed=1)
+
+
+def test_missing_api_key_is_one_usage_error(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    project.write("cases/geo.yaml", GEO)
+    result = project.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --llm=openai/test-model: OPENAI_API_KEY is not set; export it*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert project.server.requests == []
+
+
+def test_unknown_provider_is_one_usage_error(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    result = project.run(model="nosuchprovider/model-x")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --llm=nosuchprovider/model-x: unknown provider*"])
+
+
+def test_plain_tests_do_not_need_a_key(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    project.pytester.makepyfile("def test_plain():\n    assert 1 + 1 == 2\n")
+    project.run().assert_outcomes(passed=1)
+
+
+def test_several_models_and_aliases(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    project.pytester.makeini("[pytest]\nllmeval_aliases =\n    small = openai/small-model-2024\n")
+    project.server.answer("capital", "Paris, Tokyo", model="small-model-2024")
+    project.server.answer("ocean", "Pacific", model="small-model-2024")
+    script_geo(project.server)
+    result = project.pytester.runpytest(f"--llm-api-base={project.server.url}", "--llm=openai/test-model",
+                                        "--llm=small", "-v")
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(["cases/geo.yaml::capital-fr?openai/test-model? PASSED*",
+                                 "cases/geo.yaml::capital-fr?small? PASSED*"])
+    assert {r["model"] for r in project.server.requests} == {"test-model", "small-model-2024"}
+    doc = project.results()
+    assert [(r["model"], r["passed"]) for r in doc["suites"]] == [("openai/test-model", 2), ("small", 3)]
+    assert {c["resolved_model"] for c in doc["cases"] if c["model"] == "small"} == {"openai/small-model-2024"}
+
+
+def test_selection_k_deselect_and_last_failed(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    result = project.run("--deselect", "cases/geo.yaml::ocean[openai/test-model]", "-k", "capital")
+    result.assert_outcomes(passed=1, failed=1, deselected=1)
+    result = project.run("--lf", "-v")
+    result.assert_outcomes(failed=1)  # the other cases are filtered out at collection
+    result.stdout.fnmatch_lines(["cases/geo.yaml::capital-jp?openai/test-model? FAILED*"])
+    # tags and suite names are keywords too
+    project.run("-k", "smoke and not ocean").assert_outcomes(passed=1, failed=1, deselected=1)
+
+
+def test_results_path_option_and_junit_properties(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    project.run("--llm-results=out/r.json", "--junitxml=junit.xml")
+    assert project.results("out/r.json")["suites"][0]["cases"] == 3
+    junit = (project.pytester.path / "junit.xml").read_text()
+    assert '<property name="llmeval_outcome" value="failed"' in junit
+    assert '<property name="llmeval_model" value="openai/test-model"' in junit
+    assert '<property name="llmeval_case" value="capital-jp"' in junit
+
+
+def test_api_key_never_reaches_cache_or_results(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    project.server.fail("ocean", 401, message=f"bad key {API_KEY}")
+    project.run()
+    for path in (project.pytester.path / ".llmeval").rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path
+    doc = json.dumps(project.results())
+    assert "ocean" in doc and API_KEY not in doc and "***" in doc
+
+
+def test_hand_written_tests_with_llm_fixture(project: Project) -> None:
+    project.server.answer("2+2", "4")
+    project.pytester.makepyfile(test_hand="""
+        import pytest
+
+        def test_math(llm):
+            assert llm("What is 2+2?").strip() == "4"
+
+        @pytest.mark.llm_case(suite="hand", tags=["math"])
+        def test_wrong(llm):
+            assert llm("What is 2+2? Answer in words.", temperature=0) == "four"
+
+        def test_not_counted():
+            pass
+    """)
+    result = project.pytester.runpytest(f"--llm-api-base={project.server.url}", "--llm=openai/test-model",
+                                        "--llm=openai/other", "-v")
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines(["*test_math?openai/test-model? PASSED*", "*test_math?openai/other? PASSED*"])
+    doc = project.results()
+    rows = {(r["suite"], r["model"]): r for r in doc["suites"]}
+    assert rows[("test_hand", "openai/test-model")]["passed"] == 1
+    assert rows[("hand", "openai/other")]["failed"] == 1
+    wrong = next(c for c in doc["cases"] if c["case_id"] == "test_wrong" and c["model"] == "openai/other")
+    assert wrong["answer"] == "4" and wrong["calls"] == 1 and wrong["tags"] == ["math"]
+
+
+def test_xdist_gives_the_same_aggregates(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    project.write("cases/siqa.yaml", SIQA)
+    script_geo(project.server)
+    project.run("-p", "no:randomly").assert_outcomes(passed=3, failed=2)
+    serial = project.results()
+    (project.pytester.path / ".llmeval/results.json").unlink()
+    result = project.run("-n", "2")
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines(["*llmeval summary*", "geography*openai/test-model*3*2*1*"])
+    parallel = project.results()
+    assert parallel["run"]["workers"] == 2
+
+    def strip(doc: dict) -> list:
+        return [{k: v for k, v in r.items() if k not in ("cache_hits",)} for r in doc["suites"]]
+
+    assert strip(serial) == strip(parallel)
+    assert [c["case_id"] for c in serial["cases"]] == [c["case_id"] for c in parallel["cases"]]
+
+
+def test_xdist_fresh_run_and_missing_key(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    result = project.run("-n", "2")
+    result.assert_outcomes(passed=2, failed=1)
+    assert len(project.server.requests) == 3
+    monkeypatch.delenv("OPENAI_API_KEY")
+    result = project.run("-n", "2", "--llm-cache=off")
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(["ERROR: 3 case(s) could not run: --llm=openai/test-model: OPENAI_API_KEY*"])
+    assert len(project.server.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--llm-cache=sometimes"], {}, "Invalid --llm-cache 'sometimes' from command line --llm-cache*"),
+        ([], {"LLMEVAL_CACHE": "bogus"}, "Invalid --llm-cache 'bogus' from environment variable LLMEVAL_CACHE*"),
+        (["--llm-timeout=soon"], {}, "Invalid timeout 'soon' from command line --llm-timeout*"),
+    ],
+)
+def test_bad_settings_name_their_source(project: Project, monkeypatch: pytest.MonkeyPatch,
+                                        args: list[str], env: dict[str, str], message: str) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    project.write("cases/geo.yaml", GEO)
+    result = project.run(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+def test_models_from_env_and_ini(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.write("cases/geo.yaml", GEO)
+    project.pytester.makeini(f"[pytest]\nllmeval_models = openai/from-ini\nllmeval_api_base = {project.server.url}\n")
+    result = project.pytester.runpytest("--co", "-q")
+    result.stdout.fnmatch_lines(["cases/geo.yaml::capital-fr[[]openai/from-ini[]]"])
+    monkeypatch.setenv("LLMEVAL_MODELS", "openai/a, openai/b")
+    result = project.pytester.runpytest("--co", "-q")
+    result.stdout.fnmatch_lines(["cases/geo.yaml::capital-fr[[]openai/a[]]", "cases/geo.yaml::capital-fr[[]openai/b[]]"])
+    result = project.pytester.runpytest("--co", "-q", "--llm=openai/cli")
+    assert "openai/a" not in result.stdout.str() and "capital-fr[openai/cli]" in result.stdout.str()
+
+
+def test_only_case_dirs_are_collected(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    project.write(".github/workflows/ci.yaml", "on: push\njobs: {}\n")
+    project.write("config/settings.yml", "a: 1\n")
+    result = project.pytester.runpytest("--co", "-q")
+    assert "ci.yaml" not in result.stdout.str() and "settings.yml" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["3 tests collected*"])
+    # the case directories are an ini key
+    project.pytester.makeini("[pytest]\nllmeval_cases = evals\n")
+    project.write("evals/geo.yaml", GEO)
+    result = project.pytester.runpytest("--co", "-q")
+    result.stdout.fnmatch_lines(["evals/geo.yaml::capital-fr*", "3 tests collected*"])
+
+
+def test_root_level_results_written_only_with_llm_items(project: Project) -> None:
+    project.pytester.makepyfile("def test_plain():\n    pass\n")
+    project.run().assert_outcomes(passed=1)
+    assert not Path(project.pytester.path / ".llmeval/results.json").exists()
