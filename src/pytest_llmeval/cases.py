@@ -595,12 +595,13 @@ def _map_row(source: dict[str, Any], ds: DatasetModel, lineno: int) -> dict[str,
         if isinstance(v, dict):
             mapped_sources |= set(v.values())
     case: dict[str, Any] = {k: v for k, v in source.items() if k not in mapped_sources}
-    try:
-        for target, src in ds.fields.items():
+    for target, src in ds.fields.items():
+        try:
             case[target] = ({k: _lookup(source, s) for k, s in src.items()} if isinstance(src, dict)
                             else _lookup(source, src))
-    except KeyError as exc:
-        return _Bad(f"dataset field {exc.args[0]!r} is missing in this row (see the suite's dataset.fields)")
+        except KeyError as exc:
+            return _Bad(f"dataset field {exc.args[0]!r} (for {target!r}) is missing in this row; "
+                        "see the suite's dataset.fields")
     for target, table in ds.values.items():
         if target in case and str(case[target]) in table:
             case[target] = table[str(case[target])]

@@ -93,7 +93,8 @@ class InvalidCaseItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, InvalidCase):
             root = self.config.rootpath
-            return "invalid case file:\n" + "\n".join(f"  {e.format(root)}" for e in self.errors)
+            # The first line is what -r/short summaries show: make it the first problem itself.
+            return "\n".join(e.format(root) for e in self.errors)
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
