@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from llm_server import ScriptedLLMServer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -21,6 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # litellm and the local model module loaded also spares each in-process run a 3 s import (and a 20 s
 # model load).
 import litellm  # noqa: E402,F401
+
 import pytest_llmeval.local  # noqa: E402,F401
 
 pytest_plugins = ["pytester"]

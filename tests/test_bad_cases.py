@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from conftest import Project
+
 
 def esc(pattern: str) -> str:
     """fnmatch treats [..] as a character class; case-file field paths are full of them."""

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import API_KEY, GEO, SIQA, Project, script_geo
 
 

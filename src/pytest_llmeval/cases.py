@@ -531,7 +531,7 @@ class _Loader:
             fixed_line: Callable[[Loc], int | None] = (lambda n: (lambda _loc: n))(lineno)
             try:
                 source = json.loads(raw_line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 rows.append((_Bad(f"invalid JSON: {exc.msg} (column {exc.colno})"), (), fixed_line, path))
                 continue
             if not isinstance(source, dict):
@@ -550,7 +550,7 @@ class _Loader:
             line_of: Callable[[Loc], int | None] = (lambda n: (lambda _loc: n))(lineno)
             try:
                 raw = json.loads(raw_line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 out.errors.append(self.error(lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
                 continue
             if not isinstance(raw, dict):

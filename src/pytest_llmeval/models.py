@@ -135,6 +135,15 @@ class ModelRunner:
             raise ModelCallError(model, "--llm-cache=replay: no cached answer for this request; "
                                         "record it first with --llm-cache=on")
         litellm = get_litellm()
+        if is_local(resolved):
+            # Load the weights (once per process, ~15-20 s) before the clock starts: latency is the
+            # answer's, not the load's.
+            from pytest_llmeval import local
+
+            try:
+                local.load(local.resolve_local_model(resolved[len("local/"):]))
+            except Exception as exc:
+                raise ModelCallError(model, f"{type(exc).__name__}: {exc}") from None
         kwargs: dict[str, Any] = {"timeout": self.settings.timeout, "num_retries": self.settings.retries}
         if api_base:
             kwargs["api_base"] = api_base

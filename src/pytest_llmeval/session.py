@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +99,8 @@ class LLMEvalSession:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]
-                                  ) -> Iterator[None] | Any:
-        report = yield
+                                  ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report: pytest.TestReport = yield
         if report.when == "setup" and report.failed and call.excinfo is not None:
             # pytest renders setup errors as tracebacks without asking the item; ours are explained
             # by a message (provider failure, unusable model, invalid case), so show just that.
@@ -114,12 +114,12 @@ class LLMEvalSession:
             return report
         if isinstance(item, InvalidCaseItem):
             root = self.config.rootpath
-            report.llmeval_invalid = [e.to_dict(root) for e in item.errors]
+            report.__dict__["llmeval_invalid"] = [e.to_dict(root) for e in item.errors]
             return report
         result = self._result_for(item, report, call)
         if result is not None:
             data = result.to_dict()
-            report.llmeval = data
+            report.__dict__["llmeval"] = data  # serialised by xdist with the report
             props = [("llmeval_suite", result.suite), ("llmeval_case", result.case_id),
                      ("llmeval_model", result.model), ("llmeval_outcome", result.outcome),
                      ("llmeval_score", "" if result.score is None else f"{result.score:.4f}"),

@@ -16,34 +16,52 @@ def extract_choice(answer: str, choices: dict[str, str]) -> str | None:
     """The choice letter an answer commits to, or None when it commits to none (or to several).
 
     Handles "B", "(B)", "B) Paris", "The answer is (B).", "Answer: b", "Option C", and an answer that
-    quotes exactly one choice's text. Only letters that are keys of ``choices`` count.
+    quotes exactly one choice's text. Only letters that are keys of ``choices`` count; a hedge
+    ("A or B", "(A) and (B)", "the answer is B or C") commits to none.
     """
     keys = {k.upper() for k in choices}
     text = answer.strip()
-    if not text:
+    if not text or not keys:
         return None
     letter = "|".join(sorted(keys))
+    sep = r"[\s*_:\-\(\[]*"  # spaces, markdown emphasis, ":" or "-", an opening bracket
 
-    patterns = [
-        rf"^\W*({letter})\W*$",  # the whole answer is the letter
-        rf"(?i:answer|option|choice)\s*(?:is|would be|:|-)?\s*(?:option\s*)?[\(\[]?\*{{0,2}}\s*({letter})\b",
-        rf"^[\(\[]?({letter})[\)\]\.:]",  # "B) Paris", "(B) ...", "B. ..."
-        rf"[\(\[]({letter})[\)\]]",  # "(B)" anywhere
-    ]
-    for i, pat in enumerate(patterns):
-        # Lower-case letters only count where they cannot be a word: the whole answer, or after "answer:".
-        flags = re.IGNORECASE if i in (0, 1) else 0
-        found = {m.upper() for m in re.findall(pat, text, flags)}
-        if len(found) == 1:
-            return found.pop()
-        if len(found) > 1:
-            return None
+    # 1. The whole answer is the letter: "B", "b", "(B)", "**B**".
+    m = re.fullmatch(rf"\W*({letter})\W*", text, re.IGNORECASE)
+    if m:
+        return m.group(1).upper()
 
-    # The answer quotes exactly one choice text (longest-first so "New York City" beats "York").
+    # 2. After a keyword: "The answer is (B).", "Answer: b", "**Answer:** B", "Option C".
+    found: set[str] = set()
+    keyword = rf"\b(?:answer|option|choice)(?:\s+(?:is|would\s+be|will\s+be))?{sep}(?:option{sep})?"
+    keyword += rf"({letter})\b"
+    for m in re.finditer(keyword, text, re.IGNORECASE):
+        rest = text[m.end():]
+        if m.group(1) in ("a", "i") and re.match(r"\s+[A-Za-z]", rest):
+            continue  # "the answer is a tough one": the article, not choice A
+        found.add(m.group(1).upper())
+        # A hedge right after it: "the answer is B or C".
+        hedge = re.match(rf"[\s*_\)\]]*(?:/|&|(?i:or|and)\b)[\s*_\(\[]*({letter})\b", rest)
+        if hedge:
+            found.add(hedge.group(1))
+    if found:
+        return found.pop() if len(found) == 1 else None
+
+    # 3. A marked letter (capitals only, so the article "a" never counts): "B) Paris", "**B.** Paris"
+    #    at the start, or "(B)" anywhere; "(A) and (B)" commits to none.
+    found = set(re.findall(rf"^[\s*_#>]*[\(\[]?({letter})[\)\]\.:]", text))
+    found |= set(re.findall(rf"[\(\[]({letter})[\)\]]", text))
+    if found:
+        return found.pop() if len(found) == 1 else None
+
+    # 4. The answer quotes exactly one choice text; a choice text quoted only as part of a longer
+    #    quoted one does not count ("New York City" beats "York").
     norm_answer = f" {normalize(text)} "
-    quoted = [k for k, v in choices.items() if normalize(v) and f" {normalize(v)} " in norm_answer]
+    padded = {k: f" {normalize(v)} " for k, v in choices.items() if normalize(v)}
+    quoted = {k: v for k, v in padded.items() if v in norm_answer}
+    quoted = {k: v for k, v in quoted.items() if not any(v != w and v in w for w in quoted.values())}
     if len(quoted) == 1:
-        return quoted[0].upper()
+        return next(iter(quoted)).upper()
     return None
 
 

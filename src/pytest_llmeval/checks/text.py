@@ -127,18 +127,23 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*\n(.*?)```", re.DOTALL)
 
 
 def extract_json(answer: str) -> Any:
-    """Parse JSON from an answer: the whole text, a fenced block, or the first {...} / [...] span."""
+    """Parse JSON from an answer: the whole text, a fenced block, or the first {...} / [...] value in it."""
     candidates = [answer.strip()]
     candidates += [m.group(1).strip() for m in _FENCE.finditer(answer)]
-    for open_, close in (("{", "}"), ("[", "]")):
-        start, end = answer.find(open_), answer.rfind(close)
-        if 0 <= start < end:
-            candidates.append(answer[start : end + 1])
     for text in candidates:
         try:
             return json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            continue
+    # Embedded in prose: the first object or array that parses, whatever text follows it.
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"[\[{]", answer):
+        try:
+            return decoder.raw_decode(answer, m.start())[0]
         except ValueError:
             continue
+        except RecursionError:  # absurdly deep nesting: later starts lie inside it too
+            break
     raise ValueError("the answer holds no parseable JSON")
 
 

