@@ -48,9 +48,16 @@ def extract_choice(answer: str, choices: dict[str, str]) -> str | None:
         return found.pop() if len(found) == 1 else None
 
     # 3. A marked letter (capitals only, so the article "a" never counts): "B) Paris", "**B.** Paris"
-    #    at the start, or "(B)" anywhere; "(A) and (B)" commits to none.
-    found = set(re.findall(rf"^[\s*_#>]*[\(\[]?({letter})[\)\]\.:]", text))
-    found |= set(re.findall(rf"[\(\[]({letter})[\)\]]", text))
+    #    at the start, or "(B)" anywhere; "(A) and (B)" commits to none. The text of the choice
+    #    marked at the start is skipped, so "D) Both (A) and (B)" is D.
+    rest = text
+    found = set()
+    start = re.match(rf"[\s*_#>]*[\(\[]?({letter})[\)\]\.:]", text)
+    if start:
+        found.add(start.group(1))
+        own = next((v for k, v in choices.items() if k.upper() == start.group(1)), "")
+        rest = text[start.end():].replace(own, " ", 1) if own else text[start.end():]
+    found |= set(re.findall(rf"[\(\[]({letter})[\)\]]", rest))
     if found:
         return found.pop() if len(found) == 1 else None
 
@@ -76,7 +83,8 @@ def grade_choice(answer: str, case: CaseSpec, p: ChoiceParams) -> CheckOutcome:
     if got is None:
         return CheckOutcome("choice", False, 0.0, f"no choice found in the answer; expected {expected}")
     passed = got == expected
-    return CheckOutcome("choice", passed, float(passed), "" if passed else f"chose {got}, expected {expected}")
+    reason = "" if passed else f"chose {got}, expected {expected}"
+    return CheckOutcome("choice", passed, float(passed), reason)
 
 
 CHECKS = [
