@@ -18,7 +18,7 @@ from pytest_llmeval.checks.text import extract_json, normalize
 CHECKS: dict[str, CheckDef] = {c.name: c for c in [*text.CHECKS, *choice.CHECKS]}
 CAPITALS = {"A": "London", "B": "Paris", "C": "Rome"}
 
-fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+fast = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def make_case(kind: str = "qa", **fields: Any) -> CaseSpec:
