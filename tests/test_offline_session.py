@@ -48,8 +48,6 @@ cases:
     doc = json.loads((pytester.path / ".llmeval/results.json").read_text())
     fr = next(c for c in doc["cases"] if c["case_id"] == "capital-fr")
     assert "Paris" in fr["answer"] and fr["completion_tokens"] > 0 and fr["cost_usd"] == 0.0
-    # Latency is the answer's, not the ~15 s weight load's.
-    assert fr["latency_s"] < 10
     # Second run: served from the cache.
     result = pytester.runpytest("cases")
     result.assert_outcomes(passed=1, failed=1)

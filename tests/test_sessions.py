@@ -309,3 +309,63 @@ def test_root_level_results_written_only_with_llm_items(project: Project) -> Non
     project.pytester.makepyfile("def test_plain():\n    pass\n")
     project.run().assert_outcomes(passed=1)
     assert not Path(project.pytester.path / ".llmeval/results.json").exists()
+
+
+def test_slow_provider_times_out_as_an_error(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    project.server.answer("largest ocean", "Pacific", delay=3.0)  # first matching rule wins
+    script_geo(project.server)
+    result = project.run("--llm-timeout=0.5")
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    ocean = next(c for c in project.results()["cases"] if c["case_id"] == "ocean")
+    assert ocean["outcome"] == "error" and "Timeout" in ocean["message"]
+
+
+def test_user_parametrized_llm_model_is_respected(project: Project) -> None:
+    project.server.answer("hi", "hello")
+    project.pytester.makepyfile(test_p="""
+        import pytest
+
+        @pytest.mark.parametrize("llm_model", ["openai/only-this"], indirect=True)
+        def test_one(llm):
+            assert llm("hi") == "hello"
+    """)
+    result = project.run("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_one?openai/only-this? PASSED*"])
+    assert [r["model"] for r in project.server.requests] == ["only-this"]
+
+
+def test_collect_only_needs_no_key(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    project.write("cases/geo.yaml", GEO)
+    result = project.run("--co", "-q")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["3 tests collected*"])
+
+
+def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
+    """The shipped example suites, graded through litellm against the scripted server: -n 0 and -n 4
+    (fresh calls each time, separate caches) give identical aggregates apart from timing."""
+    import shutil
+
+    shutil.copytree(Path(__file__).parent.parent / "cases", project.pytester.path / "cases")
+    server = project.server
+    for question, reply in [("France", "Paris."), ("Japan", "Kyoto."), ("Italy", "Rome."),
+                            ("ocean", "The Pacific."), ("South America", "Brazil."), ("2 + 3", "5"),
+                            ("10 times 2", "20"), ("Tracy", "C"), ("Sydney", "The answer is (A)."),
+                            ("Sasha", "B) get petitions signed"), ("Jordan", "A"), ("Kendall", "C")]:
+        server.answer(question, reply)
+    project.run("--llm-cache-dir=c0").assert_outcomes(passed=10, failed=2)
+    serial = project.results()
+    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=10, failed=2)
+    parallel = project.results()
+    assert len(server.requests) == 24
+    timing = {"latency_p50_s", "latency_p95_s"}
+
+    def strip(doc: dict) -> list:
+        return [{k: v for k, v in r.items() if k not in timing} for r in doc["suites"]]
+
+    assert strip(serial) == strip(parallel)
+    assert [r["suite"] for r in serial["suites"]] == ["arithmetic", "geography", "social-iqa"]
+    assert parallel["run"]["workers"] == 4

@@ -75,9 +75,11 @@ class LLMEvalSession:
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         # Hand-written tests using the `llm` fixture run once per model under test, like case items.
-        if "llm_model" in metafunc.fixturenames and not any(
-            "llm_model" in c.params for c in getattr(metafunc, "_calls", [])
-        ):
+        user_parametrized = any(
+            "llm_model" in (m.args[0] if isinstance(m.args[0], list | tuple) else str(m.args[0]).split(","))
+            for m in metafunc.definition.iter_markers("parametrize") if m.args
+        )
+        if "llm_model" in metafunc.fixturenames and not user_parametrized:
             models = list(self.settings.models)
             metafunc.parametrize("llm_model", models, indirect=True, ids=models)
 
@@ -85,6 +87,8 @@ class LLMEvalSession:
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
         """Check once, before anything runs, that every model the selected items need can be used."""
+        if config.option.collectonly:
+            return  # listing tests needs no key
         needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m})
         problems = {m: p for m in needed if (p := self.runner.check_model(m))}
         if not problems:

@@ -30,6 +30,10 @@ def extract_choice(answer: str, choices: dict[str, str]) -> str | None:
     m = re.fullmatch(rf"\W*({letter})\W*", text, re.IGNORECASE)
     if m:
         return m.group(1).upper()
+    if re.fullmatch(rf"(?:\W*\b(?:{letter})\b\W*(?:or|and)?)+", text, re.IGNORECASE):
+        # Nothing but letters: "A or B", "(A) and (B)", "A/B" commit to none; "A) A" is A.
+        only = {x.upper() for x in re.findall(rf"\b({letter})\b", text, re.IGNORECASE)}
+        return only.pop() if len(only) == 1 else None
 
     # 2. After a keyword: "The answer is (B).", "Answer: b", "**Answer:** B", "Option C".
     found: set[str] = set()
