@@ -38,12 +38,12 @@ def write_project(root: Path, n: int) -> None:
     (root / "bare").mkdir()
     (root / "bare" / "test_bare.py").write_text(
         "import os, pytest, litellm\n"
-        "@pytest.mark.parametrize('i', range(%d))\n"
+        "@pytest.mark.parametrize('i', range(N_CASES))\n"
         "def test_case(i):\n"
         "    r = litellm.completion(model='openai/bench', api_base=os.environ['BENCH_URL'], api_key='sk-bench',\n"
         "        messages=[{'role': 'user', 'content': f'Question number {i}: say ok.'}], temperature=0,\n"
         "        max_tokens=16)\n"
-        "    assert 'ok' in r.choices[0].message.content\n" % n
+        "    assert 'ok' in r.choices[0].message.content\n".replace("N_CASES", str(n))
     )
     (root / "pytest.ini").write_text("[pytest]\n")
 
