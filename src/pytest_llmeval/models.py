@@ -155,7 +155,11 @@ class ModelRunner:
                 response = litellm.completion(model=resolved, messages=messages, **kwargs, **params)
             text = response.choices[0].message.content or ""
         except Exception as exc:  # every provider failure is an error outcome, whatever its class
-            raise ModelCallError(model, redact(f"{type(exc).__name__}: {exc}")) from None
+            message = f"{type(exc).__name__}: {exc}"
+            # Depending on where the clock ran out, httpx/openai report a timeout as a connection error.
+            if "Timeout" in type(exc).__name__ or time.perf_counter() - start >= self.settings.timeout:
+                message = f"timed out after {self.settings.timeout:g} s ({message})"
+            raise ModelCallError(model, redact(message)) from None
         latency = time.perf_counter() - start
         usage = getattr(response, "usage", None)
         try:
