@@ -11,7 +11,7 @@ from pytest_llmeval.checks import CheckDef
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_llmeval_register_checks(register: Callable[[CheckDef], None]) -> None:
-    from pytest_llmeval.checks import choice, pending, text
+    from pytest_llmeval.checks import builtin_registry
 
-    for check in [*text.CHECKS, *choice.CHECKS, *pending.CHECKS]:
+    for check in builtin_registry():
         register(check)

@@ -117,6 +117,18 @@ class DatasetModel(BaseModel):
     limit: int | None = Field(default=None, ge=1)
 
 
+class LimitsModel(BaseModel):
+    """``limits:`` on a suite or code case: resource limits of each sandboxed run."""
+
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: float | None = Field(default=None, gt=0, le=600)
+    cpu_s: int | None = Field(default=None, ge=1, le=600)
+    memory_mb: int | None = Field(default=None, ge=16, le=65536)
+    max_output_bytes: int | None = Field(default=None, ge=1024)
+    max_file_mb: int | None = Field(default=None, ge=1, le=4096)
+    max_processes: int | None = Field(default=None, ge=1, le=4096)
+
+
 class SuiteModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     suite: str | None = None
@@ -128,6 +140,7 @@ class SuiteModel(BaseModel):
     tags: list[str] = Field(default_factory=list)
     expect: list[Any] = Field(default_factory=list)  # checks applied to every case
     dataset: DatasetModel | None = None
+    limits: LimitsModel | None = None  # code suites: sandbox limits for every case
     cases: list[Any] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -192,6 +205,7 @@ class CodeCase(CaseModel):
     language: Literal["python", "c"]
     prompt: str | None = None
     question: str | None = None
+    limits: LimitsModel | None = None
 
 
 class LabelsCase(CaseModel):
@@ -230,6 +244,7 @@ class CaseSpec:
     tags: tuple[str, ...]
     checks: list[CheckSpec]
     fields: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)  # sandbox limits (suite's, then the case's)
 
     def messages(self) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -442,7 +457,10 @@ class _Loader:
             system=model.system if model.system is not None else suite.system,
             prompt=prompt, params={**suite.params, **model.params},
             tags=tuple(dict.fromkeys([*suite.tags, *model.tags])), checks=checks,
-            fields={k: v for k, v in model.model_dump().items() if k not in ("expect",)},
+            fields={k: v for k, v in model.model_dump().items() if k not in ("expect", "limits")},
+            limits={**(suite.limits.model_dump(exclude_none=True) if suite.limits else {}),
+                    **(getattr(model, "limits", None).model_dump(exclude_none=True)  # type: ignore[union-attr]
+                       if getattr(model, "limits", None) else {})},
         )
 
     # ---- files

@@ -110,7 +110,9 @@ class CaseItem(pytest.Item):
         self.case = case
         self.model = model
         self.completion: Completion | None = None
+        self.completions: list[Completion] = []
         self.outcomes: list[CheckOutcome] = []
+        self.samples: list[dict[str, Any]] = []  # per answer: checks, code, detail, artifacts
         self.add_marker("llmeval")
         # -k can select by suite, kind and tag.
         self.extra_keyword_matches.update([case.suite, case.kind, *case.tags])
@@ -125,17 +127,48 @@ class CaseItem(pytest.Item):
         problem = state.unusable.get(self.model)
         if problem:
             raise ModelUnusable(problem)
-        self.completion = state.runner.complete(self.model, self.case.messages(), self.case.params)
+        n = 1
+        if self.case.kind == "code":
+            state.get_sandbox()  # no isolation available: an error before any model call
+            n = state.settings.samples
+        messages = self.case.messages()
+        self.completions = [state.runner.complete(self.model, messages, self.case.params, sample=i)
+                            for i in range(n)]
+        self.completion = self.completions[0]
 
     def runtest(self) -> None:
-        assert self.completion is not None
-        answer = self.completion.text
-        self.outcomes = []
-        for check in self.case.checks:
-            assert check.definition is not None and check.definition.grade is not None
-            self.outcomes.append(check.definition.grade(answer, self.case, check.params))
-        if not all(o.passed for o in self.outcomes):
+        assert self.completions
+        self.samples = [self._grade(c.text, i) for i, c in enumerate(self.completions)]
+        self.outcomes = self.samples[0]["outcomes"]
+        # With several samples (pass@k), the case passes when any sample passes; its score is pass@1.
+        if not any(s["passed"] for s in self.samples):
             raise CaseFailed()
+
+    def _grade(self, answer: str, index: int) -> dict[str, Any]:
+        checks = self.case.checks
+        if self.case.kind != "code":
+            outcomes = [c.definition.grade(answer, self.case, c.params) for c in checks
+                        if c.definition and c.definition.grade]
+            return {"outcomes": outcomes, "passed": all(o.passed for o in outcomes)}
+        from pytest_llmeval.checks.code import CodeContext, save_artifacts
+        from pytest_llmeval.extract import extract_code
+        from pytest_llmeval.sandbox import Limits
+
+        state = _session(self.config)
+        sandbox = state.get_sandbox()
+        language = str(self.case.fields["language"])
+        code = extract_code(answer, language)
+        with CodeContext(code, language, sandbox, Limits(**self.case.limits)) as ctx:
+            for c in checks:
+                if c.name == "files":
+                    ctx.want_files(list(c.params.value))
+            outcomes = [c.definition.grade(answer, self.case, c.params, ctx) for c in checks
+                        if c.definition and c.definition.grade]
+            slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.model)
+            target = state.settings.artifacts_dir / self.case.suite / self.case.id / slug / str(index)
+            artifacts = save_artifacts(ctx.files, target)
+        return {"outcomes": outcomes, "passed": all(o.passed for o in outcomes), "code": code,
+                "detail": ctx.detail, "runs": ctx.runs, "artifacts": artifacts, "sandbox": sandbox.level}
 
     # ---- reporting
 
@@ -146,6 +179,8 @@ class CaseItem(pytest.Item):
             return f"model call failed for case {self.case.id} ({where}) on {self.model}:\n  {exc.message}"
         if isinstance(exc, ModelUnusable):
             return f"model {self.model} cannot be used: {exc}"
+        if type(exc).__name__ == "SandboxUnavailable":
+            return f"case {self.case.id} ({where}) cannot run: {exc}"
         if isinstance(exc, CaseFailed):
             return self._format_failure(where)
         return str(super().repr_failure(excinfo))
@@ -159,7 +194,16 @@ class CaseItem(pytest.Item):
         lines = [f"case {self.case.id} ({where}) failed on {self.model}"]
         if self.case.system:
             lines += ["  system:", block(self.case.system)]
-        lines += ["  prompt:", block(self.case.prompt), "  answer:", block(self.completion.text), "  checks:"]
+        lines += ["  prompt:", block(self.case.prompt), "  answer:", block(self.completion.text)]
+        first = self.samples[0] if self.samples else {}
+        if self.case.kind == "code":
+            code = first.get("code")
+            lines += ["  extracted code:" if code else "  extracted code: none found", *([block(code)] if code else [])]
+            if first.get("detail"):
+                lines.append(f"  detail: {first['detail']}")
+        if len(self.samples) > 1:
+            lines.append(f"  samples: 0 of {len(self.samples)} passed; the first one's checks:")
+        lines.append("  checks:")
         for o in self.outcomes:
             mark = "ok  " if o.passed else "FAIL"
             lines.append(f"    {mark} {o.name} (score {o.score:.2f})" + (f": {o.reason}" if o.reason else ""))
@@ -171,19 +215,40 @@ class CaseItem(pytest.Item):
 
     def result(self, outcome: str, message: str | None) -> CaseResult:
         """This item's CaseResult for the given outcome."""
+        from pytest_llmeval.results import pass_at_k
+
         c = self.completion
+        graded = outcome in ("passed", "failed") and bool(self.samples)
+        first = self.samples[0] if self.samples else {}
         scores = [o.score for o in self.outcomes]
+        score = (sum(scores) / len(scores)) if scores and graded else None
+        extra: dict[str, Any] = {}
+        if self.case.kind == "code" and graded:
+            n, passed = len(self.samples), sum(1 for s in self.samples if s["passed"])
+            extra = {"code": first.get("code"), "detail": first.get("detail"), "sandbox": first.get("sandbox"),
+                     "artifacts": first.get("artifacts") or {}, "runs": first.get("runs") or [],
+                     "pass_at_k": {str(k): round(pass_at_k(n, passed, k), 6)
+                                   for k in sorted({1, 5, 10, 20, 50, 100, n}) if k <= n}}
+            if n > 1:
+                score = passed / n  # the case's pass@1 estimate
+                extra["samples"] = [
+                    {"sample": i, "passed": s["passed"], "detail": s.get("detail"),
+                     "answer": self.completions[i].text[:2000], "cached": self.completions[i].cached,
+                     "checks": [o.to_dict() for o in s["outcomes"]], "artifacts": s.get("artifacts") or {}}
+                    for i, s in enumerate(self.samples)]
+        calls = self.completions or ([c] if c else [])
         return CaseResult(
             suite=self.case.suite, case_id=self.case.id, model=self.model, outcome=outcome,
             kind=self.case.kind, nodeid=self.nodeid, file=_relative(self.config, self.case.path),
             line=self.case.line, resolved_model=c.resolved_model if c else None,
-            score=(sum(scores) / len(scores)) if scores and outcome in ("passed", "failed") else None,
-            checks=[o.to_dict() for o in self.outcomes], prompt=self.case.prompt,
+            score=score, checks=[o.to_dict() for o in self.outcomes], prompt=self.case.prompt,
             answer=c.text if c else None, latency_s=c.latency_s if c else None,
-            prompt_tokens=c.prompt_tokens if c else None,
-            completion_tokens=c.completion_tokens if c else None,
-            cost_usd=c.cost_usd if c else None, cached=c.cached if c else None, calls=1 if c else 0,
-            tags=list(self.case.tags), message=message,
+            prompt_tokens=sum(x.prompt_tokens or 0 for x in calls) if calls else None,
+            completion_tokens=sum(x.completion_tokens or 0 for x in calls) if calls else None,
+            cost_usd=sum(x.cost_usd for x in calls if x.cost_usd is not None)
+            if any(x.cost_usd is not None for x in calls) else None,
+            cached=all(x.cached for x in calls) if calls else None, calls=len(calls),
+            tags=list(self.case.tags), message=message, **extra,
         )
 
 

@@ -28,6 +28,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llm-timeout", dest="llm_timeout", metavar="SECONDS", default=None,
                     help=HELP["timeout"])
     group.addoption("--llm-retries", dest="llm_retries", metavar="N", default=None, help=HELP["retries"])
+    group.addoption("--llm-samples", dest="llm_samples", metavar="N", default=None, help=HELP["samples"])
+    group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=HELP["sandbox"])
 
     parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
     parser.addini("llmeval_cache", default="", help=HELP["cache"])
@@ -36,6 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmeval_api_base", default="", help=HELP["api_base"])
     parser.addini("llmeval_timeout", default="", help=HELP["timeout"])
     parser.addini("llmeval_retries", default="", help=HELP["retries"])
+    parser.addini("llmeval_samples", default="", help=HELP["samples"])
+    parser.addini("llmeval_sandbox", default="", help=HELP["sandbox"])
     parser.addini("llmeval_cases", type="linelist", default=["cases"], help=HELP["cases"])
     parser.addini("llmeval_aliases", type="linelist", default=[], help=HELP["aliases"])
 
@@ -119,3 +123,16 @@ def llm(request: pytest.FixtureRequest, llm_model: str) -> LLM:
         raise ModelUnusable(problem)
     calls = request.node.stash.setdefault(CALLS, [])
     return LLM(llm_model, state.runner.complete, calls.append)
+
+
+@pytest.fixture(scope="session")
+def sandbox(request: pytest.FixtureRequest) -> Any:
+    """The sandbox that runs generated code (``--llm-sandbox``), for hand-written tests.
+
+    ``sandbox.run_python(code, limits=Limits(timeout_s=5))`` or ``sandbox.run(cmd, files={...})`` returns a
+    RunResult (exit_code, stdout, stderr, reason, files, level); ``with sandbox.workdir() as wd:`` keeps one
+    work directory across several runs (compile, then run).
+    """
+    from pytest_llmeval.session import STATE
+
+    return request.config.stash[STATE].get_sandbox()

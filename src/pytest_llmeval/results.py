@@ -40,6 +40,14 @@ class CaseResult:
     calls: int = 0
     tags: list[str] = field(default_factory=list)
     message: str | None = None  # the error or skip reason
+    # code cases
+    code: str | None = None  # what was extracted from the answer
+    detail: str | None = None  # NO_CODE | NO_COMPILE | None
+    sandbox: str | None = None  # the isolation level the code ran under
+    artifacts: dict[str, str] = field(default_factory=dict)  # files the program wrote, kept
+    runs: list[dict[str, Any]] = field(default_factory=list)  # each sandboxed step: exit, reason, time
+    pass_at_k: dict[str, float] | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)  # with --llm-samples > 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -51,6 +59,16 @@ class CaseResult:
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k), computed stably."""
+    if n - c < k:
+        return 1.0
+    prob_all_fail = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_fail *= 1.0 - k / i
+    return 1.0 - prob_all_fail
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -95,6 +113,12 @@ def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
             "cache_hits": sum(1 for r in rs if r.cached),
             "calls": sum(r.calls for r in rs),
         })
+        with_k = [r.pass_at_k for r in rs if r.pass_at_k and r.outcome in ("passed", "failed")]
+        if with_k:
+            ks = sorted({k for d in with_k for k in d}, key=int)
+            rows[-1]["pass_at_k"] = {k: _r(sum(d[k] for d in with_k if k in d) / sum(1 for d in with_k if k in d))
+                                     for k in ks}
+            rows[-1]["no_compile"] = sum(1 for r in rs if r.detail == "NO_COMPILE")
     return rows
 
 

@@ -50,7 +50,23 @@ class LLMEvalSession:
         self.results: list[CaseResult] = []
         self.invalid: list[dict[str, Any]] = []
         self.unusable: dict[str, str] = {}  # model -> why it cannot be used (xdist workers)
+        self._sandbox: Any = None
+        self._sandbox_error: Exception | None = None
         self._datasets: set[Path] | None = None
+
+    def get_sandbox(self) -> Any:
+        """The sandbox for generated code, chosen once per process (raises SandboxUnavailable)."""
+        if self._sandbox is None and self._sandbox_error is None:
+            from pytest_llmeval.sandbox import Sandbox, SandboxUnavailable
+
+            try:
+                # The project directory may hold .env files and other secrets: hide it from the code.
+                self._sandbox = Sandbox(self.settings.sandbox, hide=[Path(self.config.rootpath)])
+            except SandboxUnavailable as exc:
+                self._sandbox_error = exc
+        if self._sandbox_error is not None:
+            raise self._sandbox_error
+        return self._sandbox
 
     # ------------------------------------------------------------------------------------ collection
 
@@ -91,6 +107,14 @@ class LLMEvalSession:
             return  # listing tests needs no key
         needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m})
         problems = {m: p for m in needed if (p := self.runner.check_model(m))}
+        if any(isinstance(i, CaseItem) and i.case.kind == "code" and _item_model(i, self.settings.models)
+               for i in items):
+            from pytest_llmeval.sandbox import SandboxUnavailable
+
+            try:
+                self.get_sandbox()
+            except SandboxUnavailable as exc:
+                problems["--llm-sandbox"] = f"--llm-sandbox={self.settings.sandbox}: {exc}"
         if not problems:
             return
         if self.is_worker:
@@ -136,7 +160,8 @@ class LLMEvalSession:
     def _result_for(self, item: pytest.Item, report: pytest.TestReport,
                     call: pytest.CallInfo[None]) -> CaseResult | None:
         excinfo = call.excinfo
-        error = excinfo is not None and isinstance(excinfo.value, ModelCallError | ModelUnusable)
+        error = excinfo is not None and (isinstance(excinfo.value, ModelCallError | ModelUnusable)
+                                         or type(excinfo.value).__name__ == "SandboxUnavailable")
         if report.skipped:
             outcome = "skipped"
             message = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else None

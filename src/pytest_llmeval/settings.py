@@ -33,6 +33,10 @@ HELP = {
     "timeout": "Seconds one model call may take before it is an error outcome. Env LLMEVAL_TIMEOUT. Default 120.",
     "retries": "How often litellm retries a failed model call (rate limits, 5xx) before the case is an error. "
     "Env LLMEVAL_RETRIES. Default 2.",
+    "samples": "Answers drawn per code case (independent cache slots) to estimate pass@k; set a "
+    "temperature > 0 in the suite's params for them to differ. Env LLMEVAL_SAMPLES. Default 1.",
+    "sandbox": "Isolation of generated code: auto (the strongest that works: bwrap, else unshare), bwrap, "
+    "unshare, or none (no isolation: only for code you trust). Env LLMEVAL_SANDBOX. Default auto.",
     "cases": "Directories (relative to the rootdir) whose .yaml/.yml/.jsonl files are collected as case "
     "suites. Default: cases.",
     "aliases": "Model aliases, one per line: 'name = litellm-model', e.g. 'groq/llama3-70b = "
@@ -55,6 +59,9 @@ class Settings:
     timeout: float = 120.0
     retries: int = 2
     case_dirs: tuple[Path, ...] = (Path("cases"),)
+    samples: int = 1
+    sandbox: str = "auto"
+    artifacts_dir: Path = Path(".llmeval/artifacts")
 
     def resolve_model(self, name: str) -> str:
         """The litellm model name behind an alias (or the name itself)."""
@@ -151,6 +158,21 @@ def resolve(config: pytest.Config) -> Settings:
 
     case_dirs = tuple(root / d for d in (config.getini("llmeval_cases") or ["cases"]))
 
+    samples_raw, source = _pick(config, "llm_samples", "--llm-samples", "LLMEVAL_SAMPLES", "llmeval_samples")
+    samples = 1
+    if samples_raw is not None:
+        samples = _convert(samples_raw, str(source), "samples", int, "a whole number >= 1")
+        if samples < 1:
+            raise pytest.UsageError(f"Invalid samples {samples_raw!r} from {source}: expected a number >= 1.")
+
+    from pytest_llmeval.sandbox import LEVELS
+
+    sandbox_raw, source = _pick(config, "llm_sandbox", "--llm-sandbox", "LLMEVAL_SANDBOX", "llmeval_sandbox")
+    sandbox = str(sandbox_raw or "auto").strip().lower()
+    if sandbox not in LEVELS:
+        raise pytest.UsageError(
+            f"Invalid --llm-sandbox {sandbox_raw!r} from {source}: expected one of {', '.join(LEVELS)}.")
+
     return Settings(
         models=models,
         aliases=_parse_aliases(config.getini("llmeval_aliases")),
@@ -161,4 +183,7 @@ def resolve(config: pytest.Config) -> Settings:
         timeout=timeout,
         retries=retries,
         case_dirs=case_dirs,
+        samples=samples,
+        sandbox=sandbox,
+        artifacts_dir=results_path.parent / "artifacts",
     )

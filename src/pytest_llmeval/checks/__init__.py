@@ -48,6 +48,7 @@ class CheckDef:
     ``shorthand`` names the parameter a scalar/list value fills (``{contains: Paris}``);
     ``kinds`` restricts the case kinds it applies to (None: all); ``grade`` is None for checks whose
     grading ships with a later release: cases using them validate and collect but are skipped.
+    ``context`` checks also receive the execution context of the answer (see checks/code.py).
     """
 
     name: str
@@ -56,6 +57,7 @@ class CheckDef:
     shorthand: str | None = None
     kinds: frozenset[str] | None = None
     doc: str = ""
+    context: bool = False  # grade(answer, case, params, ctx) with the case's CodeContext (code checks)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,16 @@ class CheckRegistry:
 
     def __iter__(self) -> Iterable[CheckDef]:  # type: ignore[override]
         return iter(self._checks.values())
+
+
+def builtin_registry() -> CheckRegistry:
+    """A registry of the built-in checks only (for tools that load case files outside a pytest run)."""
+    from pytest_llmeval.checks import choice, code, pending, text
+
+    registry = CheckRegistry()
+    for check in [*text.CHECKS, *choice.CHECKS, *code.CHECKS, *pending.CHECKS]:
+        registry.register(check)
+    return registry
 
 
 def all_passed(outcomes: Iterable[CheckOutcome]) -> bool:
