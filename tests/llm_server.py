@@ -121,12 +121,21 @@ class _Rule:
     """A scripted answer."""
 
     when: str
-    reply: str
+    reply: str | list[str]
     model: str | None = None
     delay: float | None = None
+    served: int = 0
 
     def matches(self, prompt: str, model: Any) -> bool:
         return self.when.lower() in prompt.lower() and _model_matches(self.model, model)
+
+    def next_reply(self) -> str:
+        """The reply; a list of replies is served in turn, cycling (different samples of one prompt)."""
+        if isinstance(self.reply, str):
+            return self.reply
+        reply = self.reply[self.served % len(self.reply)]
+        self.served += 1
+        return reply
 
 
 @dataclass
@@ -344,11 +353,13 @@ class ScriptedLLMServer:
 
     # -- scripting --------------------------------------------------------
 
-    def answer(self, when: str, reply: str, *, model: str | None = None, delay: float | None = None) -> None:
+    def answer(self, when: str, reply: str | list[str], *, model: str | None = None,
+               delay: float | None = None) -> None:
         """Reply ``reply`` when ``when`` occurs (case-insensitive substring) in
         the last user message and, if given, ``model`` matches the request's
         ``model`` (a ``provider/`` prefix on ``model`` is ignored).
 
+        A list of replies is served one after the other, cycling.
         Rules are tried in insertion order; the first match wins.  ``delay``,
         when given, replaces :attr:`latency` for requests answered by this rule.
         """
@@ -430,7 +441,7 @@ class ScriptedLLMServer:
                     return fault, "", self.latency
             for rule in self._rules:
                 if rule.matches(prompt, model):
-                    return None, rule.reply, self.latency if rule.delay is None else rule.delay
+                    return None, rule.next_reply(), self.latency if rule.delay is None else rule.delay
             return None, self.default, self.latency
 
     def _handle_chat(self, handler: _Handler, body: dict[str, Any]) -> None:

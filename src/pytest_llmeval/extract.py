@@ -36,6 +36,7 @@ def extract_code(answer: str, language: str) -> str | None:
     for group in (tagged, untagged):
         group = [g for g in group if g.strip()]
         if group:
+            group = [g.strip("\n") for g in group]
             code = "\n\n".join(group) if language == "python" else max(group, key=len)
             return code.strip("\n") + "\n"
     if blocks:
