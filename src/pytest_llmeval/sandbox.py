@@ -210,7 +210,8 @@ class WorkDir:
             return list(cmd)
         if sb.level == "unshare":
             base = ["unshare", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
-            return base + (drop if sb.is_root else []) + list(cmd)
+            # Unprivileged, the namespaces need a user namespace of their own.
+            return base + (drop if sb.is_root else ["--user", "--map-root-user"]) + list(cmd)
         args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         for hidden in _hidden_dirs(sb.hide):
             args += ["--perms", "0755" if hidden != Path("/tmp") else "1777", "--tmpfs", str(hidden)]
