@@ -354,18 +354,26 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
     for question, reply in [("France", "Paris."), ("Japan", "Kyoto."), ("Italy", "Rome."),
                             ("ocean", "The Pacific."), ("South America", "Brazil."), ("2 + 3", "5"),
                             ("10 times 2", "20"), ("Tracy", "C"), ("Sydney", "The answer is (A)."),
-                            ("Sasha", "B) get petitions signed"), ("Jordan", "A"), ("Kendall", "C")]:
+                            ("Sasha", "B) get petitions signed"), ("Jordan", "A"), ("Kendall", "C"),
+                            ("Python program that prints Hello", "```python\nprint('Hello, World!')\n```"),
+                            ("add(a, b)", "```python\ndef add(a, b):\n    return a + b\n```"),
+                            ("squares", "```python\nfor i in range(1, 6):\n    print(i * i)\n```"),
+                            ("C program that prints Hello",
+                             '```c\n#include <stdio.h>\nint main(void) { puts("Hello, World!"); return 0; }\n```'),
+                            ("sum of the integers",
+                             '```c\n#include <stdio.h>\nint main(void) { printf("%d\\n", 55); return 0; }\n```')]:
         server.answer(question, reply)
-    project.run("--llm-cache-dir=c0").assert_outcomes(passed=10, failed=2)
+    project.run("--llm-cache-dir=c0").assert_outcomes(passed=15, failed=2)
     serial = project.results()
-    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=10, failed=2)
+    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=15, failed=2)
     parallel = project.results()
-    assert len(server.requests) == 24
+    assert len(server.requests) == 34
     timing = {"latency_p50_s", "latency_p95_s"}
 
     def strip(doc: dict) -> list:
         return [{k: v for k, v in r.items() if k not in timing} for r in doc["suites"]]
 
     assert strip(serial) == strip(parallel)
-    assert [r["suite"] for r in serial["suites"]] == ["arithmetic", "geography", "social-iqa"]
+    assert [r["suite"] for r in serial["suites"]] == ["arithmetic", "c-code", "geography", "python-code",
+                                                      "social-iqa"]
     assert parallel["run"]["workers"] == 4
