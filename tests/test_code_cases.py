@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Project
 
+from conftest import Project
 from pytest_llmeval.extract import extract_code
 from pytest_llmeval.results import pass_at_k
 

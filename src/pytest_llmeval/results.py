@@ -91,7 +91,7 @@ def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[CaseResult]] = {}
     for r in results:
         groups.setdefault((r.suite, r.model), []).append(r)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (suite, model), rs in sorted(groups.items()):
         counts = {o: sum(1 for r in rs if r.outcome == o) for o in OUTCOMES}
         graded = counts["passed"] + counts["failed"]

@@ -9,14 +9,11 @@ In a case file a check is a one-key mapping: ``{contains: Paris}`` (shorthand) o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-
-if TYPE_CHECKING:
-    from pytest_llmeval.cases import CaseSpec
 
 
 class CheckParams(BaseModel):
@@ -38,7 +35,8 @@ class CheckOutcome:
         return {"check": self.name, "passed": self.passed, "score": round(self.score, 6), "reason": self.reason}
 
 
-GradeFn = Callable[[str, "CaseSpec", Any], CheckOutcome]
+# grade(answer, case, params) -> CheckOutcome; checks with context=True also get the code context.
+GradeFn = Callable[..., CheckOutcome]
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ class CheckRegistry:
     def names(self) -> list[str]:
         return sorted(self._checks)
 
-    def __iter__(self) -> Iterable[CheckDef]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[CheckDef]:
         return iter(self._checks.values())
 
 

@@ -76,22 +76,25 @@ class CodeContext:
         """(compiled, why not). Python is compiled in-process (compiling runs nothing); C inside the
         sandbox (an ``#include "/etc/shadow"`` must not be read by the compiler as us)."""
         if self._compiled is None:
-            if self.code is None:
-                self._compiled = (False, "no code found in the answer")
-            elif self.language == "python":
-                try:
-                    compile(self.code, "main.py", "exec")
-                    self._compiled = (True, "")
-                except SyntaxError as exc:
-                    self._compiled = (False, f"SyntaxError: {exc.msg} (line {exc.lineno})")
-            else:
-                result = self._wd().run(C_COMPILE, limits=self.limits)
-                self._record("compile", result)
-                self._compiled = (result.ok, "" if result.ok else
-                                  (result.reason if result.timed_out else _tail(result.stderr) or result.reason or ""))
+            self._compiled = self._compile()
             if not self._compiled[0] and self.code is not None:
                 self.detail = NO_COMPILE
         return self._compiled
+
+    def _compile(self) -> tuple[bool, str]:
+        if self.code is None:
+            return False, "no code found in the answer"
+        if self.language == "python":
+            try:
+                compile(self.code, "main.py", "exec")
+            except SyntaxError as exc:
+                return False, f"SyntaxError: {exc.msg} (line {exc.lineno})"
+            return True, ""
+        result = self._wd().run(C_COMPILE, limits=self.limits)
+        self._record("compile", result)
+        if result.ok:
+            return True, ""
+        return False, str(result.reason) if result.timed_out else _tail(result.stderr) or str(result.reason)
 
     def run(self) -> RunResult | None:
         """Run the program once (None when it does not compile)."""
@@ -124,7 +127,7 @@ def _no_program(name: str, ctx: CodeContext) -> CheckOutcome:
 
 
 def _failed_run(result: RunResult) -> str:
-    return result.reason if result.timed_out else (
+    return str(result.reason) if result.timed_out else (
         f"{result.reason}: {_tail(result.stderr)}" if result.stderr.strip() else str(result.reason))
 
 
