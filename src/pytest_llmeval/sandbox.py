@@ -265,6 +265,8 @@ class WorkDir:
                 proc.wait()
             finally:
                 _kill_group(proc)  # a daemon left behind in the (non-namespaced) group dies too
+                if drop_uid:
+                    _reap_uid(self.uid)
         duration = time.perf_counter() - start
         stdout = _read(out_path, limits.max_output_bytes)
         stderr = _read(err_path, limits.max_output_bytes)
@@ -297,6 +299,42 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _uid_pids(uid: int) -> list[int]:
+    """Processes (zombies included) whose real uid is ``uid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid:
+                            pids.append(int(entry))
+                        break
+        except OSError:
+            continue
+    return pids
+
+
+def _reap_uid(uid: int, wait_s: float = 3.0) -> None:
+    """Make sure nothing of the sandbox uid outlives its run.
+
+    A pid namespace is torn down asynchronously after its init dies, and processes that are being killed (or
+    are zombies) still count against RLIMIT_NPROC for the next run with this uid: kill what is left and wait.
+    """
+    deadline = time.monotonic() + wait_s
+    while pids := _uid_pids(uid):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
 
 
 def _read(path: Path, limit: int) -> str:
