@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmeval.sandbox import UID_BASE, Limits, Sandbox, SandboxUnavailable
+from pytest_llmeval.sandbox import UID_BASE, UIDS_PER_PROCESS, Limits, Sandbox, SandboxUnavailable, _worker_index
 
 LEVELS = ["bwrap", "unshare"]
 SHORT = Limits(timeout_s=8, cpu_s=5)
@@ -53,10 +53,12 @@ def sandbox(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def sandbox_processes() -> list[str]:
-    """Processes still running under any sandbox uid (there must be none after a run)."""
+    """Processes still running under this process's sandbox uids (there must be none after a run)."""
     out = subprocess.run(["ps", "-e", "-o", "uid=,pid=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
-    return [" ".join(r) for r in rows if UID_BASE <= int(r[0]) < UID_BASE + 64 * 64]
+    # Only this process's uids: other xdist workers may be running sandboxes of their own right now.
+    low = UID_BASE + UIDS_PER_PROCESS * _worker_index()
+    return [" ".join(r) for r in rows if low <= int(r[0]) < low + UIDS_PER_PROCESS]
 
 
 def shadow_first_line() -> str:
