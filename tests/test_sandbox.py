@@ -92,7 +92,8 @@ def test_cannot_write_outside_the_workdir(sandbox: Sandbox, tmp_path: Path) -> N
     tag = uuid.uuid4().hex
     targets = [f"/etc/llmeval-{tag}", f"/work/llmeval-{tag}", f"/root/llmeval-{tag}", str(tmp_path / tag)]
     world_writable = [f"/tmp/llmeval-{tag}", f"/var/tmp/llmeval-{tag}"]
-    code = "import sys\nfor p in sys.argv[1:]:\n    try:\n        open(p, 'w').write('x')\n    except OSError:\n        pass\n"
+    code = ("import sys\nfor p in sys.argv[1:]:\n    try:\n        open(p, 'w').write('x')\n"
+            "    except OSError:\n        pass\n")
     with sandbox.workdir() as wd:
         wd.write("main.py", code)
         wd.run([sandbox.python, "-I", "main.py", *targets, *world_writable], limits=SHORT)
@@ -165,7 +166,7 @@ def test_no_network_to_host_listeners(sandbox: Sandbox) -> None:
         result = sandbox.run([sandbox.python, "-I", "main.py", str(tcp.getsockname()[1]),
                               str(udp.getsockname()[1]), abstract[1:]], {"main.py": code}, limits=SHORT)
         assert "connected" not in result.stdout, result.stdout
-        for listener, accept in ((tcp, tcp.accept), (udp, lambda: udp.recvfrom(16)), (unix, unix.accept)):
+        for accept in (tcp.accept, lambda: udp.recvfrom(16), unix.accept):
             with pytest.raises((TimeoutError, socket.timeout, BlockingIOError)):
                 accept()
     finally:
