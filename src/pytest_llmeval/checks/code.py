@@ -108,12 +108,12 @@ class CodeContext:
             self.files = dict(self._run.files)
         return self._run
 
-    def run_tests(self, tests: str, entry_point: str | None) -> RunResult | None:
+    def run_tests(self, tests: str, entry_point: str | None, setup: str | None = None) -> RunResult | None:
         ok, _ = self.compile()
         if not ok:
             return None
         assert self.code is not None
-        program = f"{self.code}\n\n{tests}\n"
+        program = f"{setup}\n{self.code}\n\n{tests}\n" if setup else f"{self.code}\n\n{tests}\n"
         if entry_point:
             program += f"\ncheck({entry_point})\n"
         result = self.sandbox.run([self.python, "-I", "main.py"], {"main.py": program}, limits=self.limits)
@@ -195,12 +195,13 @@ def grade_stdout(answer: str, case: CaseSpec, p: StdoutParams, ctx: CodeContext)
 class TestsParams(CheckParams):
     code: str = Field(min_length=1)  # assert statements, or a HumanEval-style check(candidate) function
     entry_point: str | None = None  # with check(candidate): the function under test
+    setup: str | None = None  # run before the answer's code (imports the answer may have dropped)
 
 
 def grade_tests(answer: str, case: CaseSpec, p: TestsParams, ctx: CodeContext) -> CheckOutcome:
     if ctx.language != "python":
         return CheckOutcome("tests", False, 0.0, "tests run Python test code: use runs/stdout for C")
-    result = ctx.run_tests(p.code, p.entry_point)
+    result = ctx.run_tests(p.code, p.entry_point, p.setup)
     if result is None:
         return _no_program("tests", ctx)
     return CheckOutcome("tests", result.ok, float(result.ok), "" if result.ok else _failed_run(result))
