@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Project
 
+from conftest import Project
 from pytest_llmeval.cli import main
 from pytest_llmeval.humaneval import dataset_path, load_problems
 
