@@ -178,3 +178,18 @@ def test_pass_at_k_estimator() -> None:
     # exact: 1 - C(7, 5) / C(10, 5) = 1 - 21/252
     assert pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)
     assert pass_at_k(4, 1, 4) == 1.0
+
+
+def test_no_isolation_available_refuses_clearly(project: Project, monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path) -> None:
+    """Without bwrap/unshare on PATH, generated code is not run: one usage error naming the fix."""
+    from pytest_llmeval import sandbox as sandbox_mod
+
+    monkeypatch.setattr(sandbox_mod, "_PROBES", {})
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no bwrap, unshare, prlimit
+    project.write("cases/py.yaml", PY.split("  - id: hello")[0])
+    result = project.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --llm-sandbox=auto: cannot isolate generated code (bwrap: bwrap is not "
+                                 "installed; unshare: unshare is not installed). Install bubblewrap*"])
+    assert project.server.requests == []
