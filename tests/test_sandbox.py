@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmeval.sandbox import UID_BASE, UIDS_PER_PROCESS, Limits, Sandbox, SandboxUnavailable, _worker_index
+from pytest_llmeval.sandbox import UID_BASE, UID_RANGE, Limits, Sandbox, SandboxUnavailable, _UidPool
 
 LEVELS = ["bwrap", "unshare"]
 SHORT = Limits(timeout_s=8, cpu_s=5)
@@ -52,13 +53,13 @@ def sandbox(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return sb
 
 
-def sandbox_processes() -> list[str]:
-    """Processes still running under this process's sandbox uids (there must be none after a run)."""
+def sandbox_processes(marker: str) -> list[str]:
+    """Processes still running under a sandbox uid whose command line carries ``marker`` (there must be none
+    after a run). The marker keeps out other tests' runs: uids are leased machine-wide and reused."""
     out = subprocess.run(["ps", "-e", "-o", "uid=,pid=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
-    # Only this process's uids: other xdist workers may be running sandboxes of their own right now.
-    low = UID_BASE + UIDS_PER_PROCESS * _worker_index()
-    return [" ".join(r) for r in rows if low <= int(r[0]) < low + UIDS_PER_PROCESS]
+    return [" ".join(r) for r in rows
+            if len(r) == 3 and UID_BASE <= int(r[0]) < UID_BASE + UID_RANGE and marker in r[2]]
 
 
 def shadow_first_line() -> str:
@@ -177,11 +178,13 @@ def test_no_network_to_host_listeners(sandbox: Sandbox) -> None:
 @pytest.mark.skipif(not ROOT, reason="RLIMIT_NPROC holds only with a real uid drop")
 def test_fork_bomb_is_contained(sandbox: Sandbox) -> None:
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    marker = uuid.uuid4().hex
     start = time.monotonic()
-    result = sandbox.run_python(code, limits=Limits(timeout_s=3, cpu_s=2, max_processes=32))
+    result = sandbox.run([sandbox.python, "-I", "main.py", marker], {"main.py": code},
+                         limits=Limits(timeout_s=3, cpu_s=2, max_processes=32))
     assert time.monotonic() - start < 15
     assert not result.ok
-    assert sandbox_processes() == []
+    assert sandbox_processes(marker) == []
 
 
 def test_memory_limit(sandbox: Sandbox) -> None:
@@ -204,9 +207,11 @@ def test_cannot_kill_its_parent(sandbox: Sandbox) -> None:
         "    try:\n        os.kill(pid, signal.SIGKILL)\n        print('sent', pid)\n"
         "    except OSError as e:\n        print('refused', pid, e.errno)\n"
     )
-    result = sandbox.run([sandbox.python, "-I", "main.py", str(os.getpid())], {"main.py": code}, limits=SHORT)
+    marker = uuid.uuid4().hex
+    result = sandbox.run([sandbox.python, "-I", "main.py", str(os.getpid()), marker], {"main.py": code},
+                         limits=SHORT)
     assert result.exit_code is not None  # the run came back; and so did we, to assert this
-    assert sandbox_processes() == []
+    assert sandbox_processes(marker) == []
 
 
 def test_background_daemons_do_not_survive(sandbox: Sandbox) -> None:
@@ -217,12 +222,13 @@ def test_background_daemons_do_not_survive(sandbox: Sandbox) -> None:
         "    os._exit(0)\n"
         "print('parent done')\n"
     )
+    marker = uuid.uuid4().hex
     start = time.monotonic()
-    result = sandbox.run_python(code, limits=Limits(timeout_s=8))
+    result = sandbox.run([sandbox.python, "-I", "main.py", marker], {"main.py": code}, limits=Limits(timeout_s=8))
     assert time.monotonic() - start < 8, "a daemon held the run open"
     assert "parent done" in result.stdout
     time.sleep(0.2)
-    assert sandbox_processes() == []
+    assert sandbox_processes(marker) == []
 
 
 @pytest.mark.skipif(not ROOT, reason="/etc/shadow is unreadable anyway without root")
@@ -266,6 +272,36 @@ def test_parallel_runs_use_distinct_uids(sandbox: Sandbox) -> None:
         t.join()
     if ROOT:
         assert len(set(uids)) == 3, uids
+
+
+HOLD_LEASE = """
+import sys
+from pathlib import Path
+from pytest_llmeval.sandbox import _UidPool
+with _UidPool(base=%d, size=%d, lock_dir=Path(sys.argv[1])).take() as uid:
+    print(uid, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_uid_leases_are_exclusive_across_processes(tmp_path: Path) -> None:
+    """Two pytest sessions on one machine (a pytester run inside a test run, say) never share a uid: the
+    reaper of one would kill the other's programs."""
+    base = UID_BASE + UID_RANGE + 100  # a range no real run uses, so nothing gets reaped
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE % (base, 2), str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        held = int(holder.stdout.readline())  # type: ignore[union-attr]
+        pool = _UidPool(base=base, size=2, lock_dir=tmp_path)
+        with pool.take() as mine:
+            assert mine != held and {mine, held} == {base, base + 1}
+            with pytest.raises(SandboxUnavailable, match="all 2 sandbox uids"), pool.take():
+                pass
+    finally:
+        holder.stdin.close()  # type: ignore[union-attr]
+        holder.wait(10)
+    with _UidPool(base=base, size=1, lock_dir=tmp_path).take() as again:
+        assert again == base  # a lease ends with its holder; a crashed process frees its uids too
 
 
 def test_none_level_is_never_automatic() -> None:

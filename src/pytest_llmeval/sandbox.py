@@ -23,6 +23,7 @@ killed at a wall-clock timeout. The level used is recorded in each result.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -37,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LEVELS = ("auto", "bwrap", "unshare", "none")
-UID_BASE = 61000  # sandbox uids: UID_BASE + 64 * worker + slot (distinct per xdist worker and per run)
-UIDS_PER_PROCESS = 64
+UID_BASE = 61000  # sandbox uids: UID_BASE .. UID_BASE + UID_RANGE - 1, each leased to one run at a time
+UID_RANGE = 2048
+UIDS_PER_PROCESS = 64  # where a worker starts looking for a free uid
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -86,23 +88,53 @@ def _worker_index() -> int:
 
 
 class _UidPool:
-    """Distinct uids for concurrent runs: RLIMIT_NPROC counts per uid, machine-wide."""
+    """Sandbox uids leased machine-wide: no two concurrent runs share one, whichever process they are in.
 
-    def __init__(self) -> None:
+    RLIMIT_NPROC counts per uid and the reaper kills every process of its uid after a run, so a uid must be
+    exclusive to one run, across threads, xdist workers and separate pytest sessions (a pytester session
+    inside a test run, two CI jobs on one machine). Each lease is an exclusive ``flock`` on a file named after
+    the uid; the kernel drops it when the process dies, so a crashed run never leaks its uid.
+    """
+
+    def __init__(self, base: int = UID_BASE, size: int = UID_RANGE, lock_dir: Path | None = None) -> None:
+        self.base, self.size = base, size
+        # Root leases real uids: one directory for the whole machine, whatever TMPDIR a session has.
+        default = Path("/tmp/pytest-llmeval-uids") if os.geteuid() == 0 else \
+            Path(tempfile.gettempdir()) / f"pytest-llmeval-uids-{os.geteuid()}"
+        self.lock_dir = lock_dir or default
         self._lock = threading.Lock()
-        self._free = list(range(UIDS_PER_PROCESS))
+        self._held: set[int] = set()
 
     @contextmanager
     def take(self) -> Iterator[int]:
-        with self._lock:
-            if not self._free:
-                raise SandboxUnavailable(f"more than {UIDS_PER_PROCESS} concurrent sandbox runs in one process")
-            slot = self._free.pop(0)
+        fd, uid = self._acquire()
         try:
-            yield UID_BASE + UIDS_PER_PROCESS * _worker_index() + slot
+            if os.geteuid() == 0:
+                _reap_uid(uid)  # whatever a crashed holder of this uid left behind
+            yield uid
         finally:
             with self._lock:
-                self._free.append(slot)
+                self._held.discard(uid)
+            os.close(fd)  # releases the flock
+
+    def _acquire(self) -> tuple[int, int]:
+        self.lock_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        start = (UIDS_PER_PROCESS * _worker_index() + os.getpid()) % self.size  # spread the search out
+        with self._lock:
+            for i in range(self.size):
+                uid = self.base + (start + i) % self.size
+                if uid in self._held:
+                    continue
+                fd = os.open(self.lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self._held.add(uid)
+                return fd, uid
+        raise SandboxUnavailable(f"all {self.size} sandbox uids ({self.base}..{self.base + self.size - 1}) "
+                                 "are in use by concurrent runs on this machine")
 
 
 _UIDS = _UidPool()
