@@ -21,6 +21,14 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # model load).
 import litellm  # noqa: E402,F401
 
+# The same for modules with native extensions that in-process runs import (they cannot be loaded twice
+# in one process): the statistics and metrics libraries, and sentence-transformers (torch) for embeddings.
+import numpy  # noqa: E402,F401
+import rouge_score.rouge_scorer  # noqa: E402,F401
+import sacrebleu  # noqa: E402,F401
+import scipy.stats  # noqa: E402,F401
+import sentence_transformers  # noqa: E402,F401
+
 import pytest_llmeval.local  # noqa: E402,F401
 
 pytest_plugins = ["pytester"]

@@ -30,7 +30,7 @@ BAD_FILES = {
     ),
     "unknown-kind": (
         "suite: s\nkind: essay\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
-        ["*cases/bad.yaml:2: kind: Input should be 'qna', 'choice', 'code' or 'labels' (got 'essay')"],
+        ["*cases/bad.yaml:2: kind: Input should be 'qna', 'choice', 'code', 'labels' or 'calibration' (got 'essay')"],
     ),
     "missing-field": (
         "kind: choice\ncases:\n  - id: a\n    question: q\n    choices: {A: x, B: y}\n",
@@ -163,25 +163,27 @@ def test_bad_bare_jsonl_lines(project: Project) -> None:
     result.assert_outcomes(passed=1, errors=2)
     result.stdout.fnmatch_lines([
         "*cases/quick.jsonl:2: invalid JSON: *",
-        "*cases/quick.jsonl:3: kind: unknown kind 'poem'; expected one of: qna, choice, code, labels",
+        "*cases/quick.jsonl:3: kind: unknown kind 'poem'; expected one of: qna, choice, code, labels, calibration",
     ])
 
 
-def test_labels_cases_collect_and_skip_with_a_reason(project: Project) -> None:
+def test_labels_case_with_a_label_outside_its_list_is_invalid(project: Project) -> None:
     project.write("cases/labels.yaml", """\
 kind: labels
+labels: [DRY, SRP]
 cases:
   - id: smells
     input: "int f(){return 1;}"
-    labels: [DRY, SRP, NAME]
     answer: [NAME]
-    expect: [{jaccard: {min: 0.5}}]
+  - id: ok
+    input: "int g(){return 2;}"
+    answer: []
 """)
-    result = project.run("-rs")
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*grading of 'labels' cases (jaccard) is not implemented yet*"])
-    assert project.server.requests == []
-    assert {c["outcome"] for c in project.results()["cases"]} == {"skipped"}
+    project.server.answer("int g", "[]")
+    result = project.run()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*cases/labels.yaml:4: cases[[]0]: answer labels [[]'NAME'] are not in labels [[]'DRY', 'SRP']"])
 
 
 def test_code_case_with_bad_language_is_invalid(project: Project) -> None:

@@ -24,7 +24,7 @@ def test_cases_graded_and_aggregated(project: Project) -> None:
         "results: .llmeval/results.json",
     ])
     doc = project.results()
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     rows = {r["suite"]: r for r in doc["suites"]}
     assert rows["geography"]["passed"] == 2 and rows["geography"]["failed"] == 1
     assert rows["geography"]["prompt_tokens"] > 0 and rows["geography"]["completion_tokens"] > 0
@@ -351,7 +351,13 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
 
     shutil.copytree(Path(__file__).parent.parent / "cases", project.pytester.path / "cases")
     server = project.server
-    for question, reply in [("France", "Paris."), ("Japan", "Kyoto."), ("Italy", "Rome."),
+    server.answer("Answer to grade", '{"score": 8, "reason": "Good."}')  # judge requests (self-judging)
+    for question, reply in [("photosynthesis", "Plants make glucose and oxygen from light, water and CO2."),
+                            ("water boil", "Water boils at 100 degrees Celsius at sea level."),
+                            ("red planet", "Mars is known as the red planet."),
+                            ("s += a[i]", '["DRY"]'), ("86400", '["MC"]'), ("send_email", "SRP"),
+                            ("int x = 1 return", "- NO_COMPILE"),
+                            ("France", "Paris."), ("Japan", "Kyoto."), ("Italy", "Rome."),
                             ("ocean", "The Pacific."), ("South America", "Brazil."), ("2 + 3", "5"),
                             ("10 times 2", "20"), ("Tracy", "C"), ("Sydney", "The answer is (A)."),
                             ("Sasha", "B) get petitions signed"), ("Jordan", "A"), ("Kendall", "C"),
@@ -363,17 +369,19 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
                             ("sum of the integers",
                              '```c\n#include <stdio.h>\nint main(void) { printf("%d\\n", 55); return 0; }\n```')]:
         server.answer(question, reply)
-    project.run("--llm-cache-dir=c0").assert_outcomes(passed=15, failed=2)
+    # judge-calibration: the judge says 8 to all: within 2 of 10 and "pass" agree; 1 and 5 do not.
+    project.run("--llm-cache-dir=c0").assert_outcomes(passed=24, failed=4)
     serial = project.results()
-    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=15, failed=2)
+    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=24, failed=4)
     parallel = project.results()
-    assert len(server.requests) == 34
+    assert len(server.requests) == 2 * (17 + 3 + 2 + 4 + 4)
     timing = {"latency_p50_s", "latency_p95_s"}
 
     def strip(doc: dict) -> list:
         return [{k: v for k, v in r.items() if k not in timing} for r in doc["suites"]]
 
     assert strip(serial) == strip(parallel)
-    assert [r["suite"] for r in serial["suites"]] == ["arithmetic", "c-code", "geography", "python-code",
+    assert [r["suite"] for r in serial["suites"]] == ["arithmetic", "c-code", "clean-code-labels", "explain",
+                                                      "geography", "judge-calibration", "python-code",
                                                       "social-iqa"]
     assert parallel["run"]["workers"] == 4

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pytest_llmeval.checks import CheckRegistry, CheckSpec
 
-KINDS = ("qna", "choice", "code", "labels")
-Kind = Literal["qna", "choice", "code", "labels"]
+KINDS = ("qna", "choice", "code", "labels", "calibration")
+Kind = Literal["qna", "choice", "code", "labels", "calibration"]
+PassIf = Literal["all", "majority", "any"]
 Loc = tuple[str | int, ...]
 
 
@@ -141,6 +142,8 @@ class SuiteModel(BaseModel):
     expect: list[Any] = Field(default_factory=list)  # checks applied to every case
     dataset: DatasetModel | None = None
     limits: LimitsModel | None = None  # code suites: sandbox limits for every case
+    labels: list[str] | None = None  # labels suites: the allowed labels of every case that lists none
+    pass_if: PassIf | None = None  # how a repeated case passes (--llm-repeat): all | majority | any
     cases: list[Any] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -160,6 +163,7 @@ class CaseModel(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     expect: list[Any] = Field(default_factory=list)
     reference: str | None = None
+    pass_if: PassIf | None = None
 
     @field_validator("id", mode="before")
     @classmethod
@@ -221,8 +225,32 @@ class LabelsCase(CaseModel):
         return self
 
 
+class CalibrationCase(CaseModel):
+    """A human-labelled example for judge calibration: the judge grades ``answer``; a person said ``score``
+    (0-10) or ``verdict`` (pass/fail)."""
+
+    question: str
+    answer: str
+    context: str | None = None
+    score: float | None = Field(default=None, ge=0, le=10)
+    verdict: Literal["pass", "fail"] | None = None
+
+    @field_validator("verdict", mode="before")
+    @classmethod
+    def _verdict_words(cls, v: Any) -> Any:
+        words = {"pass": "pass", "yes": "pass", "true": "pass", "good": "pass",
+                 "fail": "fail", "no": "fail", "false": "fail", "bad": "fail"}
+        return words.get(str(v).strip().lower(), v) if v is not None else None
+
+    @model_validator(mode="after")
+    def _labelled(self) -> CalibrationCase:
+        if self.score is None and self.verdict is None:
+            raise ValueError("a calibration case needs the human label: score (0-10) or verdict (pass/fail)")
+        return self
+
+
 CASE_MODELS: dict[str, type[CaseModel]] = {
-    "qna": QnaCase, "choice": ChoiceCase, "code": CodeCase, "labels": LabelsCase,
+    "qna": QnaCase, "choice": ChoiceCase, "code": CodeCase, "labels": LabelsCase, "calibration": CalibrationCase,
 }
 
 # Kinds whose checks default to one implied check when `expect` is empty.
@@ -245,6 +273,7 @@ class CaseSpec:
     checks: list[CheckSpec]
     fields: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)  # sandbox limits (suite's, then the case's)
+    pass_if: str | None = None  # all | majority | any (None: the kind's default)
 
     def messages(self) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -399,6 +428,8 @@ class _Loader:
         if not isinstance(raw, dict):
             return [self.error(line, loc, "expected a mapping of case fields", path=path)]
         case_id = str(raw.get("id")) if raw.get("id") is not None else None
+        if kind == "labels" and suite.labels is not None and "labels" not in raw:
+            raw = {**raw, "labels": suite.labels}
         problems: list[tuple[Loc, str]] = []
         try:
             model = CASE_MODELS[kind].model_validate(raw)
@@ -420,6 +451,14 @@ class _Loader:
             problems += errs
             if spec:
                 checks.append(spec)
+        for spec in checks:
+            for needed in spec.definition.needs if spec.definition else ():
+                if raw.get(needed) is None and getattr(spec.params, needed, None) is None:
+                    problems.append((loc, f"check {spec.name!r} needs a {needed!r} field on the case "
+                                          f"(or {needed}: in the check)"))
+        if kind == "calibration" and not any(c.name == "judge" for c in checks) and not problems:
+            problems.append((loc + ("expect",), "a calibration case needs the judge it calibrates, e.g. "
+                                                "expect: [{judge: {rubric: correctness, min: 7}}] on the suite"))
         if not checks and not problems:
             implied = IMPLIED_CHECK.get(kind)
             if implied is None:
@@ -461,6 +500,7 @@ class _Loader:
             limits={**(suite.limits.model_dump(exclude_none=True) if suite.limits else {}),
                     **(getattr(model, "limits", None).model_dump(exclude_none=True)  # type: ignore[union-attr]
                        if getattr(model, "limits", None) else {})},
+            pass_if=model.pass_if or suite.pass_if,
         )
 
     # ---- files

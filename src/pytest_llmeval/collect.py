@@ -15,6 +15,7 @@ import pytest
 
 from pytest_llmeval.cases import CaseError, CaseSpec, load_file
 from pytest_llmeval.checks import CheckOutcome
+from pytest_llmeval.checks.judge import JudgeEnv
 from pytest_llmeval.models import Completion, ModelCallError
 from pytest_llmeval.results import CaseResult
 
@@ -60,7 +61,11 @@ class CaseFile(pytest.File):
         for case in loaded.cases:
             if case.id in groups:
                 continue
-            for model in state.settings.models:
+            # A calibration suite grades the judge: its items run once per judge model.
+            models = state.settings.models
+            if case.kind == "calibration" and state.settings.judge_model:
+                models = (state.settings.judge_model,)
+            for model in models:
                 yield CaseItem.from_parent(self, **self._ids(case.id, model), case=case, model=model)
 
     def _ids(self, base: str, params: str) -> dict[str, Any]:
@@ -103,7 +108,11 @@ class InvalidCaseItem(pytest.Item):
 
 
 class CaseItem(pytest.Item):
-    """One case run against one model."""
+    """One case run against one model (for a calibration case: one judge model).
+
+    With ``--llm-repeat``/``--llm-samples`` the item draws several answers (independent cache slots), grades
+    each, and passes by the case's ``pass_if`` policy; each draw is kept in the CaseResult.
+    """
 
     def __init__(self, *, case: CaseSpec, model: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -112,10 +121,37 @@ class CaseItem(pytest.Item):
         self.completion: Completion | None = None
         self.completions: list[Completion] = []
         self.outcomes: list[CheckOutcome] = []
-        self.samples: list[dict[str, Any]] = []  # per answer: checks, code, detail, artifacts
+        self.samples: list[dict[str, Any]] = []  # per draw: checks, status, score, code, detail, artifacts
+        self.status: str | None = None  # passed | failed | unscored, once graded
+        self.judge_env: JudgeEnv | None = None
+        self.calibration: dict[str, Any] | None = None
         self.add_marker("llmeval")
         # -k can select by suite, kind and tag.
         self.extra_keyword_matches.update([case.suite, case.kind, *case.tags])
+
+    @property
+    def draws(self) -> int:
+        settings = _session(self.config).settings
+        if self.case.kind == "calibration":
+            return 1  # the judge grades a fixed answer; the judge's own consistency is a later question
+        return max(settings.repeat, settings.samples if self.case.kind == "code" else 1)
+
+    @property
+    def pass_if(self) -> str:
+        return self.case.pass_if or ("any" if self.case.kind == "code" else "all")
+
+    def judge_models(self) -> set[str]:
+        """Every model this item's judge checks will call."""
+        models: set[str] = set()
+        for c in self.case.checks:
+            if c.definition is not None and c.definition.judge:
+                models.add(getattr(c.params, "model", None) or self._default_judge())
+        return models
+
+    def _default_judge(self) -> str:
+        if self.case.kind == "calibration":
+            return self.model
+        return _session(self.config).settings.judge_model or self.model
 
     # ---- phases: the model call happens in setup, so a provider failure is an *error*, not a failure
 
@@ -124,32 +160,58 @@ class CaseItem(pytest.Item):
         if pending:
             pytest.skip(f"grading of {self.case.kind!r} cases ({', '.join(pending)}) is not implemented yet")
         state = _session(self.config)
-        problem = state.unusable.get(self.model)
-        if problem:
-            raise ModelUnusable(problem)
-        n = 1
+        for model in [self.model, *sorted(self.judge_models())]:
+            problem = state.unusable.get(model)
+            if problem:
+                raise ModelUnusable(problem)
         if self.case.kind == "code":
             state.get_sandbox()  # no isolation available: an error before any model call
-            n = state.settings.samples
+        if self.case.kind == "calibration":
+            return  # nothing to answer: the judge grades the case's own answer
         messages = self.case.messages()
         self.completions = [state.runner.complete(self.model, messages, self.case.params, sample=i)
-                            for i in range(n)]
+                            for i in range(self.draws)]
         self.completion = self.completions[0]
 
     def runtest(self) -> None:
-        assert self.completions
-        self.samples = [self._grade(c.text, i) for i, c in enumerate(self.completions)]
+        from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION
+
+        state = _session(self.config)
+        judge = self._default_judge()
+
+        def ask(model: str, messages: list[dict[str, str]], attempt: int) -> Completion:
+            return state.runner.complete(model, messages, JUDGE_PARAMS, sample=attempt,
+                                         key_extra={"purpose": "judge", "prompt_version": JUDGE_PROMPT_VERSION})
+
+        self.judge_env = JudgeEnv(judge_model=judge, self_judging=self.case.kind != "calibration"
+                                  and judge == self.model, ask=ask)
+        if self.case.kind == "calibration":
+            answers = [str(self.case.fields["answer"])]
+        else:
+            answers = [c.text for c in self.completions]
+        self.samples = [self._grade(text, i) for i, text in enumerate(answers)]
         self.outcomes = self.samples[0]["outcomes"]
-        # With several samples (pass@k), the case passes when any sample passes; its score is pass@1.
-        if not any(s["passed"] for s in self.samples):
+        self.status = decide(self.samples, self.pass_if)
+        if self.case.kind == "calibration" and self.status != "unscored":
+            from pytest_llmeval.checks.judge import calibrate
+
+            self.calibration = calibrate(self.case, self.outcomes)
+            self.status = "passed" if self.calibration["agree"] else "failed"
+        if self.status == "unscored":
+            reasons = [o.reason for s in self.samples for o in s["outcomes"] if o.unscored]
+            pytest.skip(f"unscored: {reasons[0]}")
+        if self.status == "failed":
             raise CaseFailed()
 
     def _grade(self, answer: str, index: int) -> dict[str, Any]:
+        """Grade one draw: every check's outcome, the draw's status and score (and, for code, what ran)."""
         checks = self.case.checks
+        env = self.judge_env
         if self.case.kind != "code":
-            outcomes = [c.definition.grade(answer, self.case, c.params) for c in checks
-                        if c.definition and c.definition.grade]
-            return {"outcomes": outcomes, "passed": all(o.passed for o in outcomes)}
+            outcomes = [c.definition.grade(answer, self.case, c.params, env) if c.definition.judge
+                        else c.definition.grade(answer, self.case, c.params)
+                        for c in checks if c.definition and c.definition.grade]
+            return _draw(outcomes, self.case, answer)
         from pytest_llmeval.checks.code import CodeContext, save_artifacts
         from pytest_llmeval.extract import extract_code
         from pytest_llmeval.sandbox import Limits
@@ -162,13 +224,17 @@ class CaseItem(pytest.Item):
             for c in checks:
                 if c.name == "files":
                     ctx.want_files(list(c.params.value))
-            outcomes = [c.definition.grade(answer, self.case, c.params, ctx) for c in checks
-                        if c.definition and c.definition.grade]
+            outcomes = []
+            for c in checks:
+                if not (c.definition and c.definition.grade):
+                    continue
+                extra = (ctx,) if c.definition.context else (env,) if c.definition.judge else ()
+                outcomes.append(c.definition.grade(answer, self.case, c.params, *extra))
             slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.model)
             target = state.settings.artifacts_dir / self.case.suite / self.case.id / slug / str(index)
             artifacts = save_artifacts(ctx.files, target)
-        return {"outcomes": outcomes, "passed": all(o.passed for o in outcomes), "code": code,
-                "detail": ctx.detail, "runs": ctx.runs, "artifacts": artifacts, "sandbox": sandbox.level}
+        return {**_draw(outcomes, self.case, answer), "code": code, "detail": ctx.detail, "runs": ctx.runs,
+                "artifacts": artifacts, "sandbox": sandbox.level}
 
     # ---- reporting
 
@@ -179,7 +245,7 @@ class CaseItem(pytest.Item):
             return f"model call failed for case {self.case.id} ({where}) on {self.model}:\n  {exc.message}"
         if isinstance(exc, ModelUnusable):
             return f"model {self.model} cannot be used: {exc}"
-        if type(exc).__name__ == "SandboxUnavailable":
+        if type(exc).__name__ in ("SandboxUnavailable", "EmbeddingModelError"):
             return f"case {self.case.id} ({where}) cannot run: {exc}"
         if isinstance(exc, CaseFailed):
             return self._format_failure(where)
@@ -190,23 +256,34 @@ class CaseItem(pytest.Item):
             text = text if len(text) <= SHOW_CHARS else text[:SHOW_CHARS] + f"… [{len(text)} chars]"
             return textwrap.indent(text or "(empty)", "    ")
 
-        assert self.completion is not None
-        lines = [f"case {self.case.id} ({where}) failed on {self.model}"]
+        # Show the first draw that failed (with repeats, the first one may have passed).
+        index = next((i for i, s in enumerate(self.samples) if s["status"] == "failed"), 0)
+        shown = self.samples[index] if self.samples else {}
+        answer = self.completions[index].text if self.completions else str(self.case.fields.get("answer", ""))
+        judged = " (judge)" if self.case.kind == "calibration" else ""
+        lines = [f"case {self.case.id} ({where}) failed on {self.model}{judged}"]
         if self.case.system:
             lines += ["  system:", block(self.case.system)]
-        lines += ["  prompt:", block(self.case.prompt), "  answer:", block(self.completion.text)]
-        first = self.samples[0] if self.samples else {}
+        lines += ["  prompt:", block(self.case.prompt), "  answer:", block(answer)]
         if self.case.kind == "code":
-            code = first.get("code")
+            code = shown.get("code")
             lines += ["  extracted code:" if code else "  extracted code: none found", *([block(code)] if code else [])]
-            if first.get("detail"):
-                lines.append(f"  detail: {first['detail']}")
+            if shown.get("detail"):
+                lines.append(f"  detail: {shown['detail']}")
         if len(self.samples) > 1:
-            lines.append(f"  samples: 0 of {len(self.samples)} passed; the first one's checks:")
+            passed = sum(1 for s in self.samples if s["status"] == "passed")
+            lines.append(f"  draws: {passed} of {len(self.samples)} passed (pass_if: {self.pass_if}); "
+                         f"draw {index}'s checks:")
+        if self.calibration:
+            cal = self.calibration
+            human = f"score {cal['human_score']:g}" if cal.get("human_score") is not None else cal["human_verdict"]
+            lines.append(f"  calibration: the judge said {cal['judge_score']:g}/10 ({cal['judge_verdict']}), "
+                         f"the human label is {human} (tolerance {cal['tolerance']:g})")
         lines.append("  checks:")
-        for o in self.outcomes:
-            mark = "ok  " if o.passed else "FAIL"
-            lines.append(f"    {mark} {o.name} (score {o.score:.2f})" + (f": {o.reason}" if o.reason else ""))
+        for o in shown.get("outcomes", self.outcomes):
+            mark = "ok  " if o.passed else "??  " if o.unscored else "FAIL"
+            score = "unscored" if o.score is None else f"score {o.score:.2f}"
+            lines.append(f"    {mark} {o.name} ({score})" + (f": {o.reason}" if o.reason else ""))
         return "\n".join(lines)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
@@ -217,32 +294,59 @@ class CaseItem(pytest.Item):
         """This item's CaseResult for the given outcome."""
         from pytest_llmeval.results import pass_at_k
 
+        if outcome == "skipped" and self.status == "unscored":
+            outcome = "unscored"
         c = self.completion
-        graded = outcome in ("passed", "failed") and bool(self.samples)
+        graded = outcome in ("passed", "failed", "unscored") and bool(self.samples)
         first = self.samples[0] if self.samples else {}
-        scores = [o.score for o in self.outcomes]
-        score = (sum(scores) / len(scores)) if scores and graded else None
+        scored = [s for s in self.samples if s["status"] != "unscored"]
+        draw_scores = [s["score"] for s in scored if s["score"] is not None]
+        score = sum(draw_scores) / len(draw_scores) if graded and draw_scores and outcome != "unscored" else None
+        n, n_scored = len(self.samples), len(scored)
+        k = sum(1 for s in scored if s["status"] == "passed")
         extra: dict[str, Any] = {}
+        if graded:
+            extra["unscored_checks"] = sum(1 for s in self.samples for o in s["outcomes"] if o.unscored)
+            metric_names = sorted({m for s in self.samples for m in s["metrics"]})
+            extra["metrics"] = {m: round(sum(s["metrics"][m] for s in self.samples if m in s["metrics"])
+                                         / sum(1 for s in self.samples if m in s["metrics"]), 6)
+                                for m in metric_names}
+            labels = next((o.details for o in self.outcomes if o.name == "jaccard" and o.details), None)
+            if labels:
+                extra["labels"] = {**labels, "allowed": list(self.case.fields.get("labels") or [])}
+            env = self.judge_env
+            if env is not None and env.calls:
+                costs = [x.cost_usd for x in env.calls if x.cost_usd is not None]
+                extra["judge"] = {"model": env.judge_model, "self_judging": env.self_judging,
+                                  "calls": len(env.calls), "latency_s": round(sum(x.latency_s for x in env.calls), 4),
+                                  "cost_usd": sum(costs) if costs else None, "cached": all(x.cached for x in env.calls)}
+            if self.calibration:
+                extra["calibration"] = self.calibration
+        if graded and n_scored and (n > 1 or self.case.kind == "code"):
+            extra["pass_at_k"] = {str(j): round(pass_at_k(n_scored, k, j), 6)
+                                  for j in sorted({1, 5, 10, 20, 50, 100, n_scored}) if j <= n_scored}
+        if graded and n > 1:
+            extra["repeats"] = {"n": n, "scored": n_scored, "passed": k, "pass_if": self.pass_if,
+                                "pass_fraction": round(k / n_scored, 6) if n_scored else None,
+                                "pass_all": bool(n_scored) and k == n_scored, "pass_any": k > 0}
+            extra["flaky"] = 0 < k < n_scored
+            extra["samples"] = [
+                {"sample": i, "status": s["status"], "passed": s["status"] == "passed", "score": s["score"],
+                 "detail": s.get("detail"), "answer": self.completions[i].text[:2000] if self.completions else None,
+                 "cached": self.completions[i].cached if self.completions else None,
+                 "checks": [o.to_dict() for o in s["outcomes"]], "artifacts": s.get("artifacts") or {}}
+                for i, s in enumerate(self.samples)]
         if self.case.kind == "code" and graded:
-            n, passed = len(self.samples), sum(1 for s in self.samples if s["passed"])
-            extra = {"code": first.get("code"), "detail": first.get("detail"), "sandbox": first.get("sandbox"),
-                     "artifacts": first.get("artifacts") or {}, "runs": first.get("runs") or [],
-                     "pass_at_k": {str(k): round(pass_at_k(n, passed, k), 6)
-                                   for k in sorted({1, 5, 10, 20, 50, 100, n}) if k <= n}}
-            if n > 1:
-                score = passed / n  # the case's pass@1 estimate
-                extra["samples"] = [
-                    {"sample": i, "passed": s["passed"], "detail": s.get("detail"),
-                     "answer": self.completions[i].text[:2000], "cached": self.completions[i].cached,
-                     "checks": [o.to_dict() for o in s["outcomes"]], "artifacts": s.get("artifacts") or {}}
-                    for i, s in enumerate(self.samples)]
+            extra.update(code=first.get("code"), detail=first.get("detail"), sandbox=first.get("sandbox"),
+                         artifacts=first.get("artifacts") or {}, runs=first.get("runs") or [])
         calls = self.completions or ([c] if c else [])
+        answer = c.text if c else (str(self.case.fields.get("answer")) if self.case.kind == "calibration" else None)
         return CaseResult(
             suite=self.case.suite, case_id=self.case.id, model=self.model, outcome=outcome,
             kind=self.case.kind, nodeid=self.nodeid, file=_relative(self.config, self.case.path),
             line=self.case.line, resolved_model=c.resolved_model if c else None,
             score=score, checks=[o.to_dict() for o in self.outcomes], prompt=self.case.prompt,
-            answer=c.text if c else None, latency_s=c.latency_s if c else None,
+            answer=answer, latency_s=c.latency_s if c else None,
             prompt_tokens=sum(x.prompt_tokens or 0 for x in calls) if calls else None,
             completion_tokens=sum(x.completion_tokens or 0 for x in calls) if calls else None,
             cost_usd=sum(x.cost_usd for x in calls if x.cost_usd is not None)
@@ -250,6 +354,38 @@ class CaseItem(pytest.Item):
             cached=all(x.cached for x in calls) if calls else None, calls=len(calls),
             tags=list(self.case.tags), message=message, **extra,
         )
+
+
+def draw_status(outcomes: list[CheckOutcome]) -> str:
+    """A draw fails when a scored check failed; else it is unscored when a check is; else it passed."""
+    if any(not o.passed and not o.unscored for o in outcomes):
+        return "failed"
+    return "unscored" if any(o.unscored for o in outcomes) else "passed"
+
+
+def decide(samples: list[dict[str, Any]], pass_if: str) -> str:
+    """The case's status from its draws: unscored draws do not vote; none scored makes the case unscored."""
+    scored = [s for s in samples if s["status"] != "unscored"]
+    if not scored:
+        return "unscored"
+    k, n = sum(1 for s in scored if s["status"] == "passed"), len(scored)
+    ok = k == n if pass_if == "all" else k >= 1 if pass_if == "any" else 2 * k > n
+    return "passed" if ok else "failed"
+
+
+def _draw(outcomes: list[CheckOutcome], case: CaseSpec, answer: str) -> dict[str, Any]:
+    scores = [o.score for o in outcomes if o.score is not None and not o.unscored]
+    metrics: dict[str, float] = {}
+    reference = case.fields.get("reference")
+    if reference and case.kind == "qna":
+        from pytest_llmeval.checks.metrics import reference_metrics
+
+        metrics = reference_metrics(answer, str(reference))  # cheap ones, recorded whatever the checks
+    for o in outcomes:  # what a metric check measured (similarity, say) is recorded too
+        metrics.update({k: v for k, v in o.details.items() if k in ("bleu", "rouge_l", "similarity")})
+    status = draw_status(outcomes)
+    return {"outcomes": outcomes, "status": status, "passed": status == "passed",
+            "score": sum(scores) / len(scores) if scores else None, "metrics": metrics}
 
 
 def _relative(config: pytest.Config, path: Any) -> str:

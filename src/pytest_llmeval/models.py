@@ -120,12 +120,17 @@ class ModelRunner:
         return None
 
     def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
-                 sample: int = 0) -> Completion:
-        """Answer ``messages`` with ``model``, through the cache. Raises ModelCallError on failure."""
+                 sample: int = 0, key_extra: dict[str, Any] | None = None) -> Completion:
+        """Answer ``messages`` with ``model``, through the cache. Raises ModelCallError on failure.
+
+        ``sample`` selects an independent cache slot (repeats, pass@k); ``key_extra`` adds parts to the cache
+        key that the request itself does not show (a judge prompt's version, say).
+        """
         params = dict(params or {})
         resolved = self.settings.resolve_model(model)
         api_base = None if is_local(resolved) else self.settings.api_base
-        key = cache_key(model=resolved, api_base=api_base, params=params, messages=messages, sample=sample)
+        key = cache_key(model=resolved, api_base=api_base, params=params, messages=messages, sample=sample,
+                        **({"extra": key_extra} if key_extra else {}))
         mode = self.settings.cache_mode
         if self.cache is not None and mode in ("on", "replay"):
             hit = self.cache.get(key)

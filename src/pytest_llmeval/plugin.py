@@ -29,6 +29,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP["timeout"])
     group.addoption("--llm-retries", dest="llm_retries", metavar="N", default=None, help=HELP["retries"])
     group.addoption("--llm-samples", dest="llm_samples", metavar="N", default=None, help=HELP["samples"])
+    group.addoption("--llm-repeat", dest="llm_repeat", metavar="N", default=None, help=HELP["repeat"])
+    group.addoption("--llm-judge", dest="llm_judge", metavar="MODEL", default=None, help=HELP["judge"])
     group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=HELP["sandbox"])
 
     parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
@@ -39,6 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmeval_timeout", default="", help=HELP["timeout"])
     parser.addini("llmeval_retries", default="", help=HELP["retries"])
     parser.addini("llmeval_samples", default="", help=HELP["samples"])
+    parser.addini("llmeval_repeat", default="", help=HELP["repeat"])
+    parser.addini("llmeval_judge", default="", help=HELP["judge"])
     parser.addini("llmeval_sandbox", default="", help=HELP["sandbox"])
     parser.addini("llmeval_cases", type="linelist", default=["cases"], help=HELP["cases"])
     parser.addini("llmeval_aliases", type="linelist", default=[], help=HELP["aliases"])

@@ -6,7 +6,8 @@ from typing import Any
 
 COLUMNS = [
     ("suite", "suite", "<"), ("model", "model", "<"), ("cases", "cases", ">"), ("passed", "pass", ">"),
-    ("failed", "fail", ">"), ("error", "err", ">"), ("skipped", "skip", ">"), ("pass_rate", "rate", ">"),
+    ("failed", "fail", ">"), ("unscored", "unsc", ">"), ("error", "err", ">"), ("skipped", "skip", ">"),
+    ("pass_rate", "rate [95% CI]", ">"),
     ("mean_score", "score", ">"), ("latency_p50_s", "p50 s", ">"), ("latency_p95_s", "p95 s", ">"),
     ("tokens", "tokens", ">"), ("cost_usd", "cost $", ">"), ("cache_hits", "cached", ">"),
 ]
@@ -19,7 +20,8 @@ def _cell(key: str, row: dict[str, Any]) -> str:
     if value is None:
         return "-"
     if key == "pass_rate":
-        return f"{value:.1%}"
+        ci = row.get("pass_rate_ci")
+        return f"{value:.1%}" + (f" [{ci[0]:.0%}-{ci[1]:.0%}]" if ci else "")
     if key == "mean_score":
         return f"{value:.3f}"
     if key.startswith("latency"):
@@ -40,6 +42,56 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
                          for c, w, (_, _, a) in zip(cells, widths, COLUMNS, strict=True)).rstrip()
 
     lines = [fmt(header)] + [fmt(r) for r in rows] if rows else []
+    for row in doc["suites"]:
+        lines += _details(row)
     if doc.get("invalid"):
         lines.append(f"{len(doc['invalid'])} problem(s) in case files (shown as errors above)")
     return lines
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _details(row: dict[str, Any]) -> list[str]:
+    """Lines under the table for what only some suites have: judges, repeats, flaky cases, labels..."""
+    name = f"{row['suite']} [{row['model']}]"
+    out: list[str] = []
+    judge = row.get("judge")
+    if judge and judge.get("self_judging"):
+        out.append(f"WARNING {name}: judged by the model under test itself (self-judging is weak); "
+                   "set --llm-judge to a stronger model")
+    if row.get("unscored_checks"):
+        out.append(f"{name}: {row['unscored_checks']} judge check(s) unscored (unparseable judge output); "
+                   f"{row.get('unscored', 0)} case(s) left unscored")
+    if "accuracy" in row and row.get("accuracy") is not None:
+        ci = row.get("accuracy_ci") or [None, None]
+        out.append(f"{name}: accuracy {_pct(row['accuracy'])} (95% CI {_pct(ci[0])}-{_pct(ci[1])}, "
+                   f"n={row['passed'] + row['failed']})")
+    rep = row.get("repeats")
+    if rep:
+        k = rep["n"]
+        pass_at = (row.get("pass_at_k") or {}).get(str(k))
+        out.append(f"{name}: x{k} repeats: pass fraction {_pct(rep['pass_fraction'])}, pass^{k} {_pct(rep['pass_all'])}"
+                   f", pass@{k} {_pct(pass_at if pass_at is not None else rep['pass_any'])}")
+        if row.get("flaky"):
+            out.append(f"{name}: flaky ({len(row['flaky'])}): {', '.join(row['flaky'])}")
+    metrics = row.get("metrics")
+    if metrics:
+        out.append(f"{name}: reference metrics " + ", ".join(f"{m} {v:.3f}" for m, v in metrics.items()
+                                                             if v is not None))
+    cal = row.get("calibration")
+    if cal:
+        ci = cal.get("agreement_ci") or [None, None]
+        kappa = "-" if cal["kappa"] is None else f"{cal['kappa']:.2f}"
+        mae = "-" if cal["mean_abs_error"] is None else f"{cal['mean_abs_error']:.2f}"
+        out.append(f"{name}: judge calibration on {cal['examples']} example(s): agreement {_pct(cal['agreement'])} "
+                   f"(95% CI {_pct(ci[0])}-{_pct(ci[1])}), mean abs error {mae}, verdict accuracy "
+                   f"{_pct(cal['verdict_accuracy'])}, Cohen's kappa {kappa}, unscored {cal['unscored']}")
+    labels = row.get("labels")
+    if labels:
+        from pytest_llmeval.checks.labels import format_label_report
+
+        out.append(f"{name}: labels (per-label Jaccard, precision, recall):")
+        out += ["  " + line for line in format_label_report(labels)]
+    return out

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
-OUTCOMES = ("passed", "failed", "error", "skipped")
+SCHEMA_VERSION = 2  # 2: unscored outcome, intervals, repeats, judges, labels, metrics
+OUTCOMES = ("passed", "failed", "unscored", "error", "skipped")
 ANSWER_LIMIT = 4000  # characters of an answer kept in results.json
 
 
@@ -22,7 +22,7 @@ class CaseResult:
     suite: str
     case_id: str
     model: str
-    outcome: str  # passed | failed | error | skipped
+    outcome: str  # passed | failed | unscored | error | skipped
     kind: str = "qna"
     nodeid: str = ""
     file: str | None = None
@@ -47,7 +47,15 @@ class CaseResult:
     artifacts: dict[str, str] = field(default_factory=dict)  # files the program wrote, kept
     runs: list[dict[str, Any]] = field(default_factory=list)  # each sandboxed step: exit, reason, time
     pass_at_k: dict[str, float] | None = None
-    samples: list[dict[str, Any]] = field(default_factory=list)  # with --llm-samples > 1
+    samples: list[dict[str, Any]] = field(default_factory=list)  # each draw, with --llm-repeat/--llm-samples > 1
+    # repeats, judges, metrics
+    repeats: dict[str, Any] | None = None  # n, scored, passed, pass_fraction, pass_all, pass_any, pass_if
+    flaky: bool = False  # repeated draws both passed and failed
+    unscored_checks: int = 0  # checks (judges) whose output could not be scored, over all draws
+    metrics: dict[str, float] = field(default_factory=dict)  # bleu, rouge_l, similarity vs the reference
+    labels: dict[str, Any] | None = None  # labels cases: predicted, expected, unknown, format
+    judge: dict[str, Any] | None = None  # judge model, self_judging, calls, latency, cost
+    calibration: dict[str, Any] | None = None  # calibration cases: judge vs human label
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -85,9 +93,86 @@ def _r(x: float | None, nd: int = 6) -> float | None:
     return None if x is None else round(x, nd)
 
 
+def wilson(k: int, n: int, confidence: float = 0.95) -> list[float] | None:
+    """The Wilson score interval of a proportion k/n (scipy's), as [low, high]; None for n = 0."""
+    if n <= 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return [round(float(ci.low), 6), round(float(ci.high), 6)]
+
+
+def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
+    """Cohen's kappa of two raters' labels; None when chance agreement is total (kappa undefined)."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    observed = sum(1 for a, b in pairs if a == b) / n
+    labels = {x for pair in pairs for x in pair}
+    expected = sum((sum(1 for a, _ in pairs if a == c) / n) * (sum(1 for _, b in pairs if b == c) / n)
+                   for c in labels)
+    if expected >= 1.0:
+        return None
+    return (observed - expected) / (1.0 - expected)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _extras(rs: list[CaseResult], kind: str) -> dict[str, Any]:
+    """The parts of a suite row that only some suites have: repeats, metrics, judges, labels, calibration."""
+    graded = [r for r in rs if r.outcome in ("passed", "failed")]
+    out: dict[str, Any] = {}
+    unscored_checks = sum(r.unscored_checks for r in rs)
+    if unscored_checks:
+        out["unscored_checks"] = unscored_checks
+    repeated = [r for r in rs if r.repeats and r.outcome in ("passed", "failed", "unscored")]
+    if repeated:
+        scored = [r for r in repeated if r.repeats and r.repeats.get("scored")]
+        out["repeats"] = {
+            "n": max(int(r.repeats["n"]) for r in repeated if r.repeats),
+            "pass_fraction": _r(_mean([r.repeats["pass_fraction"] for r in scored if r.repeats])),
+            "pass_all": _r(_mean([1.0 if r.repeats["pass_all"] else 0.0 for r in scored if r.repeats])),
+            "pass_any": _r(_mean([1.0 if r.repeats["pass_any"] else 0.0 for r in scored if r.repeats])),
+        }
+        out["flaky"] = sorted(r.case_id for r in repeated if r.flaky)
+    metric_names = sorted({m for r in graded for m in r.metrics})
+    if metric_names:
+        out["metrics"] = {m: _r(_mean([r.metrics[m] for r in graded if m in r.metrics])) for m in metric_names}
+    judged = [r for r in rs if r.judge]
+    if judged:
+        out["judge"] = {"models": sorted({str(r.judge["model"]) for r in judged if r.judge}),
+                        "self_judging": any(r.judge.get("self_judging") for r in judged if r.judge),
+                        "calls": sum(int(r.judge["calls"]) for r in judged if r.judge)}
+    labelled = [r for r in graded if r.labels]
+    if labelled:
+        from pytest_llmeval.checks.labels import label_report
+
+        allowed = list(dict.fromkeys(x for r in labelled if r.labels for x in r.labels.get("allowed", [])))
+        out["labels"] = label_report([(r.labels["expected"], r.labels["predicted"]) for r in labelled if r.labels],
+                                     allowed or None)
+    calibrated = [r.calibration for r in graded if r.calibration]
+    if kind == "calibration" and calibrated:
+        agree = sum(1 for c in calibrated if c["agree"])
+        errors = [float(c["abs_error"]) for c in calibrated if c.get("abs_error") is not None]
+        verdicts = [(str(c["human_verdict"]), str(c["judge_verdict"])) for c in calibrated]
+        kappa = cohen_kappa(verdicts)
+        out["calibration"] = {
+            "examples": len(calibrated),
+            "unscored": sum(1 for r in rs if r.outcome == "unscored"),
+            "agreement": _r(agree / len(calibrated)), "agreement_ci": wilson(agree, len(calibrated)),
+            "mean_abs_error": _r(_mean(errors)),
+            "verdict_accuracy": _r(sum(1 for h, j in verdicts if h == j) / len(verdicts)),
+            "kappa": _r(kappa),
+        }
+    return out
+
+
 def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
-    """One row per (suite, model), sorted. Pass rate = passed / (passed + failed): errors and skips
-    are infrastructure or not-yet-gradable, not the model's doing, and are counted on their own."""
+    """One row per (suite, model), sorted. Pass rate = passed / (passed + failed), with its 95% Wilson interval:
+    unscored cases, errors and skips are not the model's doing (or not measurable) and are counted on their own."""
     groups: dict[tuple[str, str], list[CaseResult]] = {}
     for r in results:
         groups.setdefault((r.suite, r.model), []).append(r)
@@ -98,12 +183,16 @@ def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
         scores = [r.score for r in rs if r.score is not None and r.outcome in ("passed", "failed")]
         latencies = [r.latency_s for r in rs if r.latency_s is not None]
         costs = [r.cost_usd for r in rs if r.cost_usd is not None]
+        kind = rs[0].kind if len({r.kind for r in rs}) == 1 else "mixed"
+        pass_rate = _r(counts["passed"] / graded) if graded else None
         rows.append({
             "suite": suite,
             "model": model,
+            "kind": kind,
             "cases": len(rs),
             **counts,
-            "pass_rate": _r(counts["passed"] / graded) if graded else None,
+            "pass_rate": pass_rate,
+            "pass_rate_ci": wilson(counts["passed"], graded),
             "mean_score": _r(sum(scores) / len(scores)) if scores else None,
             "latency_p50_s": _r(_percentile(latencies, 50), 4),
             "latency_p95_s": _r(_percentile(latencies, 95), 4),
@@ -113,12 +202,16 @@ def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
             "cache_hits": sum(1 for r in rs if r.cached),
             "calls": sum(r.calls for r in rs),
         })
+        if kind == "choice":  # multiple choice: the pass rate is the accuracy
+            rows[-1].update(accuracy=pass_rate, accuracy_ci=rows[-1]["pass_rate_ci"])
+        rows[-1].update(_extras(rs, kind))
         with_k = [r.pass_at_k for r in rs if r.pass_at_k and r.outcome in ("passed", "failed")]
         if with_k:
             ks = sorted({k for d in with_k for k in d}, key=int)
             rows[-1]["pass_at_k"] = {k: _r(sum(d[k] for d in with_k if k in d) / sum(1 for d in with_k if k in d))
                                      for k in ks}
-            rows[-1]["no_compile"] = sum(1 for r in rs if r.detail == "NO_COMPILE")
+            if kind == "code":
+                rows[-1]["no_compile"] = sum(1 for r in rs if r.detail == "NO_COMPILE")
     return rows
 
 

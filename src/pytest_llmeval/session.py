@@ -26,6 +26,8 @@ from pytest_llmeval.results import CaseResult, build_results, write_results
 STATE = pytest.StashKey["LLMEvalSession"]()
 CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm` fixture, per item
 CASE_SUFFIXES = (".yaml", ".yml", ".jsonl")
+# Failures of the machinery, not of the model: an `error` outcome wherever they are raised.
+INFRASTRUCTURE_ERRORS = ("SandboxUnavailable", "EmbeddingModelError")
 
 
 def _version() -> str:
@@ -105,7 +107,9 @@ class LLMEvalSession:
         """Check once, before anything runs, that every model the selected items need can be used."""
         if config.option.collectonly:
             return  # listing tests needs no key
-        needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m})
+        needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m}
+                        | {m for i in items if isinstance(i, CaseItem) and _item_model(i, self.settings.models)
+                           for m in i.judge_models()})
         problems = {m: p for m in needed if (p := self.runner.check_model(m))}
         if any(isinstance(i, CaseItem) and i.case.kind == "code" and _item_model(i, self.settings.models)
                for i in items):
@@ -161,7 +165,7 @@ class LLMEvalSession:
                     call: pytest.CallInfo[None]) -> CaseResult | None:
         excinfo = call.excinfo
         error = excinfo is not None and (isinstance(excinfo.value, ModelCallError | ModelUnusable)
-                                         or type(excinfo.value).__name__ == "SandboxUnavailable")
+                                         or type(excinfo.value).__name__ in INFRASTRUCTURE_ERRORS)
         if report.skipped:
             outcome = "skipped"
             message = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else None
@@ -175,6 +179,20 @@ class LLMEvalSession:
         if isinstance(item, CaseItem):
             return item.result(outcome, message)
         return _hand_written_result(item, outcome, message, self.settings.models)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config
+                                 ) -> tuple[str, str, Any] | None:
+        """Unscored cases are their own category ("2 unscored" in the summary line, ``U`` in the progress);
+        a provider failure during grading (a judge call) is an error, like one in setup."""
+        data = getattr(report, "llmeval", None)
+        if not data:
+            return None
+        if data.get("outcome") == "unscored":
+            return "unscored", "U", ("UNSCORED", {"yellow": True})
+        if data.get("outcome") == "error" and report.when == "call" and report.failed:
+            return "error", "E", ("ERROR", {"red": True})
+        return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "llmeval", None)

@@ -35,6 +35,12 @@ HELP = {
     "Env LLMEVAL_RETRIES. Default 2.",
     "samples": "Answers drawn per code case (independent cache slots) to estimate pass@k; set a "
     "temperature > 0 in the suite's params for them to differ. Env LLMEVAL_SAMPLES. Default 1.",
+    "repeat": "Run every case N times with independent cache slots, so repeats are real samples, not cache hits: "
+    "pass fraction, pass^k (all pass), pass@k and flaky cases (both passed and failed) per case and suite. A "
+    "repeated case passes by its suite's pass_if: all (default), majority or any (default for code cases). "
+    "Env LLMEVAL_REPEAT. Default 1.",
+    "judge": "Model that grades `judge` checks and runs calibration suites (any litellm model or local/...). "
+    "Env LLMEVAL_JUDGE. Default: the model under test, flagged in the summary (self-judging is weak).",
     "sandbox": "Isolation of generated code: auto (the strongest that works: bwrap, else unshare), bwrap, "
     "unshare, or none (no isolation: only for code you trust). Env LLMEVAL_SANDBOX. Default auto.",
     "cases": "Directories (relative to the rootdir) whose .yaml/.yml/.jsonl files are collected as case "
@@ -62,6 +68,8 @@ class Settings:
     samples: int = 1
     sandbox: str = "auto"
     artifacts_dir: Path = Path(".llmeval/artifacts")
+    repeat: int = 1
+    judge_model: str | None = None
 
     def resolve_model(self, name: str) -> str:
         """The litellm model name behind an alias (or the name itself)."""
@@ -149,21 +157,21 @@ def resolve(config: pytest.Config) -> Settings:
         if timeout <= 0:
             raise pytest.UsageError(f"Invalid timeout {timeout_raw!r} from {source}: expected a positive number.")
 
-    retries_raw, source = _pick(config, "llm_retries", "--llm-retries", "LLMEVAL_RETRIES", "llmeval_retries")
-    retries = 2
-    if retries_raw is not None:
-        retries = _convert(retries_raw, str(source), "retries", int, "a whole number >= 0")
-        if retries < 0:
-            raise pytest.UsageError(f"Invalid retries {retries_raw!r} from {source}: expected a number >= 0.")
+    def whole_number(option: str, flag: str, env: str, ini: str, name: str, default: int, low: int) -> int:
+        raw, source = _pick(config, option, flag, env, ini)
+        if raw is None:
+            return default
+        value = _convert(raw, str(source), name, int, f"a whole number >= {low}")
+        if value < low:
+            raise pytest.UsageError(f"Invalid {name} {raw!r} from {source}: expected a number >= {low}.")
+        return value
+
+    retries = whole_number("llm_retries", "--llm-retries", "LLMEVAL_RETRIES", "llmeval_retries", "retries", 2, 0)
+    samples = whole_number("llm_samples", "--llm-samples", "LLMEVAL_SAMPLES", "llmeval_samples", "samples", 1, 1)
+    repeat = whole_number("llm_repeat", "--llm-repeat", "LLMEVAL_REPEAT", "llmeval_repeat", "repeat", 1, 1)
+    judge_raw, _ = _pick(config, "llm_judge", "--llm-judge", "LLMEVAL_JUDGE", "llmeval_judge")
 
     case_dirs = tuple(root / d for d in (config.getini("llmeval_cases") or ["cases"]))
-
-    samples_raw, source = _pick(config, "llm_samples", "--llm-samples", "LLMEVAL_SAMPLES", "llmeval_samples")
-    samples = 1
-    if samples_raw is not None:
-        samples = _convert(samples_raw, str(source), "samples", int, "a whole number >= 1")
-        if samples < 1:
-            raise pytest.UsageError(f"Invalid samples {samples_raw!r} from {source}: expected a number >= 1.")
 
     from pytest_llmeval.sandbox import LEVELS
 
@@ -186,4 +194,6 @@ def resolve(config: pytest.Config) -> Settings:
         samples=samples,
         sandbox=sandbox,
         artifacts_dir=results_path.parent / "artifacts",
+        repeat=repeat,
+        judge_model=str(judge_raw).strip() or None if judge_raw else None,
     )

@@ -24,15 +24,32 @@ class CheckParams(BaseModel):
 
 @dataclass(frozen=True)
 class CheckOutcome:
-    """The verdict of one check on one answer. ``score`` is in [0, 1]."""
+    """The verdict of one check on one answer. ``score`` is in [0, 1].
+
+    An *unscored* outcome (a judge whose output could not be parsed) is neither a pass nor a fail: ``passed``
+    is False, ``score`` is None, and it is counted on its own, never averaged. ``details`` holds what the
+    check measured beyond the verdict (a judge's 0-10 score, BLEU, the parsed labels), JSON-friendly.
+    """
 
     name: str
     passed: bool
-    score: float
+    score: float | None
     reason: str = ""
+    unscored: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def unscorable(cls, name: str, reason: str, **details: Any) -> CheckOutcome:
+        return cls(name, False, None, reason, unscored=True, details=details)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"check": self.name, "passed": self.passed, "score": round(self.score, 6), "reason": self.reason}
+        out: dict[str, Any] = {"check": self.name, "passed": self.passed,
+                               "score": None if self.score is None else round(self.score, 6), "reason": self.reason}
+        if self.unscored:
+            out["unscored"] = True
+        if self.details:
+            out["details"] = self.details
+        return out
 
 
 # grade(answer, case, params) -> CheckOutcome; checks with context=True also get the code context.
@@ -56,6 +73,8 @@ class CheckDef:
     kinds: frozenset[str] | None = None
     doc: str = ""
     context: bool = False  # grade(answer, case, params, ctx) with the case's CodeContext (code checks)
+    judge: bool = False  # grade(answer, case, params, env) with a JudgeEnv: the check calls a judge model
+    needs: tuple[str, ...] = ()  # case fields the check reads (a parameter of the same name may stand in)
 
 
 @dataclass(frozen=True)
@@ -90,10 +109,10 @@ class CheckRegistry:
 
 def builtin_registry() -> CheckRegistry:
     """A registry of the built-in checks only (for tools that load case files outside a pytest run)."""
-    from pytest_llmeval.checks import choice, code, pending, text
+    from pytest_llmeval.checks import choice, code, judge, labels, metrics, text
 
     registry = CheckRegistry()
-    for check in [*text.CHECKS, *choice.CHECKS, *code.CHECKS, *pending.CHECKS]:
+    for check in [*text.CHECKS, *choice.CHECKS, *code.CHECKS, *labels.CHECKS, *metrics.CHECKS, *judge.CHECKS]:
         registry.register(check)
     return registry
 
