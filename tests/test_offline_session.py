@@ -53,3 +53,45 @@ cases:
     result.assert_outcomes(passed=1, failed=1)
     doc = json.loads((pytester.path / ".llmeval/results.json").read_text())
     assert doc["suites"][0]["cache_hits"] == 2
+
+
+def test_judge_labels_and_metrics_run_on_the_offline_model(pytester: pytest.Pytester,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machinery is real end to end on SmolLM2: it judges itself (flagged), labels are parsed from
+    whatever it writes, and metrics use the packaged embedding model. A poor judge may leave verdicts
+    unscored; what matters is that nothing errors and every verdict is accounted for."""
+    for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS", "LLMEVAL_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makefile(".yaml", **{"cases/mixed": """\
+suite: mixed
+system: Answer in one short sentence.
+params: {temperature: 0, max_tokens: 32}
+cases:
+  - id: red-planet
+    question: Which planet is known as the red planet?
+    reference: Mars is known as the red planet.
+    expect: [{similarity: 0.3}, {judge: {rubric: correctness, min: 5}}]
+""", "cases/labels": """\
+suite: labels
+kind: labels
+labels: [DRY, MC]
+params: {temperature: 0, max_tokens: 24}
+cases:
+  - id: magic
+    input: "sleep(86400);"
+    answer: [MC]
+"""})
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert "error" not in outcomes and "errors" not in outcomes
+    assert sum(outcomes.get(k, 0) for k in ("passed", "failed", "unscored")) == 2
+    result.stdout.fnmatch_lines(["WARNING mixed [[]local/smollm2]: judged by the model under test itself*"])
+    import json
+
+    doc = json.loads((pytester.path / ".llmeval/results.json").read_text())
+    cases = {c["case_id"]: c for c in doc["cases"]}
+    judge = next(c for c in cases["red-planet"]["checks"] if c["check"] == "judge")
+    assert judge["unscored"] if judge["score"] is None else 0 <= judge["details"]["score"] <= 10
+    assert judge["details"]["judge"] == "local/smollm2" and judge["details"]["attempts"] in (1, 2)
+    assert 0.0 <= cases["red-planet"]["metrics"]["similarity"] <= 1.0
+    assert cases["magic"]["labels"]["expected"] == ["MC"] and "predicted" in cases["magic"]["labels"]
