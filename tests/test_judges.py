@@ -308,3 +308,16 @@ def test_results_json_of_a_judge_run_is_plain_json(project: Project) -> None:
     project.run(f"--llm-judge={JUDGE}")
     text = (project.pytester.path / ".llmeval/results.json").read_text()
     assert json.loads(text)["schema_version"] == 2 and "NaN" not in text
+
+
+def test_llm_judge_fixture_in_a_hand_written_test(project: Project) -> None:
+    project.server.answer("Answer to grade", '{"score": 3, "reason": "Names the wrong city."}', model=JUDGE)
+    project.pytester.makepyfile(test_hand="""
+        def test_judged(llm_judge):
+            verdict = llm_judge("Lyon.", "correctness", question="Capital of France?", reference="Paris")
+            assert not verdict.passed and verdict.details["score"] == 3
+            assert "wrong city" in verdict.reason
+    """)
+    project.run(f"--llm-judge={JUDGE}").assert_outcomes(passed=1)
+    request = next(r for r in project.server.requests if r["model"] == "judge-model")
+    assert "Reference answer:\nParis" in request["messages"][-1]["content"]

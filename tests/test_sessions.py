@@ -352,7 +352,10 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
     shutil.copytree(Path(__file__).parent.parent / "cases", project.pytester.path / "cases")
     server = project.server
     server.answer("Answer to grade", '{"score": 8, "reason": "Good."}')  # judge requests (self-judging)
-    for question, reply in [("photosynthesis", "Plants make glucose and oxygen from light, water and CO2."),
+    for question, reply in [("background colour of a scene", "Call Scene.background with an (r, g, b) tuple [3]."),
+                            ("render on a server", "Set ORBIT_OFFSCREEN=1 before importing orbit [1]."),
+                            ("radius of a sphere", "Pass radii= to orbit.actor.sphere [1]."),
+                            ("photosynthesis", "Plants make glucose and oxygen from light, water and CO2."),
                             ("water boil", "Water boils at 100 degrees Celsius at sea level."),
                             ("red planet", "Mars is known as the red planet."),
                             ("s += a[i]", '["DRY"]'), ("86400", '["MC"]'), ("send_email", "SRP"),
@@ -370,18 +373,18 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
                              '```c\n#include <stdio.h>\nint main(void) { printf("%d\\n", 55); return 0; }\n```')]:
         server.answer(question, reply)
     # judge-calibration: the judge says 8 to all: within 2 of 10 and "pass" agree; 1 and 5 do not.
-    project.run("--llm-cache-dir=c0").assert_outcomes(passed=24, failed=4)
+    project.run("--llm-cache-dir=c0").assert_outcomes(passed=27, failed=4)
     serial = project.results()
-    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=24, failed=4)
+    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=27, failed=4)
     parallel = project.results()
-    assert len(server.requests) == 2 * (17 + 3 + 2 + 4 + 4)
+    assert len(server.requests) == 2 * (17 + 3 + 2 + 4 + 4 + 3 + 1)
     timing = {"latency_p50_s", "latency_p95_s"}
 
     def strip(doc: dict) -> list:
         return [{k: v for k, v in r.items() if k not in timing} for r in doc["suites"]]
 
     assert strip(serial) == strip(parallel)
-    assert [r["suite"] for r in serial["suites"]] == ["arithmetic", "c-code", "clean-code-labels", "explain",
+    assert [r["suite"] for r in serial["suites"]] == ["arithmetic", "c-code", "clean-code-labels", "docs-bot", "explain",
                                                       "geography", "judge-calibration", "python-code",
                                                       "social-iqa"]
     assert parallel["run"]["workers"] == 4

@@ -130,6 +130,17 @@ class LimitsModel(BaseModel):
     max_processes: int | None = Field(default=None, ge=1, le=4096)
 
 
+class RetrieveModel(BaseModel):
+    """``retrieve:`` on a suite or case: put the top-k chunks of a docs folder into the prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+    docs: str  # folder, relative to the case file
+    k: int = Field(default=3, ge=1, le=50)
+    model: str | None = None  # embedding model (default: the packaged all-MiniLM-L6-v2)
+    uri: str | None = None  # a lancedb URI elsewhere (default: .llmeval/index/<name>)
+    name: str | None = None  # index name (default: the folder's name and a hash of its path)
+
+
 class SuiteModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     suite: str | None = None
@@ -144,6 +155,7 @@ class SuiteModel(BaseModel):
     limits: LimitsModel | None = None  # code suites: sandbox limits for every case
     labels: list[str] | None = None  # labels suites: the allowed labels of every case that lists none
     pass_if: PassIf | None = None  # how a repeated case passes (--llm-repeat): all | majority | any
+    retrieve: RetrieveModel | None = None  # RAG: top-k chunks of a docs folder in every case's prompt
     cases: list[Any] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -164,6 +176,8 @@ class CaseModel(BaseModel):
     expect: list[Any] = Field(default_factory=list)
     reference: str | None = None
     pass_if: PassIf | None = None
+    retrieve: RetrieveModel | None = None
+    sources: list[str] | None = None  # with retrieval: the documents that should be retrieved (recall@k, MRR)
 
     @field_validator("id", mode="before")
     @classmethod
@@ -274,6 +288,12 @@ class CaseSpec:
     fields: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)  # sandbox limits (suite's, then the case's)
     pass_if: str | None = None  # all | majority | any (None: the kind's default)
+    retrieve: dict[str, Any] | None = None  # docs (absolute), prefix (as written), k, model, uri, name
+    sources: tuple[str, ...] = ()
+
+    def query(self) -> str:
+        """What retrieval searches for: the question, else the prompt."""
+        return str(self.fields.get("question") or self.prompt)
 
     def messages(self) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -488,6 +508,19 @@ class _Loader:
             except (ValueError, IndexError, AttributeError) as exc:
                 problems.append((loc, f"prompt template cannot be rendered: {exc}"))
 
+        retrieve: dict[str, Any] | None = None
+        if model is not None:
+            rspec = model.retrieve or suite.retrieve
+            where = loc + ("retrieve", "docs") if model.retrieve else ("retrieve", "docs")
+            if rspec is not None:
+                folder = (self.path.parent / rspec.docs).resolve()
+                if not folder.is_dir():
+                    problems.append((where, f"docs folder {rspec.docs!r} not found (relative to {self.path.name})"))
+                retrieve = {**rspec.model_dump(), "docs": str(folder), "prefix": rspec.docs.rstrip("/")}
+            if model.sources and rspec is None:
+                problems.append((loc + ("sources",), "sources need retrieval: add retrieve: {docs: ...} to the "
+                                                     "suite or the case"))
+
         if problems or model is None:
             return [self.error(line_of(p_loc), p_loc, msg, case_id, path=path) for p_loc, msg in problems]
 
@@ -496,11 +529,13 @@ class _Loader:
             system=model.system if model.system is not None else suite.system,
             prompt=prompt, params={**suite.params, **model.params},
             tags=tuple(dict.fromkeys([*suite.tags, *model.tags])), checks=checks,
-            fields={k: v for k, v in model.model_dump().items() if k not in ("expect", "limits")},
+            fields={k: v for k, v in model.model_dump().items() if k not in ("expect", "limits", "retrieve")},
             limits={**(suite.limits.model_dump(exclude_none=True) if suite.limits else {}),
                     **(getattr(model, "limits", None).model_dump(exclude_none=True)  # type: ignore[union-attr]
                        if getattr(model, "limits", None) else {})},
             pass_if=model.pass_if or suite.pass_if,
+            retrieve=retrieve,
+            sources=tuple(model.sources or ()),
         )
 
     # ---- files

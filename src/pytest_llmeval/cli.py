@@ -24,6 +24,48 @@ def cmd_import_humaneval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> object:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pytest_llmeval.rag import DocIndex
+
+    docs = Path(args.docs)
+    if not docs.is_dir():
+        raise CommandError(f"docs folder not found: {docs}")
+    return DocIndex(docs, name=args.name, model=args.model, uri=args.uri, base_dir=Path(args.dir))
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from pytest_llmeval.embeddings import EmbeddingModelError
+
+    index = _index(args)
+    try:
+        stats = index.build(progress=True if args.progress else None, force=args.force)  # type: ignore[attr-defined]
+    except EmbeddingModelError as exc:
+        raise CommandError(str(exc)) from None
+    how = "rebuilt" if stats.rebuilt else "updated"
+    print(f"{how} {index.name} at {index.uri}: {stats.files} files ({stats.changed_files} changed, "  # type: ignore[attr-defined]
+          f"{stats.removed_files} removed), {stats.chunks} chunks ({stats.embedded_chunks} embedded) "
+          f"in {stats.seconds:.2f} s; version {stats.version}")
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    import json
+
+    info = _index(args).info()  # type: ignore[attr-defined]
+    print(json.dumps(info, indent=2))
+    return 0 if info["exists"] else 1
+
+
+def cmd_index_search(args: argparse.Namespace) -> int:
+    index = _index(args)
+    for hit in index.search(args.query, args.k):  # type: ignore[attr-defined]
+        print(f"[{hit.n}] {hit.score:.3f} {hit.source}:{hit.start_line}-{hit.end_line} {hit.title}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmeval", description="pytest-llmeval command line tools.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -35,6 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     humaneval.add_argument("--name", default="humaneval", help="suite and file name (default: humaneval)")
     humaneval.add_argument("--limit", type=int, default=None, help="only the first N problems")
     humaneval.set_defaults(func=cmd_import_humaneval)
+
+    index = commands.add_parser("index", help="build and inspect retrieval indexes (lancedb)")
+    actions = index.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, func, text in [("build", cmd_index_build, "build or update (incrementally) the index of a docs folder"),
+                             ("info", cmd_index_info, "show an index's version, files, chunks and model"),
+                             ("search", cmd_index_search, "show the top-k chunks for a query")]:
+        sub = actions.add_parser(name, help=text)
+        sub.add_argument("docs", help="the docs folder")
+        if name == "search":
+            sub.add_argument("query")
+            sub.add_argument("-k", type=int, default=3, help="how many chunks (default 3)")
+        sub.add_argument("--name", default=None, help="index name (default: folder name + hash of its path)")
+        sub.add_argument("--model", default=None, help="embedding model (default: the packaged all-MiniLM-L6-v2)")
+        sub.add_argument("--uri", default=None, help="lancedb URI (default: <dir>/<name>)")
+        sub.add_argument("--dir", default=".llmeval/index", help="where local indexes live (default .llmeval/index)")
+        if name == "build":
+            sub.add_argument("--force", action="store_true", help="rebuild from scratch")
+            sub.add_argument("--progress", action="store_true", help="always show the progress bar")
+        sub.set_defaults(func=func)
     return parser
 
 

@@ -125,6 +125,8 @@ class CaseItem(pytest.Item):
         self.status: str | None = None  # passed | failed | unscored, once graded
         self.judge_env: JudgeEnv | None = None
         self.calibration: dict[str, Any] | None = None
+        self.retrieved: list[Any] = []  # rag.Retrieved hits put into the prompt
+        self.retrieval: dict[str, Any] | None = None  # index, version, recall@k, MRR
         self.add_marker("llmeval")
         # -k can select by suite, kind and tag.
         self.extra_keyword_matches.update([case.suite, case.kind, *case.tags])
@@ -169,9 +171,30 @@ class CaseItem(pytest.Item):
         if self.case.kind == "calibration":
             return  # nothing to answer: the judge grades the case's own answer
         messages = self.case.messages()
-        self.completions = [state.runner.complete(self.model, messages, self.case.params, sample=i)
-                            for i in range(self.draws)]
+        key_extra: dict[str, Any] | None = None
+        if self.case.retrieve:
+            messages, key_extra = self._retrieve(messages)
+        draws = self.draws  # repeated draws are real samples: never from the semantic cache
+        self.completions = [state.runner.complete(self.model, messages, self.case.params, sample=i,
+                                                  key_extra=key_extra, semantic=draws == 1)
+                            for i in range(draws)]
         self.completion = self.completions[0]
+
+    def _retrieve(self, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, Any]]:
+        """Search the case's index and put the top-k chunks, numbered, in front of the user prompt."""
+        from pytest_llmeval.rag import augment, retrieval_scores
+
+        spec = self.case.retrieve
+        assert spec is not None
+        index = _session(self.config).get_index(spec)
+        self.retrieved = index.search(self.case.query(), int(spec["k"]))
+        prefix = str(spec["prefix"])
+        self.retrieval = {"index": index.name, "version": index.version, "model": index.model, "k": int(spec["k"])}
+        if self.case.sources:
+            self.retrieval.update(retrieval_scores(self.retrieved, list(self.case.sources), prefix))
+        augmented = [*messages[:-1], {"role": "user", "content": augment(self.case.prompt, self.retrieved, prefix)}]
+        # The index version (every document's hash) and the embedding model are part of the cache key.
+        return augmented, {"index": index.version, "embedding": index.fingerprint}
 
     def runtest(self) -> None:
         from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION
@@ -180,11 +203,16 @@ class CaseItem(pytest.Item):
         judge = self._default_judge()
 
         def ask(model: str, messages: list[dict[str, str]], attempt: int) -> Completion:
-            return state.runner.complete(model, messages, JUDGE_PARAMS, sample=attempt,
+            return state.runner.complete(model, messages, JUDGE_PARAMS, sample=attempt, semantic=False,
                                          key_extra={"purpose": "judge", "prompt_version": JUDGE_PROMPT_VERSION})
 
+        context = None
+        if self.retrieved:
+            from pytest_llmeval.rag import references_block
+
+            context = references_block(self.retrieved, str((self.case.retrieve or {}).get("prefix", "")))
         self.judge_env = JudgeEnv(judge_model=judge, self_judging=self.case.kind != "calibration"
-                                  and judge == self.model, ask=ask)
+                                  and judge == self.model, ask=ask, context=context)
         if self.case.kind == "calibration":
             answers = [str(self.case.fields["answer"])]
         else:
@@ -245,7 +273,7 @@ class CaseItem(pytest.Item):
             return f"model call failed for case {self.case.id} ({where}) on {self.model}:\n  {exc.message}"
         if isinstance(exc, ModelUnusable):
             return f"model {self.model} cannot be used: {exc}"
-        if type(exc).__name__ in ("SandboxUnavailable", "EmbeddingModelError"):
+        if type(exc).__name__ in ("SandboxUnavailable", "EmbeddingModelError", "RagIndexError"):
             return f"case {self.case.id} ({where}) cannot run: {exc}"
         if isinstance(exc, CaseFailed):
             return self._format_failure(where)
@@ -339,6 +367,10 @@ class CaseItem(pytest.Item):
         if self.case.kind == "code" and graded:
             extra.update(code=first.get("code"), detail=first.get("detail"), sandbox=first.get("sandbox"),
                          artifacts=first.get("artifacts") or {}, runs=first.get("runs") or [])
+        if self.retrieved:
+            prefix = str((self.case.retrieve or {}).get("prefix", ""))
+            extra["references"] = [h.reference(prefix) for h in self.retrieved]
+            extra["retrieval"] = self.retrieval
         calls = self.completions or ([c] if c else [])
         answer = c.text if c else (str(self.case.fields.get("answer")) if self.case.kind == "calibration" else None)
         return CaseResult(
@@ -352,7 +384,10 @@ class CaseItem(pytest.Item):
             cost_usd=sum(x.cost_usd for x in calls if x.cost_usd is not None)
             if any(x.cost_usd is not None for x in calls) else None,
             cached=all(x.cached for x in calls) if calls else None, calls=len(calls),
-            tags=list(self.case.tags), message=message, **extra,
+            tags=list(self.case.tags), message=message,
+            cache=("semantic" if any(x.semantic for x in calls) else "exact" if all(x.cached for x in calls)
+                   else None) if calls else None,
+            semantic_hit=next((x.semantic for x in calls if x.semantic), None), **extra,
         )
 
 

@@ -50,6 +50,7 @@ class Completion:
     completion_tokens: int | None = None
     cost_usd: float | None = None
     cached: bool = False
+    semantic: dict[str, Any] | None = None  # served by the semantic cache: similarity, the original request
 
 
 _litellm_lock = threading.Lock()
@@ -85,6 +86,12 @@ class ModelRunner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache = ResponseCache(settings.cache_dir) if settings.cache_mode != "off" else None
+        self.semantic: Any = None
+        if settings.cache_mode == "semantic":
+            from pytest_llmeval.semantic import SemanticCache
+
+            self.semantic = SemanticCache(settings.cache_dir / "semantic", threshold=settings.semantic_threshold,
+                                          model=settings.embedding_model)
         self._checked: dict[str, str | None] = {}
 
     def check_model(self, model: str) -> str | None:
@@ -120,11 +127,12 @@ class ModelRunner:
         return None
 
     def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
-                 sample: int = 0, key_extra: dict[str, Any] | None = None) -> Completion:
+                 sample: int = 0, key_extra: dict[str, Any] | None = None, semantic: bool = True) -> Completion:
         """Answer ``messages`` with ``model``, through the cache. Raises ModelCallError on failure.
 
         ``sample`` selects an independent cache slot (repeats, pass@k); ``key_extra`` adds parts to the cache
-        key that the request itself does not show (a judge prompt's version, say).
+        key that the request itself does not show (a judge prompt's version, say). ``semantic=False`` keeps
+        the call out of the semantic cache (judges, repeated draws); so does any ``sample`` but 0.
         """
         params = dict(params or {})
         resolved = self.settings.resolve_model(model)
@@ -132,10 +140,24 @@ class ModelRunner:
         key = cache_key(model=resolved, api_base=api_base, params=params, messages=messages, sample=sample,
                         **({"extra": key_extra} if key_extra else {}))
         mode = self.settings.cache_mode
-        if self.cache is not None and mode in ("on", "replay"):
+        if self.cache is not None and mode in ("on", "replay", "semantic"):
             hit = self.cache.get(key)
             if hit is not None:
                 return Completion(**{**hit, "model": model, "cached": True})
+        semantic_slot = None
+        if (self.semantic is not None and semantic and sample == 0 and messages
+                and messages[-1].get("role") == "user" and isinstance(messages[-1].get("content"), str)):
+            from pytest_llmeval.semantic import partition_key
+
+            text = str(messages[-1]["content"])
+            partition = partition_key(model=resolved, api_base=api_base, params=params, earlier=messages[:-1],
+                                      extra=key_extra or {}, format=2)
+            vector = self.semantic.embed(text)
+            semantic_slot = (partition, text, vector)
+            found = self.semantic.lookup(partition, text, vector)
+            stored_answer = self.cache.get(found.key) if found is not None and self.cache is not None else None
+            if found is not None and stored_answer is not None:
+                return Completion(**{**stored_answer, "model": model, "cached": True, "semantic": found.to_dict()})
         if mode == "replay":
             raise ModelCallError(model, "--llm-cache=replay: no cached answer for this request; "
                                         "record it first with --llm-cache=on")
@@ -179,12 +201,17 @@ class ModelRunner:
             completion_tokens=getattr(usage, "completion_tokens", None),
             cost_usd=cost,
         )
-        if self.cache is not None and mode in ("on", "refresh"):
+        if self.cache is not None and mode in ("on", "refresh", "semantic"):
             stored = asdict(completion)
-            del stored["model"], stored["cached"]
+            del stored["model"], stored["cached"], stored["semantic"]
             self.cache.set(key, stored)
+            if semantic_slot is not None:
+                partition, text, vector = semantic_slot
+                self.semantic.add(partition, text, key, vector)
         return completion
 
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+        if self.semantic is not None:
+            self.semantic.close()

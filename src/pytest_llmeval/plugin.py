@@ -21,6 +21,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llm", action="append", dest="llm_models", metavar="MODEL", default=None,
                     help=HELP["models"])
     group.addoption("--llm-cache", dest="llm_cache", metavar="MODE", default=None, help=HELP["cache"])
+    group.addoption("--llm-semantic-threshold", dest="llm_semantic_threshold", metavar="COSINE", default=None,
+                    help=HELP["semantic_threshold"])
     group.addoption("--llm-cache-dir", dest="llm_cache_dir", metavar="DIR", default=None,
                     help=HELP["cache_dir"])
     group.addoption("--llm-results", dest="llm_results", metavar="PATH", default=None, help=HELP["results"])
@@ -35,6 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
     parser.addini("llmeval_cache", default="", help=HELP["cache"])
+    parser.addini("llmeval_semantic_threshold", default="", help=HELP["semantic_threshold"])
     parser.addini("llmeval_cache_dir", default="", help=HELP["cache_dir"])
     parser.addini("llmeval_results", default="", help=HELP["results"])
     parser.addini("llmeval_api_base", default="", help=HELP["api_base"])
@@ -44,6 +47,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmeval_repeat", default="", help=HELP["repeat"])
     parser.addini("llmeval_judge", default="", help=HELP["judge"])
     parser.addini("llmeval_sandbox", default="", help=HELP["sandbox"])
+    parser.addini("llmeval_rag_docs", default="", help=HELP["rag_docs"])
+    parser.addini("llmeval_embedding_model", default="", help=HELP["embedding_model"])
     parser.addini("llmeval_cases", type="linelist", default=["cases"], help=HELP["cases"])
     parser.addini("llmeval_aliases", type="linelist", default=[], help=HELP["aliases"])
 
@@ -140,3 +145,48 @@ def sandbox(request: pytest.FixtureRequest) -> Any:
     from pytest_llmeval.session import STATE
 
     return request.config.stash[STATE].get_sandbox()
+
+
+@pytest.fixture(scope="session")
+def rag(request: pytest.FixtureRequest) -> Any:
+    """Retrieval for hand-written tests: ``rag.search(query, k=3)`` returns the top-k chunks (``n``, ``source``,
+    ``start_line``, ``end_line``, ``score``, ``text``) of the docs folder named by ini ``llmeval_rag_docs``;
+    ``rag.open("other/docs").search(...)`` searches another folder. Indexes are built (incrementally) on first
+    use under ``.llmeval/index``, with the packaged offline embedding model unless ``llmeval_embedding_model``
+    names another.
+    """
+    from pytest_llmeval.rag import Rag
+    from pytest_llmeval.session import STATE
+
+    settings = request.config.stash[STATE].settings
+    return Rag(settings.rag_docs, base_dir=settings.index_dir, model=settings.embedding_model)
+
+
+@pytest.fixture
+def llm_judge(request: pytest.FixtureRequest, llm_model: str) -> Callable[..., Any]:
+    """Grade an answer with the LLM judge in a hand-written test.
+
+    ``llm_judge(answer, rubric="correctness", question=..., reference=None, context=None, min=7)`` returns a
+    CheckOutcome (``passed``, ``score`` 0-1, ``reason``, ``unscored``, ``details["score"]`` 0-10). The judge is
+    ``--llm-judge`` (else the model under test); calls are cached like case judges.
+    """
+    from pytest_llmeval.cases import CaseSpec
+    from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION, JudgeEnv, JudgeParams, grade_judge
+    from pytest_llmeval.session import STATE
+
+    state = request.config.stash[STATE]
+    judge_model = state.settings.judge_model or llm_model
+
+    def ask(model: str, messages: list[dict[str, str]], attempt: int) -> Any:
+        return state.runner.complete(model, messages, JUDGE_PARAMS, sample=attempt, semantic=False,
+                                     key_extra={"purpose": "judge", "prompt_version": JUDGE_PROMPT_VERSION})
+
+    def judge(answer: str, rubric: str = "correctness", *, question: str, reference: str | None = None,
+              context: str | None = None, min: float = 7, model: str | None = None) -> Any:  # noqa: A002
+        case = CaseSpec(suite="test", kind="qna", id=request.node.name, path=request.node.path, line=None,
+                        system=None, prompt=question, params={}, tags=(), checks=[],
+                        fields={"reference": reference, "context": context})
+        env = JudgeEnv(judge_model=judge_model, self_judging=judge_model == llm_model, ask=ask)
+        return grade_judge(answer, case, JudgeParams(rubric=rubric, min=min, model=model), env)
+
+    return judge

@@ -80,6 +80,12 @@ def _details(row: dict[str, Any]) -> list[str]:
     if metrics:
         out.append(f"{name}: reference metrics " + ", ".join(f"{m} {v:.3f}" for m, v in metrics.items()
                                                              if v is not None))
+    ret = row.get("retrieval")
+    if ret:
+        out.append(f"{name}: retrieval over {ret['cases']} case(s) with expected sources: recall@{ret['k']} "
+                   f"{_pct(ret['recall_at_k'])}, MRR {ret['mrr']:.3f}")
+    if row.get("semantic_hits"):
+        out.append(f"{name}: {row['semantic_hits']} answer(s) served by the semantic cache")
     cal = row.get("calibration")
     if cal:
         ci = cal.get("agreement_ci") or [None, None]

@@ -56,6 +56,11 @@ class CaseResult:
     labels: dict[str, Any] | None = None  # labels cases: predicted, expected, unknown, format
     judge: dict[str, Any] | None = None  # judge model, self_judging, calls, latency, cost
     calibration: dict[str, Any] | None = None  # calibration cases: judge vs human label
+    # retrieval
+    references: list[dict[str, Any]] = field(default_factory=list)  # the chunks put into the prompt: n, source...
+    retrieval: dict[str, Any] | None = None  # index, version, model, k; recall_at_k, mrr with expected sources
+    cache: str | None = None  # how the answer was served: "exact" | "semantic" | None (called the model)
+    semantic_hit: dict[str, Any] | None = None  # with --llm-cache=semantic: similarity, the original request
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -153,6 +158,14 @@ def _extras(rs: list[CaseResult], kind: str) -> dict[str, Any]:
         allowed = list(dict.fromkeys(x for r in labelled if r.labels for x in r.labels.get("allowed", [])))
         out["labels"] = label_report([(r.labels["expected"], r.labels["predicted"]) for r in labelled if r.labels],
                                      allowed or None)
+    retrieved = [r.retrieval for r in rs if r.retrieval and r.retrieval.get("recall_at_k") is not None]
+    if retrieved:
+        out["retrieval"] = {"cases": len(retrieved), "k": max(int(x["k"]) for x in retrieved),
+                            "recall_at_k": _r(_mean([float(x["recall_at_k"]) for x in retrieved])),
+                            "mrr": _r(_mean([float(x["mrr"]) for x in retrieved]))}
+    semantic = sum(1 for r in rs if r.cache == "semantic")
+    if semantic:
+        out["semantic_hits"] = semantic
     calibrated = [r.calibration for r in graded if r.calibration]
     if kind == "calibration" and calibrated:
         agree = sum(1 for c in calibrated if c["agree"])

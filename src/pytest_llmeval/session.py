@@ -27,7 +27,7 @@ STATE = pytest.StashKey["LLMEvalSession"]()
 CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm` fixture, per item
 CASE_SUFFIXES = (".yaml", ".yml", ".jsonl")
 # Failures of the machinery, not of the model: an `error` outcome wherever they are raised.
-INFRASTRUCTURE_ERRORS = ("SandboxUnavailable", "EmbeddingModelError")
+INFRASTRUCTURE_ERRORS = ("SandboxUnavailable", "EmbeddingModelError", "RagIndexError")
 
 
 def _version() -> str:
@@ -55,6 +55,7 @@ class LLMEvalSession:
         self._sandbox: Any = None
         self._sandbox_error: Exception | None = None
         self._datasets: set[Path] | None = None
+        self._indexes: dict[tuple[Any, ...], Any] = {}
 
     def get_sandbox(self) -> Any:
         """The sandbox for generated code, chosen once per process (raises SandboxUnavailable)."""
@@ -69,6 +70,17 @@ class LLMEvalSession:
         if self._sandbox_error is not None:
             raise self._sandbox_error
         return self._sandbox
+
+    def get_index(self, spec: dict[str, Any]) -> Any:
+        """The retrieval index a case names (one per folder, model and URI per process)."""
+        from pytest_llmeval.rag import DocIndex
+
+        # Per session, not per process: a long-lived process (pytester, an IDE) must see edited documents.
+        key = (spec["docs"], spec.get("model") or self.settings.embedding_model, spec.get("uri"), spec.get("name"))
+        if key not in self._indexes:
+            self._indexes[key] = DocIndex(Path(spec["docs"]), model=key[1], uri=key[2], name=key[3],
+                                          base_dir=self.settings.index_dir)
+        return self._indexes[key]
 
     # ------------------------------------------------------------------------------------ collection
 

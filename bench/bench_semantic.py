@@ -1,0 +1,180 @@
+"""Semantic cache and retrieval benchmarks (one command; ratios against a baseline run in the same process).
+
+    python bench/bench_semantic.py                 # all three parts
+    python bench/bench_semantic.py --sizes 1000 10000 100000 --chunks 10000
+
+(a) semantic-cache lookup latency, embedding excluded, at 1k/10k/100k entries in one partition: our
+    VectorSet (brute force up to 8192 entries, IVF beyond) against a plain numpy brute-force scan; recall of
+    the IVF probe on near-duplicate queries. Goal: p50 <= 1 ms at 100k.
+(b) hit rate on paraphrases and false-hit rate on meaning changes over bench/semantic_pairs.jsonl, through
+    the real SemanticCache (embedding + threshold + guard) against a plain cosine cache at the same threshold.
+    Goal: >= 90% hits, <= 1% false hits.
+(c) index build throughput (chunks/s, real model, real lancedb) and query p50 including embedding at
+    ``--chunks`` chunks. Goal: <= 15 ms at 10k chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from pytest_llmeval import semantic  # noqa: E402
+from pytest_llmeval.embeddings import get_embedder  # noqa: E402
+from pytest_llmeval.semantic import SemanticCache, VectorSet, partition_key  # noqa: E402
+
+
+def ms(values: list[float]) -> str:
+    return f"p50 {statistics.median(values) * 1000:7.3f} ms  p95 {np.percentile(values, 95) * 1000:7.3f} ms"
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Embedding-like data: requests come in topics (clusters), not uniformly on the sphere."""
+    centers = rng.standard_normal((max(8, n // 200), dim)).astype(np.float32)
+    data = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    return data / np.linalg.norm(data, axis=1, keepdims=True)
+
+
+def bench_lookup(sizes: list[int], queries: int = 300) -> None:
+    print("\n(a) semantic-cache lookup latency, embedding excluded (384-dim, one partition)")
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        data = clustered(n, 384, rng)
+        vs = VectorSet(dim=384)
+        for i, v in enumerate(data):
+            vs.add(v, "", str(i))
+        picks = rng.choice(n, queries, replace=False)
+        qs = data[picks] + 0.03 * rng.standard_normal((queries, 384)).astype(np.float32)
+        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+        start = time.perf_counter()
+        vs.search(qs[0])  # builds the IVF index once past the brute-force size
+        setup = time.perf_counter() - start
+        ours, base, found = [], [], 0
+        matrix = vs.matrix
+        for q, want in zip(qs, picks, strict=True):
+            t = time.perf_counter()
+            best = vs.search(q, k=semantic.CANDIDATES)
+            ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            scores = matrix @ q
+            top = np.argpartition(-scores, semantic.CANDIDATES)[:semantic.CANDIDATES]
+            top[np.argsort(-scores[top])]
+            base.append(time.perf_counter() - t)
+            found += best[0][1] == want
+        how = "IVF" if n > semantic.BRUTE_FORCE_MAX else "brute force"
+        ratio = statistics.median(ours) / statistics.median(base)
+        print(f"  {n:>7} entries  ours ({how:11}) {ms(ours)}   numpy scan {ms(base)}   x{ratio:.2f} "
+              f"  nearest found {found}/{queries}   index build {setup:.2f} s")
+
+
+def bench_pairs(path: Path, threshold: float) -> None:
+    print(f"\n(b) hits on {path.name} at cosine >= {threshold} (real model, real diskcache)")
+    pairs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    embedder = get_embedder()
+    va = embedder.encode([p["a"] for p in pairs])
+    vb = embedder.encode([p["b"] for p in pairs])
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        cache = SemanticCache(tmp / "sem", threshold=threshold)
+        t0 = time.perf_counter()
+        for i, (p, v) in enumerate(zip(pairs, va, strict=True)):
+            cache.add(partition_key(pair=i), p["a"], f"k{i}", vector=v)
+        add_s = (time.perf_counter() - t0) / len(pairs)
+        rows: dict[str, list[int]] = {}
+        lookups = []
+        for i, (p, v, w) in enumerate(zip(pairs, vb, va, strict=True)):
+            t = time.perf_counter()
+            ours = cache.lookup(partition_key(pair=i), p["b"], vector=v) is not None
+            lookups.append(time.perf_counter() - t)
+            plain = float(v @ w) >= threshold
+            r = rows.setdefault(p["label"], [0, 0, 0])
+            r[0] += 1
+            r[1] += ours
+            r[2] += plain
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    para = rows.pop("paraphrase")
+    changed = [sum(r[i] for r in rows.values()) for i in range(3)]
+    print(f"  {'pairs':28} {'n':>4}  {'ours: served':>13}  {'plain cosine: served':>21}")
+    print(f"  {'paraphrases (want served)':28} {para[0]:>4}  {para[1] / para[0]:>13.1%}  {para[2] / para[0]:>21.1%}")
+    for label, r in sorted(rows.items()):
+        print(f"  {label + ' (want missed)':28} {r[0]:>4}  {r[1] / r[0]:>13.1%}  {r[2] / r[0]:>21.1%}")
+    print(f"  {'all meaning changes':28} {changed[0]:>4}  {changed[1] / changed[0]:>13.1%}  "
+          f"{changed[2] / changed[0]:>21.1%}")
+    print(f"  lookup incl. guard, embedding excluded: {ms(lookups)}; add {add_s * 1000:.2f} ms")
+
+
+def bench_index(chunks: int) -> None:
+    from pytest_llmeval.rag import DocIndex
+
+    print(f"\n(c) retrieval index: build and query at ~{chunks} chunks (real model, real lancedb)")
+    rng = np.random.default_rng(2)
+    words = ("sphere cube render window scene colour radius actor camera light shadow texture mesh vertex "
+             "normal shader buffer frame pixel image export import animation timer event mouse key zoom "
+             "rotate scale translate matrix vector point line polygon volume surface grid axis label").split()
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        docs = tmp / "docs"
+        docs.mkdir()
+        per_file = 20
+        for f in range(max(1, chunks // per_file)):
+            sections = []
+            for s in range(per_file):
+                body = " ".join(rng.choice(words, 60))
+                sections.append(f"## Topic {f}-{s}\n\n{body.capitalize()}.\n")
+            (docs / f"page{f:05d}.md").write_text(f"# Page {f}\n\n" + "\n".join(sections))
+        index = DocIndex(docs, base_dir=tmp / "index")
+        get_embedder().encode(["warm up"])
+        stats = index.build(progress=False)
+        print(f"  build: {stats.chunks} chunks from {stats.files} files in {stats.seconds:.1f} s = "
+              f"{stats.chunks / stats.seconds:.0f} chunks/s")
+        t = time.perf_counter()
+        again = DocIndex(docs, base_dir=tmp / "index").build()
+        print(f"  rebuild with nothing changed: {time.perf_counter() - t:.2f} s ({again.embedded_chunks} embedded)")
+        queries = [" ".join(rng.choice(words, 6)) for _ in range(60)]
+        index.search(queries[0])
+        total, embed = [], []
+        embedder = get_embedder()
+        for q in queries:
+            t = time.perf_counter()
+            index.search(q, k=3)
+            total.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            embedder.encode([q])
+            embed.append(time.perf_counter() - t)
+        print(f"  query incl. embedding: {ms(total)}   (embedding alone {ms(embed)}; "
+              f"x{statistics.median(total) / statistics.median(embed):.2f} of it)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--chunks", type=int, default=10000)
+    parser.add_argument("--pairs", type=Path, default=HERE / "semantic_pairs.jsonl")
+    parser.add_argument("--threshold", type=float, default=semantic.DEFAULT_THRESHOLD)
+    parser.add_argument("--only", choices=["lookup", "pairs", "index"], default=None)
+    args = parser.parse_args()
+    if args.only in (None, "lookup"):
+        bench_lookup(args.sizes)
+    if args.only in (None, "pairs"):
+        bench_pairs(args.pairs, args.threshold)
+    if args.only in (None, "index"):
+        bench_index(args.chunks)
+
+
+if __name__ == "__main__":
+    main()

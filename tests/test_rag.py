@@ -1,0 +1,221 @@
+"""Retrieval with the real embedding model and real lancedb: indexes, incremental rebuilds, concurrent
+builders, retrieval in cases (references, recall@k, MRR, cache keys), the rag fixture and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import Project
+from pytest_llmeval.rag import DocIndex, augment, retrieval_scores
+
+DOCS = {
+    "sphere.md": "# Spheres\n\nOrbit draws spheres with `orbit.actor.sphere(centers, colors, radii=1.0)`.\n\n"
+                 "## Size\n\nThe `radii` argument sets the radius of each sphere.\n",
+    "install.md": "# Installing\n\nInstall with `pip install orbit3d`. Orbit needs Python 3.10.\n\n"
+                  "## Headless\n\nSet ORBIT_OFFSCREEN=1 to render without a display.\n",
+    "api/window.py": '"""Windows of Orbit."""\n\n\ndef record(scene, out_path="orbit.png"):\n'
+                     '    """Render the scene off screen and save it as a PNG image."""\n',
+}
+
+
+def write_docs(root: Path, docs: dict[str, str] = DOCS) -> Path:
+    for rel, text in docs.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_build_search_and_incremental_rebuilds(tmp_path: Path) -> None:
+    docs = write_docs(tmp_path / "docs")
+    index = DocIndex(docs, base_dir=tmp_path / "index")
+    first = index.build()
+    assert first.rebuilt and first.files == 3 and first.embedded_chunks == first.chunks > 3
+    hits = index.search("How do I change the radius of a sphere?", k=2)
+    assert hits[0].source == "sphere.md" and hits[0].n == 1 and hits[0].score > hits[1].score
+    assert "radii" in hits[0].text and hits[0].start_line >= 1
+    assert index.search("save a PNG image of the scene", k=1)[0].source == "api/window.py"
+    # Nothing changed: nothing embedded, same version.
+    again = DocIndex(docs, base_dir=tmp_path / "index").build()
+    assert not again.rebuilt and again.embedded_chunks == 0 and again.version == first.version
+    assert again.chunks == first.chunks
+    # One file changed, one removed, one added: only those are (re)embedded; the version moves.
+    (docs / "sphere.md").write_text(DOCS["sphere.md"] + "\n## Colour\n\nThe `colors` argument sets colours.\n")
+    (docs / "install.md").unlink()
+    (docs / "cube.md").write_text("# Cubes\n\n`orbit.actor.cube(centers, size=1.0)` draws cubes.\n")
+    third = DocIndex(docs, base_dir=tmp_path / "index").build()
+    assert (third.changed_files, third.removed_files, third.unchanged_files) == (2, 1, 1)
+    assert third.version != first.version
+    sources = {h.source for h in DocIndex(docs, base_dir=tmp_path / "index").search("install orbit3d", k=10)}
+    assert "install.md" not in sources and "cube.md" in sources
+    info = DocIndex(docs, base_dir=tmp_path / "index").info()
+    assert info["exists"] and info["files"] == 3 and info["version"] == third.version
+
+
+def test_index_at_another_uri_and_another_model_is_rebuilt(tmp_path: Path) -> None:
+    docs = write_docs(tmp_path / "docs")
+    elsewhere = tmp_path / "shared" / "orbit.lance"
+    index = DocIndex(docs, uri=str(elsewhere), base_dir=tmp_path / "index")
+    assert index.build().chunks > 0
+    assert (elsewhere).is_dir() and not (tmp_path / "index" / index.name).exists()
+    assert DocIndex(docs, uri=str(elsewhere)).build(force=True).rebuilt
+
+
+BUILD = """
+import sys
+from pathlib import Path
+from pytest_llmeval.rag import DocIndex
+stats = DocIndex(Path(sys.argv[1]), base_dir=Path(sys.argv[2])).build()
+print(stats.chunks, stats.embedded_chunks)
+"""
+
+
+def test_concurrent_builders_do_not_duplicate_chunks(tmp_path: Path) -> None:
+    docs = write_docs(tmp_path / "docs")
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(docs), str(tmp_path / "index")],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    totals = {int(o[0]) for o in outputs}
+    embedded = sorted(int(o[1]) for o in outputs)
+    assert len(totals) == 1  # everyone sees the same index ...
+    assert embedded[0] == embedded[1] == 0 and embedded[2] == totals.pop()  # ... built exactly once
+
+
+def test_retrieval_scores() -> None:
+    from pytest_llmeval.rag import Retrieved
+
+    hits = [Retrieved(i, src, 1, 2, 0.9 - i / 10, "t") for i, src in enumerate(["a.md", "b.md", "c.md"], start=1)]
+    scores = retrieval_scores(hits, ["docs/b.md", "docs/x.md"], prefix="docs")
+    assert scores["recall_at_k"] == 0.5 and scores["mrr"] == 0.5 and scores["first_relevant_rank"] == 2
+    assert retrieval_scores(hits, ["docs/z.md"], prefix="docs/")["mrr"] == 0.0
+    prompt = augment("Q?", hits[:1], prefix="docs")
+    assert "[1] docs/a.md:1-2\nt" in prompt and prompt.endswith("Q?")
+
+
+RAG_SUITE = """\
+suite: docs-bot
+retrieve: {docs: docs/, k: 2}
+params: {temperature: 0}
+cases:
+  - id: radius
+    question: How do I change the radius of a sphere?
+    sources: [docs/sphere.md]
+    expect: [{contains: radii}]
+  - id: headless
+    question: How do I render without a display?
+    reference: Set ORBIT_OFFSCREEN=1.
+    sources: [docs/install.md, docs/api/window.py]
+    expect: [{contains: ORBIT_OFFSCREEN}, {judge: {rubric: groundedness, min: 6}}]
+"""
+
+
+def test_suite_with_retrieval_end_to_end(project: Project) -> None:
+    write_docs(project.pytester.path / "cases" / "docs")
+    project.write("cases/rag.yaml", RAG_SUITE)
+    s = project.server
+    s.answer("Answer to grade", '{"score": 9, "reason": "Supported by [1]."}', model="openai/judge")
+    s.answer("radius of a sphere", "Use the radii argument [1].")
+    s.answer("without a display", "Set ORBIT_OFFSCREEN=1 [1].")
+    result = project.run("--llm-judge=openai/judge")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["docs-bot [[]openai/test-model]: retrieval over 2 case(s) with expected sources: "
+                                 "recall@2 *, MRR *"])
+    request = next(r for r in s.requests if "radius of a sphere" in r["messages"][-1]["content"]
+                   and r["model"] == "test-model")
+    prompt = request["messages"][-1]["content"]
+    assert prompt.startswith("Answer using the numbered references below.")
+    assert "[1] docs/sphere.md:" in prompt and "radii" in prompt and prompt.endswith("radius of a sphere?")
+    # The groundedness judge received the retrieved context.
+    judged = next(r for r in s.requests if r["model"] == "judge")["messages"][-1]["content"]
+    assert "Context:\n[1] docs/" in judged and "ORBIT_OFFSCREEN" in judged
+    doc = project.results()
+    cases = {c["case_id"]: c for c in doc["cases"]}
+    radius = cases["radius"]
+    assert radius["references"][0]["source"] == "docs/sphere.md" and radius["references"][0]["n"] == 1
+    assert {"start_line", "end_line", "score"} <= set(radius["references"][0])
+    assert radius["retrieval"]["recall_at_k"] == 1.0 and radius["retrieval"]["mrr"] == 1.0
+    assert radius["retrieval"]["version"] and radius["retrieval"]["k"] == 2
+    row = doc["suites"][0]["retrieval"]
+    assert row["cases"] == 2 and 0 < row["recall_at_k"] <= 1 and 0 < row["mrr"] <= 1
+    # Editing a document changes the index version, which is part of the cache key: the model is asked again.
+    before = len(s.requests)
+    project.run("--llm-judge=openai/judge").assert_outcomes(passed=2)
+    assert len(s.requests) == before  # unchanged docs: all from the cache
+    (project.pytester.path / "cases/docs/install.md").write_text(DOCS["install.md"] + "\nAlso see the FAQ.\n")
+    project.run("--llm-judge=openai/judge").assert_outcomes(passed=2)
+    assert len(s.requests) > before
+
+
+def test_retrieval_under_xdist(project: Project) -> None:
+    write_docs(project.pytester.path / "cases" / "docs")
+    project.write("cases/rag.yaml", RAG_SUITE)
+    project.server.answer("Answer to grade", '{"score": 9, "reason": "ok"}')
+    project.server.answer("radius of a sphere", "Use the radii argument [1].")
+    project.server.answer("without a display", "Set ORBIT_OFFSCREEN=1 [1].")
+    project.run("-n", "2").assert_outcomes(passed=2)
+    assert project.results()["suites"][0]["retrieval"]["cases"] == 2
+
+
+def test_bad_retrieval_settings_are_case_file_errors(project: Project) -> None:
+    project.write("cases/rag.yaml", """\
+retrieve: {docs: nowhere/, k: 2}
+cases:
+  - {id: a, question: "Q?", expect: [{contains: x}]}
+""")
+    project.write("cases/src.yaml", """\
+cases:
+  - id: b
+    question: "Q?"
+    sources: [docs/a.md]
+    expect: [{contains: x}]
+""")
+    result = project.run()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([
+        "*cases/rag.yaml:1: retrieve.docs: docs folder 'nowhere/' not found (relative to rag.yaml)",
+        "*cases/src.yaml:4: cases[[]0].sources: sources need retrieval*",
+    ])
+
+
+def test_rag_fixture_for_hand_written_tests(pytester: pytest.Pytester) -> None:
+    write_docs(pytester.path / "docs")
+    pytester.makeini("[pytest]\nllmeval_rag_docs = docs\n")
+    pytester.makepyfile(test_docs=textwrap.dedent("""
+        def test_search(rag):
+            hits = rag.search("How do I change the radius of a sphere?", k=2)
+            assert [h.n for h in hits] == [1, 2]
+            assert hits[0].source == "sphere.md" and "radii" in hits[0].text and 0 < hits[0].score <= 1
+
+        def test_other_folder(rag, tmp_path):
+            (tmp_path / "faq.md").write_text("# FAQ\\n\\nThe answer to everything is 42.\\n")
+            assert rag.open(tmp_path).search("what is the answer to everything", k=1)[0].source == "faq.md"
+    """))
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_cli_index_build_info_search(tmp_path: Path) -> None:
+    docs = write_docs(tmp_path / "docs")
+    llmeval = [sys.executable, "-m", "pytest_llmeval.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*llmeval, "index", *args, str(docs), "--dir", str(tmp_path / "idx")],
+                              capture_output=True, text=True, timeout=300)
+
+    built = run("build")
+    assert built.returncode == 0, built.stderr
+    assert "rebuilt docs-" in built.stdout and "3 files (3 changed, 0 removed)" in built.stdout
+    assert "0 embedded" in run("build").stdout
+    info = json.loads(run("info").stdout)
+    assert info["exists"] and info["files"] == 3 and info["chunks"] > 0
+    search = subprocess.run([*llmeval, "index", "search", str(docs), "radius of a sphere", "-k", "1", "--dir",
+                             str(tmp_path / "idx")], capture_output=True, text=True, timeout=300)
+    assert search.stdout.startswith("[1] ") and "sphere.md" in search.stdout
+    missing = subprocess.run([*llmeval, "index", "build", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "docs folder not found" in missing.stderr
