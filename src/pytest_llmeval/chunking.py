@@ -76,6 +76,8 @@ def _pieces(lines: list[tuple[int, str]], max_chars: int, overlap_chars: int) ->
     pieces: list[list[tuple[int, str]]] = []
     piece: list[tuple[int, str]] = []
     for unit in small:
+        if piece:
+            unit = [(unit[0][0], ""), *unit]  # keep the paragraph break (a blank line) inside a piece
         if piece and _size(piece) + _size(unit) + 1 > max_chars:
             pieces.append(piece)
             tail: list[tuple[int, str]] = []

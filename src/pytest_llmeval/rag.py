@@ -114,6 +114,8 @@ class DocIndex:
 
     def _connect(self) -> Any:
         if self._db is None:
+            # lancedb's Rust core logs routine events ("it will be created") as warnings on stderr.
+            os.environ.setdefault("LANCEDB_LOG", "error")
             import lancedb
 
             if self.local:
@@ -147,7 +149,8 @@ class DocIndex:
         import pyarrow as pa
 
         data = pa.table({"json": [json.dumps(meta, sort_keys=True)]})
-        self._connect().create_table(META, data=data, mode="overwrite")
+        db = self._connect()
+        db.create_table(META, data=data, mode="overwrite" if _has_table(db, META) else "create")
 
     # ------------------------------------------------------------------------------------------ build
 
@@ -190,7 +193,7 @@ class DocIndex:
             pa.field("text", pa.string()), pa.field("vector", pa.list_(pa.float32(), embedder.dim)),
         ])
         if fresh:
-            table = db.create_table(TABLE, schema=schema, mode="overwrite")
+            table = db.create_table(TABLE, schema=schema, mode="overwrite" if _has_table(db, TABLE) else "create")
         else:
             table = db.open_table(TABLE)
             stale = changed + removed
