@@ -33,6 +33,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llm-samples", dest="llm_samples", metavar="N", default=None, help=HELP["samples"])
     group.addoption("--llm-repeat", dest="llm_repeat", metavar="N", default=None, help=HELP["repeat"])
     group.addoption("--llm-judge", dest="llm_judge", metavar="MODEL", default=None, help=HELP["judge"])
+    group.addoption("--llm-baseline", dest="llm_baseline", metavar="PATH", default=None, help=HELP["baseline"])
+    group.addoption("--llm-update-baseline", dest="llm_update_baseline", action="store_true", default=False,
+                    help=HELP["update_baseline"])
+    group.addoption("--llm-max-drop", dest="llm_max_drop", metavar="POINTS", default=None, help=HELP["max_drop"])
+    group.addoption("--llm-fail-under", dest="llm_fail_under", metavar="RATE", default=None, help=HELP["fail_under"])
+    group.addoption("--llm-gate", dest="llm_gate", metavar="RULE", action="append", default=None, help=HELP["gate"])
+    group.addoption("--llm-gate-alpha", dest="llm_gate_alpha", metavar="ALPHA", default=None,
+                    help=HELP["gate_alpha"])
+    group.addoption("--llm-strict", dest="llm_strict", action="store_true", default=False, help=HELP["strict"])
     group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=HELP["sandbox"])
 
     parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
@@ -46,6 +55,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmeval_samples", default="", help=HELP["samples"])
     parser.addini("llmeval_repeat", default="", help=HELP["repeat"])
     parser.addini("llmeval_judge", default="", help=HELP["judge"])
+    parser.addini("llmeval_baseline", default="", help=HELP["baseline"])
+    parser.addini("llmeval_max_drop", default="", help=HELP["max_drop"])
+    parser.addini("llmeval_fail_under", type="linelist", default=[], help=HELP["fail_under"])
+    parser.addini("llmeval_gate", type="linelist", default=[], help=HELP["gate"])
+    parser.addini("llmeval_gate_alpha", default="", help=HELP["gate_alpha"])
     parser.addini("llmeval_sandbox", default="", help=HELP["sandbox"])
     parser.addini("llmeval_rag_docs", default="", help=HELP["rag_docs"])
     parser.addini("llmeval_embedding_model", default="", help=HELP["embedding_model"])

@@ -56,6 +56,8 @@ class LLMEvalSession:
         self._sandbox_error: Exception | None = None
         self._datasets: set[Path] | None = None
         self._indexes: dict[tuple[Any, ...], Any] = {}
+        self.other_failures = 0  # failed reports that are not graded case failures (errors, plain tests)
+        self.verdicts: list[Any] | None = None
 
     def get_sandbox(self) -> Any:
         """The sandbox for generated code, chosen once per process (raises SandboxUnavailable)."""
@@ -208,6 +210,8 @@ class LLMEvalSession:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "llmeval", None)
+        if report.failed and not (data and data.get("outcome") == "failed"):
+            self.other_failures += 1
         if data:
             self.results.append(CaseResult.from_dict(data))
         invalid = getattr(report, "llmeval_invalid", None)
@@ -222,7 +226,30 @@ class LLMEvalSession:
         doc = build_results(self.results, models=list(self.settings.models), cache_mode=self.settings.cache_mode,
                             exit_status=int(exitstatus), invalid=self.invalid, workers=int(workers),
                             version=_version())
-        write_results(self.settings.results_path, doc)
+        settings = self.settings
+        if settings.gate_configured:
+            from pytest_llmeval.gate import Gate, gate_failed, load_baseline
+
+            gate = Gate(list(settings.gate_rules), alpha=settings.gate_alpha)
+            baseline = load_baseline(settings.baseline) if settings.baseline and not settings.update_baseline \
+                else None
+            self.verdicts = gate.evaluate(doc, baseline)
+            failed = gate_failed(self.verdicts)
+            doc["gate"] = {"baseline": str(settings.baseline) if baseline is not None else None,
+                           "rules": [r.describe() for r in settings.gate_rules], "alpha": settings.gate_alpha,
+                           "failed": failed, "suites": [v.to_dict() for v in self.verdicts]}
+            # With a gate, failed cases are measurements: the gate (and errors) decide the exit status.
+            if not settings.strict and session.exitstatus == pytest.ExitCode.TESTS_FAILED \
+                    and self.other_failures == 0:
+                session.exitstatus = pytest.ExitCode.OK
+            if failed:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            doc["run"]["exit_status"] = int(session.exitstatus)
+        write_results(settings.results_path, doc)
+        if settings.update_baseline and settings.baseline is not None:
+            from pytest_llmeval.gate import write_baseline
+
+            write_baseline(settings.baseline, doc)
         self._written = doc
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -239,6 +266,22 @@ class LLMEvalSession:
                            if r.outcome == "error" and r.message and r.message.startswith("--llm="))
         for message, n in unusable.items():
             tr.write_line(f"ERROR: {n} case(s) could not run: {message}", red=True)
+        if self.verdicts is not None:
+            from pytest_llmeval.gate import format_verdicts
+
+            tr.write_sep("-", "llmeval gate")
+            for line in format_verdicts(self.verdicts):
+                tr.write_line(line)
+            if doc["gate"]["failed"]:
+                tr.write_line("ERROR: llmeval gate failed: " + "; ".join(
+                    f"{v.suite} [{v.model}] {v.verdict}" for v in self.verdicts
+                    if v.verdict in ("regression", "below_floor", "over_budget", "errors")), red=True)
+            else:
+                tr.write_line("llmeval gate passed" + (" (failed cases are reported above; the gate decides the "
+                                                       "exit status)" if not self.settings.strict else ""),
+                              green=True)
+        if self.settings.update_baseline and self.settings.baseline is not None:
+            tr.write_line(f"baseline written: {self.settings.baseline}")
         try:
             shown = self.settings.results_path.relative_to(Path(os.getcwd()))
         except ValueError:

