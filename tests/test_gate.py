@@ -4,6 +4,7 @@ where a baseline from one run gates the next."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,49 @@ def test_gate_under_xdist(project: Project) -> None:
     result = project.run("--llm-baseline=b.json", "--llm-cache=off", "-n", "2")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["ERROR: llmeval gate failed: big [[]openai/test-model] regression"])
+
+
+def test_github_step_summary_and_annotations(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.write("cases/big.yaml", suite_file(40))
+    project.server.default = "sure"
+    project.run("--llm-update-baseline", "--llm-baseline=b.json", "--llm-cache=off")
+    for i in range(8):
+        project.server.answer(f"number {i:03d}?", "nope")
+    summary = project.pytester.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    result = project.run("--llm-baseline=b.json", "--llm-cache=off")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "::error file=cases/big.yaml,line=3,title=llmeval regression::q000 passed in the baseline and fails now "
+        "(big [[]openai/test-model])",
+        "::error title=llmeval gate::big [[]openai/test-model]: regression: pass rate fell 20.0 points*",
+    ])
+    text = summary.read_text()
+    assert text.startswith("## pytest-llmeval — gate **failed** :x:")
+    assert "| big | openai/test-model | 40 | 32 | 8 | 0 | 0 | 80.0% (" in text and "| -20.0 pts | regression |" in text
+    assert "passed before, failed now (8)" in text and "- `q000` (cases/big.yaml:3)" in text
+    # Outside GitHub Actions no workflow commands are printed.
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    assert "::error" not in project.run("--llm-baseline=b.json", "--llm-cache=off").stdout.str()
+
+
+def test_llmeval_compare_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    base = [True] * 180 + [False] * 20
+    now = list(base)
+    for i in range(20):
+        now[i] = False
+    (tmp_path / "base.json").write_text(json.dumps(doc_from(base)))
+    (tmp_path / "now.json").write_text(json.dumps(doc_from(now)))
+    cmd = [sys.executable, "-m", "pytest_llmeval.cli", "compare", str(tmp_path / "base.json")]
+    failed = subprocess.run([*cmd, str(tmp_path / "now.json")], capture_output=True, text=True)
+    assert failed.returncode == 1 and "regression" in failed.stdout and failed.stdout.rstrip().endswith("gate failed")
+    same = subprocess.run([*cmd, str(tmp_path / "base.json")], capture_output=True, text=True)
+    assert same.returncode == 0 and same.stdout.rstrip().endswith("gate passed")
+    lax = subprocess.run([*cmd, str(tmp_path / "now.json"), "--max-drop", "15"], capture_output=True, text=True)
+    assert lax.returncode == 0
+    bad = subprocess.run([*cmd, str(tmp_path / "nope.json")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "llmeval: error:" in bad.stderr

@@ -66,6 +66,27 @@ def cmd_index_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from pytest_llmeval.gate import DropRule, Gate, GateError, format_verdicts, gate_failed, load_baseline, parse_rule
+
+    try:
+        baseline = load_baseline(Path(args.baseline))
+        current = json.loads(Path(args.current).read_text(encoding="utf-8"))
+        rules = [DropRule("pass_rate", args.max_drop), *(parse_rule(r) for r in args.gate or [])]
+    except (GateError, OSError, json.JSONDecodeError) as exc:
+        raise CommandError(str(exc)) from None
+    if "cases" not in current or "suites" not in current:
+        raise CommandError(f"{args.current} is not a results.json file (no 'cases'/'suites')")
+    verdicts = Gate(rules, alpha=args.alpha).evaluate(current, baseline)
+    for line in format_verdicts(verdicts):
+        print(line)
+    failed = gate_failed(verdicts)
+    print("gate failed" if failed else "gate passed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmeval", description="pytest-llmeval command line tools.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -77,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     humaneval.add_argument("--name", default="humaneval", help="suite and file name (default: humaneval)")
     humaneval.add_argument("--limit", type=int, default=None, help="only the first N problems")
     humaneval.set_defaults(func=cmd_import_humaneval)
+
+    compare = commands.add_parser("compare", help="gate a results file against a baseline (the pytest gate's table)")
+    compare.add_argument("baseline", help="baseline: a results.json or a baseline file")
+    compare.add_argument("current", help="the results.json of the run to judge")
+    compare.add_argument("--max-drop", type=float, default=5.0, help="allowed pass-rate drop in points (default 5)")
+    compare.add_argument("--gate", action="append", default=None, metavar="RULE", help="extra gate rule (repeatable)")
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    compare.set_defaults(func=cmd_compare)
 
     index = commands.add_parser("index", help="build and inspect retrieval indexes (lancedb)")
     actions = index.add_subparsers(dest="action", metavar="ACTION", required=True)

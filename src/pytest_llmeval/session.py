@@ -282,6 +282,22 @@ class LLMEvalSession:
                               green=True)
         if self.settings.update_baseline and self.settings.baseline is not None:
             tr.write_line(f"baseline written: {self.settings.baseline}")
+        self._github(tr, doc)
+
+    def _github(self, tr: Any, doc: dict[str, Any]) -> None:
+        """On GitHub Actions: the step summary and error annotations on the regressed cases' lines."""
+        from pytest_llmeval.report import github_annotations, github_summary
+
+        summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary_path:
+            try:
+                with open(summary_path, "a", encoding="utf-8") as fh:
+                    fh.write(github_summary(doc))
+            except OSError as exc:
+                tr.write_line(f"llmeval: cannot write the GitHub step summary {summary_path}: {exc}", yellow=True)
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            for line in github_annotations(doc):
+                tr.write_line(line)
         try:
             shown = self.settings.results_path.relative_to(Path(os.getcwd()))
         except ValueError:
