@@ -249,3 +249,51 @@ def test_llmeval_compare_command(tmp_path: Path) -> None:
     assert lax.returncode == 0
     bad = subprocess.run([*cmd, str(tmp_path / "nope.json")], capture_output=True, text=True)
     assert bad.returncode == 2 and "llmeval: error:" in bad.stderr
+
+
+def test_shards_cover_every_case_once_and_merge_before_the_gate(project: Project) -> None:
+    import subprocess
+    import sys
+
+    project.write("cases/big.yaml", suite_file(30))
+    project.server.default = "sure"
+    project.run("--llm-update-baseline", "--llm-baseline=b.json", "--llm-cache=off")
+    for i in range(12):
+        project.server.answer(f"number {i:03d}?", "nope")
+    seen: list[str] = []
+    for shard in ("1/3", "2/3", "3/3"):
+        result = project.run(f"--llm-shard={shard}", f"--llm-results=shard{shard[0]}.json")
+        doc = project.results(f"shard{shard[0]}.json")
+        assert doc["run"]["shard"] == shard
+        seen += [c["case_id"] for c in doc["cases"]]
+        assert 0 < len(doc["cases"]) < 30
+    assert sorted(seen) == sorted(f"q{i:03d}" for i in range(30))  # every case in exactly one shard
+    again = project.run("--llm-shard=2/3", "--llm-results=again.json")
+    assert [c["case_id"] for c in project.results("again.json")["cases"]] == \
+        [c["case_id"] for c in project.results("shard2.json")["cases"]]  # deterministic
+    root = project.pytester.path
+    merge = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "merge", *(str(root / f"shard{i}.json")
+                            for i in (1, 2, 3)), "-o", str(root / "merged.json")], capture_output=True, text=True)
+    assert merge.returncode == 0, merge.stderr
+    merged = project.results("merged.json")
+    assert len(merged["cases"]) == 30 and merged["suites"][0]["failed"] == 12
+    compare = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "compare", str(root / "b.json"),
+                              str(root / "merged.json")], capture_output=True, text=True)
+    assert compare.returncode == 1 and "regression" in compare.stdout
+    assert again.ret == 1  # no gate in shard runs: their failed cases fail them, the merged gate decides
+    bad = project.run("--llm-shard=4/3")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_merge_refuses_overlapping_shards_with_different_outcomes() -> None:
+    from pytest_llmeval.results import merge_results
+
+    a = doc_from([True, True])
+    b = doc_from([True, False])
+    for doc in (a, b):
+        for c in doc["cases"]:
+            c["nodeid"] = f"cases/s.yaml::{c['case_id']}[m]"
+    with pytest.raises(ValueError, match="different outcomes: do the shards overlap"):
+        merge_results([a, b], "0")
+    merged = merge_results([a, a], "0")
+    assert len(merged["cases"]) == 2 and merged["suites"][0]["passed"] == 2

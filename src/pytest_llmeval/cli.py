@@ -87,6 +87,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    import json
+
+    from pytest_llmeval.results import merge_results, write_results
+    from pytest_llmeval.session import _version
+
+    try:
+        docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.files]
+        merged = merge_results(docs, _version())
+    except (OSError, json.JSONDecodeError, ValueError, KeyError) as exc:
+        raise CommandError(str(exc)) from None
+    write_results(Path(args.output), merged)
+    print(f"merged {len(docs)} file(s), {len(merged['cases'])} cases in {len(merged['suites'])} suite row(s) "
+          f"into {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmeval", description="pytest-llmeval command line tools.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -106,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--gate", action="append", default=None, metavar="RULE", help="extra gate rule (repeatable)")
     compare.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     compare.set_defaults(func=cmd_compare)
+
+    merge = commands.add_parser("merge", help="combine results files (the shards of a run) before gating")
+    merge.add_argument("files", nargs="+", help="results.json files")
+    merge.add_argument("-o", "--output", default=".llmeval/results.json", help="where to write (default "
+                       ".llmeval/results.json)")
+    merge.set_defaults(func=cmd_merge)
 
     index = commands.add_parser("index", help="build and inspect retrieval indexes (lancedb)")
     actions = index.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -42,6 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llm-gate-alpha", dest="llm_gate_alpha", metavar="ALPHA", default=None,
                     help=HELP["gate_alpha"])
     group.addoption("--llm-strict", dest="llm_strict", action="store_true", default=False, help=HELP["strict"])
+    group.addoption("--llm-shard", dest="llm_shard", metavar="I/N", default=None, help=HELP["shard"])
     group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=HELP["sandbox"])
 
     parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
@@ -60,6 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmeval_fail_under", type="linelist", default=[], help=HELP["fail_under"])
     parser.addini("llmeval_gate", type="linelist", default=[], help=HELP["gate"])
     parser.addini("llmeval_gate_alpha", default="", help=HELP["gate_alpha"])
+    parser.addini("llmeval_shard", default="", help=HELP["shard"])
     parser.addini("llmeval_sandbox", default="", help=HELP["sandbox"])
     parser.addini("llmeval_rag_docs", default="", help=HELP["rag_docs"])
     parser.addini("llmeval_embedding_model", default="", help=HELP["embedding_model"])

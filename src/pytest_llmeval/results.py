@@ -229,14 +229,16 @@ def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
 
 
 def build_results(results: list[CaseResult], *, models: list[str], cache_mode: str, exit_status: int,
-                  invalid: list[dict[str, Any]], workers: int, version: str) -> dict[str, Any]:
+                  invalid: list[dict[str, Any]], workers: int, version: str, shard: str | None = None
+                  ) -> dict[str, Any]:
     """The results.json document (schema documented in the README)."""
     ordered = sorted(results, key=lambda r: (r.suite, r.model, r.case_id, r.nodeid))
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "pytest-llmeval", "version": version},
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "run": {"models": models, "cache": cache_mode, "exit_status": exit_status, "workers": workers},
+        "run": {"models": models, "cache": cache_mode, "exit_status": exit_status, "workers": workers,
+                "shard": shard},
         "suites": aggregate(ordered),
         "cases": [r.to_dict() for r in ordered],
         "invalid": sorted(invalid, key=lambda e: (e["file"], e["line"] or 0, e.get("field") or "")),
@@ -249,3 +251,29 @@ def write_results(path: Path, document: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def merge_results(documents: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    """One results document from several (the shards of one run): cases concatenated, suites re-aggregated.
+
+    A case present in two documents with different outcomes is an error (shards must not overlap)."""
+    cases: dict[str, dict[str, Any]] = {}
+    invalid: list[dict[str, Any]] = []
+    models: list[str] = []
+    for doc in documents:
+        if doc.get("schema_version", 0) > SCHEMA_VERSION:
+            raise ValueError(f"results schema {doc.get('schema_version')} is newer than this tool's {SCHEMA_VERSION}")
+        for case in doc["cases"]:
+            key = case.get("nodeid") or f"{case['suite']}::{case['case_id']}[{case['model']}]"
+            if key in cases and cases[key].get("outcome") != case.get("outcome"):
+                raise ValueError(f"{key} is in two of the files with different outcomes: do the shards overlap?")
+            cases[key] = case
+        invalid += [e for e in doc.get("invalid", []) if e not in invalid]
+        models += [m for m in doc.get("run", {}).get("models", []) if m not in models]
+    merged = build_results([CaseResult.from_dict(c) for c in cases.values()], models=models,
+                           cache_mode=str(documents[0].get("run", {}).get("cache", "on")) if documents else "on",
+                           exit_status=max((int(d.get("run", {}).get("exit_status", 0)) for d in documents), default=0),
+                           invalid=invalid, workers=0, version=version)
+    merged["run"]["merged_from"] = len(documents)
+    merged["run"]["shards"] = [d.get("run", {}).get("shard") for d in documents]
+    return merged

@@ -119,6 +119,8 @@ class LLMEvalSession:
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
         """Check once, before anything runs, that every model the selected items need can be used."""
+        if self.settings.shard is not None:
+            self._select_shard(config, items)
         if config.option.collectonly:
             return  # listing tests needs no key
         needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m}
@@ -140,6 +142,21 @@ class LLMEvalSession:
             self.unusable.update(problems)
             return
         raise pytest.UsageError("\n".join(problems.values()))
+
+    def _select_shard(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Keep shard I of N: items whose id hashes to it (stable across machines, runs and item order)."""
+        import hashlib
+
+        assert self.settings.shard is not None
+        index, count = self.settings.shard
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
+        for item in items:
+            digest = int(hashlib.sha256(item.nodeid.encode()).hexdigest()[:12], 16)
+            (keep if digest % count == index - 1 else drop).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
 
     # ------------------------------------------------------------------------------------ reporting
 
@@ -225,7 +242,8 @@ class LLMEvalSession:
         workers = getattr(self.config.option, "numprocesses", None) or 0
         doc = build_results(self.results, models=list(self.settings.models), cache_mode=self.settings.cache_mode,
                             exit_status=int(exitstatus), invalid=self.invalid, workers=int(workers),
-                            version=_version())
+                            version=_version(),
+                            shard="/".join(map(str, self.settings.shard)) if self.settings.shard else None)
         settings = self.settings
         if settings.gate_configured:
             from pytest_llmeval.gate import Gate, gate_failed, load_baseline

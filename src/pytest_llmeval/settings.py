@@ -62,6 +62,8 @@ HELP = {
     "'cost<=1.00', 'errors<=10%', or 'suite:rule' for one suite.",
     "gate_alpha": "Significance level of the gate's tests. Env LLMEVAL_GATE_ALPHA. Default 0.05.",
     "strict": "With a gate configured, still fail the run on any failed case (pytest's usual meaning).",
+    "shard": "Run only shard I of N (e.g. 2/4): a deterministic slice of the items by a hash of their ids, the same "
+    "on every machine; merge the shards' results with `llmeval merge` before gating. Env LLMEVAL_SHARD.",
     "sandbox": "Isolation of generated code: auto (the strongest that works: bwrap, else unshare), bwrap, "
     "unshare, or none (no isolation: only for code you trust). Env LLMEVAL_SANDBOX. Default auto.",
     "cases": "Directories (relative to the rootdir) whose .yaml/.yml/.jsonl files are collected as case "
@@ -100,6 +102,7 @@ class Settings:
     gate_rules: tuple[Any, ...] = ()
     gate_alpha: float = 0.05
     strict: bool = False
+    shard: tuple[int, int] | None = None  # (index, count), 1-based index
 
     @property
     def gate_configured(self) -> bool:
@@ -250,6 +253,16 @@ def resolve(config: pytest.Config) -> Settings:
     if not 0 < gate_alpha < 1:
         raise pytest.UsageError(f"Invalid gate alpha {alpha_raw!r} from {source}: expected a number in (0, 1).")
 
+    shard_raw, source = _pick(config, "llm_shard", "--llm-shard", "LLMEVAL_SHARD", "llmeval_shard")
+    shard = None
+    if shard_raw:
+        index, sep, count = str(shard_raw).partition("/")
+        if not (sep and index.strip().isdigit() and count.strip().isdigit()
+                and 1 <= int(index) <= int(count)):
+            raise pytest.UsageError(f"Invalid --llm-shard {shard_raw!r} from {source}: expected I/N with 1 <= I <= N, "
+                                    "e.g. 2/4.")
+        shard = (int(index), int(count))
+
     from pytest_llmeval.sandbox import LEVELS
 
     sandbox_raw, source = _pick(config, "llm_sandbox", "--llm-sandbox", "LLMEVAL_SANDBOX", "llmeval_sandbox")
@@ -279,6 +292,7 @@ def resolve(config: pytest.Config) -> Settings:
         gate_rules=tuple(rules),
         gate_alpha=gate_alpha,
         strict=bool(config.getoption("llm_strict", False)),
+        shard=shard,
         rag_docs=(root / str(config.getini("llmeval_rag_docs"))) if config.getini("llmeval_rag_docs") else None,
         embedding_model=str(config.getini("llmeval_embedding_model")).strip() or None,
         judge_model=str(judge_raw).strip() or None if judge_raw else None,
