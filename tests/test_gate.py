@@ -262,7 +262,7 @@ def test_shards_cover_every_case_once_and_merge_before_the_gate(project: Project
         project.server.answer(f"number {i:03d}?", "nope")
     seen: list[str] = []
     for shard in ("1/3", "2/3", "3/3"):
-        result = project.run(f"--llm-shard={shard}", f"--llm-results=shard{shard[0]}.json")
+        project.run(f"--llm-shard={shard}", f"--llm-results=shard{shard[0]}.json")
         doc = project.results(f"shard{shard[0]}.json")
         assert doc["run"]["shard"] == shard
         seen += [c["case_id"] for c in doc["cases"]]
@@ -297,3 +297,25 @@ def test_merge_refuses_overlapping_shards_with_different_outcomes() -> None:
         merge_results([a, b], "0")
     merged = merge_results([a, a], "0")
     assert len(merged["cases"]) == 2 and merged["suites"][0]["passed"] == 2
+
+
+def test_leaderboard_ranks_models_over_shared_suites(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def doc(model: str, rates: dict[str, tuple[int, int]]) -> dict:
+        return {"suites": [{"suite": s, "model": model, "passed": p, "failed": f, "pass_rate": p / (p + f)}
+                           for s, (p, f) in rates.items()], "cases": []}
+
+    (tmp_path / "a.json").write_text(json.dumps(doc("small", {"siqa": (40, 60), "geo": (8, 2), "extra": (1, 0)})))
+    (tmp_path / "b.json").write_text(json.dumps(doc("large", {"siqa": (80, 20), "geo": (9, 1)})))
+    out = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "leaderboard", str(tmp_path / "a.json"),
+                          str(tmp_path / "b.json")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:5] == ["rank", "model", "geo", "siqa", "mean"]  # "extra" is not shared
+    assert lines[1].split()[:5] == ["1", "large", "90.0%", "80.0%", "85.0%"]
+    assert lines[2].split()[:5] == ["2", "small", "80.0%", "40.0%", "60.0%"]
+    md = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "leaderboard", "--markdown",
+                         str(tmp_path / "a.json"), str(tmp_path / "b.json")], capture_output=True, text=True)
+    assert md.stdout.splitlines()[2].startswith("| 1 | large | 90.0% | 80.0% | 85.0% |")

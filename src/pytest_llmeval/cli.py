@@ -104,6 +104,84 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def leaderboard_rows(docs: list[dict]) -> tuple[list[str], list[dict]]:  # type: ignore[type-arg]
+    """Models ranked over the suites every one of them ran: per-suite pass rates, their mean, and the pooled
+    pass rate with its Wilson interval."""
+    from pytest_llmeval.results import wilson
+
+    rows: dict[tuple[str, str], dict] = {}  # type: ignore[type-arg]
+    for doc in docs:
+        for r in doc["suites"]:
+            rows[(r["model"], r["suite"])] = r
+    models = sorted({m for m, _ in rows})
+    suites = sorted(set.intersection(*({s for m2, s in rows if m2 == m} for m in models))) if models else []
+    board = []
+    for m in models:
+        cells = [rows[(m, s)] for s in suites]
+        rates = [c["pass_rate"] for c in cells if c.get("pass_rate") is not None]
+        passed = sum(c["passed"] for c in cells)
+        graded = sum(c["passed"] + c["failed"] for c in cells)
+        board.append({"model": m, "suites": {s: c.get("pass_rate") for s, c in zip(suites, cells, strict=True)},
+                      "mean_pass_rate": sum(rates) / len(rates) if rates else None,
+                      "pooled": passed / graded if graded else None, "pooled_ci": wilson(passed, graded),
+                      "cases": graded})
+    board.sort(key=lambda b: (-(b["mean_pass_rate"] or 0.0), b["model"]))
+    return suites, board
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.files]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CommandError(str(exc)) from None
+    suites, board = leaderboard_rows(docs)
+    if not suites:
+        raise CommandError("no suite was run by every model: nothing to rank")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    header = ["rank", "model", *suites, "mean", "pooled [95% CI]", "cases"]
+    table = []
+    for i, b in enumerate(board, start=1):
+        ci = b["pooled_ci"]
+        pooled = pct(b["pooled"]) + (f" [{ci[0]:.0%}-{ci[1]:.0%}]" if ci else "")
+        table.append([str(i), b["model"], *(pct(b["suites"][s]) for s in suites), pct(b["mean_pass_rate"]), pooled,
+                      str(b["cases"])])
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in table:
+            print("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(x) for x in col) for col in zip(header, *table, strict=False)]
+        for row in [header, *table]:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from pytest_llmeval.html_report import render
+
+    path = Path(args.results)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CommandError(str(exc)) from None
+    if "cases" not in doc or "suites" not in doc:
+        raise CommandError(f"{path} is not a results.json file (no 'cases'/'suites')")
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(args.root) if args.root else path.resolve().parent.parent  # .llmeval/results.json -> the project
+    out.write_text(render(doc, root), encoding="utf-8")
+    print(f"wrote {out} ({out.stat().st_size // 1024} KiB, self-contained)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmeval", description="pytest-llmeval command line tools.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -129,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("-o", "--output", default=".llmeval/results.json", help="where to write (default "
                        ".llmeval/results.json)")
     merge.set_defaults(func=cmd_merge)
+
+    report = commands.add_parser("report", help="a self-contained HTML report of a results file")
+    report.add_argument("results", nargs="?", default=".llmeval/results.json", help="default .llmeval/results.json")
+    report.add_argument("-o", "--output", default=".llmeval/report.html", help="default .llmeval/report.html")
+    report.add_argument("--root", default=None, help="directory artifact paths are relative to (default: the "
+                        "results file's project)")
+    report.set_defaults(func=cmd_report)
+
+    board = commands.add_parser("leaderboard", help="rank models over the suites they all ran")
+    board.add_argument("files", nargs="+", help="results.json files (one run with several --llm, or one per model)")
+    board.add_argument("--markdown", action="store_true", help="a Markdown table")
+    board.set_defaults(func=cmd_leaderboard)
 
     index = commands.add_parser("index", help="build and inspect retrieval indexes (lancedb)")
     actions = index.add_subparsers(dest="action", metavar="ACTION", required=True)
