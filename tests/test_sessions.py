@@ -388,3 +388,13 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
                                                       "geography", "judge-calibration", "python-code",
                                                       "social-iqa"]
     assert parallel["run"]["workers"] == 4
+
+
+def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    assert result.ret == 0
+    text = result.stdout.str()
+    for option in ("--llm=MODEL", "--llm-cache=MODE", "--llm-judge=MODEL", "--llm-repeat=N", "--llm-baseline=PATH",
+                   "--llm-gate=RULE", "--llm-shard=I/N", "--llm-semantic-threshold=COSINE", "--llm-strict"):
+        assert option in text, option
+    assert "'pass_rate:-5%'" in text and "llmeval_gate" in text

@@ -16,34 +16,39 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+def _h(key: str) -> str:
+    """An option's help text for argparse, which %-formats it ("pass_rate:-5%" must read "-5%%")."""
+    return HELP[key].replace("%", "%%")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmeval", "LLM regression testing (pytest-llmeval)")
     group.addoption("--llm", action="append", dest="llm_models", metavar="MODEL", default=None,
-                    help=HELP["models"])
-    group.addoption("--llm-cache", dest="llm_cache", metavar="MODE", default=None, help=HELP["cache"])
+                    help=_h("models"))
+    group.addoption("--llm-cache", dest="llm_cache", metavar="MODE", default=None, help=_h("cache"))
     group.addoption("--llm-semantic-threshold", dest="llm_semantic_threshold", metavar="COSINE", default=None,
-                    help=HELP["semantic_threshold"])
+                    help=_h("semantic_threshold"))
     group.addoption("--llm-cache-dir", dest="llm_cache_dir", metavar="DIR", default=None,
-                    help=HELP["cache_dir"])
-    group.addoption("--llm-results", dest="llm_results", metavar="PATH", default=None, help=HELP["results"])
-    group.addoption("--llm-api-base", dest="llm_api_base", metavar="URL", default=None, help=HELP["api_base"])
+                    help=_h("cache_dir"))
+    group.addoption("--llm-results", dest="llm_results", metavar="PATH", default=None, help=_h("results"))
+    group.addoption("--llm-api-base", dest="llm_api_base", metavar="URL", default=None, help=_h("api_base"))
     group.addoption("--llm-timeout", dest="llm_timeout", metavar="SECONDS", default=None,
-                    help=HELP["timeout"])
-    group.addoption("--llm-retries", dest="llm_retries", metavar="N", default=None, help=HELP["retries"])
-    group.addoption("--llm-samples", dest="llm_samples", metavar="N", default=None, help=HELP["samples"])
-    group.addoption("--llm-repeat", dest="llm_repeat", metavar="N", default=None, help=HELP["repeat"])
-    group.addoption("--llm-judge", dest="llm_judge", metavar="MODEL", default=None, help=HELP["judge"])
-    group.addoption("--llm-baseline", dest="llm_baseline", metavar="PATH", default=None, help=HELP["baseline"])
+                    help=_h("timeout"))
+    group.addoption("--llm-retries", dest="llm_retries", metavar="N", default=None, help=_h("retries"))
+    group.addoption("--llm-samples", dest="llm_samples", metavar="N", default=None, help=_h("samples"))
+    group.addoption("--llm-repeat", dest="llm_repeat", metavar="N", default=None, help=_h("repeat"))
+    group.addoption("--llm-judge", dest="llm_judge", metavar="MODEL", default=None, help=_h("judge"))
+    group.addoption("--llm-baseline", dest="llm_baseline", metavar="PATH", default=None, help=_h("baseline"))
     group.addoption("--llm-update-baseline", dest="llm_update_baseline", action="store_true", default=False,
-                    help=HELP["update_baseline"])
-    group.addoption("--llm-max-drop", dest="llm_max_drop", metavar="POINTS", default=None, help=HELP["max_drop"])
-    group.addoption("--llm-fail-under", dest="llm_fail_under", metavar="RATE", default=None, help=HELP["fail_under"])
-    group.addoption("--llm-gate", dest="llm_gate", metavar="RULE", action="append", default=None, help=HELP["gate"])
+                    help=_h("update_baseline"))
+    group.addoption("--llm-max-drop", dest="llm_max_drop", metavar="POINTS", default=None, help=_h("max_drop"))
+    group.addoption("--llm-fail-under", dest="llm_fail_under", metavar="RATE", default=None, help=_h("fail_under"))
+    group.addoption("--llm-gate", dest="llm_gate", metavar="RULE", action="append", default=None, help=_h("gate"))
     group.addoption("--llm-gate-alpha", dest="llm_gate_alpha", metavar="ALPHA", default=None,
-                    help=HELP["gate_alpha"])
-    group.addoption("--llm-strict", dest="llm_strict", action="store_true", default=False, help=HELP["strict"])
-    group.addoption("--llm-shard", dest="llm_shard", metavar="I/N", default=None, help=HELP["shard"])
-    group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=HELP["sandbox"])
+                    help=_h("gate_alpha"))
+    group.addoption("--llm-strict", dest="llm_strict", action="store_true", default=False, help=_h("strict"))
+    group.addoption("--llm-shard", dest="llm_shard", metavar="I/N", default=None, help=_h("shard"))
+    group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=_h("sandbox"))
 
     parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
     parser.addini("llmeval_cache", default="", help=HELP["cache"])
