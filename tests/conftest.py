@@ -19,12 +19,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # afterwards would leave no finder at all and break entry-point loading for every later run. Keeping
 # litellm and the local model module loaded also spares each in-process run a 3 s import (and a 20 s
 # model load).
-import lancedb  # noqa: E402,F401
-import litellm  # noqa: E402,F401
-
 # The same for modules with native extensions that in-process runs import (they cannot be loaded twice
 # in one process): the statistics and metrics libraries, and sentence-transformers (torch) for embeddings.
+import imagehash  # noqa: E402,F401
+import lancedb  # noqa: E402,F401
+import litellm  # noqa: E402,F401
 import numpy  # noqa: E402,F401
+import PIL.Image  # noqa: E402,F401
 import pyarrow  # noqa: E402,F401
 import rouge_score.rouge_scorer  # noqa: E402,F401
 import sacrebleu  # noqa: E402,F401

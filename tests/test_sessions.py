@@ -395,6 +395,7 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
     assert result.ret == 0
     text = result.stdout.str()
     for option in ("--llm=MODEL", "--llm-cache=MODE", "--llm-judge=MODEL", "--llm-repeat=N", "--llm-baseline=PATH",
-                   "--llm-gate=RULE", "--llm-shard=I/N", "--llm-semantic-threshold=COSINE", "--llm-strict"):
+                   "--llm-gate=RULE", "--llm-shard=I/N", "--llm-semantic-threshold=COSINE", "--llm-strict",
+                   "--llm-vision=MODEL"):
         assert option in text, option
     assert "'pass_rate:-5%'" in text and "llmeval_gate" in text

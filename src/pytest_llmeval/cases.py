@@ -244,7 +244,8 @@ class CalibrationCase(CaseModel):
     (0-10) or ``verdict`` (pass/fail)."""
 
     question: str
-    answer: str
+    answer: str | None = None  # what a text judge grades
+    image: str | None = None  # what a vision judge looks at (relative to the case file); verdict yes/no is the truth
     context: str | None = None
     score: float | None = Field(default=None, ge=0, le=10)
     verdict: Literal["pass", "fail"] | None = None
@@ -259,7 +260,11 @@ class CalibrationCase(CaseModel):
     @model_validator(mode="after")
     def _labelled(self) -> CalibrationCase:
         if self.score is None and self.verdict is None:
-            raise ValueError("a calibration case needs the human label: score (0-10) or verdict (pass/fail)")
+            raise ValueError("a calibration case needs the human label: score (0-10) or verdict (pass/fail; "
+                             "for an image: yes/no, the true answer to the question)")
+        if (self.answer is None) == (self.image is None):
+            raise ValueError("a calibration case needs either the answer a judge grades or the image a vision "
+                             "judge looks at")
         return self
 
 
@@ -398,9 +403,24 @@ def _line_lookup(lines: dict[Loc, int]) -> Callable[[Loc], int | None]:
     return line_of
 
 
+def _image_file_problems(checks: list[CheckSpec], loc: Loc, suite_checks: int) -> list[tuple[Loc, str]]:
+    """An image check without ``file:`` looks at the first image the ``files`` check lists: there must be one.
+    ``checks`` are the suite's (the first ``suite_checks``), then the case's own."""
+    from pytest_llmeval.vision import IMAGE_SUFFIXES
+
+    listed = [n for c in checks if c.name == "files" for n in c.params.value]
+    if any(n.lower().endswith(IMAGE_SUFFIXES) for n in listed):
+        return []
+    return [(("expect", i, c.name) if i < suite_checks else loc + ("expect", i - suite_checks, c.name),
+             f"check {c.name!r} needs the image file: give file: out.png, or list the image in a files check "
+             "(files: [out.png])")
+            for i, c in enumerate(checks) if c.definition is not None and c.definition.vision and c.params.file is None]
+
+
 def parse_check(entry: Any, loc: Loc, kind: str, registry: CheckRegistry,
-                line_of: Callable[[Loc], int | None]) -> tuple[CheckSpec | None, list[tuple[Loc, str]]]:
-    """Validate one ``expect`` entry such as ``{contains: Paris}``."""
+                line_of: Callable[[Loc], int | None], base: Path | None = None
+                ) -> tuple[CheckSpec | None, list[tuple[Loc, str]]]:
+    """Validate one ``expect`` entry such as ``{contains: Paris}``; files it names are looked up in ``base``."""
     if not isinstance(entry, dict) or len(entry) != 1:
         return None, [(loc, "expected a one-key mapping naming a check, e.g. {contains: Paris}")]
     name, value = next(iter(entry.items()))
@@ -422,6 +442,11 @@ def parse_check(entry: Any, loc: Loc, kind: str, registry: CheckRegistry,
         params = definition.params.model_validate(raw)
     except ValidationError as exc:
         return None, _pydantic_errors(exc, loc + (name,))
+    check_paths = getattr(params, "check_paths", None)
+    if base is not None and check_paths is not None:
+        missing = [(loc + (name, f), message) for f, message in check_paths(base)]
+        if missing:
+            return None, missing
     return CheckSpec(str(name), params, line_of(loc), definition), []
 
 
@@ -467,7 +492,7 @@ class _Loader:
 
         checks = list(suite_checks)
         for j, entry in enumerate(raw.get("expect") or []):
-            spec, errs = parse_check(entry, loc + ("expect", j), kind, self.registry, line_of)
+            spec, errs = parse_check(entry, loc + ("expect", j), kind, self.registry, line_of, path.parent)
             problems += errs
             if spec:
                 checks.append(spec)
@@ -476,9 +501,17 @@ class _Loader:
                 if raw.get(needed) is None and getattr(spec.params, needed, None) is None:
                     problems.append((loc, f"check {spec.name!r} needs a {needed!r} field on the case "
                                           f"(or {needed}: in the check)"))
-        if kind == "calibration" and not any(c.name == "judge" for c in checks) and not problems:
-            problems.append((loc + ("expect",), "a calibration case needs the judge it calibrates, e.g. "
-                                                "expect: [{judge: {rubric: correctness, min: 7}}] on the suite"))
+        if kind == "calibration" and not problems:
+            wanted = "vision" if raw.get("image") is not None else "judge"
+            if not any(c.name == wanted for c in checks):
+                example = ("{vision: {min_size: 16}}" if wanted == "vision"
+                           else "{judge: {rubric: correctness, min: 7}}")
+                problems.append((loc + ("expect",), f"a calibration case needs the {wanted} it calibrates, e.g. "
+                                                    f"expect: [{example}] on the suite"))
+        if kind == "code":
+            problems += _image_file_problems(checks, loc, len(suite_checks))
+        if kind == "calibration" and raw.get("image") is not None and not (path.parent / str(raw["image"])).is_file():
+            problems.append((loc + ("image",), f"image {raw['image']!r} not found (relative to the case file)"))
         if not checks and not problems:
             implied = IMPLIED_CHECK.get(kind)
             if implied is None:
@@ -565,7 +598,7 @@ class _Loader:
         suite_checks: list[CheckSpec] = []
         file_problems: list[tuple[Loc, str]] = []
         for j, entry in enumerate(suite.expect):
-            spec, errs = parse_check(entry, ("expect", j), suite.kind, self.registry, line_of)
+            spec, errs = parse_check(entry, ("expect", j), suite.kind, self.registry, line_of, self.path.parent)
             file_problems += errs
             if spec:
                 suite_checks.append(spec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from pytest_llmeval.session import LLMEvalSession
 
 SHOW_CHARS = 1200  # of prompt and answer in a failure report
+NO_VISION_MODEL_ID = "no-vision-model"  # the model slot of a vision calibration item when none is configured
 
 
 def _session(config: pytest.Config) -> LLMEvalSession:
@@ -61,12 +63,20 @@ class CaseFile(pytest.File):
         for case in loaded.cases:
             if case.id in groups:
                 continue
-            # A calibration suite grades the judge: its items run once per judge model.
+            vision = any(c.name == "vision" for c in case.checks)
+            # A calibration suite grades the judge: its items run once per judge (or vision) model.
             models = state.settings.models
-            if case.kind == "calibration" and state.settings.judge_model:
+            if case.kind == "calibration" and vision:
+                models = (state.settings.vision_model or NO_VISION_MODEL_ID,)
+            elif case.kind == "calibration" and state.settings.judge_model:
                 models = (state.settings.judge_model,)
+            # A code case with vision checks is collected twice: the fast evaluation (runs, pixel pre-checks)
+            # and the judged one (slow: a vision model looks at the image), as seed 000's fast and normal evals.
+            stages: tuple[str | None, ...] = ("runs", "judged") if vision and case.kind == "code" else (None,)
             for model in models:
-                yield CaseItem.from_parent(self, **self._ids(case.id, model), case=case, model=model)
+                for stage in stages:
+                    base = f"{case.id}:judged" if stage == "judged" else case.id
+                    yield CaseItem.from_parent(self, **self._ids(base, model), case=case, model=model, stage=stage)
 
     def _ids(self, base: str, params: str) -> dict[str, Any]:
         """Name (and, on pytest >= 9, the structured node id) of a ``base[params]`` item.
@@ -114,10 +124,15 @@ class CaseItem(pytest.Item):
     each, and passes by the case's ``pass_if`` policy; each draw is kept in the CaseResult.
     """
 
-    def __init__(self, *, case: CaseSpec, model: str, **kwargs: Any) -> None:
+    def __init__(self, *, case: CaseSpec, model: str, stage: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.case = case
         self.model = model
+        self.stage = stage  # "runs" | "judged" for a code case with vision checks, else None
+        # The judged stage is its own suite in the aggregates ("render:judged"), so its pass rate, gate and
+        # baseline never mix with the fast stage's.
+        self.suite = f"{case.suite}:judged" if stage == "judged" else case.suite
+        self.checks = [self._precheck_only(c) if stage == "runs" and c.name == "vision" else c for c in case.checks]
         self.completion: Completion | None = None
         self.completions: list[Completion] = []
         self.outcomes: list[CheckOutcome] = []
@@ -127,9 +142,20 @@ class CaseItem(pytest.Item):
         self.calibration: dict[str, Any] | None = None
         self.retrieved: list[Any] = []  # rag.Retrieved hits put into the prompt
         self.retrieval: dict[str, Any] | None = None  # index, version, recall@k, MRR
+        self.vision_records: list[dict[str, Any]] = []
         self.add_marker("llmeval")
+        if any(c.name == "vision" for c in self.checks):
+            # -m "not slow" runs the fast evaluation; the full run adds the vision judge.
+            self.add_marker("slow")
+            self.add_marker("vision")
         # -k can select by suite, kind and tag.
-        self.extra_keyword_matches.update([case.suite, case.kind, *case.tags])
+        self.extra_keyword_matches.update([case.suite, case.kind, *case.tags, *([stage] if stage else [])])
+
+    def _precheck_only(self, spec: Any) -> Any:
+        """A vision check's pixel pre-checks alone, as an ``image`` check (the fast stage)."""
+        from pytest_llmeval.checks import CheckSpec
+
+        return CheckSpec("image", spec.params.precheck_params(), spec.line, _session(self.config).registry.get("image"))
 
     @property
     def draws(self) -> int:
@@ -143,12 +169,19 @@ class CaseItem(pytest.Item):
         return self.case.pass_if or ("any" if self.case.kind == "code" else "all")
 
     def judge_models(self) -> set[str]:
-        """Every model this item's judge checks will call."""
+        """Every model this item's judge and vision checks will call."""
         models: set[str] = set()
-        for c in self.case.checks:
+        for c in self.checks:
             if c.definition is not None and c.definition.judge:
                 models.add(getattr(c.params, "model", None) or self._default_judge())
+            if c.name == "vision" and (m := c.params.model or self._default_vision()):
+                models.add(m)
         return models
+
+    def _default_vision(self) -> str | None:
+        if self.case.kind == "calibration":
+            return None if self.model == NO_VISION_MODEL_ID else self.model
+        return _session(self.config).settings.vision_model
 
     def _default_judge(self) -> str:
         if self.case.kind == "calibration":
@@ -158,9 +191,13 @@ class CaseItem(pytest.Item):
     # ---- phases: the model call happens in setup, so a provider failure is an *error*, not a failure
 
     def setup(self) -> None:
-        pending = sorted({c.name for c in self.case.checks if c.definition and c.definition.grade is None})
+        pending = sorted({c.name for c in self.checks if c.definition and c.definition.grade is None})
         if pending:
             pytest.skip(f"grading of {self.case.kind!r} cases ({', '.join(pending)}) is not implemented yet")
+        if self.model == NO_VISION_MODEL_ID:
+            from pytest_llmeval.checks.vision import NO_VISION_MODEL
+
+            pytest.skip(NO_VISION_MODEL)
         state = _session(self.config)
         for model in [self.model, *sorted(self.judge_models())]:
             problem = state.unusable.get(model)
@@ -220,26 +257,47 @@ class CaseItem(pytest.Item):
         self.samples = [self._grade(text, i) for i, text in enumerate(answers)]
         self.outcomes = self.samples[0]["outcomes"]
         self.status = decide(self.samples, self.pass_if)
-        if self.case.kind == "calibration" and self.status != "unscored":
+        if self.case.kind == "calibration" and self.status in ("passed", "failed"):
             from pytest_llmeval.checks.judge import calibrate
 
             self.calibration = calibrate(self.case, self.outcomes)
             self.status = "passed" if self.calibration["agree"] else "failed"
+        if self.status == "skipped":
+            reasons = [o.reason for s in self.samples for o in s["outcomes"] if o.skipped]
+            pytest.skip(f"{reasons[0]} (the pixel pre-checks passed)")
         if self.status == "unscored":
             reasons = [o.reason for s in self.samples for o in s["outcomes"] if o.unscored]
             pytest.skip(f"unscored: {reasons[0]}")
         if self.status == "failed":
             raise CaseFailed()
 
+    def _vision_env(self, image: Any) -> Any:
+        """The VisionEnv of one draw: ``image(file)`` finds the picture, ``ask`` calls the vision model."""
+        from pytest_llmeval.checks.vision import VisionEnv, vision_asker
+
+        return VisionEnv(model=self._default_vision(), image=image, ask=vision_asker(_session(self.config).runner),
+                         base_dir=self.case.path.parent)
+
     def _grade(self, answer: str, index: int) -> dict[str, Any]:
         """Grade one draw: every check's outcome, the draw's status and score (and, for code, what ran)."""
-        checks = self.case.checks
+        checks = self.checks
         env = self.judge_env
         if self.case.kind != "code":
+            venv = None
+            if any(c.definition and c.definition.vision for c in checks):
+                from pytest_llmeval.vision import load_image
+
+                picture = self.case.path.parent / str(self.case.fields.get("image"))
+                venv = self._vision_env(lambda file: load_image(picture))
             outcomes = [c.definition.grade(answer, self.case, c.params, env) if c.definition.judge
+                        else c.definition.grade(answer, self.case, c.params, venv) if c.definition.vision
                         else c.definition.grade(answer, self.case, c.params)
                         for c in checks if c.definition and c.definition.grade]
-            return _draw(outcomes, self.case, answer)
+            draw = _draw(outcomes, self.case, answer)
+            if venv is not None:
+                draw["vision"] = [{**r, "image": _relative(self.config, picture)} for r in venv.records]
+                draw["calls"] = venv.calls
+            return draw
         from pytest_llmeval.checks.code import CodeContext, save_artifacts
         from pytest_llmeval.extract import extract_code
         from pytest_llmeval.sandbox import Limits
@@ -248,21 +306,29 @@ class CaseItem(pytest.Item):
         sandbox = state.get_sandbox()
         language = str(self.case.fields["language"])
         code = extract_code(answer, language)
+        default_image = _default_image(checks)
         with CodeContext(code, language, sandbox, Limits(**self.case.limits)) as ctx:
             for c in checks:
                 if c.name == "files":
                     ctx.want_files(list(c.params.value))
+                elif c.definition is not None and c.definition.vision:
+                    ctx.want_files([c.params.file or default_image])
+            venv = self._vision_env(lambda file: _program_image(ctx, file or default_image))
             outcomes = []
             for c in checks:
                 if not (c.definition and c.definition.grade):
                     continue
-                extra = (ctx,) if c.definition.context else (env,) if c.definition.judge else ()
+                extra = (ctx,) if c.definition.context else (env,) if c.definition.judge else \
+                    (venv,) if c.definition.vision else ()
                 outcomes.append(c.definition.grade(answer, self.case, c.params, *extra))
             slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.model)
-            target = state.settings.artifacts_dir / self.case.suite / self.case.id / slug / str(index)
+            draw_dir = f"judged-{index}" if self.stage == "judged" else str(index)
+            target = state.settings.artifacts_dir / self.case.suite / self.case.id / slug / draw_dir
             artifacts = save_artifacts(ctx.files, target)
+        records = [{**r, "image": _relative(self.config, Path(artifacts[name]))
+                    if (name := r.get("file") or default_image) in artifacts else None} for r in venv.records]
         return {**_draw(outcomes, self.case, answer), "code": code, "detail": ctx.detail, "runs": ctx.runs,
-                "artifacts": artifacts, "sandbox": sandbox.level}
+                "artifacts": artifacts, "sandbox": sandbox.level, "vision": records, "calls": venv.calls}
 
     # ---- reporting
 
@@ -305,8 +371,13 @@ class CaseItem(pytest.Item):
         if self.calibration:
             cal = self.calibration
             human = f"score {cal['human_score']:g}" if cal.get("human_score") is not None else cal["human_verdict"]
-            lines.append(f"  calibration: the judge said {cal['judge_score']:g}/10 ({cal['judge_verdict']}), "
-                         f"the human label is {human} (tolerance {cal['tolerance']:g})")
+            if cal.get("judge_score") is None:  # a labelled image
+                lines.append(f"  calibration: asked {cal.get('question')!r} about {cal.get('image')}, the vision "
+                             f"pipeline said {cal['judge_verdict']}, the human label is {cal['human_verdict']}"
+                             + (f" (pre-check: {cal['precheck']})" if cal.get("precheck") else ""))
+            else:
+                lines.append(f"  calibration: the judge said {cal['judge_score']:g}/10 ({cal['judge_verdict']}), "
+                             f"the human label is {human} (tolerance {cal['tolerance']:g})")
         lines.append("  checks:")
         for o in shown.get("outcomes", self.outcomes):
             mark = "ok  " if o.passed else "??  " if o.unscored else "FAIL"
@@ -362,11 +433,17 @@ class CaseItem(pytest.Item):
                 {"sample": i, "status": s["status"], "passed": s["status"] == "passed", "score": s["score"],
                  "detail": s.get("detail"), "answer": self.completions[i].text[:2000] if self.completions else None,
                  "cached": self.completions[i].cached if self.completions else None,
-                 "checks": [o.to_dict() for o in s["outcomes"]], "artifacts": s.get("artifacts") or {}}
+                 "checks": [o.to_dict() for o in s["outcomes"]], "artifacts": s.get("artifacts") or {},
+                 **({"vision": s["vision"]} if s.get("vision") else {})}
                 for i, s in enumerate(self.samples)]
-        if self.case.kind == "code" and graded:
+        if self.case.kind == "code" and (graded or outcome == "skipped" and self.samples):
             extra.update(code=first.get("code"), detail=first.get("detail"), sandbox=first.get("sandbox"),
                          artifacts=first.get("artifacts") or {}, runs=first.get("runs") or [])
+        if first.get("vision"):
+            extra["vision"] = first["vision"]
+        from pytest_llmeval.session import _vision_summary
+
+        extra["vision_judge"] = _vision_summary([x for s in self.samples for x in s.get("calls") or []])
         if self.retrieved:
             prefix = str((self.case.retrieve or {}).get("prefix", ""))
             extra["references"] = [h.reference(prefix) for h in self.retrieved]
@@ -374,7 +451,7 @@ class CaseItem(pytest.Item):
         calls = self.completions or ([c] if c else [])
         answer = c.text if c else (str(self.case.fields.get("answer")) if self.case.kind == "calibration" else None)
         return CaseResult(
-            suite=self.case.suite, case_id=self.case.id, model=self.model, outcome=outcome,
+            suite=self.suite, case_id=self.case.id, model=self.model, outcome=outcome, stage=self.stage,
             kind=self.case.kind, nodeid=self.nodeid, file=_relative(self.config, self.case.path),
             line=self.case.line, resolved_model=c.resolved_model if c else None,
             score=score, checks=[o.to_dict() for o in self.outcomes], prompt=self.case.prompt,
@@ -392,17 +469,21 @@ class CaseItem(pytest.Item):
 
 
 def draw_status(outcomes: list[CheckOutcome]) -> str:
-    """A draw fails when a scored check failed; else it is unscored when a check is; else it passed."""
-    if any(not o.passed and not o.unscored for o in outcomes):
+    """A draw fails when a scored check failed; else it is skipped when a check could not run here (no vision
+    model), unscored when a check's output could not be scored; else it passed."""
+    if any(not o.passed and not o.unscored and not o.skipped for o in outcomes):
         return "failed"
+    if any(o.skipped for o in outcomes):
+        return "skipped"
     return "unscored" if any(o.unscored for o in outcomes) else "passed"
 
 
 def decide(samples: list[dict[str, Any]], pass_if: str) -> str:
-    """The case's status from its draws: unscored draws do not vote; none scored makes the case unscored."""
-    scored = [s for s in samples if s["status"] != "unscored"]
+    """The case's status from its draws: unscored and skipped draws do not vote; none scored makes the case
+    skipped (when a draw was) or unscored."""
+    scored = [s for s in samples if s["status"] not in ("unscored", "skipped")]
     if not scored:
-        return "unscored"
+        return "skipped" if any(s["status"] == "skipped" for s in samples) else "unscored"
     k, n = sum(1 for s in scored if s["status"] == "passed"), len(scored)
     ok = k == n if pass_if == "all" else k >= 1 if pass_if == "any" else 2 * k > n
     return "passed" if ok else "failed"
@@ -421,6 +502,28 @@ def _draw(outcomes: list[CheckOutcome], case: CaseSpec, answer: str) -> dict[str
     status = draw_status(outcomes)
     return {"outcomes": outcomes, "status": status, "passed": status == "passed",
             "score": sum(scores) / len(scores) if scores else None, "metrics": metrics}
+
+
+def _default_image(checks: list[Any]) -> str:
+    """The image an image/vision check without ``file:`` looks at: the first image the files check lists."""
+    from pytest_llmeval.vision import IMAGE_SUFFIXES
+
+    listed = [n for c in checks if c.name == "files" for n in c.params.value]
+    return next((n for n in listed if n.lower().endswith(IMAGE_SUFFIXES)), "out.png")
+
+
+def _program_image(ctx: Any, name: str) -> Any:
+    """The image the program wrote (runs the program first, once per draw)."""
+    from pytest_llmeval.vision import ImageProblem, load_image
+
+    result = ctx.run()
+    if result is None:
+        ok, why = ctx.compile()
+        raise ImageProblem(f"no image: the program did not run ({why or 'no code'})")
+    if name not in ctx.files:
+        failed = "" if result.ok else f"; the program failed ({result.reason})"
+        raise ImageProblem(f"the program did not write {name}{failed}")
+    return load_image(ctx.files[name])
 
 
 def _relative(config: pytest.Config, path: Any) -> str:

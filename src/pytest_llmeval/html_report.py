@@ -9,7 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".webp": "image/webp"}
 MAX_IMAGE_BYTES = 2 << 20
 
 
@@ -84,7 +85,13 @@ def latency_chart(cases: list[dict[str, Any]]) -> str:
 
 def _images(case: dict[str, Any], root: Path) -> dict[str, str]:
     out = {}
-    for name, path in (case.get("artifacts") or {}).items():
+    # Files the program wrote, and the images vision questions were asked about (labelled calibration images,
+    # hand-written tests' images), once each.
+    files = dict(case.get("artifacts") or {})
+    for q in case.get("vision") or []:
+        if q.get("image") and q["image"] not in files.values():
+            files.setdefault(Path(q["image"]).name, q["image"])
+    for name, path in files.items():
         p = Path(path) if Path(path).is_absolute() else root / path
         kind = IMAGE_TYPES.get(p.suffix.lower())
         if kind and p.is_file() and p.stat().st_size <= MAX_IMAGE_BYTES:

@@ -69,15 +69,29 @@ def get_litellm() -> Any:
             litellm.suppress_debug_info = True  # no "Provider List: ..." banners in test output
             litellm.telemetry = False
             litellm.drop_params = True  # a sampling param a provider lacks is dropped, not fatal
-            from pytest_llmeval import local
+            from pytest_llmeval import local, local_vision
 
             local.register()
+            local_vision.register()
             _litellm = litellm
     return _litellm
 
 
 def is_local(model: str) -> bool:
-    return model.startswith("local/")
+    """Served in this process (no API base, no key, no price): local/<gguf or dir>, local-vision/<dir>."""
+    return model.startswith(("local/", "local-vision/"))
+
+
+def _load_local(resolved: str) -> None:
+    """Resolve and load a local model (raises LocalModelError / LocalVisionError with a clear message)."""
+    if resolved.startswith("local-vision/"):
+        from pytest_llmeval import local_vision
+
+        local_vision.load(local_vision.resolve_vision_dir(resolved[len("local-vision/"):]))
+    else:
+        from pytest_llmeval import local
+
+        local.load(local.resolve_local_model(resolved[len("local/"):]))
 
 
 class ModelRunner:
@@ -102,6 +116,14 @@ class ModelRunner:
 
     def _check(self, model: str) -> str | None:
         resolved = self.settings.resolve_model(model)
+        if resolved.startswith("local-vision/"):
+            from pytest_llmeval.local_vision import LocalVisionError, resolve_vision_dir
+
+            try:
+                resolve_vision_dir(resolved[len("local-vision/"):])
+            except LocalVisionError as exc:
+                return str(exc)
+            return None
         if is_local(resolved):
             from pytest_llmeval.local import LocalModelError, resolve_local_model
 
@@ -165,10 +187,8 @@ class ModelRunner:
         if is_local(resolved):
             # Load the weights (once per process, ~15-20 s) before the clock starts: latency is the
             # answer's, not the load's.
-            from pytest_llmeval import local
-
             try:
-                local.load(local.resolve_local_model(resolved[len("local/"):]))
+                _load_local(resolved)
             except Exception as exc:
                 raise ModelCallError(model, f"{type(exc).__name__}: {exc}") from None
         kwargs: dict[str, Any] = {"timeout": self.settings.timeout, "num_retries": self.settings.retries}

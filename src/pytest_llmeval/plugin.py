@@ -38,6 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llm-samples", dest="llm_samples", metavar="N", default=None, help=_h("samples"))
     group.addoption("--llm-repeat", dest="llm_repeat", metavar="N", default=None, help=_h("repeat"))
     group.addoption("--llm-judge", dest="llm_judge", metavar="MODEL", default=None, help=_h("judge"))
+    group.addoption("--llm-vision", dest="llm_vision", metavar="MODEL", default=None, help=_h("vision"))
     group.addoption("--llm-baseline", dest="llm_baseline", metavar="PATH", default=None, help=_h("baseline"))
     group.addoption("--llm-update-baseline", dest="llm_update_baseline", action="store_true", default=False,
                     help=_h("update_baseline"))
@@ -61,6 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmeval_samples", default="", help=HELP["samples"])
     parser.addini("llmeval_repeat", default="", help=HELP["repeat"])
     parser.addini("llmeval_judge", default="", help=HELP["judge"])
+    parser.addini("llmeval_vision", default="", help=HELP["vision"])
     parser.addini("llmeval_baseline", default="", help=HELP["baseline"])
     parser.addini("llmeval_max_drop", default="", help=HELP["max_drop"])
     parser.addini("llmeval_fail_under", type="linelist", default=[], help=HELP["fail_under"])
@@ -80,6 +82,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "llm_case(suite=None, tags=()): count this hand-written test in the llmeval aggregates under "
         "`suite` (default: the module name)",
+    )
+    config.addinivalue_line("markers", "slow: a slow evaluation (added automatically to items with vision checks; "
+                            "deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "vision: an item that asks a vision model about an image (added automatically)")
+    config.addinivalue_line(
+        "markers",
+        "vision_judge(question, expect='yes', file=None, min_size=16, min_detail=0.002, reference=None, "
+        "max_distance=10, model=None): a yes/no question the `vision_judge` fixture asks a vision model about an "
+        "image (repeat the marker for several questions); marks the test slow and vision",
     )
     from pytest_llmeval import builtin_checks
     from pytest_llmeval.session import STATE, LLMEvalSession
@@ -211,3 +222,59 @@ def llm_judge(request: pytest.FixtureRequest, llm_model: str) -> Callable[..., A
         return grade_judge(answer, case, JudgeParams(rubric=rubric, min=min, model=model), env)
 
     return judge
+
+
+@pytest.fixture
+def vision_judge(request: pytest.FixtureRequest) -> Any:
+    """Judge an image with the vision model (``--llm-vision``) in a hand-written test.
+
+    ``vision_judge(image)`` (a path, bytes or a PIL image) runs the pixel pre-checks, then asks each
+    ``@pytest.mark.vision_judge(question=..., expect="yes")`` question; a wrong answer or a failed pre-check
+    fails the test, no configured vision model skips it with a hint. ``vision_judge(image, question="...",
+    expect="no")`` asks a question of its own; ``check=False`` returns the CheckOutcomes without failing.
+    Reference images are relative to the test file. Images are kept under ``.llmeval/artifacts/tests``.
+    """
+    from pydantic import ValidationError
+
+    from pytest_llmeval.checks.vision import VisionEnv, VisionJudge, VisionParams, vision_asker
+    from pytest_llmeval.session import STATE, VISION, VISION_CALLS
+
+    state = request.config.stash[STATE]
+    questions = []
+    for mark in reversed(list(request.node.iter_markers("vision_judge"))):
+        kwargs = dict(mark.kwargs)
+        for name, value in zip(("question", "expect"), mark.args, strict=False):
+            kwargs.setdefault(name, value)
+        try:
+            params = VisionParams(**kwargs)
+        except ValidationError as exc:
+            raise pytest.UsageError(f"{request.node.nodeid}: invalid @pytest.mark.vision_judge{mark.args or ''}: "
+                                    f"{exc.errors()[0]['loc']} {exc.errors()[0]['msg']}") from None
+        if params.question is None:
+            raise pytest.UsageError(f"{request.node.nodeid}: @pytest.mark.vision_judge needs question=...")
+        questions.append(params)
+    model = state.settings.vision_model
+    if model:
+        problem = state.runner.check_model(model)
+        if problem:
+            from pytest_llmeval.collect import ModelUnusable
+
+            raise ModelUnusable(problem)
+    base = request.node.path.parent
+    records = request.node.stash.setdefault(VISION, [])
+
+    def make_env(picture: Any) -> VisionEnv:
+        return VisionEnv(model=model, image=picture, ask=vision_asker(state.runner), base_dir=base)
+
+    def record(env: VisionEnv, data: Any) -> None:
+        saved = None
+        if data is not None:
+            slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in request.node.nodeid)[-150:]
+            target = state.settings.artifacts_dir / "tests" / slug / f"image-{data.sha256[:12]}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data.original or data.data)
+            saved = str(target)
+        records.extend({**r, "image": saved} for r in env.records)
+        request.node.stash.setdefault(VISION_CALLS, []).extend(env.calls)
+
+    return VisionJudge(questions, make_env, record)

@@ -42,6 +42,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
                          for c, w, (_, _, a) in zip(cells, widths, COLUMNS, strict=True)).rstrip()
 
     lines = [fmt(header)] + [fmt(r) for r in rows] if rows else []
+    lines += stage_lines(doc["suites"])
     for row in doc["suites"]:
         lines += _details(row)
     if doc.get("invalid"):
@@ -51,6 +52,32 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
+
+
+def _rate(row: dict[str, Any]) -> str:
+    graded = row["passed"] + row["failed"]
+    return f"{_pct(row.get('pass_rate'))} ({row['passed']}/{graded})" if graded else "- (none graded)"
+
+
+def stage_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Suites with vision checks: the "runs" pass rate (fast evaluation: the program runs and writes a sound
+    image) next to the "judged" one (the vision model agrees too), as seed 000 reported them."""
+    by_key = {(r["suite"], r["model"]): r for r in rows}
+    out = []
+    for row in rows:
+        if row.get("stage") != "runs":
+            continue
+        judged = by_key.get((f"{row['suite']}:judged", row["model"]))
+        line = f"{row['suite']} [{row['model']}]: runs {_rate(row)}"
+        if judged is None:
+            line += "; judged: not run (those items are marked slow: run without -m 'not slow')"
+        else:
+            line += f"; judged {_rate(judged)}"
+            notes = [f"{judged[k]} {k}" for k in ("unscored", "skipped", "error") if judged.get(k)]
+            if notes:
+                line += f", {', '.join(notes)}"
+        out.append(line)
+    return out
 
 
 def _details(row: dict[str, Any]) -> list[str]:
@@ -86,6 +113,12 @@ def _details(row: dict[str, Any]) -> list[str]:
                    f"{_pct(ret['recall_at_k'])}, MRR {ret['mrr']:.3f}")
     if row.get("semantic_hits"):
         out.append(f"{name}: {row['semantic_hits']} answer(s) served by the semantic cache")
+    vision = row.get("vision")
+    if vision:
+        models = ", ".join(vision["models"]) or "no vision model"
+        out.append(f"{name}: vision ({models}): {vision['questions']} question(s), {vision['answered']} answered, "
+                   f"{vision['agreed']} as expected; {vision['precheck_failed']} failed a pixel pre-check, "
+                   f"{vision['unscored']} unscored, {vision['skipped']} skipped")
     cal = row.get("calibration")
     if cal:
         ci = cal.get("agreement_ci") or [None, None]

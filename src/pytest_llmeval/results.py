@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: unscored outcome, intervals, repeats, judges, labels, metrics
+SCHEMA_VERSION = 2  # 2: unscored outcome, intervals, repeats, judges, labels, metrics (later additions: additive)
 OUTCOMES = ("passed", "failed", "unscored", "error", "skipped")
 ANSWER_LIMIT = 4000  # characters of an answer kept in results.json
 
@@ -59,6 +59,10 @@ class CaseResult:
     # retrieval
     references: list[dict[str, Any]] = field(default_factory=list)  # the chunks put into the prompt: n, source...
     retrieval: dict[str, Any] | None = None  # index, version, model, k; recall_at_k, mrr with expected sources
+    # images and vision judges
+    stage: str | None = None  # "runs" | "judged": the two items of a code case with vision checks
+    vision: list[dict[str, Any]] = field(default_factory=list)  # per question: expect, answer, reason, image...
+    vision_judge: dict[str, Any] | None = None  # vision model, calls, latency, cost, cached
     cache: str | None = None  # how the answer was served: "exact" | "semantic" | None (called the model)
     semantic_hit: dict[str, Any] | None = None  # with --llm-cache=semantic: similarity, the original request
 
@@ -163,6 +167,20 @@ def _extras(rs: list[CaseResult], kind: str) -> dict[str, Any]:
         out["retrieval"] = {"cases": len(retrieved), "k": max(int(x["k"]) for x in retrieved),
                             "recall_at_k": _r(_mean([float(x["recall_at_k"]) for x in retrieved])),
                             "mrr": _r(_mean([float(x["mrr"]) for x in retrieved]))}
+    stages = {r.stage for r in rs}
+    if "judged" in stages or "runs" in stages:  # a suite with vision checks: its fast row, or its judged row
+        out["stage"] = "judged" if "judged" in stages else "runs"
+    questions = [q for r in rs for q in r.vision]
+    if questions:
+        answered = [q for q in questions if q.get("answer") in ("yes", "no")]
+        out["vision"] = {
+            "questions": len(questions), "answered": len(answered),
+            "agreed": sum(1 for q in answered if q["answer"] == q.get("expect")),
+            "precheck_failed": sum(1 for q in questions if q.get("precheck") not in (None, "ok")),
+            "unscored": sum(1 for q in questions if q.get("unscored")),
+            "skipped": sum(1 for q in questions if q.get("skipped")),
+            "models": sorted({str(q["model"]) for q in questions if q.get("model")}),
+        }
     semantic = sum(1 for r in rs if r.cache == "semantic")
     if semantic:
         out["semantic_hits"] = semantic

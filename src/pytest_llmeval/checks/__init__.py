@@ -36,6 +36,7 @@ class CheckOutcome:
     score: float | None
     reason: str = ""
     unscored: bool = False
+    skipped: bool = False  # could not be graded in this run (no vision model configured): not a pass or a fail
     details: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -47,6 +48,8 @@ class CheckOutcome:
                                "score": None if self.score is None else round(self.score, 6), "reason": self.reason}
         if self.unscored:
             out["unscored"] = True
+        if self.skipped:
+            out["skipped"] = True
         if self.details:
             out["details"] = self.details
         return out
@@ -74,6 +77,7 @@ class CheckDef:
     doc: str = ""
     context: bool = False  # grade(answer, case, params, ctx) with the case's CodeContext (code checks)
     judge: bool = False  # grade(answer, case, params, env) with a JudgeEnv: the check calls a judge model
+    vision: bool = False  # grade(answer, case, params, env) with a VisionEnv: the check looks at an image
     needs: tuple[str, ...] = ()  # case fields the check reads (a parameter of the same name may stand in)
 
 
@@ -109,10 +113,11 @@ class CheckRegistry:
 
 def builtin_registry() -> CheckRegistry:
     """A registry of the built-in checks only (for tools that load case files outside a pytest run)."""
-    from pytest_llmeval.checks import choice, code, judge, labels, metrics, text
+    from pytest_llmeval.checks import choice, code, judge, labels, metrics, text, vision
 
     registry = CheckRegistry()
-    for check in [*text.CHECKS, *choice.CHECKS, *code.CHECKS, *labels.CHECKS, *metrics.CHECKS, *judge.CHECKS]:
+    for check in [*text.CHECKS, *choice.CHECKS, *code.CHECKS, *labels.CHECKS, *metrics.CHECKS, *judge.CHECKS,
+                  *vision.CHECKS]:
         registry.register(check)
     return registry
 

@@ -260,6 +260,8 @@ def calibrate(case: CaseSpec, outcomes: list[CheckOutcome]) -> dict[str, Any]:
     A human score agrees when the judge's score is within the check's ``tolerance``; a human verdict agrees
     when the judge's verdict (score >= min) is the same. Both verdicts are recorded for Cohen's kappa.
     """
+    if case.fields.get("image") is not None:
+        return calibrate_vision(case, outcomes)
     spec = next(c for c in case.checks if c.name == "judge")
     outcome = next(o for o in outcomes if o.name == "judge")
     params: JudgeParams = spec.params
@@ -277,3 +279,17 @@ def calibrate(case: CaseSpec, outcomes: list[CheckOutcome]) -> dict[str, Any]:
     else:
         out["agree"] = judge_verdict == human_verdict
     return out
+
+
+def calibrate_vision(case: CaseSpec, outcomes: list[CheckOutcome]) -> dict[str, Any]:
+    """Agreement of the vision pipeline with a labelled image: the human's yes/no (``verdict``) against the
+    model's answer. An image that fails the pixel pre-checks is never shown to the model: the pipeline's answer
+    is then "no", as it would be on a generated image, and recorded as such."""
+    outcome = next(o for o in outcomes if o.name == "vision")
+    answer = outcome.details.get("answer")
+    prechecked_out = answer is None
+    judge_verdict = "no" if prechecked_out else str(answer)
+    human_verdict = "yes" if case.fields.get("verdict") == "pass" else "no"
+    return {"judge_verdict": judge_verdict, "human_verdict": human_verdict, "agree": judge_verdict == human_verdict,
+            "judge_score": None, "human_score": None, "question": outcome.details.get("question"),
+            "image": str(case.fields.get("image")), **({"precheck": outcome.reason} if prechecked_out else {})}

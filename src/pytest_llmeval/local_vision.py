@@ -1,0 +1,668 @@
+"""Local vision-language models, served to litellm as the custom provider ``local-vision``.
+
+``local-vision/<dir>`` answers a question about an image with the Hugging Face model directory ``<dir>``
+that is already on disk (SmolVLM, Qwen2-VL, LLaVA, moondream2, ...); nothing is ever downloaded.  The
+request is an ordinary OpenAI-style chat completion whose user message carries the question as text parts
+and the image as an ``image_url`` part (a ``data:`` URL, a ``file://`` URL or a plain file path)::
+
+    litellm.completion(
+        model="local-vision/~/models/SmolVLM-256M-Instruct",
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What colour is the square?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},
+        ]}],
+    )
+
+Loading is generic: ``AutoProcessor`` plus ``AutoModelForImageTextToText`` (``AutoModelForVision2Seq`` on
+older transformers).  A directory whose ``config.json`` has an ``auto_map`` ships its own modelling code
+(moondream2 does); it is loaded with ``trust_remote_code=True`` and, when the model offers moondream's
+``query(image, question)`` or ``answer_question`` method, that method generates the answer.  Models run in
+float32 on the CPU, or in bfloat16 on CUDA when it is available.
+
+Importing this module is cheap: torch, transformers, litellm and Pillow are imported only when a model is
+loaded, an image decoded or the provider registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import io
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from litellm import CustomLLM
+    from litellm.types.utils import ModelResponse
+    from PIL.Image import Image
+
+    # Built lazily by the module __getattr__ below (subclassing CustomLLM means importing litellm).
+    LocalVisionLLM: type[CustomLLM]
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "PROVIDER",
+    "Generation",
+    "LoadedVision",
+    "LocalVisionError",
+    "LocalVisionLLM",
+    "answer",
+    "image_from_messages",
+    "load",
+    "register",
+    "resolve_vision_dir",
+]
+
+log = logging.getLogger(__name__)
+
+#: The litellm provider prefix: ``local-vision/<model directory>``.
+PROVIDER = "local-vision"
+#: Completion length when the caller gives no ``max_tokens``: enough for a short answer about an image.
+DEFAULT_MAX_TOKENS = 64
+
+_VALID_DIR = (
+    "a Hugging Face vision-language model directory (one containing config.json, the weights and the "
+    "processor files, e.g. a downloaded SmolVLM, Qwen2-VL, LLaVA or moondream2 snapshot)"
+)
+# Auto classes tried, in order, for a directory without custom code.
+_AUTO_CLASSES = ("AutoModelForImageTextToText", "AutoModelForVision2Seq")
+
+
+class LocalVisionError(Exception):
+    """A ``local-vision/...`` model that cannot be served; the message says what is wrong and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------- resolve
+
+
+def resolve_vision_dir(name: str) -> Path:
+    """Turn the part after ``local-vision/`` into the absolute, symlink-resolved model directory.
+
+    ``name`` is an absolute path, a path relative to the current directory, or one starting with ``~``.
+    Nothing is loaded.  Raises :class:`LocalVisionError` unless it is a directory holding ``config.json``.
+    """
+    label = f"{PROVIDER}/{name}"
+    if not name.strip():
+        raise LocalVisionError(f"{label}: empty model name; use {PROVIDER}/<path to {_VALID_DIR}>")
+    raw = Path(name).expanduser()
+    path = raw if raw.is_absolute() else Path.cwd() / raw
+    if not path.exists():
+        raise LocalVisionError(f"{label}: no such directory ({path}); {PROVIDER}/<path> needs {_VALID_DIR}")
+    path = path.resolve()
+    if not path.is_dir():
+        raise LocalVisionError(f"{label}: {path} is a file, not a directory; {PROVIDER}/<path> needs {_VALID_DIR}")
+    if not (path / "config.json").is_file():
+        raise LocalVisionError(
+            f"{label}: {path} has no config.json, so it is not a model directory; {PROVIDER}/<path> needs "
+            f"{_VALID_DIR}"
+        )
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+@dataclass
+class LoadedVision:
+    """A processor and model loaded once per process, plus the lock that serializes generation on it.
+
+    ``kind`` is ``"processor"`` for models driven through their processor and ``generate`` (the usual
+    transformers VLMs) and ``"custom"`` for custom-code models that answer through their own ``query`` /
+    ``answer_question`` method (moondream2).  ``processor`` is the tokenizer for ``"custom"`` models (or
+    None when there is none).
+    """
+
+    path: Path
+    kind: Literal["processor", "custom"]
+    processor: Any
+    model: Any
+    device: str
+    load_seconds: float
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+_LOADED: dict[str, LoadedVision] = {}
+# One lock for all loads: loads are rare and slow, and one lock makes "load once" trivially true.
+_LOAD_LOCK = threading.Lock()
+
+
+def load(path: Path) -> LoadedVision:
+    """Load (once per process, keyed by the resolved path) the processor and model in directory ``path``.
+
+    Concurrent callers wait for the first one and get the same :class:`LoadedVision`.  Raises
+    :class:`LocalVisionError` when torch/transformers are missing or the directory cannot be loaded.
+    """
+    key = str(Path(path).expanduser().resolve())
+    cached = _LOADED.get(key)
+    if cached is not None:
+        return cached
+    with _LOAD_LOCK:
+        cached = _LOADED.get(key)  # another thread may have loaded it while we waited
+        if cached is not None:
+            return cached
+        loaded = _load_uncached(Path(key))
+        _LOADED[key] = loaded
+        return loaded
+
+
+def _load_uncached(path: Path) -> LoadedVision:
+    label = f"{PROVIDER}/{path}"
+    # Nothing here may reach a hub (see local.py): offline switches plus local_files_only on every call.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise LocalVisionError(
+            f"{label} needs torch and transformers: pip install 'pytest-llmeval[local]' pillow ({exc})"
+        ) from exc
+    transformers.utils.logging.disable_progress_bar()
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LocalVisionError(f"{label}: cannot read {path / 'config.json'}: {exc}") from exc
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    custom_code = isinstance(auto_map, dict) and bool(auto_map)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    common: dict[str, Any] = {"local_files_only": True}
+    if custom_code:
+        common["trust_remote_code"] = True
+
+    started = time.perf_counter()
+    if custom_code:
+        # Custom code (moondream2 maps only AutoModelForCausalLM): try the classes the auto_map names,
+        # causal LM first, since that is how moondream-style models with query() are published.
+        preferred = ("AutoModelForCausalLM", *_AUTO_CLASSES)
+        names = [n for n in preferred if n in (auto_map or {})] or list(preferred)
+    else:
+        names = list(_AUTO_CLASSES)
+    model = _load_model(transformers, names, path, label, dtype=dtype, **common)
+    model.to(device)
+    model.eval()  # no dropout: greedy answers must be deterministic
+
+    if custom_code and (callable(getattr(model, "query", None)) or callable(getattr(model, "answer_question", None))):
+        kind: Literal["processor", "custom"] = "custom"
+        processor = getattr(model, "tokenizer", None)
+        if processor is None:  # old moondream revisions take the tokenizer as an argument
+            try:
+                processor = transformers.AutoTokenizer.from_pretrained(str(path), **common)
+            except Exception as exc:  # the newest revisions carry their own tokenizer; none is fine
+                log.debug("%s: no tokenizer loaded (%s)", label, exc)
+    else:
+        kind = "processor"
+        try:
+            processor = transformers.AutoProcessor.from_pretrained(str(path), **common)
+        except Exception as exc:
+            raise LocalVisionError(
+                f"{label}: cannot load the processor from {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if isinstance(processor, transformers.PreTrainedTokenizerBase) or not hasattr(processor, "image_processor"):
+            raise LocalVisionError(
+                f"{label}: {path} has no image processor (AutoProcessor found only a "
+                f"{type(processor).__name__}), so it is not {_VALID_DIR}"
+            )
+    seconds = time.perf_counter() - started
+    log.info("loaded %s (%s, %s) in %.1f s", label, type(model).__name__, device, seconds)
+    return LoadedVision(path=path, kind=kind, processor=processor, model=model, device=device, load_seconds=seconds)
+
+
+def _load_model(transformers: Any, names: Sequence[str], path: Path, label: str, **kwargs: Any) -> Any:
+    """The model from the first auto class in ``names`` that exists and loads ``path``."""
+    failures: list[str] = []
+    for name in names:
+        auto = getattr(transformers, name, None)
+        if auto is None:  # AutoModelForVision2Seq is gone from transformers 5, ImageTextToText is new in 4.46
+            continue
+        try:
+            return auto.from_pretrained(str(path), **kwargs)
+        except ImportError as exc:  # a package the model code needs is missing: no other class will help
+            raise LocalVisionError(f"{label}: loading {path} needs a missing package: {exc}") from exc
+        except Exception as exc:  # unsupported architecture, corrupt weights, ...
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    detail = "; ".join(failures) or f"transformers {transformers.__version__} has none of {', '.join(names)}"
+    raise LocalVisionError(f"{label}: cannot load {path} as a vision-language model ({detail})")
+
+
+# -------------------------------------------------------------------------------------------- generate
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer: the text, token counts and the OpenAI finish reason."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+def answer(
+    loaded: LoadedVision,
+    image: Image,
+    prompt: str,
+    *,
+    system: str | None = None,
+    max_new_tokens: int = DEFAULT_MAX_TOKENS,
+    temperature: float = 0.0,
+) -> Generation:
+    """Answer ``prompt`` about ``image`` with ``loaded``: greedy unless ``temperature`` > 0.
+
+    ``system`` becomes a system message when the model's chat template renders one, and is put in front
+    of the prompt otherwise.  Raises ValueError for an unusable ``max_new_tokens`` or ``temperature``.
+    """
+    import torch
+
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive integer, got {max_new_tokens!r}")
+    temperature = float(temperature or 0.0)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    image = _to_rgb(image)
+    with loaded.lock, torch.inference_mode():
+        if loaded.kind == "custom":
+            return _answer_custom(loaded, image, prompt, system, max_new_tokens, temperature)
+        return _answer_processor(loaded, image, prompt, system, max_new_tokens, temperature)
+
+
+def _answer_processor(
+    loaded: LoadedVision, image: Image, prompt: str, system: str | None, max_new: int, temperature: float
+) -> Generation:
+    import torch
+
+    processor, model = loaded.processor, loaded.model
+    tokenizer = getattr(processor, "tokenizer", processor)
+    text = _render_prompt(processor, prompt, system)
+    enc = processor(images=[image], text=text, return_tensors="pt")
+    dtype = getattr(model, "dtype", torch.float32)
+    inputs = {
+        key: (value.to(loaded.device, dtype=dtype) if torch.is_floating_point(value) else value.to(loaded.device))
+        if isinstance(value, torch.Tensor)
+        else value
+        for key, value in enc.items()
+    }
+    prompt_len = int(inputs["input_ids"].shape[1])
+
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new, "do_sample": temperature > 0}
+    if temperature > 0:
+        kwargs["temperature"] = temperature
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "eos_token_id", None)
+    if pad_id is not None:
+        kwargs["pad_token_id"] = pad_id
+    output = model.generate(**inputs, **kwargs)
+    # Decoder-only models return prompt + answer; encoder-decoder ones only the answer.
+    generated = output[0] if getattr(model.config, "is_encoder_decoder", False) else output[0][prompt_len:]
+    answer_text = tokenizer.decode(generated, skip_special_tokens=True).strip()
+
+    eos_ids = _eos_ids(model, tokenizer)
+    ended_on_eos = len(generated) > 0 and int(generated[-1]) in eos_ids
+    finish: Literal["stop", "length"] = "length" if len(generated) >= max_new and not ended_on_eos else "stop"
+    return Generation(
+        text=answer_text, prompt_tokens=prompt_len, completion_tokens=len(generated), finish_reason=finish
+    )
+
+
+def _render_prompt(processor: Any, prompt: str, system: str | None) -> str:
+    """The model's prompt text: its chat template if it has one, else a LLaVA-style ``USER:`` prompt."""
+    if getattr(processor, "chat_template", None):
+        if system:
+            # Not every template renders a system turn (some raise, some drop it): keep it only if it shows.
+            try:
+                text = _apply_template(processor, prompt, system)
+            except Exception:
+                text = ""
+            if system in text:
+                return text
+        return _apply_template(processor, _joined(system, prompt), None)
+    tokenizer = getattr(processor, "tokenizer", None)
+    image_token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
+    return f"USER: {image_token}\n{_joined(system, prompt)}\nASSISTANT:"
+
+
+def _apply_template(processor: Any, prompt: str, system: str | None) -> str:
+    """Render [system,] user(image, prompt) with the processor's chat template, ready for the answer."""
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if isinstance(text, list):  # some processors return one string per conversation
+        text = text[0]
+    return str(text)
+
+
+def _answer_custom(
+    loaded: LoadedVision, image: Image, prompt: str, system: str | None, max_new: int, temperature: float
+) -> Generation:
+    """moondream-style custom code: ``query(image, question)`` or ``answer_question(embeds, question, tok)``."""
+    model, tokenizer = loaded.model, loaded.processor
+    question = _joined(system, prompt)
+    query = getattr(model, "query", None)
+    if callable(query):
+        extra: dict[str, Any] = {}
+        if _accepts(query, "settings"):  # moondream2 2025 revisions; older ones take no generation settings
+            extra["settings"] = {"max_tokens": max_new, "temperature": temperature}
+        result = query(image, question, **extra)
+    else:  # older moondream2 revisions: answer_question(image_embeds, question, tokenizer, ...)
+        encode = getattr(model, "encode_image", None)
+        embeds = encode(image) if callable(encode) else image
+        extra = {"max_new_tokens": max_new} if _accepts(model.answer_question, "max_new_tokens") else {}
+        result = model.answer_question(embeds, question, tokenizer, **extra)
+    if isinstance(result, dict):
+        result = result.get("answer", "")
+    if not isinstance(result, str):  # a streamed answer
+        result = "".join(str(piece) for piece in result)
+    text = result.strip()
+    completion = _count_tokens(tokenizer, text)
+    return Generation(
+        text=text,
+        prompt_tokens=_count_tokens(tokenizer, question),  # the image's own tokens are not visible here
+        completion_tokens=completion,
+        finish_reason="length" if completion >= max_new else "stop",
+    )
+
+
+def _accepts(function: Any, name: str) -> bool:
+    """Whether ``function`` takes a keyword argument ``name`` (explicitly or through ``**kwargs``)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens in ``text`` under a transformers or ``tokenizers`` tokenizer; whitespace words without one."""
+    if tokenizer is not None and text:
+        encoded: Any = None
+        try:
+            encoded = tokenizer.encode(text, add_special_tokens=False)
+        except TypeError:  # tokenizers.Tokenizer.encode(sequence, pair=None, is_pretokenized=False, ...)
+            try:
+                encoded = tokenizer.encode(text)
+            except Exception:
+                encoded = None
+        except Exception:
+            encoded = None
+        ids = getattr(encoded, "ids", encoded)
+        if isinstance(ids, Sequence):
+            return len(ids)
+    return len(text.split())
+
+
+def _joined(system: str | None, prompt: str) -> str:
+    return f"{system}\n\n{prompt}" if system else prompt
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if ids is None:
+        ids = getattr(tokenizer, "eos_token_id", None)
+    if ids is None:
+        return set()
+    return {int(i) for i in ids} if isinstance(ids, (list, tuple)) else {int(ids)}
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def _to_rgb(image: Image) -> Image:
+    """``image`` as RGB; transparent areas become white rather than black."""
+    from PIL import Image as PILImage
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PILImage.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _open_image(url: str) -> Image:
+    """Decode an ``image_url``: a ``data:`` URL, a ``file://`` URL or a local file path.  ValueError if not."""
+    import urllib.parse
+    import urllib.request
+
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    url = url.strip()
+    shown = url if len(url) <= 60 else url[:57] + "..."
+    if url.startswith("data:"):
+        header, sep, payload = url.partition(",")
+        if not sep:
+            raise ValueError(f"malformed data: URL {shown!r} (no ',' before the image data)")
+        try:
+            if header.endswith(";base64"):
+                data = base64.b64decode(payload, validate=False)
+            else:
+                data = urllib.parse.unquote_to_bytes(payload)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"the data: URL {shown!r} is not valid base64: {exc}") from None
+        source: Any = io.BytesIO(data)
+    elif url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"image URL {shown!r} is remote; local-vision never downloads, so pass the image inline as a "
+            "data:image/...;base64 URL or as a local file path"
+        )
+    else:
+        if url.startswith("file://"):
+            path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        else:
+            path = Path(url).expanduser()
+        if not path.is_file():
+            raise ValueError(f"image file not found: {path}")
+        source = path
+    try:
+        with PILImage.open(source) as opened:
+            opened.load()
+            return _to_rgb(opened) if opened.mode != "RGB" else opened.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the image {shown!r}: {type(exc).__name__}: {exc}") from None
+
+
+def image_from_messages(messages: Sequence[dict[str, Any]]) -> tuple[Image | None, str, str | None]:
+    """Split OpenAI chat messages into (first image, user text, system text or None).
+
+    The image is the first ``image_url`` part of any message, decoded to an RGB PIL image; the user text
+    joins the text parts of all user messages with newlines; the system text joins system (and
+    ``developer``) messages, or is None when there are none.  Assistant turns are ignored.  Raises
+    ValueError for an image that cannot be read or a content part that is neither text nor image.
+    """
+    image: Image | None = None
+    user: list[str] = []
+    system: list[str] = []
+    for message in messages:
+        role = str(message.get("role", "user"))
+        target = system if role in ("system", "developer") else user if role == "user" else None
+        content = message.get("content")
+        parts: Sequence[Any] = [content] if content is None or isinstance(content, str) else content
+        for part in parts:
+            if part is None:
+                continue
+            if isinstance(part, str):
+                text: str | None = part
+            elif isinstance(part, dict) and part.get("type", "text") == "text":
+                text = str(part.get("text") or "")
+            elif isinstance(part, dict) and part.get("type") == "image_url":
+                spec = part.get("image_url")
+                url = spec.get("url") if isinstance(spec, dict) else spec
+                if not isinstance(url, str) or not url.strip():
+                    raise ValueError("an image_url content part has no url")
+                if image is None:
+                    image = _open_image(url)
+                else:
+                    log.warning("%s answers about one image; ignoring further images in the request", PROVIDER)
+                continue
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(f"{PROVIDER} accepts text and image_url content parts, got a {kind!r} part")
+            if target is not None and text:
+                target.append(text)
+    return image, "\n".join(user), ("\n".join(system) if system else None)
+
+
+# -------------------------------------------------------------------------------------- litellm glue
+
+
+_NO_IMAGE = (
+    "the request has no image; add a content part "
+    '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}} (or a file path as the url) '
+    "to the user message"
+)
+
+
+def _bad_request(message: str, model: str) -> Exception:
+    """A litellm BadRequestError: not retried, and classified by callers as a configuration error."""
+    import litellm
+
+    return litellm.exceptions.BadRequestError(message=message, model=f"{PROVIDER}/{model}", llm_provider=PROVIDER)
+
+
+def _positive_int(value: Any, name: str, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+def _complete(
+    model: str, messages: list[dict[str, Any]], model_response: ModelResponse, optional_params: dict[str, Any]
+) -> ModelResponse:
+    """Body of LocalVisionLLM.completion, kept module-level so it is defined without importing litellm."""
+    import litellm
+
+    params = optional_params or {}
+    try:
+        path = resolve_vision_dir(model)
+        image, prompt, system = image_from_messages(messages)
+        if image is None:
+            raise ValueError(_NO_IMAGE)
+        max_new = _positive_int(
+            params.get("max_tokens", params.get("max_completion_tokens")), "max_tokens", DEFAULT_MAX_TOKENS
+        )
+        if int(params.get("n") or 1) != 1:
+            raise ValueError(f"{PROVIDER} returns one choice per call (n must be 1)")
+        temperature = float(params.get("temperature") or 0.0)
+        result = answer(load(path), image, prompt, system=system, max_new_tokens=max_new, temperature=temperature)
+    except LocalVisionError as exc:  # its message already starts with local-vision/<name>
+        raise _bad_request(str(exc), model) from exc
+    except ValueError as exc:  # bad messages, image or parameters
+        raise _bad_request(f"{PROVIDER}/{model}: {exc}", model) from exc
+
+    text, finish = result.text, result.finish_reason
+    stops = params.get("stop")
+    stops = [stops] if isinstance(stops, str) else [s for s in stops or () if isinstance(s, str)]
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    if cut >= 0:
+        text, finish = text[:cut], "stop"
+
+    choice = model_response.choices[0]
+    choice.message.content = text  # type: ignore[union-attr]
+    choice.finish_reason = finish
+    model_response.model = f"{PROVIDER}/{model}"
+    model_response.usage = litellm.Usage(  # type: ignore[attr-defined]
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
+    return model_response
+
+
+@functools.lru_cache(maxsize=1)
+def _local_vision_llm_class() -> type[CustomLLM]:
+    """Build LocalVisionLLM on first use, since subclassing CustomLLM means importing litellm (seconds)."""
+    from litellm import CustomLLM
+
+    class LocalVisionLLM(CustomLLM):
+        """litellm handler for ``local-vision/<dir>``: a vision-language model directory on disk."""
+
+        def completion(  # type: ignore[override]
+            self,
+            model: str,
+            messages: list,
+            api_base: str,
+            custom_prompt_dict: dict,
+            model_response: ModelResponse,
+            print_verbose: Any,
+            encoding: Any,
+            api_key: Any,
+            logging_obj: Any,
+            optional_params: dict,
+            *args: Any,
+            **kwargs: Any,
+        ) -> ModelResponse:
+            """Answer synchronously (litellm has already stripped the ``local-vision/`` prefix)."""
+            return _complete(model, messages, model_response, optional_params)
+
+        async def acompletion(  # type: ignore[override]
+            self,
+            model: str,
+            messages: list,
+            api_base: str,
+            custom_prompt_dict: dict,
+            model_response: ModelResponse,
+            print_verbose: Any,
+            encoding: Any,
+            api_key: Any,
+            logging_obj: Any,
+            optional_params: dict,
+            *args: Any,
+            **kwargs: Any,
+        ) -> ModelResponse:
+            """Async variant: generation is CPU/GPU-bound torch code, so run it in a worker thread."""
+            return await asyncio.to_thread(_complete, model, messages, model_response, optional_params)
+
+    LocalVisionLLM.__module__ = __name__
+    LocalVisionLLM.__qualname__ = "LocalVisionLLM"
+    return LocalVisionLLM
+
+
+def __getattr__(name: str) -> Any:
+    """Expose ``LocalVisionLLM`` lazily (PEP 562), so importing this module does not import litellm."""
+    if name == "LocalVisionLLM":
+        cls = _local_vision_llm_class()
+        globals()["LocalVisionLLM"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register() -> None:
+    """Make ``local-vision/...`` models callable through litellm; safe to call any number of times.
+
+    Appends to ``litellm.custom_provider_map`` in place (keeping other providers) unless a
+    ``local-vision`` entry is already there, then runs litellm's own setup.
+    """
+    import litellm
+
+    current = getattr(litellm, "custom_provider_map", None)
+    if not isinstance(current, list):
+        current = list(current or [])
+        litellm.custom_provider_map = current
+    if not any(isinstance(entry, dict) and entry.get("provider") == PROVIDER for entry in current):
+        current.append({"provider": PROVIDER, "custom_handler": _local_vision_llm_class()()})
+    setup = getattr(getattr(litellm, "utils", None), "custom_llm_setup", None)
+    if callable(setup):
+        setup()
