@@ -370,23 +370,38 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
                             ("C program that prints Hello",
                              '```c\n#include <stdio.h>\nint main(void) { puts("Hello, World!"); return 0; }\n```'),
                             ("sum of the integers",
-                             '```c\n#include <stdio.h>\nint main(void) { printf("%d\\n", 55); return 0; }\n```')]:
+                             '```c\n#include <stdio.h>\nint main(void) { printf("%d\\n", 55); return 0; }\n```'),
+                            ("filled red circle", "```python\nfrom PIL import Image, ImageDraw\nim = Image.new('RGB', "
+                             "(200, 200), 'white')\nImageDraw.Draw(im).ellipse((50, 50, 150, 150), fill='red')\n"
+                             "im.save('out.png')\n```"),
+                            ("filled blue square", "```python\nfrom PIL import Image, ImageDraw\nim = Image.new('RGB', "
+                             "(200, 200), 'white')\nImageDraw.Draw(im).rectangle((50, 50, 150, 150), fill='blue')\n"
+                             "im.save('out.png')\n```"),
+                            ("vertical stripes", "```python\nfrom PIL import Image\nim = Image.new('RGB', (300, 100))\n"
+                             "for i, c in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):\n"
+                             "    im.paste(c, (100 * i, 0, 100 * i + 100, 100))\nim.save('out.png')\n```")]:
         server.answer(question, reply)
     # judge-calibration: the judge says 8 to all: within 2 of 10 and "pass" agree; 1 and 5 do not.
-    project.run("--llm-cache-dir=c0").assert_outcomes(passed=27, failed=4)
+    # render: the fast items pass; without --llm-vision the judged items and vision calibration are skipped.
+    project.run("--llm-cache-dir=c0").assert_outcomes(passed=30, failed=4, skipped=8)
     serial = project.results()
-    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=27, failed=4)
+    calls = 17 + 3 + 2 + 4 + 4 + 3 + 1 + 3
+    assert len(server.requests) == calls  # a judged item reuses its fast twin's answer from the cache
+    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=30, failed=4, skipped=8)
     parallel = project.results()
-    assert len(server.requests) == 2 * (17 + 3 + 2 + 4 + 4 + 3 + 1)
+    # Under -n 4 the two items of a render case may ask at the same moment on two workers: up to 3 more calls.
+    assert calls <= len(server.requests) - calls <= calls + 3
     timing = {"latency_p50_s", "latency_p95_s"}
+    racy = {"cache_hits", "calls"}
 
     def strip(doc: dict) -> list:
-        return [{k: v for k, v in r.items() if k not in timing} for r in doc["suites"]]
+        return [{k: v for k, v in r.items() if k not in timing and not (r["suite"].startswith("render") and k in racy)}
+                for r in doc["suites"]]
 
     assert strip(serial) == strip(parallel)
     assert [r["suite"] for r in serial["suites"]] == ["arithmetic", "c-code", "clean-code-labels", "docs-bot", "explain",
-                                                      "geography", "judge-calibration", "python-code",
-                                                      "social-iqa"]
+                                                      "geography", "judge-calibration", "python-code", "render",
+                                                      "render:judged", "social-iqa", "vision-calibration"]
     assert parallel["run"]["workers"] == 4
 
 
