@@ -149,6 +149,8 @@ class _Fault:
     message: str | None = None
     model: str | None = None
     malformed: bool = False
+    retry_after: float | None = None  # a 429's Retry-After header, in seconds
+    reset: bool = False  # drop the connection without any response
 
     def matches(self, prompt: str, model: Any) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -294,6 +296,9 @@ class ScriptedLLMServer:
         self.default: str = default
         self.latency: float = latency
         self.requests: list[dict[str, Any]] = []
+        self.request_times: list[float] = []  # time.monotonic() at each request's arrival
+        self.in_flight = 0  # requests being handled right now
+        self.max_in_flight = 0  # the most handled at once since the last reset()
         self._rules: list[_Rule] = []
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
@@ -375,6 +380,7 @@ class ScriptedLLMServer:
         body: str | None = None,
         model: str | None = None,
         message: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         """Make matching requests fail with HTTP ``status``.
 
@@ -384,12 +390,18 @@ class ScriptedLLMServer:
         ``body`` is given, which is then sent verbatim.  ``when=None``
         matches every request.  ``times=None`` fails forever; otherwise only
         the first ``times`` matching requests fail.  A 429 carries
-        ``retry-after: 0``.  Faults take precedence over :meth:`answer` rules.
+        ``retry-after: <retry_after>`` (default 0).  Faults take precedence over :meth:`answer` rules.
         """
         with self._lock:
             self._faults.append(
-                _Fault(when=when, status=status, remaining=times, body=body, message=message, model=model)
+                _Fault(when=when, status=status, remaining=times, body=body, message=message, model=model,
+                       retry_after=retry_after)
             )
+
+    def reset_connection(self, when: str | None, *, times: int | None = None, model: str | None = None) -> None:
+        """Drop matching requests' connections without sending anything (a connection reset)."""
+        with self._lock:
+            self._faults.append(_Fault(when=when, status=0, remaining=times, model=model, reset=True))
 
     def malformed(self, when: str | None, *, times: int | None = None, model: str | None = None) -> None:
         """Answer matching requests with HTTP 200 and a body that is not valid JSON."""
@@ -402,6 +414,8 @@ class ScriptedLLMServer:
             self._rules.clear()
             self._faults.clear()
             self.requests.clear()
+            self.request_times.clear()
+            self.max_in_flight = self.in_flight
 
     # -- introspection helpers -------------------------------------------
 
@@ -434,6 +448,7 @@ class ScriptedLLMServer:
         model = body.get("model")
         with self._lock:
             self.requests.append(body)
+            self.request_times.append(time.monotonic())
             for fault in self._faults:
                 if fault.matches(prompt, model):
                     if fault.remaining is not None:
@@ -445,6 +460,16 @@ class ScriptedLLMServer:
             return None, self.default, self.latency
 
     def _handle_chat(self, handler: _Handler, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._answer_chat(handler, body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer_chat(self, handler: _Handler, body: dict[str, Any]) -> None:
         fault, reply, delay = self._decide(body)
         if delay and delay > 0:
             time.sleep(delay)
@@ -453,7 +478,16 @@ class ScriptedLLMServer:
             if fault.malformed:
                 handler._send_bytes(200, MALFORMED_BODY)
                 return
-            headers = {"retry-after": "0", "retry-after-ms": "0"} if fault.status == 429 else None
+            if fault.reset:
+                handler.close_connection = True
+                try:
+                    handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    handler.connection.close()  # linger 0: the client sees a reset
+                except OSError:
+                    pass
+                return
+            wait = fault.retry_after or 0
+            headers = {"retry-after": f"{wait:g}", "retry-after-ms": f"{wait * 1000:g}"} if fault.status == 429 else None
             if fault.body is not None:
                 handler._send_bytes(fault.status, fault.body.encode("utf-8"), headers=headers)
             else:

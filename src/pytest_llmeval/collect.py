@@ -28,7 +28,7 @@ NO_VISION_MODEL_ID = "no-vision-model"  # the model slot of a vision calibration
 
 
 def _session(config: pytest.Config) -> LLMEvalSession:
-    from pytest_llmeval.session import STATE
+    from pytest_llmeval._state import STATE
 
     return config.stash[STATE]
 
@@ -207,15 +207,47 @@ class CaseItem(pytest.Item):
             state.get_sandbox()  # no isolation available: an error before any model call
         if self.case.kind == "calibration":
             return  # nothing to answer: the judge grades the case's own answer
-        messages = self.case.messages()
-        key_extra: dict[str, Any] | None = None
-        if self.case.retrieve:
-            messages, key_extra = self._retrieve(messages)
-        draws = self.draws  # repeated draws are real samples: never from the semantic cache
-        self.completions = [state.runner.complete(self.model, messages, self.case.params, sample=i,
-                                                  key_extra=key_extra, semantic=draws == 1)
-                            for i in range(draws)]
+        from pytest_llmeval.resilience import BudgetExhausted
+
+        try:
+            self.completions = self._answers(state)
+        except BudgetExhausted as exc:
+            pytest.skip(str(exc))
         self.completion = self.completions[0]
+
+    def _answers(self, state: LLMEvalSession) -> list[Completion]:
+        """The model's answers: prefetched by the pool where possible, else called now."""
+        if self.case.retrieve:
+            messages, key_extra = self._retrieve(self.case.messages())
+            draws = self.draws
+            return [state.runner.complete(self.model, messages, self.case.params, sample=i, key_extra=key_extra,
+                                          semantic=draws == 1) for i in range(draws)]
+        if state.prefetcher is not None:
+            state.prefetch_from(self)
+            prefetched = state.prefetcher.take(self)
+            if prefetched is not None:
+                return prefetched
+        return [state.runner.complete(**call) for call in self._calls()]
+
+    def _calls(self) -> list[dict[str, Any]]:
+        draws = self.draws  # repeated draws are real samples: never from the semantic cache
+        return [{"model": self.model, "messages": self.case.messages(), "params": self.case.params, "sample": i,
+                 "key_extra": None, "semantic": draws == 1} for i in range(draws)]
+
+    def plan_calls(self) -> list[dict[str, Any]] | None:
+        """The model calls setup will make, for the prefetcher; None when they must not be made ahead."""
+        from pytest_llmeval.models import is_local
+
+        state = _session(self.config)
+        if self.case.kind == "calibration" or self.case.retrieve or self.model == NO_VISION_MODEL_ID:
+            return None
+        if any(c.definition and c.definition.grade is None for c in self.checks):
+            return None
+        if any(state.unusable.get(m) for m in [self.model, *self.judge_models()]):
+            return None
+        if is_local(state.settings.resolve_model(self.model)):
+            return None
+        return self._calls()
 
     def _retrieve(self, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, Any]]:
         """Search the case's index and put the top-k chunks, numbered, in front of the user prompt."""
@@ -254,7 +286,12 @@ class CaseItem(pytest.Item):
             answers = [str(self.case.fields["answer"])]
         else:
             answers = [c.text for c in self.completions]
-        self.samples = [self._grade(text, i) for i, text in enumerate(answers)]
+        from pytest_llmeval.resilience import BudgetExhausted
+
+        try:
+            self.samples = [self._grade(text, i) for i, text in enumerate(answers)]
+        except BudgetExhausted as exc:  # a judge call past the budget: the case cannot be graded in this run
+            pytest.skip(str(exc))
         self.outcomes = self.samples[0]["outcomes"]
         self.status = decide(self.samples, self.pass_if)
         if self.case.kind == "calibration" and self.status in ("passed", "failed"):
@@ -455,7 +492,8 @@ class CaseItem(pytest.Item):
             kind=self.case.kind, nodeid=self.nodeid, file=_relative(self.config, self.case.path),
             line=self.case.line, resolved_model=c.resolved_model if c else None,
             score=score, checks=[o.to_dict() for o in self.outcomes], prompt=self.case.prompt,
-            answer=answer, latency_s=c.latency_s if c else None,
+            answer=answer, latency_s=c.latency_s if c else None, ttft_s=c.ttft_s if c else None,
+            retries=sum(x.attempts - 1 for x in calls if not x.cached),
             prompt_tokens=sum(x.prompt_tokens or 0 for x in calls) if calls else None,
             completion_tokens=sum(x.completion_tokens or 0 for x in calls) if calls else None,
             cost_usd=sum(x.cost_usd for x in calls if x.cost_usd is not None)

@@ -8,11 +8,13 @@ a model that cannot be used at all (unknown provider, missing API key) is found 
 from __future__ import annotations
 
 import os
+import random
 import re
 import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from pytest_llmeval.cache import ResponseCache, cache_key
@@ -51,6 +53,8 @@ class Completion:
     cost_usd: float | None = None
     cached: bool = False
     semantic: dict[str, Any] | None = None  # served by the semantic cache: similarity, the original request
+    ttft_s: float | None = None  # time to the first token, when the answer was streamed (--llm-stream)
+    attempts: int = 1  # calls made for this answer (retries after 429, 5xx, connection errors, timeouts)
 
 
 _litellm_lock = threading.Lock()
@@ -95,10 +99,23 @@ def _load_local(resolved: str) -> None:
 
 
 class ModelRunner:
-    """Per-process model access: config checks, the cache, and litellm calls."""
+    """Per-process model access: config checks, the cache, retries, rate limits, budgets and litellm calls.
 
-    def __init__(self, settings: Settings) -> None:
+    ``complete`` is safe to call from several threads at once (the prefetch pool does): the caches are
+    thread-safe, and the semantic cache's in-memory index is guarded by a lock.
+    """
+
+    def __init__(self, settings: Settings, *, run_dir: Path | None = None, workers: int = 1) -> None:
+        from pytest_llmeval.resilience import Budget, RateLimiter
+
         self.settings = settings
+        self.budget = Budget((run_dir or settings.results_path.parent / "run" / "default") / "budget",
+                             settings.max_calls, settings.max_cost)
+        self.limiter = RateLimiter(dict(settings.rate_limits), workers)
+        self._semantic_lock = threading.Lock()
+        self._router: Any = None
+        self._router_models: set[str] | None = None
+        self._rng = random.Random()
         self.cache = ResponseCache(settings.cache_dir) if settings.cache_mode != "off" else None
         self.semantic: Any = None
         if settings.cache_mode == "semantic":
@@ -114,8 +131,28 @@ class ModelRunner:
             self._checked[model] = self._check(model)
         return self._checked[model]
 
+    def router_models(self) -> set[str]:
+        """The model names the --llm-router configuration serves (empty without one)."""
+        if self._router_models is None:
+            self._router_models = set()
+            if self.settings.router is not None:
+                config = _read_router_config(self.settings.router)
+                self._router_models = {str(d.get("model_name")) for d in config.get("model_list", [])}
+        return self._router_models
+
+    def _get_router(self) -> Any:
+        if self._router is None:
+            litellm = get_litellm()
+            assert self.settings.router is not None
+            config = _read_router_config(self.settings.router)
+            # Retries are ours (with Retry-After and jitter); the Router only balances.
+            self._router = litellm.Router(**{**config, "num_retries": 0})
+        return self._router
+
     def _check(self, model: str) -> str | None:
         resolved = self.settings.resolve_model(model)
+        if resolved in self.router_models() or model in self.router_models():
+            return None
         if resolved.startswith("local-vision/"):
             from pytest_llmeval.local_vision import LocalVisionError, resolve_vision_dir
 
@@ -174,9 +211,10 @@ class ModelRunner:
             text = str(messages[-1]["content"])
             partition = partition_key(model=resolved, api_base=api_base, params=params, earlier=messages[:-1],
                                       extra=key_extra or {}, format=2)
-            vector = self.semantic.embed(text)
+            with self._semantic_lock:
+                vector = self.semantic.embed(text)
+                found = self.semantic.lookup(partition, text, vector)
             semantic_slot = (partition, text, vector)
-            found = self.semantic.lookup(partition, text, vector)
             stored_answer = self.cache.get(found.key) if found is not None and self.cache is not None else None
             if found is not None and stored_answer is not None:
                 return Completion(**{**stored_answer, "model": model, "cached": True, "semantic": found.to_dict()})
@@ -191,22 +229,40 @@ class ModelRunner:
                 _load_local(resolved)
             except Exception as exc:
                 raise ModelCallError(model, f"{type(exc).__name__}: {exc}") from None
-        kwargs: dict[str, Any] = {"timeout": self.settings.timeout, "num_retries": self.settings.retries}
-        if api_base:
-            kwargs["api_base"] = api_base
-        start = time.perf_counter()
+        from pytest_llmeval.resilience import BudgetExhausted, backoff, classify, estimate_tokens
+
         try:
-            with warnings.catch_warnings():
-                # litellm's response types trip a pydantic UserWarning on first use; not the user's concern.
-                warnings.filterwarnings("ignore", message=".*ReadOnly.*", category=UserWarning)
-                response = litellm.completion(model=resolved, messages=messages, **kwargs, **params)
-            text = response.choices[0].message.content or ""
-        except Exception as exc:  # every provider failure is an error outcome, whatever its class
-            message = f"{type(exc).__name__}: {exc}"
-            # Depending on where the clock ran out, httpx/openai report a timeout as a connection error.
-            if "Timeout" in type(exc).__name__ or time.perf_counter() - start >= self.settings.timeout:
-                message = f"timed out after {self.settings.timeout:g} s ({message})"
-            raise ModelCallError(model, redact(message)) from None
+            self.budget.reserve()
+        except BudgetExhausted:
+            raise
+        self.limiter.acquire(model, resolved, estimate_tokens(messages, params))
+        routed = resolved in self.router_models()
+        kwargs: dict[str, Any] = {"timeout": self.settings.timeout}
+        if not routed:
+            # One HTTP attempt per litellm call: our loop below retries, honouring Retry-After, with jitter.
+            kwargs.update(num_retries=0, max_retries=0)
+        if api_base and not routed:
+            kwargs["api_base"] = api_base
+        stream = self.settings.stream and not is_local(resolved)
+        attempt = 0
+        while True:
+            start = time.perf_counter()
+            try:
+                response, ttft = self._call(litellm, resolved, messages, params, kwargs, routed, stream, start)
+                text = response.choices[0].message.content or ""
+                break
+            except Exception as exc:  # every provider failure is an error outcome, whatever its class
+                retry, wait = classify(exc)
+                if not retry or attempt >= self.settings.retries:
+                    message = f"{type(exc).__name__}: {exc}"
+                    # Depending on where the clock ran out, httpx/openai report a timeout as a connection error.
+                    if "Timeout" in type(exc).__name__ or time.perf_counter() - start >= self.settings.timeout:
+                        message = f"timed out after {self.settings.timeout:g} s ({message})"
+                    if attempt:
+                        message += f" (after {attempt + 1} attempts)"
+                    raise ModelCallError(model, redact(message)) from None
+                time.sleep(wait if wait is not None else backoff(attempt, self._rng))
+                attempt += 1
         latency = time.perf_counter() - start
         usage = getattr(response, "usage", None)
         try:
@@ -215,11 +271,12 @@ class ModelRunner:
             cost = None  # unknown price (local model, unlisted model): not zero, just unknown
         if is_local(resolved):
             cost = 0.0
+        self.budget.spend(cost)
         completion = Completion(
             text=text, model=model, resolved_model=resolved, latency_s=latency,
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
-            cost_usd=cost,
+            cost_usd=cost, ttft_s=ttft, attempts=attempt + 1,
         )
         if self.cache is not None and mode in ("on", "refresh", "semantic"):
             stored = asdict(completion)
@@ -227,11 +284,46 @@ class ModelRunner:
             self.cache.set(key, stored)
             if semantic_slot is not None:
                 partition, text, vector = semantic_slot
-                self.semantic.add(partition, text, key, vector)
+                with self._semantic_lock:
+                    self.semantic.add(partition, text, key, vector)
         return completion
 
+    def _call(self, litellm: Any, resolved: str, messages: list[dict[str, Any]], params: dict[str, Any],
+              kwargs: dict[str, Any], routed: bool, stream: bool, start: float) -> tuple[Any, float | None]:
+        """One attempt: (the response, the time to its first token when streamed)."""
+        with warnings.catch_warnings():
+            # litellm's response types trip a pydantic UserWarning on first use; not the user's concern.
+            warnings.filterwarnings("ignore", message=".*ReadOnly.*", category=UserWarning)
+            call = self._get_router().completion if routed else litellm.completion
+            if not stream:
+                return call(model=resolved, messages=messages, **kwargs, **params), None
+            chunks, ttft = [], None
+            for chunk in call(model=resolved, messages=messages, stream=True,
+                              stream_options={"include_usage": True}, **kwargs, **params):
+                chunks.append(chunk)
+                if ttft is None and chunk.choices and getattr(chunk.choices[0].delta, "content", None):
+                    ttft = time.perf_counter() - start
+            return litellm.stream_chunk_builder(chunks, messages=messages), ttft
+
     def close(self) -> None:
+        self.budget.close()
         if self.cache is not None:
             self.cache.close()
         if self.semantic is not None:
             self.semantic.close()
+
+
+def _read_router_config(path: Path) -> dict[str, Any]:
+    """The litellm Router keyword arguments in a YAML/JSON file (``model_list`` and Router settings);
+    ``os.environ/NAME`` values are resolved by litellm itself, so keys stay out of the file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"--llm-router {path}: cannot read it: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("router_settings"), dict):
+        data = {**data["router_settings"], "model_list": data.get("model_list", [])}
+    if not isinstance(data, dict) or not isinstance(data.get("model_list"), list):
+        raise ValueError(f"--llm-router {path}: expected a mapping with a model_list")
+    return data

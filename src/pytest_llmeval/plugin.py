@@ -49,6 +49,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=_h("gate_alpha"))
     group.addoption("--llm-strict", dest="llm_strict", action="store_true", default=False, help=_h("strict"))
     group.addoption("--llm-shard", dest="llm_shard", metavar="I/N", default=None, help=_h("shard"))
+    group.addoption("--llm-concurrency", dest="llm_concurrency", metavar="N", default=None, help=_h("concurrency"))
+    group.addoption("--llm-max-cost", dest="llm_max_cost", metavar="USD", default=None, help=_h("max_cost"))
+    group.addoption("--llm-max-calls", dest="llm_max_calls", metavar="N", default=None, help=_h("max_calls"))
+    group.addoption("--llm-resume", dest="llm_resume", action="store_true", default=False, help=_h("resume"))
+    group.addoption("--llm-router", dest="llm_router", metavar="FILE", default=None, help=_h("router"))
+    group.addoption("--llm-stream", dest="llm_stream", action="store_true", default=False, help=_h("stream"))
     group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=_h("sandbox"))
 
     parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
@@ -69,6 +75,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmeval_gate", type="linelist", default=[], help=HELP["gate"])
     parser.addini("llmeval_gate_alpha", default="", help=HELP["gate_alpha"])
     parser.addini("llmeval_shard", default="", help=HELP["shard"])
+    parser.addini("llmeval_concurrency", default="", help=HELP["concurrency"])
+    parser.addini("llmeval_max_cost", default="", help=HELP["max_cost"])
+    parser.addini("llmeval_max_calls", default="", help=HELP["max_calls"])
+    parser.addini("llmeval_router", default="", help=HELP["router"])
+    parser.addini("llmeval_rate_limits", type="linelist", default=[], help=HELP["rate_limits"])
     parser.addini("llmeval_sandbox", default="", help=HELP["sandbox"])
     parser.addini("llmeval_rag_docs", default="", help=HELP["rag_docs"])
     parser.addini("llmeval_embedding_model", default="", help=HELP["embedding_model"])
@@ -92,21 +103,40 @@ def pytest_configure(config: pytest.Config) -> None:
         "max_distance=10, model=None): a yes/no question the `vision_judge` fixture asks a vision model about an "
         "image (repeat the marker for several questions); marks the test slow and vision",
     )
+    if getattr(config.option, "help", False) or getattr(config.option, "version", False):
+        return  # `pytest --help` needs the options (declared above), not the run state: keep it fast
     from pytest_llmeval import builtin_checks
-    from pytest_llmeval.session import STATE, LLMEvalSession
+    from pytest_llmeval._state import STATE
+    from pytest_llmeval.session import LLMEvalSession
 
     config.pluginmanager.register(builtin_checks, "llmeval-builtin-checks")
     state = LLMEvalSession(config)
     config.stash[STATE] = state
     config.pluginmanager.register(state, "llmeval-session")
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_XdistController(state), "llmeval-xdist")
+
+
+class _XdistController:
+    """xdist-only hooks (registered only when xdist is present), pytest-randomly style: the controller decides
+    the run id once and hands it to every worker through workerinput."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def pytest_configure_node(self, node: Any) -> None:
+        if not self.state.config.option.collectonly:
+            node.workerinput["llmeval_run"] = self.state.run
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from pytest_llmeval.session import STATE
+    from pytest_llmeval._state import STATE
 
     state = config.stash.get(STATE, None)
     if state is not None:
         config.pluginmanager.unregister(state)
+        if config.pluginmanager.has_plugin("llmeval-xdist"):
+            config.pluginmanager.unregister(name="llmeval-xdist")
         del config.stash[STATE]
 
 
@@ -143,7 +173,7 @@ class LLM:
 @pytest.fixture
 def llm_model(request: pytest.FixtureRequest) -> str:
     """The name of the model under test (one per --llm; tests using `llm` are parametrized over them)."""
-    from pytest_llmeval.session import STATE
+    from pytest_llmeval._state import STATE
 
     return str(getattr(request, "param", request.config.stash[STATE].settings.models[0]))
 
@@ -154,7 +184,8 @@ def llm(request: pytest.FixtureRequest, llm_model: str) -> LLM:
 
     A provider failure raises ModelCallError and is recorded as an ``error`` outcome in the aggregates.
     """
-    from pytest_llmeval.session import CALLS, STATE
+    from pytest_llmeval._state import STATE
+    from pytest_llmeval.session import CALLS
 
     state = request.config.stash[STATE]
     problem = state.unusable.get(llm_model)
@@ -174,7 +205,7 @@ def sandbox(request: pytest.FixtureRequest) -> Any:
     RunResult (exit_code, stdout, stderr, reason, files, level); ``with sandbox.workdir() as wd:`` keeps one
     work directory across several runs (compile, then run).
     """
-    from pytest_llmeval.session import STATE
+    from pytest_llmeval._state import STATE
 
     return request.config.stash[STATE].get_sandbox()
 
@@ -187,8 +218,8 @@ def rag(request: pytest.FixtureRequest) -> Any:
     use under ``.llmeval/index``, with the packaged offline embedding model unless ``llmeval_embedding_model``
     names another.
     """
+    from pytest_llmeval._state import STATE
     from pytest_llmeval.rag import Rag
-    from pytest_llmeval.session import STATE
 
     settings = request.config.stash[STATE].settings
     return Rag(settings.rag_docs, base_dir=settings.index_dir, model=settings.embedding_model)
@@ -202,9 +233,9 @@ def llm_judge(request: pytest.FixtureRequest, llm_model: str) -> Callable[..., A
     CheckOutcome (``passed``, ``score`` 0-1, ``reason``, ``unscored``, ``details["score"]`` 0-10). The judge is
     ``--llm-judge`` (else the model under test); calls are cached like case judges.
     """
+    from pytest_llmeval._state import STATE
     from pytest_llmeval.cases import CaseSpec
     from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION, JudgeEnv, JudgeParams, grade_judge
-    from pytest_llmeval.session import STATE
 
     state = request.config.stash[STATE]
     judge_model = state.settings.judge_model or llm_model
@@ -236,8 +267,9 @@ def vision_judge(request: pytest.FixtureRequest) -> Any:
     """
     from pydantic import ValidationError
 
+    from pytest_llmeval._state import STATE
     from pytest_llmeval.checks.vision import VisionEnv, VisionJudge, VisionParams, vision_asker
-    from pytest_llmeval.session import STATE, VISION, VISION_CALLS
+    from pytest_llmeval.session import VISION, VISION_CALLS
 
     state = request.config.stash[STATE]
     questions = []

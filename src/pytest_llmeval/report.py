@@ -59,6 +59,39 @@ def _rate(row: dict[str, Any]) -> str:
     return f"{_pct(row.get('pass_rate'))} ({row['passed']}/{graded})" if graded else "- (none graded)"
 
 
+ERROR_SHARE_WARN = 0.10  # above this share of errored cases the summary says so in red
+
+
+def error_lines(doc: dict[str, Any]) -> list[tuple[str, bool]]:
+    """Provider failures (``error`` outcomes) are excluded from pass rates: say so, loudly past 10%."""
+    cases = doc.get("cases") or []
+    errors = [c for c in cases if c.get("outcome") == "error"]
+    if not errors:
+        return []
+    share = len(errors) / len(cases)
+    first = next((c.get("message") for c in errors if c.get("message")), "") or ""
+    text = (f"{len(errors)} of {len(cases)} case(s) ({share:.0%}) errored (provider or infrastructure failures, "
+            f"excluded from pass rates and gates); first: {first.splitlines()[0][:200] if first else '-'}")
+    if share > ERROR_SHARE_WARN:
+        return [(f"ERROR: {text}. The pass rates above rest on the remaining cases only.", True)]
+    return [(f"WARNING: {text}", False)]
+
+
+def budget_lines(doc: dict[str, Any]) -> list[str]:
+    budget = (doc.get("run") or {}).get("budget")
+    if not budget:
+        return []
+    parts = [f"{budget['calls']} model call(s)" + (f" of {budget['max_calls']}" if budget.get("max_calls") is not None
+                                                  else ""),
+             f"${budget['spend_usd']:.4f} spent" + (f" of ${budget['max_cost_usd']:g}"
+                                                    if budget.get("max_cost_usd") is not None else "")]
+    skipped = sum(1 for c in doc.get("cases") or [] if c.get("outcome") == "skipped"
+                  and "reached: no more model calls" in (c.get("message") or ""))
+    if skipped:
+        parts.append(f"{skipped} case(s) skipped by the budget")
+    return ["budget: " + ", ".join(parts)]
+
+
 def stage_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Suites with vision checks: the "runs" pass rate (fast evaluation: the program runs and writes a sound
     image) next to the "judged" one (the vision model agrees too), as seed 000 reported them."""

@@ -33,6 +33,8 @@ class CaseResult:
     prompt: str | None = None
     answer: str | None = None
     latency_s: float | None = None
+    ttft_s: float | None = None  # time to first token (streamed answers, --llm-stream)
+    retries: int = 0  # extra attempts the model calls needed (429, 5xx, connection errors, timeouts)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost_usd: float | None = None
@@ -213,6 +215,7 @@ def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
         graded = counts["passed"] + counts["failed"]
         scores = [r.score for r in rs if r.score is not None and r.outcome in ("passed", "failed")]
         latencies = [r.latency_s for r in rs if r.latency_s is not None]
+        ttfts = [r.ttft_s for r in rs if r.ttft_s is not None]
         costs = [r.cost_usd for r in rs if r.cost_usd is not None]
         kind = rs[0].kind if len({r.kind for r in rs}) == 1 else "mixed"
         pass_rate = _r(counts["passed"] / graded) if graded else None
@@ -233,6 +236,11 @@ def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
             "cache_hits": sum(1 for r in rs if r.cached),
             "calls": sum(r.calls for r in rs),
         })
+        if ttfts:
+            rows[-1].update(ttft_p50_s=_r(_percentile(ttfts, 50), 4), ttft_p95_s=_r(_percentile(ttfts, 95), 4))
+        retried = sum(r.retries for r in rs)
+        if retried:
+            rows[-1]["retries"] = retried
         if kind == "choice":  # multiple choice: the pass rate is the accuracy
             rows[-1].update(accuracy=pass_rate, accuracy_ci=rows[-1]["pass_rate_ci"])
         rows[-1].update(_extras(rs, kind))

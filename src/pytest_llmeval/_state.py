@@ -1,0 +1,13 @@
+"""The stash key of the run state, in a module of its own so that cheap code paths (``pytest --help``,
+``pytest_unconfigure``) can look it up without importing the session machinery."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_llmeval.session import LLMEvalSession
+
+STATE: pytest.StashKey[LLMEvalSession] = pytest.StashKey()

@@ -1,0 +1,107 @@
+"""In-process concurrency: issue the model calls of upcoming items ahead of time, in a bounded thread pool.
+
+Waiting on a provider is I/O, so processes are the wrong unit of concurrency: one process can keep many
+requests in flight while it grades answers in order. When an item starts, the prefetcher makes sure the calls
+of the next items (in the order this process will run them: ``session.items``, or an xdist worker's queue)
+are submitted, up to twice ``--llm-concurrency`` calls waiting or in flight; the pool runs at most
+``--llm-concurrency`` of them at once. The item then takes its own answers (waiting if they are not back yet),
+so outcomes, ids and output order are exactly those of a serial run.
+
+Only plain model calls are prefetched: not calibration items (no model call), not retrieval items (the index
+is searched on the main thread), not ``local/`` models (CPU-bound: one at a time is fastest). Identical
+requests in flight are issued once. Deselected items are never in the order, so they never cause a request;
+after ``-x``/``--maxfail`` stops the run, queued calls are cancelled and no new ones are issued.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+
+def _key(call: dict[str, Any]) -> str:
+    return json.dumps(call, sort_keys=True, default=str)
+
+
+class Prefetcher:
+    def __init__(self, complete: Any, concurrency: int) -> None:
+        self._complete = complete
+        self.concurrency = concurrency
+        self.window = 2 * concurrency  # calls submitted and not yet taken
+        self._pool: ThreadPoolExecutor | None = None
+        self._items: dict[str, list[Future[Any]]] = {}
+        self._inflight: dict[str, Future[Any]] = {}
+        self._not_prefetchable: set[str] = set()
+        self._pending = 0
+        # Re-entrant: a future that is already done runs its done-callback (_forget) at once, in this thread,
+        # while fill() still holds the lock.
+        self._lock = threading.RLock()
+        self.stopped = False
+        self.submitted = 0  # calls handed to the pool (for tests and benchmarks)
+
+    def _get_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="llmeval-call")
+        return self._pool
+
+    def fill(self, upcoming: Iterable[Any]) -> None:
+        """Submit the calls of ``upcoming`` items (in run order) until the window is full."""
+        if self.stopped:
+            return
+        for item in upcoming:
+            if self._pending >= self.window:
+                break
+            nodeid = item.nodeid
+            if nodeid in self._items or nodeid in self._not_prefetchable:
+                continue
+            plan = item.plan_calls()
+            if plan is None:
+                self._not_prefetchable.add(nodeid)
+                continue
+            futures = []
+            with self._lock:
+                for call in plan:
+                    key = _key(call)
+                    future = self._inflight.get(key)
+                    if future is None or future.cancelled():
+                        future = self._get_pool().submit(self._complete, **call)
+                        self.submitted += 1
+                        self._inflight[key] = future
+                        future.add_done_callback(functools.partial(self._forget, key))
+                    futures.append(future)
+            self._items[nodeid] = futures
+            self._pending += len(futures)
+
+    def _forget(self, key: str, future: Future[Any]) -> None:
+        with self._lock:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+
+    def take(self, item: Any) -> list[Any] | None:
+        """The item's answers (waiting for them), or None when it was not prefetched (the caller calls itself).
+        A failed call raises its exception here, in the item's own setup."""
+        futures = self._items.pop(item.nodeid, None)
+        if futures is None:
+            return None
+        self._pending -= len(futures)
+        if any(f.cancelled() for f in futures):
+            return None
+        return [f.result() for f in futures]
+
+    def stop(self) -> None:
+        """No new calls; queued ones are cancelled (the ones already running finish)."""
+        self.stopped = True
+        with self._lock:
+            queued = list(self._inflight.values())
+        for future in queued:  # a cancelled future runs its callback (_forget) at once
+            future.cancel()
+
+    def close(self) -> None:
+        self.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

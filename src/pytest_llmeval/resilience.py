@@ -1,0 +1,257 @@
+"""Surviving providers: which failures to retry and how long to wait, rate limits, and budgets.
+
+* :func:`classify` says whether a failed call is worth retrying (429, 408, 409, 5xx, connection errors,
+  timeouts) and how long the provider asked us to wait (``Retry-After`` / ``retry-after-ms``).
+* :func:`backoff` is exponential backoff with full jitter (the AWS architecture blog's recipe): retries
+  spread out instead of hitting a recovering provider in lockstep.
+* :class:`RateLimiter` keeps each model under its requests/min and tokens/min, client side, so a run never
+  provokes a 429 storm in the first place. Under xdist each worker takes its share of the limit.
+* :class:`Budget` stops new model calls at ``--llm-max-calls`` / ``--llm-max-cost``, counted across all
+  processes of a run (an atomic counter in a diskcache under ``.llmeval/run/<run id>``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 30.0
+MAX_RETRY_AFTER_S = 120.0
+_RETRYABLE_NAMES = ("RateLimitError", "InternalServerError", "ServiceUnavailableError", "APIConnectionError",
+                    "Timeout", "APITimeoutError", "BadGatewayError", "ConnectError", "ReadTimeout",
+                    "RemoteProtocolError")
+
+
+class BudgetExhausted(Exception):
+    """The run's --llm-max-calls / --llm-max-cost is spent: no new model calls (the item is skipped)."""
+
+
+def _headers(exc: BaseException) -> Any:
+    for attr in ("litellm_response_headers", "headers"):
+        headers = getattr(exc, attr, None)
+        if headers:
+            return headers
+    response = getattr(exc, "response", None)
+    return getattr(response, "headers", None)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds the provider asked us to wait: ``retry-after-ms``, ``retry-after`` (seconds or an HTTP date)."""
+    headers = _headers(exc)
+    if not headers:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        value = headers.get("retry-after")
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def status_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, int):
+        return code
+    m = re.search(r"\b(?:status(?:_code)?|HTTP)\D{0,3}(\d{3})\b", str(exc))
+    return int(m.group(1)) if m else None
+
+
+def classify(exc: BaseException) -> tuple[bool, float | None]:
+    """(retry?, the provider's requested wait). Authentication, bad requests and content errors are final."""
+    code = status_code(exc)
+    names = {c.__name__ for c in type(exc).__mro__}
+    if code is not None and 400 <= code < 500 and code not in RETRY_STATUSES:
+        return False, None
+    if (code in RETRY_STATUSES) or names & set(_RETRYABLE_NAMES) or isinstance(exc, TimeoutError | ConnectionError):
+        wait = retry_after(exc)
+        return True, None if wait is None else min(wait, MAX_RETRY_AFTER_S)
+    return False, None
+
+
+def backoff(attempt: int, rng: random.Random | None = None, base: float = RETRY_BASE_S,
+            cap: float = RETRY_CAP_S) -> float:
+    """Full jitter: a uniform wait in [0, min(cap, base * 2**attempt)] (attempt 0 is the first retry)."""
+    return (rng or random).uniform(0, min(cap, base * 2 ** attempt))
+
+
+# ------------------------------------------------------------------------------------------ rate limits
+
+
+@dataclass(frozen=True)
+class Limit:
+    rpm: float | None = None  # requests per minute
+    tpm: float | None = None  # tokens per minute (prompt estimate + max_tokens)
+
+    def share(self, workers: int) -> Limit:
+        n = max(1, workers)
+        return Limit(None if self.rpm is None else self.rpm / n, None if self.tpm is None else self.tpm / n)
+
+
+_LIMIT_PART = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(rpm|tpm|rps)\s*$", re.IGNORECASE)
+
+
+def parse_limits(lines: list[str]) -> dict[str, Limit]:
+    """``model = 500 rpm, 200000 tpm`` lines (the ini key llmeval_rate_limits); ValueError says what is wrong."""
+    out: dict[str, Limit] = {}
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        model, sep, spec = line.partition("=")
+        if not sep or not model.strip():
+            raise ValueError(f"{line!r}: expected 'model = 500 rpm, 200000 tpm'")
+        rpm = tpm = None
+        for part in spec.split(","):
+            m = _LIMIT_PART.match(part)
+            if not m:
+                raise ValueError(f"{line!r}: cannot read {part.strip()!r}; expected e.g. '500 rpm' or '200000 tpm'")
+            value, unit = float(m.group(1)), m.group(2).lower()
+            if value <= 0:
+                raise ValueError(f"{line!r}: limits must be positive")
+            if unit == "tpm":
+                tpm = value
+            else:
+                rpm = value * 60 if unit == "rps" else value
+        out[model.strip()] = Limit(rpm, tpm)
+    return out
+
+
+class _Bucket:
+    """A token bucket: ``rate`` per second, holding at most ``capacity`` (one second's worth, at least 1)."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def wait_for(self, amount: float, now: float) -> float:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        need = min(amount, self.capacity) - self.level  # a request larger than the bucket waits for a full one
+        return 0.0 if need <= 1e-9 * self.capacity else need / self.rate
+
+    def take(self, amount: float) -> None:
+        self.level -= min(amount, self.capacity)
+
+
+class RateLimiter:
+    """Per-model token buckets for requests and tokens per minute: calls are spaced at the limit's pace (a
+    burst of at most one second's worth), so the provider never sees more than it allows; ``acquire`` blocks
+    until a call fits and returns how long it waited."""
+
+    def __init__(self, limits: dict[str, Limit], workers: int = 1) -> None:
+        self.limits = {m: lim.share(workers) for m, lim in limits.items()}
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[_Bucket | None, _Bucket | None]] = {}
+        self.waited_s = 0.0
+
+    def limit_for(self, model: str, resolved: str) -> Limit | None:
+        return self.limits.get(model) or self.limits.get(resolved)
+
+    def acquire(self, model: str, resolved: str, tokens: int) -> float:
+        limit = self.limit_for(model, resolved)
+        if limit is None:
+            return 0.0
+        waited = 0.0
+        while True:
+            with self._lock:
+                if model not in self._buckets:
+                    self._buckets[model] = (_Bucket(limit.rpm) if limit.rpm else None,
+                                            _Bucket(limit.tpm) if limit.tpm else None)
+                requests, token_bucket = self._buckets[model]
+                now = time.monotonic()
+                wait = max(requests.wait_for(1, now) if requests else 0.0,
+                           token_bucket.wait_for(tokens, now) if token_bucket else 0.0)
+                if wait <= 0:
+                    if requests:
+                        requests.take(1)
+                    if token_bucket:
+                        token_bucket.take(tokens)
+                    self.waited_s += waited
+                    return waited
+            wait = max(wait, 0.001)
+            time.sleep(wait)
+            waited += wait
+
+
+def estimate_tokens(messages: list[dict[str, Any]], params: dict[str, Any]) -> int:
+    """A cheap estimate (4 characters a token) of a request's prompt plus its answer budget."""
+    chars = sum(len(str(m.get("content", ""))) for m in messages)
+    return chars // 4 + int(params.get("max_tokens") or params.get("max_completion_tokens") or 256)
+
+
+# ------------------------------------------------------------------------------------------ budgets
+
+
+class Budget:
+    """Model calls and spend of one run, shared by its processes through an atomic diskcache counter."""
+
+    def __init__(self, directory: Path, max_calls: int | None, max_cost: float | None) -> None:
+        self.directory = directory
+        self.max_calls = max_calls
+        self.max_cost = max_cost
+        self._store: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self.max_calls is not None or self.max_cost is not None
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._store is None:
+                import diskcache
+
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._store = diskcache.Cache(str(self.directory), timeout=60)
+        return self._store
+
+    def reserve(self) -> None:
+        """Count one model call about to be made, or raise BudgetExhausted (nothing counted)."""
+        if not self.active:
+            return
+        store = self._open()
+        if self.max_cost is not None and store.get("spend_micro_usd", 0) >= self.max_cost * 1e6:
+            raise BudgetExhausted(f"--llm-max-cost ${self.max_cost:g} reached: no more model calls in this run")
+        calls = store.incr("calls", 1, default=0)
+        if self.max_calls is not None and calls > self.max_calls:
+            store.decr("calls", 1)
+            raise BudgetExhausted(f"--llm-max-calls {self.max_calls} reached: no more model calls in this run")
+
+    def spend(self, usd: float | None) -> None:
+        if self.active and usd:
+            self._open().incr("spend_micro_usd", int(round(usd * 1e6)), default=0)
+
+    def state(self) -> dict[str, Any]:
+        if not self.active:
+            return {}
+        store = self._open()
+        return {"calls": int(store.get("calls", 0)), "spend_usd": store.get("spend_micro_usd", 0) / 1e6,
+                "max_calls": self.max_calls, "max_cost_usd": self.max_cost}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
