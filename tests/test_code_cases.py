@@ -121,7 +121,7 @@ def test_pass_at_k_with_samples(project: Project) -> None:
     good = fence("python", "def add(a, b):\n    return a + b")
     bad = fence("python", "def add(a, b):\n    return a - b")
     project.server.answer("Write add", [good, bad, bad, good, bad])
-    result = project.run("--llm-samples=5")
+    result = project.run("--llm-samples=5", "--llm-concurrency=1")  # scripted replies cycle in arrival order
     result.assert_outcomes(passed=1)
     assert len(project.server.requests) == 5
     case = project.results()["cases"][0]

@@ -34,7 +34,7 @@ def script_flaky(project: Project) -> None:
 def test_repeats_are_real_samples_and_flaky_cases_are_listed(project: Project) -> None:
     project.write("cases/flaky.yaml", FLAKY)
     script_flaky(project)
-    result = project.run("--llm-repeat=4")
+    result = project.run("--llm-repeat=4", "--llm-concurrency=1")  # replies cycle in arrival order
     result.assert_outcomes(passed=1, failed=2)  # default pass_if: all
     assert len(project.server.requests) == 12  # 3 cases x 4 independent draws, none a cache hit
     result.stdout.fnmatch_lines([

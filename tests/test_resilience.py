@@ -388,3 +388,19 @@ def test_streaming_records_time_to_first_token(project: Project) -> None:
         assert 0.2 <= case["ttft_s"] <= case["latency_s"]
         assert case["answer"] == "ok, streamed in several pieces" and case["completion_tokens"] > 0
     assert doc["suites"][0]["ttft_p50_s"] >= 0.2
+
+
+def test_a_fully_cached_run_never_imports_litellm(project: Project) -> None:
+    project.write("cases/many.yaml", suite(5))
+    project.write("conftest.py", "import sys\n\ndef pytest_sessionfinish():\n"
+                                 "    open('litellm-loaded.txt', 'w').write(str('litellm' in sys.modules))\n")
+    project.server.default = "ok"
+    project.run(subprocess=True).assert_outcomes(passed=5)
+    loaded = project.pytester.path / "litellm-loaded.txt"
+    assert loaded.read_text() == "True"
+    project.run(subprocess=True).assert_outcomes(passed=5)
+    assert loaded.read_text() == "False"  # all five answers from the cache: the ~3 s import is skipped
+    # One case not in the cache: the model is checked (and litellm imported) at that call, which works.
+    project.write("cases/many.yaml", suite(6))
+    project.run(subprocess=True).assert_outcomes(passed=6)
+    assert loaded.read_text() == "True" and len(project.server.requests) == 6

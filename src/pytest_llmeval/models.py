@@ -7,12 +7,14 @@ a model that cannot be used at all (unknown provider, missing API key) is found 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,21 @@ class ModelRunner:
                     "--llm=local/smollm2")
         return None
 
+    def _key(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], sample: int,
+             key_extra: dict[str, Any] | None) -> tuple[str, str, str | None]:
+        resolved = self.settings.resolve_model(model)
+        api_base = None if is_local(resolved) else self.settings.api_base
+        key = cache_key(model=resolved, api_base=api_base, params=params, messages=messages, sample=sample,
+                        **({"extra": key_extra} if key_extra else {}))
+        return key, resolved, api_base
+
+    def is_cached(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
+                  sample: int = 0, key_extra: dict[str, Any] | None = None, semantic: bool = True) -> bool:
+        """Whether ``complete`` with these arguments would be served by the exact cache."""
+        if self.cache is None:
+            return False
+        return self.cache.get(self._key(model, messages, dict(params or {}), sample, key_extra)[0]) is not None
+
     def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
                  sample: int = 0, key_extra: dict[str, Any] | None = None, semantic: bool = True) -> Completion:
         """Answer ``messages`` with ``model``, through the cache. Raises ModelCallError on failure.
@@ -194,10 +211,7 @@ class ModelRunner:
         the call out of the semantic cache (judges, repeated draws); so does any ``sample`` but 0.
         """
         params = dict(params or {})
-        resolved = self.settings.resolve_model(model)
-        api_base = None if is_local(resolved) else self.settings.api_base
-        key = cache_key(model=resolved, api_base=api_base, params=params, messages=messages, sample=sample,
-                        **({"extra": key_extra} if key_extra else {}))
+        key, resolved, api_base = self._key(model, messages, params, sample, key_extra)
         mode = self.settings.cache_mode
         if self.cache is not None and mode in ("on", "replay", "semantic"):
             hit = self.cache.get(key)
@@ -221,6 +235,9 @@ class ModelRunner:
         if mode == "replay":
             raise ModelCallError(model, "--llm-cache=replay: no cached answer for this request; "
                                         "record it first with --llm-cache=on")
+        problem = self.check_model(model)  # done at collection, unless every answer was in the cache then
+        if problem:
+            raise ModelCallError(model, problem)
         litellm = get_litellm()
         if is_local(resolved):
             # Load the weights (once per process, ~15-20 s) before the clock starts: latency is the
@@ -265,10 +282,7 @@ class ModelRunner:
                 attempt += 1
         latency = time.perf_counter() - start
         usage = getattr(response, "usage", None)
-        try:
-            cost = float(litellm.completion_cost(completion_response=response))
-        except Exception:
-            cost = None  # unknown price (local model, unlisted model): not zero, just unknown
+        cost = _response_cost(litellm, response)
         if is_local(resolved):
             cost = 0.0
         self.budget.spend(cost)
@@ -296,7 +310,8 @@ class ModelRunner:
             warnings.filterwarnings("ignore", message=".*ReadOnly.*", category=UserWarning)
             call = self._get_router().completion if routed else litellm.completion
             if not stream:
-                return call(model=resolved, messages=messages, **kwargs, **params), None
+                with _quiet_logging(litellm, routed):
+                    return call(model=resolved, messages=messages, **kwargs, **params), None
             chunks, ttft = [], None
             for chunk in call(model=resolved, messages=messages, stream=True,
                               stream_options={"include_usage": True}, **kwargs, **params):
@@ -327,3 +342,37 @@ def _read_router_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("model_list"), list):
         raise ValueError(f"--llm-router {path}: expected a mapping with a model_list")
     return data
+
+
+_LOGGING_HOOKS = ("callbacks", "success_callback", "failure_callback", "input_callback", "service_callback",
+                  "_async_success_callback", "_async_failure_callback", "_async_input_callback")
+
+
+@contextlib.contextmanager
+def _quiet_logging(litellm: Any, routed: bool) -> Iterator[None]:
+    """Skip litellm's per-call success logging (a job handed to its logging thread pool after every call: ~0.5 ms
+    of CPU per call, which caps how many calls one process can keep in flight) when nobody listens to it. With
+    callbacks configured (Langfuse, OpenTelemetry...), or through the Router, calls are logged as usual."""
+    if routed or any(getattr(litellm, name, None) for name in _LOGGING_HOOKS):
+        yield
+        return
+    try:
+        from litellm._internal_context import internal_sub_call
+    except ImportError:  # another litellm version: log as usual
+        yield
+        return
+    with internal_sub_call():
+        yield
+
+
+def _response_cost(litellm: Any, response: Any) -> float | None:
+    """The price litellm already computed for the response; computed again only if it is missing. None when
+    the model has no known price (unknown, not zero)."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
+    if cost is not None:
+        return float(cost)
+    try:
+        return float(litellm.completion_cost(completion_response=response))
+    except Exception:
+        return None

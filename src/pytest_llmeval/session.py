@@ -231,7 +231,8 @@ class LLMEvalSession:
         needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m}
                         | {m for i in items if isinstance(i, CaseItem) and _item_model(i, self.settings.models)
                            for m in i.judge_models()})
-        problems = {m: p for m in needed if (p := self.runner.check_model(m))}
+        deferred = self._answered_from_cache(items, set(needed))
+        problems = {m: p for m in needed if m not in deferred and (p := self.runner.check_model(m))}
         if any(isinstance(i, CaseItem) and i.case.kind == "code" and _item_model(i, self.settings.models)
                for i in items):
             from pytest_llmeval.sandbox import SandboxUnavailable
@@ -247,6 +248,20 @@ class LLMEvalSession:
             self.unusable.update(problems)
             return
         raise pytest.UsageError("\n".join(problems.values()))
+
+    def _answered_from_cache(self, items: list[pytest.Item], needed: set[str]) -> set[str]:
+        """Models whose every call in this selection is already in the exact cache: checking them would import
+        litellm (~3 s) for nothing. Their check happens at the first call that misses after all."""
+        if self.runner.cache is None or self.settings.cache_mode not in ("on", "replay", "semantic"):
+            return set()
+        verdict: dict[str, bool] = {}
+        for item in items:
+            model = _item_model(item, self.settings.models)
+            if model is None or verdict.get(model) is False:
+                continue
+            plan = item.plan_calls() if isinstance(item, CaseItem) and not item.judge_models() else None
+            verdict[model] = plan is not None and all(self.runner.is_cached(**call) for call in plan)
+        return {m for m, ok in verdict.items() if ok and m in needed}
 
     def _select_shard(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Keep shard I of N: items whose id hashes to it (stable across machines, runs and item order)."""

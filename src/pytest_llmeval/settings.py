@@ -36,8 +36,8 @@ HELP = {
     "api_base": "Base URL sent to litellm for every hosted model (an OpenAI-compatible server, a proxy). "
     "Env LLMEVAL_API_BASE. Default: the provider's own.",
     "timeout": "Seconds one model call may take before it is an error outcome. Env LLMEVAL_TIMEOUT. Default 120.",
-    "retries": "How often litellm retries a failed model call (rate limits, 5xx) before the case is an error. "
-    "Env LLMEVAL_RETRIES. Default 2.",
+    "retries": "How often a failed model call is retried (429 after its Retry-After, 408, 5xx, connection errors, "
+    "timeouts; exponential backoff with jitter) before the case is an error. Env LLMEVAL_RETRIES. Default 2.",
     "samples": "Answers drawn per code case (independent cache slots) to estimate pass@k; set a "
     "temperature > 0 in the suite's params for them to differ. Env LLMEVAL_SAMPLES. Default 1.",
     "repeat": "Run every case N times with independent cache slots, so repeats are real samples, not cache hits: "
