@@ -110,7 +110,12 @@ def test_every_pass_rate_has_an_interval_and_choice_suites_report_accuracy(proje
 
 
 def test_wilson_and_kappa() -> None:
+    from scipy.stats import binomtest
+
     assert wilson(0, 0) is None
+    for k, n in [(0, 1), (1, 1), (0, 5), (3, 7), (8, 10), (50, 100), (999, 1000), (1, 3000)]:
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson(k, n) == pytest.approx([ci.low, ci.high], abs=2e-6)  # the closed form is scipy's
     lo, hi = wilson(8, 10)  # type: ignore[misc]
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
     lo, hi = wilson(0, 5)  # type: ignore[misc]
