@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -487,53 +487,57 @@ def _complete(
     return model_response
 
 
-@functools.lru_cache(maxsize=1)
-def _local_llm_class() -> type[CustomLLM]:
-    """Build LocalLLM on first use, since subclassing CustomLLM means importing litellm (seconds)."""
+def provider_class(name: str, doc: str, complete: Callable[[str, list[Any], Any, dict[str, Any]], Any]
+                   ) -> type[CustomLLM]:
+    """A litellm CustomLLM subclass named ``name`` whose completion is ``complete(model, messages,
+    model_response, optional_params)`` (litellm has already stripped the provider prefix from ``model``);
+    the async variant runs it in a worker thread (generation is CPU/GPU-bound torch code). Built on first
+    use, since subclassing CustomLLM means importing litellm (seconds)."""
     from litellm import CustomLLM
 
-    class LocalLLM(CustomLLM):
-        """litellm handler for ``local/<name>``: the packaged SmolLM2 or a GGUF / HF directory on disk."""
+    class Handler(CustomLLM):
+        def completion(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict,  # type: ignore[override]
+                       model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
+                       logging_obj: Any, optional_params: dict, *args: Any, **kwargs: Any) -> ModelResponse:
+            return complete(model, messages, model_response, optional_params)
 
-        def completion(  # type: ignore[override]
-            self,
-            model: str,
-            messages: list,
-            api_base: str,
-            custom_prompt_dict: dict,
-            model_response: ModelResponse,
-            print_verbose: Any,
-            encoding: Any,
-            api_key: Any,
-            logging_obj: Any,
-            optional_params: dict,
-            *args: Any,
-            **kwargs: Any,
-        ) -> ModelResponse:
-            """Generate one answer synchronously (litellm has already stripped the ``local/`` prefix)."""
-            return _complete(model, messages, model_response, optional_params)
+        async def acompletion(self, model: str, messages: list, api_base: str,  # type: ignore[override]
+                              custom_prompt_dict: dict, model_response: ModelResponse, print_verbose: Any,
+                              encoding: Any, api_key: Any, logging_obj: Any, optional_params: dict, *args: Any,
+                              **kwargs: Any) -> ModelResponse:
+            return await asyncio.to_thread(complete, model, messages, model_response, optional_params)
 
-        async def acompletion(  # type: ignore[override]
-            self,
-            model: str,
-            messages: list,
-            api_base: str,
-            custom_prompt_dict: dict,
-            model_response: ModelResponse,
-            print_verbose: Any,
-            encoding: Any,
-            api_key: Any,
-            logging_obj: Any,
-            optional_params: dict,
-            *args: Any,
-            **kwargs: Any,
-        ) -> ModelResponse:
-            """Async variant: generation is CPU-bound torch code, so run it in a worker thread."""
-            return await asyncio.to_thread(_complete, model, messages, model_response, optional_params)
+    Handler.__name__ = Handler.__qualname__ = name
+    Handler.__doc__ = doc
+    return Handler
 
-    LocalLLM.__module__ = __name__
-    LocalLLM.__qualname__ = "LocalLLM"
-    return LocalLLM
+
+def register_provider(provider: str, handler_class: Callable[[], type[CustomLLM]]) -> None:
+    """Make ``<provider>/...`` models callable through litellm; safe to call any number of times.
+
+    Appends to ``litellm.custom_provider_map`` in place (other code may hold this same list), keeping other
+    providers, unless an entry for ``provider`` is already there; then runs litellm's own setup so the
+    provider is known without waiting for the next ``litellm.completion`` to discover the map.
+    """
+    import litellm
+
+    current = getattr(litellm, "custom_provider_map", None)
+    if not isinstance(current, list):
+        current = list(current or [])
+        litellm.custom_provider_map = current
+    if not any(isinstance(entry, dict) and entry.get("provider") == provider for entry in current):
+        current.append({"provider": provider, "custom_handler": handler_class()()})
+    setup = getattr(getattr(litellm, "utils", None), "custom_llm_setup", None)
+    if callable(setup):
+        setup()
+
+
+@functools.lru_cache(maxsize=1)
+def _local_llm_class() -> type[CustomLLM]:
+    cls = provider_class("LocalLLM", "litellm handler for ``local/<name>``: the packaged SmolLM2 or a GGUF / HF "
+                                     "directory on disk.", _complete)
+    cls.__module__ = __name__
+    return cls
 
 
 def __getattr__(name: str) -> Any:
@@ -546,22 +550,5 @@ def __getattr__(name: str) -> Any:
 
 
 def register() -> None:
-    """Make ``local/...`` models callable through litellm; safe to call any number of times.
-
-    Appends to ``litellm.custom_provider_map`` (keeping other providers) unless a ``local`` entry is
-    already there, then runs litellm's own setup so the provider is known without waiting for the next
-    ``litellm.completion`` to discover the map.
-    """
-    import litellm
-
-    current = getattr(litellm, "custom_provider_map", None)
-    if not isinstance(current, list):
-        # Unset (or replaced by something odd): start a list, keeping any entries it had.
-        current = list(current or [])
-        litellm.custom_provider_map = current
-    if not any(isinstance(entry, dict) and entry.get("provider") == PROVIDER for entry in current):
-        # Append in place: other code (another plugin, the user's conftest) may hold this same list.
-        current.append({"provider": PROVIDER, "custom_handler": _local_llm_class()()})
-    setup = getattr(getattr(litellm, "utils", None), "custom_llm_setup", None)
-    if callable(setup):
-        setup()
+    """Make ``local/...`` models callable through litellm; safe to call any number of times."""
+    register_provider(PROVIDER, _local_llm_class)

@@ -25,7 +25,6 @@ loaded, an image decoded or the provider registered.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import functools
@@ -593,51 +592,12 @@ def _complete(
 
 @functools.lru_cache(maxsize=1)
 def _local_vision_llm_class() -> type[CustomLLM]:
-    """Build LocalVisionLLM on first use, since subclassing CustomLLM means importing litellm (seconds)."""
-    from litellm import CustomLLM
+    from pytest_llmeval.local import provider_class
 
-    class LocalVisionLLM(CustomLLM):
-        """litellm handler for ``local-vision/<dir>``: a vision-language model directory on disk."""
-
-        def completion(  # type: ignore[override]
-            self,
-            model: str,
-            messages: list,
-            api_base: str,
-            custom_prompt_dict: dict,
-            model_response: ModelResponse,
-            print_verbose: Any,
-            encoding: Any,
-            api_key: Any,
-            logging_obj: Any,
-            optional_params: dict,
-            *args: Any,
-            **kwargs: Any,
-        ) -> ModelResponse:
-            """Answer synchronously (litellm has already stripped the ``local-vision/`` prefix)."""
-            return _complete(model, messages, model_response, optional_params)
-
-        async def acompletion(  # type: ignore[override]
-            self,
-            model: str,
-            messages: list,
-            api_base: str,
-            custom_prompt_dict: dict,
-            model_response: ModelResponse,
-            print_verbose: Any,
-            encoding: Any,
-            api_key: Any,
-            logging_obj: Any,
-            optional_params: dict,
-            *args: Any,
-            **kwargs: Any,
-        ) -> ModelResponse:
-            """Async variant: generation is CPU/GPU-bound torch code, so run it in a worker thread."""
-            return await asyncio.to_thread(_complete, model, messages, model_response, optional_params)
-
-    LocalVisionLLM.__module__ = __name__
-    LocalVisionLLM.__qualname__ = "LocalVisionLLM"
-    return LocalVisionLLM
+    cls = provider_class("LocalVisionLLM", "litellm handler for ``local-vision/<dir>``: a vision-language model "
+                                           "directory on disk.", _complete)
+    cls.__module__ = __name__
+    return cls
 
 
 def __getattr__(name: str) -> Any:
@@ -650,19 +610,7 @@ def __getattr__(name: str) -> Any:
 
 
 def register() -> None:
-    """Make ``local-vision/...`` models callable through litellm; safe to call any number of times.
+    """Make ``local-vision/...`` models callable through litellm; safe to call any number of times."""
+    from pytest_llmeval.local import register_provider
 
-    Appends to ``litellm.custom_provider_map`` in place (keeping other providers) unless a
-    ``local-vision`` entry is already there, then runs litellm's own setup.
-    """
-    import litellm
-
-    current = getattr(litellm, "custom_provider_map", None)
-    if not isinstance(current, list):
-        current = list(current or [])
-        litellm.custom_provider_map = current
-    if not any(isinstance(entry, dict) and entry.get("provider") == PROVIDER for entry in current):
-        current.append({"provider": PROVIDER, "custom_handler": _local_vision_llm_class()()})
-    setup = getattr(getattr(litellm, "utils", None), "custom_llm_setup", None)
-    if callable(setup):
-        setup()
+    register_provider(PROVIDER, _local_vision_llm_class)

@@ -115,6 +115,8 @@ class LLMEvalSession:
         self._session = session
         if not self.is_worker and not self.config.option.collectonly:
             _ = self.run  # decide the run id (and the journal) before anything runs
+        if self.prefetcher is not None:
+            _import_all_modules()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
@@ -470,6 +472,23 @@ class LLMEvalSession:
         except ValueError:
             shown = self.settings.results_path
         tr.write_line(f"results: {shown}")
+
+
+def _import_all_modules() -> None:
+    """Import every module of this package now, in the main thread, before the prefetch pool starts.
+
+    pytest rewrites the asserts of a plugin's modules when they are first imported, with ``ast.parse``; on
+    CPython 3.11 two threads doing that at once can fail with "SystemError: AST constructor recursion depth
+    mismatch" (CPython gh-106905). A lazy import in a pool thread (resilience, inside a model call) racing one
+    in the main thread (journal, after an item) crashed an xdist worker that way. All modules are light at
+    import time (heavy libraries are imported inside functions)."""
+    import importlib
+    import pkgutil
+
+    import pytest_llmeval
+
+    for info in pkgutil.walk_packages(pytest_llmeval.__path__, "pytest_llmeval."):
+        importlib.import_module(info.name)
 
 
 def _item_model(item: pytest.Item, models: tuple[str, ...]) -> str | None:

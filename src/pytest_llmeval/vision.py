@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,7 +234,6 @@ _REASON_KEYS = ("reason", "reasoning", "explanation", "rationale", "justificatio
 _LEAD = re.compile(r"^\s*(?:(?:final\s+)?answer|a|verdict|response)\s*[:\-]\s*|^\s*the\s+answer\s+is\s*:?\s*",
                    re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\b(?:answer|verdict)\s*(?:is|:|=)\s*[\"'*`]*(yes|no)\b", re.IGNORECASE)
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 def _word(value: Any) -> bool | None:
@@ -248,25 +246,18 @@ def _word(value: Any) -> bool | None:
 
 
 def _json_reply(text: str) -> YesNo | None:
-    decoder = json.JSONDecoder()
-    for chunk in [*_FENCE.findall(text), text]:
-        i = chunk.find("{")
-        while i != -1:
-            try:
-                obj, end = decoder.raw_decode(chunk, i)
-            except json.JSONDecodeError:
-                i = chunk.find("{", i + 1)
-                continue
-            if isinstance(obj, dict):
-                lowered = {str(k).lower(): v for k, v in obj.items()}
-                key = next((k for k in _ANSWER_KEYS if k in lowered), None)
-                if key is not None:
-                    reason = next((str(lowered[k]) for k in _REASON_KEYS if lowered.get(k)), "")[:REASON_CHARS]
-                    answer = _word(lowered[key])
-                    if answer is None:
-                        return YesNo(None, reason, f"{key} {lowered[key]!r} is neither yes nor no")
-                    return YesNo(answer, reason)
-            i = chunk.find("{", end)
+    from pytest_llmeval.checks.judge import json_objects
+
+    for obj in json_objects(text):
+        lowered = {str(k).lower(): v for k, v in obj.items()}
+        key = next((k for k in _ANSWER_KEYS if k in lowered), None)
+        if key is None:
+            continue
+        reason = next((str(lowered[k]) for k in _REASON_KEYS if lowered.get(k)), "")[:REASON_CHARS]
+        answer = _word(lowered[key])
+        if answer is None:
+            return YesNo(None, reason, f"{key} {lowered[key]!r} is neither yes nor no")
+        return YesNo(answer, reason)
     return None
 
 

@@ -112,7 +112,30 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _json_objects(text: str) -> list[dict[str, Any]]:
+def ask_twice(ask: Callable[[list[dict[str, Any]], int], Completion], messages: list[dict[str, Any]],
+              parse: Callable[[str], Any], fix_prompt: str, calls: list[Completion]) -> tuple[Any, list[str]]:
+    """Ask a judge; if ``parse`` finds a problem in the reply, ask once more, quoting the reply and the problem.
+    Returns the last parse result and every reply (the judge and vision checks share this)."""
+    replies: list[str] = []
+    parsed: Any = None
+    for attempt in range(2):
+        completion = ask(messages, attempt)
+        calls.append(completion)
+        replies.append(completion.text)
+        parsed = parse(completion.text)
+        if parsed.problem is None:
+            break
+        messages = [*messages, {"role": "assistant", "content": completion.text},
+                    {"role": "user", "content": fix_prompt.format(problem=parsed.problem)}]
+    return parsed, replies
+
+
+def shown_reply(text: str, limit: int = 200) -> str:
+    shown = text.strip().replace("\n", " ")
+    return shown[:limit] + ("…" if len(shown) > limit else "")
+
+
+def json_objects(text: str) -> list[dict[str, Any]]:
     """Every JSON object in the text (fenced or inline), outermost first."""
     found: list[dict[str, Any]] = []
     decoder = json.JSONDecoder()
@@ -146,7 +169,7 @@ def parse_verdict(text: str) -> Verdict:
     text = (text or "").strip()
     if not text:
         return Verdict(None, "", "empty reply")
-    for obj in _json_objects(text):
+    for obj in json_objects(text):
         lowered = {str(k).lower(): v for k, v in obj.items()}
         key = next((k for k in _SCORE_KEYS if k in lowered), None)
         if key is None:
@@ -212,27 +235,16 @@ def grade_judge(answer: str, case: CaseSpec, params: JudgeParams, env: JudgeEnv,
     context = env.context or _text(case.fields.get("context"))
     messages = judge_messages(criteria, question=question or case.prompt, answer=answer,
                               reference=_text(case.fields.get("reference")), context=context)
-    replies: list[str] = []
-    verdict = Verdict(None)
-    for attempt in range(2):
-        completion = env.ask(model, messages, attempt)
-        env.calls.append(completion)
-        replies.append(completion.text)
-        verdict = parse_verdict(completion.text)
-        if verdict.problem is None:
-            break
-        messages = [*messages, {"role": "assistant", "content": completion.text},
-                    {"role": "user", "content": FIX_PROMPT.format(problem=verdict.problem)}]
+    verdict, replies = ask_twice(lambda msgs, attempt: env.ask(model, msgs, attempt), messages, parse_verdict,
+                                 FIX_PROMPT, env.calls)
     details: dict[str, Any] = {"rubric": name, "judge": model, "min": params.min, "attempts": len(replies),
                                "prompt_version": JUDGE_PROMPT_VERSION}
     if model == env.judge_model and env.self_judging:
         details["self_judging"] = True
     if verdict.score is None:
-        shown = replies[-1].strip().replace("\n", " ")
-        shown = shown[:200] + ("…" if len(shown) > 200 else "")
         return CheckOutcome.unscorable(
             "judge", f"{name}: judge {model} gave no usable score in {len(replies)} tries "
-                     f"({verdict.problem}; last reply: {shown!r})", **details, replies=replies)
+                     f"({verdict.problem}; last reply: {shown_reply(replies[-1])!r})", **details, replies=replies)
     details.update(score=verdict.score, reason=verdict.reason)
     passed = verdict.score >= params.min
     reason = f"{name} {verdict.score:g}/10 {'>=' if passed else '<'} min {params.min:g}"

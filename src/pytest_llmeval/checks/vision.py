@@ -158,7 +158,8 @@ def grade_image(answer: str, case: CaseSpec, p: ImageParams, env: VisionEnv) -> 
 
 def grade_vision(answer: str, case: CaseSpec, p: VisionParams, env: VisionEnv) -> CheckOutcome:
     """Pre-checks; then (when judging) ask the vision model, retry once on an unusable reply, else unscored."""
-    from pytest_llmeval.vision import FIX_PROMPT, YesNo, parse_yes_no, vision_messages
+    from pytest_llmeval.checks.judge import ask_twice, shown_reply
+    from pytest_llmeval.vision import FIX_PROMPT, parse_yes_no, vision_messages
 
     question = p.question or str(case.fields.get("question") or "")
     expected = "yes" if p.expect else "no"
@@ -175,26 +176,15 @@ def grade_vision(answer: str, case: CaseSpec, p: VisionParams, env: VisionEnv) -
     if model is None or env.ask is None:
         env.records.append({**record, "skipped": NO_VISION_MODEL})
         return CheckOutcome("vision", False, None, NO_VISION_MODEL, skipped=True, details=record)
-    messages = vision_messages(question, image)
-    replies: list[str] = []
-    verdict = YesNo(None)
-    for attempt in range(2):
-        completion = env.ask(model, messages, attempt, image)
-        env.calls.append(completion)
-        replies.append(completion.text)
-        verdict = parse_yes_no(completion.text)
-        if verdict.problem is None:
-            break
-        messages = [*messages, {"role": "assistant", "content": completion.text},
-                    {"role": "user", "content": FIX_PROMPT.format(problem=verdict.problem)}]
+    ask = env.ask
+    verdict, replies = ask_twice(lambda msgs, attempt: ask(model, msgs, attempt, image),
+                                 vision_messages(question, image), parse_yes_no, FIX_PROMPT, env.calls)
     record.update(model=model, attempts=len(replies), replies=replies)
     if verdict.answer is None:
-        shown = replies[-1].strip().replace("\n", " ")
-        shown = shown[:200] + ("…" if len(shown) > 200 else "")
         env.records.append({**record, "answer": None, "unscored": True})
         return CheckOutcome.unscorable("vision", f"{question!r}: vision model {model} gave no usable yes/no in "
-                                                 f"{len(replies)} tries ({verdict.problem}; last reply: {shown!r})",
-                                       **record)
+                                                 f"{len(replies)} tries ({verdict.problem}; last reply: "
+                                                 f"{shown_reply(replies[-1])!r})", **record)
     said = "yes" if verdict.answer else "no"
     passed = verdict.answer == p.expect
     record.update(answer=said, reason=verdict.reason)
