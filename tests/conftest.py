@@ -21,6 +21,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # model load).
 # The same for modules with native extensions that in-process runs import (they cannot be loaded twice
 # in one process): the statistics and metrics libraries, and sentence-transformers (torch) for embeddings.
+# Hypothesis's pytest plugin imports hypothesis in each in-process run's terminal summary; as a pytest
+# plugin it is assertion-rewritten (ast.parse), and on CPython 3.11 that must not race another thread's
+# ast.parse (gh-106905: "AST constructor recursion depth mismatch"). Import it once, here.
+import hypothesis  # noqa: E402,F401
+import hypothesis.strategies  # noqa: E402,F401
 import imagehash  # noqa: E402,F401
 import lancedb  # noqa: E402,F401
 import litellm  # noqa: E402,F401

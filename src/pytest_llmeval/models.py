@@ -246,12 +246,9 @@ class ModelRunner:
                 _load_local(resolved)
             except Exception as exc:
                 raise ModelCallError(model, f"{type(exc).__name__}: {exc}") from None
-        from pytest_llmeval.resilience import BudgetExhausted, backoff, classify, estimate_tokens
+        from pytest_llmeval.resilience import backoff, classify, estimate_tokens
 
-        try:
-            self.budget.reserve()
-        except BudgetExhausted:
-            raise
+        self.budget.reserve()  # raises BudgetExhausted past --llm-max-calls / --llm-max-cost (the item is skipped)
         self.limiter.acquire(model, resolved, estimate_tokens(messages, params))
         routed = resolved in self.router_models()
         kwargs: dict[str, Any] = {"timeout": self.settings.timeout}

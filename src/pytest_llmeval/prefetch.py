@@ -101,7 +101,9 @@ class Prefetcher:
             future.cancel()
 
     def close(self) -> None:
+        """Cancel what is queued and wait for the calls already running (at most ``concurrency``, each bounded
+        by the call timeout): no thread of this run may outlive its session (an in-process pytest run, an IDE)."""
         self.stop()
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
