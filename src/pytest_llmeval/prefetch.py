@@ -41,7 +41,6 @@ class Prefetcher:
         # while fill() still holds the lock.
         self._lock = threading.RLock()
         self.stopped = False
-        self.submitted = 0  # calls handed to the pool (for tests and benchmarks)
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -69,7 +68,6 @@ class Prefetcher:
                     future = self._inflight.get(key)
                     if future is None or future.cancelled():
                         future = self._get_pool().submit(self._complete, **call)
-                        self.submitted += 1
                         self._inflight[key] = future
                         future.add_done_callback(functools.partial(self._forget, key))
                     futures.append(future)

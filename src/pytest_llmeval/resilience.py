@@ -164,7 +164,6 @@ class RateLimiter:
         self.limits = {m: lim.share(workers) for m, lim in limits.items()}
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[_Bucket | None, _Bucket | None]] = {}
-        self.waited_s = 0.0
 
     def limit_for(self, model: str, resolved: str) -> Limit | None:
         return self.limits.get(model) or self.limits.get(resolved)
@@ -188,7 +187,6 @@ class RateLimiter:
                         requests.take(1)
                     if token_bucket:
                         token_bucket.take(tokens)
-                    self.waited_s += waited
                     return waited
             wait = max(wait, 0.001)
             time.sleep(wait)

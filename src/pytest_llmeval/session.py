@@ -8,6 +8,7 @@ rides on the test report, which xdist serialises to the controller.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Generator
@@ -133,7 +134,7 @@ class LLMEvalSession:
 
     def _upcoming(self, item: pytest.Item) -> list[pytest.Item]:
         lookahead = 2 * self.prefetcher.window + 8
-        interactor = self._worker_queue()
+        interactor = self._interactor
         if interactor is not None:  # an xdist worker: the items it has been sent and not yet run
             items = self._session.items if self._session is not None else []
             with interactor.torun.lock() as queue:
@@ -144,7 +145,10 @@ class LLMEvalSession:
             return []
         return [i for i in self._order[position + 1:position + 1 + lookahead] if isinstance(i, CaseItem)]
 
-    def _worker_queue(self) -> Any:
+    @functools.cached_property
+    def _interactor(self) -> Any:
+        """xdist's WorkerInteractor in a worker (its queue holds the items this worker runs next), else None;
+        looked up once, not at every item."""
         if not self.is_worker:
             return None
         for plugin in self.config.pluginmanager.get_plugins():

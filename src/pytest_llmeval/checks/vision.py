@@ -204,10 +204,6 @@ CHECKS = [
 ]
 
 
-def is_vision_check(spec: Any) -> bool:
-    """A check that calls a vision model (and so makes its item slow)."""
-    return spec.name == "vision"
-
 
 class VisionJudge:
     """The ``vision_judge`` fixture: ``vision_judge(image)`` applies the test's ``@pytest.mark.vision_judge``
