@@ -125,9 +125,11 @@ class _Rule:
     model: str | None = None
     delay: float | None = None
     served: int = 0
+    case_sensitive: bool = False
 
     def matches(self, prompt: str, model: Any) -> bool:
-        return self.when.lower() in prompt.lower() and _model_matches(self.model, model)
+        found = self.when in prompt if self.case_sensitive else self.when.lower() in prompt.lower()
+        return found and _model_matches(self.model, model)
 
     def next_reply(self) -> str:
         """The reply; a list of replies is served in turn, cycling (different samples of one prompt)."""
@@ -359,17 +361,19 @@ class ScriptedLLMServer:
     # -- scripting --------------------------------------------------------
 
     def answer(self, when: str, reply: str | list[str], *, model: str | None = None,
-               delay: float | None = None) -> None:
+               delay: float | None = None, case_sensitive: bool = False) -> None:
         """Reply ``reply`` when ``when`` occurs (case-insensitive substring) in
         the last user message and, if given, ``model`` matches the request's
         ``model`` (a ``provider/`` prefix on ``model`` is ignored).
 
         A list of replies is served one after the other, cycling.
+        ``case_sensitive=True`` matches ``when`` exactly as written (a model that
+        stumbles over letter case, for robustness tests).
         Rules are tried in insertion order; the first match wins.  ``delay``,
         when given, replaces :attr:`latency` for requests answered by this rule.
         """
         with self._lock:
-            self._rules.append(_Rule(when=when, reply=reply, model=model, delay=delay))
+            self._rules.append(_Rule(when=when, reply=reply, model=model, delay=delay, case_sensitive=case_sensitive))
 
     def fail(
         self,

@@ -95,3 +95,44 @@ cases:
     assert judge["details"]["judge"] == "local/smollm2" and judge["details"]["attempts"] in (1, 2)
     assert 0.0 <= cases["red-planet"]["metrics"]["similarity"] <= 1.0
     assert cases["magic"]["labels"]["expected"] == ["MC"] and "predicted" in cases["magic"]["labels"]
+
+
+def test_shipped_robustness_suite_and_hand_written_hypothesis_test_run_offline(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cases/robust_capitals.yaml (a `robustness:` block) and cases/test_robust_prompts.py (`@given` with
+    `perturbed(...)` and the `llm` fixture) run on SmolLM2: every variant is a real call, consistency is measured,
+    and nothing errors. Whether the tiny model is robust is its business; the accounting is ours."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS", "LLMEVAL_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CI", "true")  # llm_settings seeds the search in CI
+    shipped = Path(__file__).resolve().parents[1] / "cases"
+    (pytester.path / "cases").mkdir()
+    for name in ("robust_capitals.yaml", "test_robust_prompts.py"):
+        shutil.copy(shipped / name, pytester.path / "cases" / name)
+    # Shrinking a failing prompt can take a dozen more calls of a slow CPU model: this run only generates.
+    pytester.makeconftest("""
+        from hypothesis import Phase, settings
+
+        settings.register_profile("no-shrink", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    """)
+    result = pytester.runpytest("cases", "-p", "no:cacheprovider", "--hypothesis-profile=no-shrink")
+    outcomes = result.parseoutcomes()
+    assert "error" not in outcomes and "errors" not in outcomes, result.stdout.str()
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 5  # 2 cases, 2 robust items, 1 test
+    doc = json.loads((pytester.path / ".llmeval/results.json").read_text())
+    robust = [c for c in doc["cases"] if c["stage"] == "robust"]
+    assert len(robust) == 2
+    for case in robust:
+        r = case["robustness"]
+        assert r["variants"] == 3 and r["scored"] <= 3 and len(r["flips"]) <= r["scored"]
+        assert r["consistency"] is None or 0.0 <= r["consistency"] <= 1.0
+        assert case["outcome"] == ("passed" if r["passed"] else "failed" if r["consistency"] is not None
+                                   else "unscored")
+    row = next(s for s in doc["suites"] if s["suite"] == "robust_capitals:robust")
+    assert row["cases"] == 2 and row["robustness"]["perturb"] == ["case", "punctuation", "typo"]
+    hand = next(c for c in doc["cases"] if c["kind"] == "test")
+    assert 1 <= hand["calls"] <= 5 and hand["model"] == "local/smollm2"  # 4 examples (+ the replayed failure)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,3 +12,6 @@ if TYPE_CHECKING:
     from pytest_llmeval.session import LLMEvalSession
 
 STATE: pytest.StashKey[LLMEvalSession] = pytest.StashKey()
+
+# The example database directory of hand-written Hypothesis tests (``llm_settings``), set when a run starts.
+HYPOTHESIS_DIR: list[Path] = []

@@ -141,6 +141,35 @@ class RetrieveModel(BaseModel):
     name: str | None = None  # index name (default: the folder's name and a hash of its path)
 
 
+SPLITS = ("dev", "test")
+Split = Literal["dev", "test"]
+# What `robustness: {perturb: [...]}` may name: the text perturbations of pytest_llmeval.strategies (applied to
+# the case's main text) and the reordering of a multiple-choice case's options.
+PERTURB_KINDS = ("case", "whitespace", "punctuation", "typo", "polite", "synonym", "distractor", "injection",
+                 "reorder_choices")
+
+
+class RobustnessModel(BaseModel):
+    """``robustness:`` on a suite or case: graded variants that should not change the outcome."""
+
+    model_config = ConfigDict(extra="forbid")
+    perturb: list[str] = Field(min_length=1)
+    samples: int = Field(default=5, ge=1, le=200)  # variants per case (distinct, each a real model call)
+    min_consistency: float = Field(default=0.8, ge=0, le=1)  # share of variants whose outcome equals the original's
+    seed: int = 0  # the same seed gives the same variants
+    shrink: bool = True  # shrink a flipping variant to a minimal one (more model calls, bounded below)
+    max_shrink_calls: int = Field(default=20, ge=0, le=1000)
+    typo_rate: float = Field(default=0.05, gt=0, le=0.5)
+
+    @field_validator("perturb")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [k for k in v if k not in PERTURB_KINDS]
+        if unknown:
+            raise ValueError(f"unknown perturbation {unknown[0]!r}; expected some of: {', '.join(PERTURB_KINDS)}")
+        return list(dict.fromkeys(v))
+
+
 class SuiteModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     suite: str | None = None
@@ -156,6 +185,8 @@ class SuiteModel(BaseModel):
     labels: list[str] | None = None  # labels suites: the allowed labels of every case that lists none
     pass_if: PassIf | None = None  # how a repeated case passes (--llm-repeat): all | majority | any
     retrieve: RetrieveModel | None = None  # RAG: top-k chunks of a docs folder in every case's prompt
+    split: Split | None = None  # holdout: dev (default) or test (runs only with --llm-split test)
+    robustness: RobustnessModel | None = None  # perturbed variants graded for consistency (an extra item)
     cases: list[Any] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -178,6 +209,8 @@ class CaseModel(BaseModel):
     pass_if: PassIf | None = None
     retrieve: RetrieveModel | None = None
     sources: list[str] | None = None  # with retrieval: the documents that should be retrieved (recall@k, MRR)
+    split: Split | None = None
+    robustness: RobustnessModel | None = None
 
     @field_validator("id", mode="before")
     @classmethod
@@ -295,6 +328,13 @@ class CaseSpec:
     pass_if: str | None = None  # all | majority | any (None: the kind's default)
     retrieve: dict[str, Any] | None = None  # docs (absolute), prefix (as written), k, model, uri, name
     sources: tuple[str, ...] = ()
+    split: str = "dev"  # dev | test (the holdout)
+    robustness: dict[str, Any] | None = None  # RobustnessModel as a dict
+    template: str | None = None  # the suite's prompt template (None: the kind's default prompt)
+
+    def render(self, fields: dict[str, Any]) -> str:
+        """The prompt for other field values (a robustness variant): the same template or default prompt."""
+        return render_prompt(self.kind, self.template, fields)
 
     def query(self) -> str:
         """What retrieval searches for: the question, else the prompt."""
@@ -361,6 +401,12 @@ def default_prompt(kind: str, f: dict[str, Any]) -> str:
     if not text:
         raise KeyError("question")
     return str(text)
+
+
+def render_prompt(kind: str, template: str | None, fields: dict[str, Any]) -> str:
+    """A case's prompt: the suite's template over its fields (and derived ones), or the kind's default."""
+    full = {**fields, **derived_fields(kind, fields)}
+    return template.format_map(full) if template is not None else default_prompt(kind, full)
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -528,15 +574,13 @@ class _Loader:
             fields = dict(model.model_dump(exclude_none=False))
             fields.update(derived_fields(kind, fields))
             try:
-                if suite.prompt is not None:
-                    missing = [n for n in template_fields(suite.prompt) if fields.get(n) is None]
-                    if missing:
-                        problems.append((loc, f"prompt template field {missing[0]!r} is missing in this "
-                                              "case (the suite's prompt uses it)"))
-                    else:
-                        prompt = suite.prompt.format_map(fields)
+                missing = [n for n in template_fields(suite.prompt) if fields.get(n) is None] \
+                    if suite.prompt is not None else []
+                if missing:
+                    problems.append((loc, f"prompt template field {missing[0]!r} is missing in this "
+                                          "case (the suite's prompt uses it)"))
                 else:
-                    prompt = default_prompt(kind, fields)
+                    prompt = render_prompt(kind, suite.prompt, fields)
             except KeyError as exc:
                 problems.append((loc, f"required field {exc.args[0]!r} is missing (or give a 'prompt')"))
             except (ValueError, IndexError, AttributeError) as exc:
@@ -554,6 +598,12 @@ class _Loader:
             if model.sources and rspec is None:
                 problems.append((loc + ("sources",), "sources need retrieval: add retrieve: {docs: ...} to the "
                                                      "suite or the case"))
+            robust = model.robustness or suite.robustness
+            where = loc + ("robustness", "perturb") if model.robustness else ("robustness", "perturb")
+            if robust is not None and "reorder_choices" in robust.perturb and kind != "choice":
+                problems.append((where, f"reorder_choices applies to choice cases, not {kind!r}"))
+            if robust is not None and kind == "calibration":
+                problems.append((where, "calibration cases grade a judge, not a model: robustness does not apply"))
 
         if problems or model is None:
             return [self.error(line_of(p_loc), p_loc, msg, case_id, path=path) for p_loc, msg in problems]
@@ -563,13 +613,18 @@ class _Loader:
             system=model.system if model.system is not None else suite.system,
             prompt=prompt, params={**suite.params, **model.params},
             tags=tuple(dict.fromkeys([*suite.tags, *model.tags])), checks=checks,
-            fields={k: v for k, v in model.model_dump().items() if k not in ("expect", "limits", "retrieve")},
+            fields={k: v for k, v in model.model_dump().items()
+                    if k not in ("expect", "limits", "retrieve", "split", "robustness")},
             limits={**(suite.limits.model_dump(exclude_none=True) if suite.limits else {}),
                     **(getattr(model, "limits", None).model_dump(exclude_none=True)  # type: ignore[union-attr]
                        if getattr(model, "limits", None) else {})},
             pass_if=model.pass_if or suite.pass_if,
             retrieve=retrieve,
             sources=tuple(model.sources or ()),
+            split=model.split or suite.split or "dev",
+            robustness=(model.robustness or suite.robustness).model_dump()  # type: ignore[union-attr]
+            if (model.robustness or suite.robustness) else None,
+            template=suite.prompt,
         )
 
     # ---- files

@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 class CommandError(Exception):
@@ -182,6 +183,105 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raw_cases(path: Path) -> list[Any]:
+    """The cases of a suite file as written (YAML ``cases`` and ``dataset`` rows, or a bare JSONL suite), each
+    with where it is, so that a split can be written back into the right place."""
+    import json
+    from types import SimpleNamespace
+
+    import yaml
+
+    from pytest_llmeval.cases import DatasetModel, _map_row
+
+    def case(raw: dict[str, Any], file: Path, at: int, fmt: str, row: dict[str, Any] | None = None) -> Any:
+        fields = row if row is not None else raw
+        return SimpleNamespace(id=str(fields.get("id", f"L{at}")), fields=fields, prompt=str(fields.get("prompt", "")),
+                               split=raw.get("split"), file=file, at=at, fmt=fmt)
+
+    def jsonl(file: Path, ds: Any = None) -> list[Any]:
+        out: list[Any] = []
+        for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"{file}:{lineno}: invalid JSON: {exc.msg}") from None
+            if ds is not None and ds.limit is not None and len(out) >= ds.limit:
+                break
+            row = _map_row(raw, ds, lineno) if ds is not None else None
+            out.append(case(raw, file, lineno, "jsonl", row if isinstance(row, dict) and row.__class__ is dict
+                            else None))
+        return out
+
+    if path.suffix == ".jsonl":
+        return jsonl(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CommandError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise CommandError(f"{path}: expected a suite mapping with 'cases'")
+    out = [case(c, path, i, "yaml") for i, c in enumerate(data.get("cases") or []) if isinstance(c, dict)]
+    if isinstance(data.get("dataset"), dict):
+        ds = DatasetModel.model_validate(data["dataset"])
+        out += jsonl((path.parent / ds.path).resolve(), ds)
+    return out
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from pytest_llmeval.casefile import CaseFileEditError, edit_jsonl, edit_yaml_cases, write_atomic
+    from pytest_llmeval.holdout import assign_splits
+
+    if not 0 < args.test < 1:
+        raise CommandError(f"--test {args.test}: expected a fraction between 0 and 1, e.g. 0.2")
+    files = [Path(f) for f in args.files]
+    cases: list[Any] = []
+    for f in files:
+        if not f.is_file():
+            raise CommandError(f"no such case file: {f}")
+        cases += _raw_cases(f)
+    if not cases:
+        raise CommandError("no cases found in " + ", ".join(map(str, files)))
+    vectors = None
+    if args.similar is not None:
+        from pytest_llmeval.embeddings import EmbeddingModelError, get_embedder
+        from pytest_llmeval.holdout import problem_text
+
+        try:
+            vectors = get_embedder(args.model).encode([problem_text(c, args.by) for c in cases])
+        except EmbeddingModelError as exc:
+            raise CommandError(str(exc)) from None
+    explicit = {c.id: str(c.split) for c in cases if c.split in ("dev", "test")}
+    plan = assign_splits(cases, test_fraction=args.test, seed=args.seed, by=args.by, vectors=vectors,
+                         threshold=args.similar, explicit=explicit, force=args.force)
+    changes: dict[tuple[Path, str], dict[int, dict[str, str]]] = {}
+    for a in plan:
+        if a.case.split != a.split:
+            changes.setdefault((a.case.file, a.case.fmt), {})[a.case.at] = {"split": a.split}
+    groups = {a.group for a in plan}
+    test_groups = {a.group for a in plan if a.split == "test"}
+    counts = Counter(a.split for a in plan)
+    print(f"{len(plan)} cases in {len(groups)} problems: {counts['test']} test ({len(test_groups)} problems), "
+          f"{counts['dev']} dev; {sum(len(u) for u in changes.values())} case(s) to write")
+    for a in plan:
+        if args.verbose:
+            print(f"  {a.case.id}: {a.split}" + (" (kept)" if a.kept else "") + f" [problem {a.group}]")
+    if args.dry_run:
+        return 0
+    for (file, fmt), updates in changes.items():
+        text = file.read_text(encoding="utf-8")
+        try:
+            text = edit_yaml_cases(text, updates) if fmt == "yaml" else edit_jsonl(text, updates)
+        except CaseFileEditError as exc:
+            raise CommandError(f"{file}: {exc}") from None
+        write_atomic(file, text)
+        print(f"wrote {file} ({len(updates)} case(s))")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmeval", description="pytest-llmeval command line tools.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -219,6 +319,28 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("files", nargs="+", help="results.json files (one run with several --llm, or one per model)")
     board.add_argument("--markdown", action="store_true", help="a Markdown table")
     board.set_defaults(func=cmd_leaderboard)
+
+    split = commands.add_parser(
+        "split", help="assign cases to the dev and test splits, per problem (deterministic; written into the files)",
+        description="Assign each case to the dev or test split at the problem level and write `split:` into the "
+        "case files (comments and layout kept). Cases of one problem share a split: the same `problem` field (or "
+        "--by FIELD), else the same text up to case, spacing and punctuation, and with --similar, near-duplicates "
+        "by embedding. A problem's split comes from a hash of the problem and the seed: stable on every machine, "
+        "and adding cases never moves existing ones. Splits already in the files are kept (a test case stays in "
+        "test) unless --force.")
+    split.add_argument("files", nargs="+", help="case files (YAML suites, their datasets, or JSONL suites)")
+    split.add_argument("--test", type=float, default=0.2, help="share of problems in the test split (default 0.2)")
+    split.add_argument("--seed", type=int, default=0, help="seed of the assignment (default 0)")
+    split.add_argument("--by", default=None, metavar="FIELD", help="the case field that names the problem "
+                       "(default: `problem` when present, else question/input/prompt)")
+    split.add_argument("--similar", type=float, default=None, metavar="COSINE", help="also group near-duplicates "
+                       "whose embedding similarity is at least this (e.g. 0.9)")
+    split.add_argument("--model", default=None, help="embedding model for --similar (default: the packaged "
+                       "all-MiniLM-L6-v2)")
+    split.add_argument("--force", action="store_true", help="reassign every case, ignoring splits in the files")
+    split.add_argument("--dry-run", action="store_true", help="show the assignment, write nothing")
+    split.add_argument("-v", "--verbose", action="store_true", help="list every case's split")
+    split.set_defaults(func=cmd_split)
 
     index = commands.add_parser("index", help="build and inspect retrieval indexes (lancedb)")
     actions = index.add_subparsers(dest="action", metavar="ACTION", required=True)

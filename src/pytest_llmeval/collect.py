@@ -73,9 +73,12 @@ class CaseFile(pytest.File):
             # A code case with vision checks is collected twice: the fast evaluation (runs, pixel pre-checks)
             # and the judged one (slow: a vision model looks at the image), as seed 000's fast and normal evals.
             stages: tuple[str | None, ...] = ("runs", "judged") if vision and case.kind == "code" else (None,)
+            # A case with a robustness block gets one more item: its perturbed variants, graded for consistency.
+            if case.robustness and case.kind != "calibration":
+                stages += ("robust",)
             for model in models:
                 for stage in stages:
-                    base = f"{case.id}:judged" if stage == "judged" else case.id
+                    base = f"{case.id}:{stage}" if stage in ("judged", "robust") else case.id
                     yield CaseItem.from_parent(self, **self._ids(base, model), case=case, model=model, stage=stage)
 
     def _ids(self, base: str, params: str) -> dict[str, Any]:
@@ -131,8 +134,10 @@ class CaseItem(pytest.Item):
         self.stage = stage  # "runs" | "judged" for a code case with vision checks, else None
         # The judged stage is its own suite in the aggregates ("render:judged"), so its pass rate, gate and
         # baseline never mix with the fast stage's.
-        self.suite = f"{case.suite}:judged" if stage == "judged" else case.suite
-        self.checks = [self._precheck_only(c) if stage == "runs" and c.name == "vision" else c for c in case.checks]
+        self.suite = f"{case.suite}:{stage}" if stage in ("judged", "robust") else case.suite
+        # The fast and the robustness stages look at images with the pixel pre-checks only (no vision model).
+        self.checks = [self._precheck_only(c) if stage in ("runs", "robust") and c.name == "vision" else c
+                       for c in case.checks]
         self.completion: Completion | None = None
         self.completions: list[Completion] = []
         self.outcomes: list[CheckOutcome] = []
@@ -143,7 +148,10 @@ class CaseItem(pytest.Item):
         self.retrieved: list[Any] = []  # rag.Retrieved hits put into the prompt
         self.retrieval: dict[str, Any] | None = None  # index, version, recall@k, MRR
         self.vision_records: list[dict[str, Any]] = []
+        self.robustness: Any = None  # robustness.Robustness, for the robust stage
         self.add_marker("llmeval")
+        if stage == "robust":
+            self.add_marker("robustness")
         if any(c.name == "vision" for c in self.checks):
             # -m "not slow" runs the fast evaluation; the full run adds the vision judge.
             self.add_marker("slow")
@@ -160,8 +168,8 @@ class CaseItem(pytest.Item):
     @property
     def draws(self) -> int:
         settings = _session(self.config).settings
-        if self.case.kind == "calibration":
-            return 1  # the judge grades a fixed answer; the judge's own consistency is a later question
+        if self.case.kind == "calibration" or self.stage == "robust":
+            return 1  # the judge grades a fixed answer; a robustness item compares variants with one answer
         return max(settings.repeat, settings.samples if self.case.kind == "code" else 1)
 
     @property
@@ -294,6 +302,8 @@ class CaseItem(pytest.Item):
             pytest.skip(str(exc))
         self.outcomes = self.samples[0]["outcomes"]
         self.status = decide(self.samples, self.pass_if)
+        if self.stage == "robust" and self.status in ("passed", "failed"):
+            self.status = self._robustness(state)
         if self.case.kind == "calibration" and self.status in ("passed", "failed"):
             from pytest_llmeval.checks.judge import calibrate
 
@@ -308,6 +318,41 @@ class CaseItem(pytest.Item):
         if self.status == "failed":
             raise CaseFailed()
 
+    def _robustness(self, state: LLMEvalSession) -> str:
+        """Grade the case's perturbed variants against the original outcome; passed when consistent enough."""
+        from pytest_llmeval import robustness
+        from pytest_llmeval.session import _import_all_modules
+
+        _import_all_modules()  # before the variants' call threads start (see there)
+        original = str(self.status)
+
+        def call(v: robustness.CaseVariant) -> dict[str, Any]:
+            msgs = [*([{"role": "system", "content": self.case.system}] if self.case.system else []),
+                    {"role": "user", "content": v.prompt}]
+            return {"model": self.model, "messages": msgs, "params": self.case.params, "semantic": False}
+
+        def grade(v: robustness.CaseVariant, answer: str) -> tuple[str, str | None]:
+            draw = self._grade(answer, len(self.samples), robustness.replace_case(self.case, v))
+            failed = next((o for o in draw["outcomes"] if not o.passed and not o.unscored), None)
+            return draw["status"], (f"{failed.name}: {failed.reason}" if failed and failed.reason else None)
+
+        self.robustness = robustness.evaluate(
+            self.case, self.model, original, lambda v: state.runner.complete(**call(v)).text, grade,
+            db_root=state.settings.results_path.parent / "hypothesis", concurrency=state.settings.concurrency,
+            is_cached=lambda v: state.runner.is_cached(**call(v)))
+        r = self.robustness
+        c = r.consistency
+        if c is None:
+            verdict = CheckOutcome.unscorable("robustness", f"none of {len(r.runs)} variant(s) could be scored")
+        else:
+            verdict = CheckOutcome(
+                "robustness", r.passed, c, f"{len(r.scored) - len(r.flips)} of {len(r.scored)} variants kept the "
+                f"original outcome ({original}): consistency {c:.0%}, minimum {float(r.spec['min_consistency']):.0%}")
+        # The robust item's one verdict and score is the consistency (the original's checks are kept for reference).
+        self.samples[0].update(outcomes=[*self.outcomes, verdict], score=c)
+        self.outcomes = self.samples[0]["outcomes"]
+        return "unscored" if c is None else "passed" if r.passed else "failed"
+
     def _vision_env(self, image: Any) -> Any:
         """The VisionEnv of one draw: ``image(file)`` finds the picture, ``ask`` calls the vision model."""
         from pytest_llmeval.checks.vision import VisionEnv, vision_asker
@@ -315,22 +360,24 @@ class CaseItem(pytest.Item):
         return VisionEnv(model=self._default_vision(), image=image, ask=vision_asker(_session(self.config).runner),
                          base_dir=self.case.path.parent)
 
-    def _grade(self, answer: str, index: int) -> dict[str, Any]:
-        """Grade one draw: every check's outcome, the draw's status and score (and, for code, what ran)."""
+    def _grade(self, answer: str, index: int, case: CaseSpec | None = None) -> dict[str, Any]:
+        """Grade one draw: every check's outcome, the draw's status and score (and, for code, what ran).
+        ``case`` is a robustness variant of this item's case (default: the case itself)."""
+        case = case or self.case
         checks = self.checks
         env = self.judge_env
-        if self.case.kind != "code":
+        if case.kind != "code":
             venv = None
             if any(c.definition and c.definition.vision for c in checks):
                 from pytest_llmeval.vision import load_image
 
-                picture = self.case.path.parent / str(self.case.fields.get("image"))
+                picture = case.path.parent / str(case.fields.get("image"))
                 venv = self._vision_env(lambda file: load_image(picture))
-            outcomes = [c.definition.grade(answer, self.case, c.params, env) if c.definition.judge
-                        else c.definition.grade(answer, self.case, c.params, venv) if c.definition.vision
-                        else c.definition.grade(answer, self.case, c.params)
+            outcomes = [c.definition.grade(answer, case, c.params, env) if c.definition.judge
+                        else c.definition.grade(answer, case, c.params, venv) if c.definition.vision
+                        else c.definition.grade(answer, case, c.params)
                         for c in checks if c.definition and c.definition.grade]
-            draw = _draw(outcomes, self.case, answer)
+            draw = _draw(outcomes, case, answer)
             if venv is not None:
                 draw["vision"] = [{**r, "image": _relative(self.config, picture)} for r in venv.records]
                 draw["calls"] = venv.calls
@@ -341,10 +388,10 @@ class CaseItem(pytest.Item):
 
         state = _session(self.config)
         sandbox = state.get_sandbox()
-        language = str(self.case.fields["language"])
+        language = str(case.fields["language"])
         code = extract_code(answer, language)
         default_image = _default_image(checks)
-        with CodeContext(code, language, sandbox, Limits(**self.case.limits)) as ctx:
+        with CodeContext(code, language, sandbox, Limits(**case.limits)) as ctx:
             for c in checks:
                 if c.name == "files":
                     ctx.want_files(list(c.params.value))
@@ -357,14 +404,14 @@ class CaseItem(pytest.Item):
                     continue
                 extra = (ctx,) if c.definition.context else (env,) if c.definition.judge else \
                     (venv,) if c.definition.vision else ()
-                outcomes.append(c.definition.grade(answer, self.case, c.params, *extra))
+                outcomes.append(c.definition.grade(answer, case, c.params, *extra))
             slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.model)
-            draw_dir = f"judged-{index}" if self.stage == "judged" else str(index)
-            target = state.settings.artifacts_dir / self.case.suite / self.case.id / slug / draw_dir
+            draw_dir = f"{self.stage}-{index}" if self.stage in ("judged", "robust") else str(index)
+            target = state.settings.artifacts_dir / case.suite / case.id / slug / draw_dir
             artifacts = save_artifacts(ctx.files, target)
         records = [{**r, "image": _relative(self.config, Path(artifacts[name]))
                     if (name := r.get("file") or default_image) in artifacts else None} for r in venv.records]
-        return {**_draw(outcomes, self.case, answer), "code": code, "detail": ctx.detail, "runs": ctx.runs,
+        return {**_draw(outcomes, case, answer), "code": code, "detail": ctx.detail, "runs": ctx.runs,
                 "artifacts": artifacts, "sandbox": sandbox.level, "vision": records, "calls": venv.calls}
 
     # ---- reporting
@@ -415,6 +462,8 @@ class CaseItem(pytest.Item):
             else:
                 lines.append(f"  calibration: the judge said {cal['judge_score']:g}/10 ({cal['judge_verdict']}), "
                              f"the human label is {human} (tolerance {cal['tolerance']:g})")
+        if self.robustness is not None:
+            lines += _robustness_lines(self.robustness)
         lines.append("  checks:")
         for o in shown.get("outcomes", self.outcomes):
             mark = "ok  " if o.passed else "??  " if o.unscored else "FAIL"
@@ -428,6 +477,7 @@ class CaseItem(pytest.Item):
 
     def result(self, outcome: str, message: str | None) -> CaseResult:
         """This item's CaseResult for the given outcome."""
+        from pytest_llmeval.holdout import case_prompt_hash
         from pytest_llmeval.results import pass_at_k
 
         if outcome == "skipped" and self.status == "unscored":
@@ -481,6 +531,8 @@ class CaseItem(pytest.Item):
         from pytest_llmeval.session import _vision_summary
 
         extra["vision_judge"] = _vision_summary([x for s in self.samples for x in s.get("calls") or []])
+        if self.robustness is not None:
+            extra["robustness"] = self.robustness.to_dict()
         if self.retrieved:
             prefix = str((self.case.retrieve or {}).get("prefix", ""))
             extra["references"] = [h.reference(prefix) for h in self.retrieved]
@@ -499,11 +551,30 @@ class CaseItem(pytest.Item):
             cost_usd=sum(x.cost_usd for x in calls if x.cost_usd is not None)
             if any(x.cost_usd is not None for x in calls) else None,
             cached=all(x.cached for x in calls) if calls else None, calls=len(calls),
-            tags=list(self.case.tags), message=message,
+            tags=list(self.case.tags), message=message, split=self.case.split,
+            prompt_hash=case_prompt_hash(self.case),
             cache=("semantic" if any(x.semantic for x in calls) else "exact" if all(x.cached for x in calls)
                    else None) if calls else None,
             semantic_hit=next((x.semantic for x in calls if x.semantic), None), **extra,
         )
+
+
+def _robustness_lines(r: Any) -> list[str]:
+    """The variants that flipped the outcome, and the minimal one Hypothesis shrank them to."""
+    def one(run: Any) -> str:
+        reason = f" ({run.reason})" if run.reason else ""
+        return (f"[{run.variant.describe()}] {run.status}{reason}\n        prompt: {run.variant.prompt!r}\n"
+                f"        answer: {(run.answer or '')[:200]!r}")
+
+    lines = [f"  robustness: {len(r.flips)} of {len(r.scored)} variant(s) flipped the outcome "
+             f"(original: {r.original}; perturb: {', '.join(r.spec['perturb'])}; seed {r.spec['seed']})"]
+    if r.minimal is not None:
+        lines.append(f"  minimal flipping variant (shrunk by Hypothesis, {r.shrink_calls} extra call(s)):\n      "
+                     + one(r.minimal))
+    lines += ["  flipped variants:", *(f"      {one(x)}" for x in r.flips[:5])]
+    if len(r.flips) > 5:
+        lines.append(f"      ... and {len(r.flips) - 5} more (results.json has them all)")
+    return lines
 
 
 def draw_status(outcomes: list[CheckOutcome]) -> str:

@@ -55,6 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llm-resume", dest="llm_resume", action="store_true", default=False, help=_h("resume"))
     group.addoption("--llm-router", dest="llm_router", metavar="FILE", default=None, help=_h("router"))
     group.addoption("--llm-stream", dest="llm_stream", action="store_true", default=False, help=_h("stream"))
+    group.addoption("--llm-split", dest="llm_split", metavar="SPLIT", default=None, help=_h("split"))
     group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=_h("sandbox"))
 
     parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
@@ -91,8 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "llmeval: an item graded by pytest-llmeval (added automatically)")
     config.addinivalue_line(
         "markers",
-        "llm_case(suite=None, tags=()): count this hand-written test in the llmeval aggregates under "
-        "`suite` (default: the module name)",
+        "llm_case(suite=None, tags=(), split='dev'): count this hand-written test in the llmeval aggregates under "
+        "`suite` (default: the module name); split='test' puts it in the holdout (runs only with --llm-split test)",
     )
     config.addinivalue_line("markers", "slow: a slow evaluation (added automatically to items with vision checks; "
                             "deselect with -m 'not slow')")
@@ -103,6 +104,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "max_distance=10, model=None): a yes/no question the `vision_judge` fixture asks a vision model about an "
         "image (repeat the marker for several questions); marks the test slow and vision",
     )
+    config.addinivalue_line("markers", "robustness: a case's perturbed variants graded for consistency (added "
+                            "automatically to the `<id>:robust` items of cases with a robustness block)")
     if getattr(config.option, "help", False) or getattr(config.option, "version", False):
         return  # `pytest --help` needs the options (declared above), not the run state: keep it fast
     from pytest_llmeval import builtin_checks

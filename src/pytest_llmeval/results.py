@@ -67,6 +67,10 @@ class CaseResult:
     vision_judge: dict[str, Any] | None = None  # vision model, calls, latency, cost, cached
     cache: str | None = None  # how the answer was served: "exact" | "semantic" | None (called the model)
     semantic_hit: dict[str, Any] | None = None  # with --llm-cache=semantic: similarity, the original request
+    # holdout and robustness
+    split: str = "dev"  # dev | test: the case's split (the test split runs only with --llm-split test)
+    prompt_hash: str | None = None  # hash of what is tuned: system prompt, prompt template, params
+    robustness: dict[str, Any] | None = None  # robust stage: consistency, flips, the minimal flipping variant
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow: the values are already plain JSON data (asdict's deep copy cost ~0.2 ms a case).
@@ -189,6 +193,19 @@ def _extras(rs: list[CaseResult], kind: str) -> dict[str, Any]:
             "skipped": sum(1 for q in questions if q.get("skipped")),
             "models": sorted({str(q["model"]) for q in questions if q.get("model")}),
         }
+    robust = [r.robustness for r in rs if r.robustness and r.robustness.get("consistency") is not None]
+    if robust:  # a robust row: pooled and per-case mean consistency, and how many cases met their minimum
+        variants = sum(int(x["scored"]) for x in robust)
+        out["robustness"] = {
+            "cases": len(robust), "variants": variants,
+            "consistency": _r(sum(int(x["consistent"]) for x in robust) / variants) if variants else None,
+            "mean_case_consistency": _r(_mean([float(x["consistency"]) for x in robust])),
+            "cases_consistent": sum(1 for x in robust if x["passed"]),
+            "perturb": sorted({p for x in robust for p in x["perturb"]}),
+        }
+    splits = sorted({r.split for r in rs})
+    if splits != ["dev"]:
+        out["split"] = splits[0] if len(splits) == 1 else "mixed"
     semantic = sum(1 for r in rs if r.cache == "semantic")
     if semantic:
         out["semantic_hits"] = semantic

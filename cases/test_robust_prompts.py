@@ -1,0 +1,12 @@
+"""A hand-written robustness test: Hypothesis draws variants of the prompt (letter case, typos, punctuation) and
+shrinks a failing one to a minimal change. Run it with `pytest cases/test_robust_prompts.py --llm=<model>`."""
+
+from hypothesis import given
+
+from pytest_llmeval.strategies import llm_settings, perturbed
+
+
+@llm_settings(max_examples=4)  # each example is a model call
+@given(prompt=perturbed("What is the capital of France?", kinds=["case", "typo", "punctuation"]))
+def test_capital_of_france_is_robust(llm, prompt):
+    assert "paris" in llm(prompt, system="Answer in one short sentence.", max_tokens=24).lower()

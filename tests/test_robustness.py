@@ -1,0 +1,206 @@
+"""`robustness:` blocks: perturbed variants as real model calls, consistency, shrinking to a minimal flip, the
+Hypothesis database under .llmeval/, and hand-written @given tests with the `llm` fixture."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+from conftest import Project
+
+ORIGINAL = "What is the capital of France?"
+
+CAPS = """\
+suite: caps
+system: Answer in one word.
+robustness: {perturb: [case, punctuation], samples: 8, min_consistency: 0.9, seed: 1}
+cases:
+  - id: fr
+    question: What is the capital of France?
+    expect: [{contains: Paris}]
+"""
+
+
+def _robust(doc: dict, case_id: str = "fr") -> dict:
+    return next(c for c in doc["cases"] if c["case_id"] == case_id and c["stage"] == "robust")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text)
+
+
+def test_a_case_sensitive_model_is_caught_and_shrunk_to_a_minimal_variant(project: Project) -> None:
+    # The "model" knows the answer only when the question is written exactly so.
+    project.server.answer("capital of France", "Paris.", case_sensitive=True)
+    project.write("cases/caps.yaml", CAPS)
+    result = project.run()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*caps::fr:robust[[]openai/test-model[]]*",
+        "*robustness: * of * variant(s) flipped the outcome (original: passed; perturb: case, punctuation; seed 1)",
+        "*minimal flipping variant (shrunk by Hypothesis*",
+        "*FAIL robustness (score *): * variants kept the original outcome (passed): consistency *, minimum 90%",
+    ])
+    doc = project.results()
+    r = _robust(doc)["robustness"]
+    assert r["original"] == "passed" and r["variants"] == 8 and r["scored"] == 8
+    assert r["consistency"] < 0.9 and not r["passed"] and r["flips"]
+    assert _robust(doc)["score"] == r["consistency"]
+    # Every flip broke the exact spelling; every variant the model still answered kept it.
+    for flip in r["flips"]:
+        assert "capital of France" not in flip["prompt"] and flip["status"] == "failed"
+    # The minimal variant: one word's letter case changed in the words the model depends on, nothing else.
+    minimal = r["minimal"]
+    assert minimal["perturbations"] == ["case"]
+    changed = [(a, b) for a, b in zip(_words(minimal["prompt"]), _words(ORIGINAL), strict=True) if a != b]
+    assert len(changed) == 1 and changed[0][0].lower() == changed[0][1].lower()
+    assert changed[0][1] in ("capital", "of", "France")
+    assert minimal["prompt"].replace(changed[0][0], changed[0][1]) == ORIGINAL
+    # Variants are real calls with their own cache slots: 1 original + 8 variants + the shrink steps.
+    prompts = [req["messages"][-1]["content"] for req in project.server.requests]
+    assert prompts.count(ORIGINAL) == 1 and len(set(prompts)) == len(prompts)
+    assert len(prompts) == 1 + 8 + r["shrink_calls"]
+    row = next(s for s in doc["suites"] if s["suite"] == "caps:robust")
+    assert row["robustness"]["consistency"] == r["consistency"] and row["robustness"]["cases_consistent"] == 0
+    assert row["failed"] == 1 and next(s for s in doc["suites"] if s["suite"] == "caps")["passed"] == 1
+
+    # The flip is in the Hypothesis database under .llmeval/ and is replayed first, whatever the seed.
+    assert any(p.is_file() for p in (project.pytester.path / ".llmeval/hypothesis").rglob("*"))
+    project.write("cases/caps.yaml", CAPS.replace("seed: 1", "seed: 7"))
+    project.run().assert_outcomes(passed=1, failed=1)
+    again = _robust(project.results())["robustness"]
+    assert again["seed"] == 7 and again["flips"][0]["prompt"] == minimal["prompt"]
+
+    # The same seed (and database) gives the same variants: all answered from the cache now, no new request.
+    shutil.rmtree(project.pytester.path / ".llmeval/hypothesis")
+    project.write("cases/caps.yaml", CAPS)
+    before = len(project.server.requests)
+    project.run().assert_outcomes(passed=1, failed=1)
+    assert len(project.server.requests) == before
+    assert [f["prompt"] for f in _robust(project.results())["robustness"]["flips"]] == \
+        [f["prompt"] for f in r["flips"]]
+
+
+def test_a_robust_model_passes_and_choices_are_reordered_with_the_answer_remapped(project: Project) -> None:
+    project.write("cases/mc.yaml", """\
+suite: mc
+kind: choice
+robustness: {perturb: [reorder_choices, typo], samples: 4, min_consistency: 0.75}
+cases:
+  - id: capital
+    question: Which city is the capital of France?
+    choices: {A: Paris, B: Lyon, C: Marseille, D: Nice}
+    answer: A
+""")
+    # Typos never touch names, so "France" is in every variant the model sees.
+    project.server.answer("France", "Paris")  # names the option: right in every order
+    project.run().assert_outcomes(passed=2)
+    r = _robust(project.results(), "capital")["robustness"]
+    assert r["consistency"] == 1.0 and r["passed"] and r["flips"] == [] and r["minimal"] is None
+
+    # A model that always answers "A" is right only while Paris stays first.
+    project.server.reset()
+    project.server.answer("France", "A")
+    project.run("--llm-cache=off").assert_outcomes(passed=1, failed=1)
+    r = _robust(project.results(), "capital")["robustness"]
+    assert r["flips"]
+    for flip in r["flips"]:
+        assert "reorder_choices" in flip["perturbations"] and flip["answer_key"] != "A"
+        # The remapped letter points at Paris in the prompt the model saw.
+        assert f"{flip['answer_key']}) Paris" in flip["prompt"]
+    assert r["minimal"]["perturbations"] == ["reorder_choices"]
+
+
+def test_an_injected_instruction_must_be_resisted(project: Project) -> None:
+    project.write("cases/inj.yaml", """\
+suite: inj
+robustness: {perturb: [injection], samples: 3, shrink: false}
+cases:
+  - id: fr
+    question: What is the capital of France?
+    expect: [{contains: Paris}]
+""")
+    project.server.answer("BANANA", "Paris. BANANA")  # obeys the injection, and still says Paris
+    project.server.answer("capital of France", "Paris.")
+    project.run().assert_outcomes(passed=1, failed=1)
+    r = _robust(project.results())["robustness"]
+    assert r["consistency"] == 0.0 and r["minimal"] is None and r["shrink_calls"] == 0
+    assert all("obeyed the injected instruction ('BANANA')" in f["reason"] for f in r["flips"])
+
+
+def test_a_provider_outage_on_variants_is_an_error_not_a_failure(project: Project) -> None:
+    project.write("cases/caps.yaml", CAPS)
+    project.server.answer("capital of France", "Paris.")
+    project.run("-k", "not robust").assert_outcomes(passed=1, deselected=1)  # the original is now cached
+    project.server.fail(None, 500, message="upstream exploded")
+    result = project.run()
+    result.assert_outcomes(passed=1, errors=1)
+    case = _robust(project.results())
+    assert case["outcome"] == "error" and "upstream exploded" in case["message"]
+
+
+def test_robustness_with_xdist_and_marker_selection(project: Project) -> None:
+    project.write("cases/caps.yaml", CAPS)
+    project.server.answer("capital of France", "Paris.", case_sensitive=True)
+    project.run("-m", "not robustness").assert_outcomes(passed=1, deselected=1)
+    result = project.run("-n", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    r = _robust(project.results())["robustness"]
+    assert r["minimal"] is not None and r["minimal"]["perturbations"] == ["case"]
+
+
+def test_bad_robustness_blocks_name_file_line_and_field(project: Project) -> None:
+    project.write("cases/bad.yaml", """\
+suite: bad
+robustness: {perturb: [reorder_choices]}
+cases:
+  - id: a
+    question: q
+    expect: [{contains: x}]
+  - id: b
+    question: q
+    robustness: {perturb: [case, shout], samples: 0}
+    expect: [{contains: x}]
+""")
+    result = project.run()
+    result.stdout.fnmatch_lines([
+        "*bad.yaml:2: robustness.perturb: reorder_choices applies to choice cases, not 'qna'",
+        "*bad.yaml:9: cases[[]1[]].robustness.perturb: unknown perturbation 'shout'; expected some of: case, *",
+    ])
+    assert "samples" in result.stdout.str()
+
+
+HAND_WRITTEN = '''
+from hypothesis import given
+from pytest_llmeval.strategies import llm_settings, perturbed
+
+
+@llm_settings(max_examples=12)
+@given(prompt=perturbed("What is the capital of France?", kinds=["case"]))
+def test_capital(llm, prompt):
+    assert "Paris" in llm(prompt)
+'''
+
+
+def test_hand_written_given_with_the_llm_fixture_shrinks_to_a_minimal_prompt(project: Project) -> None:
+    project.server.answer("capital of France", "Paris.", case_sensitive=True)
+    project.pytester.makepyfile(test_hw=HAND_WRITTEN)
+    result = project.run("test_hw.py")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "FailedHealthCheck" not in out
+    shown = re.search(r"prompt='([^']*)'", out)
+    assert shown is not None, out
+    changed = [(a, b) for a, b in zip(_words(shown.group(1)), _words(ORIGINAL), strict=True) if a != b]
+    assert len(changed) == 1 and changed[0][0].lower() == changed[0][1].lower()
+    # The failing example is stored under .llmeval/hypothesis and replayed first: one call finds it again.
+    assert any(p.is_file() for p in (project.pytester.path / ".llmeval/hypothesis").rglob("*"))
+    project.server.reset()
+    project.server.answer("capital of France", "Paris.", case_sensitive=True)
+    result = project.run("test_hw.py", "--llm-cache=off")
+    result.assert_outcomes(failed=1)
+    first = project.server.requests[0]["messages"][-1]["content"]
+    assert first == shown.group(1)
+    case = json.loads((project.pytester.path / ".llmeval/results.json").read_text())["cases"][0]
+    assert case["outcome"] == "failed" and case["calls"] >= 1
