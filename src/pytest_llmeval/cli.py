@@ -342,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("-v", "--verbose", action="store_true", help="list every case's split")
     split.set_defaults(func=cmd_split)
 
+    from pytest_llmeval import review
+
+    review.add_parser(commands)
+
     index = commands.add_parser("index", help="build and inspect retrieval indexes (lancedb)")
     actions = index.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, func, text in [("build", cmd_index_build, "build or update (incrementally) the index of a docs folder"),
