@@ -102,7 +102,7 @@ class CaseFileError(Exception):
 
 # --------------------------------------------------------------------------------------------- schema
 
-_ID = re.compile(r"^[\w][\w.\-]*$")
+_ID = re.compile(r"^[\w][\w.\-]*\Z")  # \Z: "$" would accept a trailing newline
 
 
 class DatasetModel(BaseModel):

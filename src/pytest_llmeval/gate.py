@@ -284,7 +284,9 @@ class Gate:
                                  + (f"smallest confirmable drop here: {mdd:.1f} points" if mdd is not None
                                     else "too few cases to confirm any drop"))
         score_rule = self.drop_rule("score")
-        if score_rule and v.score_interval and v.verdict == "ok":
+        # Also past an inconclusive pass rate: a confirmed score drop is a regression whatever the pass rate says
+        # (else one more failure could turn a failing gate into a passing one).
+        if score_rule and v.score_interval and v.verdict in ("ok", "inconclusive"):
             lo, hi = v.score_interval
             if v.score_delta is not None and -v.score_delta > score_rule.max_drop and hi < 0:
                 v.verdict = "regression"
