@@ -349,7 +349,9 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
     (fresh calls each time, separate caches) give identical aggregates apart from timing."""
     import shutil
 
-    shutil.copytree(Path(__file__).parent.parent / "cases", project.pytester.path / "cases")
+    # The suites only (and the flywheel's spec files, which collection must skip): not the hand-written example.
+    shutil.copytree(Path(__file__).parent.parent / "cases", project.pytester.path / "cases",
+                    ignore=shutil.ignore_patterns("test_*.py"))
     server = project.server
     server.answer("Answer to grade", '{"score": 8, "reason": "Good."}')  # judge requests (self-judging)
     for question, reply in [("background colour of a scene", "Call Scene.background with an (r, g, b) tuple [3]."),
@@ -383,25 +385,29 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
         server.answer(question, reply)
     # judge-calibration: the judge says 8 to all: within 2 of 10 and "pass" agree; 1 and 5 do not.
     # render: the fast items pass; without --llm-vision the judged items and vision calibration are skipped.
-    project.run("--llm-cache-dir=c0").assert_outcomes(passed=30, failed=4, skipped=8)
+    # robust_capitals: France passes, Japan fails; both are consistent under their 3 variants each.
+    project.run("--llm-cache-dir=c0").assert_outcomes(passed=33, failed=5, skipped=8)
     serial = project.results()
-    calls = 17 + 3 + 2 + 4 + 4 + 3 + 1 + 3
+    calls = 17 + 3 + 2 + 4 + 4 + 3 + 1 + 3 + 2 * (1 + 3)
     assert len(server.requests) == calls  # a judged item reuses its fast twin's answer from the cache
-    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=30, failed=4, skipped=8)
+    project.run("-n", "4", "--llm-cache-dir=c4").assert_outcomes(passed=33, failed=5, skipped=8)
     parallel = project.results()
-    # Under -n 4 the two items of a render case may ask at the same moment on two workers: up to 3 more calls.
-    assert calls <= len(server.requests) - calls <= calls + 3
+    # Under -n 4 the two items of a render or robust case may ask at the same moment on two workers: up to 5 more
+    # calls.
+    assert calls <= len(server.requests) - calls <= calls + 5
     timing = {"latency_p50_s", "latency_p95_s"}
     racy = {"cache_hits", "calls"}
 
     def strip(doc: dict) -> list:
-        return [{k: v for k, v in r.items() if k not in timing and not (r["suite"].startswith("render") and k in racy)}
+        return [{k: v for k, v in r.items()
+                 if k not in timing and not (r["suite"].startswith(("render", "robust")) and k in racy)}
                 for r in doc["suites"]]
 
     assert strip(serial) == strip(parallel)
     assert [r["suite"] for r in serial["suites"]] == ["arithmetic", "c-code", "clean-code-labels", "docs-bot", "explain",
                                                       "geography", "judge-calibration", "python-code", "render",
-                                                      "render:judged", "social-iqa", "vision-calibration"]
+                                                      "render:judged", "robust_capitals", "robust_capitals:robust",
+                                                      "social-iqa", "vision-calibration"]
     assert parallel["run"]["workers"] == 4
 
 

@@ -342,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("-v", "--verbose", action="store_true", help="list every case's split")
     split.set_defaults(func=cmd_split)
 
-    from pytest_llmeval import review
+    from pytest_llmeval import generate, review
 
+    generate.add_parser(commands)
     review.add_parser(commands)
 
     index = commands.add_parser("index", help="build and inspect retrieval indexes (lancedb)")

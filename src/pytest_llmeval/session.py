@@ -28,6 +28,7 @@ CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm
 VISION = pytest.StashKey[list[dict[str, Any]]]()  # questions the `vision_judge` fixture asked, per item
 VISION_CALLS = pytest.StashKey[list[Completion]]()  # and the vision model calls they made
 CASE_SUFFIXES = (".yaml", ".yml", ".jsonl")
+FLYWHEEL_SUFFIXES = (".gen.yaml", ".gen.yml", ".review.yaml", ".review.yml")
 # Failures of the machinery, not of the model: an `error` outcome wherever they are raised.
 INFRASTRUCTURE_ERRORS = ("SandboxUnavailable", "EmbeddingModelError", "RagIndexError")
 
@@ -62,6 +63,7 @@ class LLMEvalSession:
 
             self.prefetcher = Prefetcher(self.runner.complete, self.settings.concurrency)
         self._journal: Any = None
+        self._answered: dict[str, list[Completion]] = {}  # nodeid -> its answers, found in the cache at collection
         self._done: dict[str, dict[str, Any]] | None = None
         self._order: list[pytest.Item] = []
         self._position: dict[str, int] = {}
@@ -206,8 +208,9 @@ class LLMEvalSession:
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
         if file_path.suffix not in CASE_SUFFIXES:
             return None
-        # Review files (llmeval generate / import-feedback) hold candidates, not cases; dot files are temporaries.
-        if file_path.name.startswith(".") or file_path.name.endswith((".review.yaml", ".review.yml")):
+        # Flywheel files hold specs (*.gen.yaml) and candidates (*.review.yaml), not cases; dot files are
+        # temporaries of an interrupted write.
+        if file_path.name.startswith(".") or file_path.name.endswith(FLYWHEEL_SUFFIXES):
             return None
         if not (self._in_case_dirs(file_path) or parent.session.isinitpath(file_path)):
             return None
@@ -271,7 +274,11 @@ class LLMEvalSession:
 
     def _answered_from_cache(self, items: list[pytest.Item], needed: set[str]) -> set[str]:
         """Models whose every call in this selection is already in the exact cache: checking them would import
-        litellm (~3 s) for nothing. Their check happens at the first call that misses after all."""
+        litellm (~3 s) for nothing. Their check happens at the first call that misses after all.
+
+        The answers looked up on the way are kept (until the first miss of each model): those items take them
+        in setup without a second lookup, and the prefetcher leaves them alone (a pool thread per cached answer
+        costs more than the lookup, and competes with the main thread for the GIL)."""
         if self.runner.cache is None or self.settings.cache_mode not in ("on", "replay", "semantic"):
             return set()
         verdict: dict[str, bool] = {}
@@ -280,8 +287,22 @@ class LLMEvalSession:
             if model is None or verdict.get(model) is False:
                 continue
             plan = item.plan_calls() if isinstance(item, CaseItem) and not item.judge_models() else None
-            verdict[model] = plan is not None and all(self.runner.is_cached(**call) for call in plan)
+            answers: list[Completion] = []
+            for call in plan or ():
+                answer = self.runner.cached(**call)
+                if answer is None:
+                    break
+                answers.append(answer)
+            verdict[model] = plan is not None and len(answers) == len(plan)
+            if verdict[model]:
+                self._answered[item.nodeid] = answers
+        if self._answered and self.prefetcher is not None:
+            self.prefetcher.exclude(self._answered)
         return {m for m, ok in verdict.items() if ok and m in needed}
+
+    def answered(self, item: pytest.Item) -> list[Completion] | None:
+        """The item's answers, looked up in the exact cache at collection (once: they are handed over)."""
+        return self._answered.pop(item.nodeid, None) if self._answered else None
 
     def _select_split(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Holdout discipline: the test split runs only with --llm-split test (or all); dev only with dev or all.
