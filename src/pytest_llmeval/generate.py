@@ -56,6 +56,11 @@ DROPPED_FIELDS = ("id", "split")  # review assigns ids; the split step assigns s
 SYSTEM = ("You write test cases for evaluating language models. You follow the case schema exactly and reply "
           "with JSON only.")
 TRANSFORM_SYSTEM = "You rewrite code exactly as asked. Reply with the complete program in one fenced code block."
+TEXT_TRANSFORM_SYSTEM = "You rewrite text exactly as asked. Reply with the rewritten text only."
+TEXT_TRANSFORM_RUBRIC = ("Faithfulness of a rewrite: the rewritten text (the answer) does what the instruction asks "
+                         "and asks for exactly the same thing as the original (in the question): the same expected "
+                         "answer would be right for both. 10 = same meaning; 5 = close but a detail changed; 0 = a "
+                         "different question.")
 TRANSFORM_RUBRIC = ("Faithfulness of a rewrite: the rewritten code (the answer) does what the instruction asks and "
                     "still solves the same problem as the original code (in the question), with the same behaviour. "
                     "10 = faithful and equivalent; 5 = equivalent but the instruction is not applied; 0 = different "
@@ -160,6 +165,10 @@ class Transform(BaseModel):
     language: Literal["python", "c"] | None = None  # default: the source case's language, else guessed
     label: str | None = None  # labels targets: the label added to the answer (default: name)
     same_output: bool = True  # keep a rewrite only if it prints exactly what its source prints
+    # text: rewrite a text field (a qna question, say: seed 004's paraphrases) instead of a program; the source
+    # case's checks carry over, and filters.judge asks whether the rewrite still means the same. Default: text
+    # for qna and choice targets, code otherwise.
+    text: bool | None = None
 
 
 class GenerateSpec(BaseModel):
@@ -674,11 +683,16 @@ class _Pipeline:
         same = t.source is None
         source = self.target if t.source is None else load_target(
             (self.spec_file.path.parent / t.source).resolve(), None, self.target.registry, where="transform.source")
-        code_field = t.field or ("input" if source.kind == "labels" else "solution")
+        text_mode = t.text if t.text is not None else self.target.kind in ("qna", "choice")
+        default_field = ("question" if self.target.kind in ("qna", "choice") else "input") if text_mode \
+            else ("input" if source.kind == "labels" else "solution")
+        code_field = t.field or default_field
         self.text_field = t.target_field or code_field
         raw_by_id = {str(c.get("id")): c for c in source.raw_cases}
         wanted = set(t.cases) if t.cases is not None else None
         out: list[Candidate] = []
+        if text_mode:
+            return self._text_transforms(source, code_field, raw_by_id, wanted, same)
         for src in source.cases:
             if wanted is not None and src.id not in wanted:
                 continue
@@ -722,6 +736,44 @@ class _Pipeline:
                 out.append(Candidate(case, run, _prompt_hash(messages, params), source_case=src.id, text=new_code,
                                      code=new_code, language=str(language), source_code=code,
                                      source_output=stdout, extra=dict(origin)))
+            self.log(f"{self.generator}: {src.id} rewritten {self.spec.runs} time(s)")
+        return out
+
+    def _text_transforms(self, source: Target, text_field: str, raw_by_id: dict[str, Any], wanted: set[str] | None,
+                         same: bool) -> list[Candidate]:
+        """Transform mode on text (a paraphrase of each question, say): the new case is its source with the field
+        rewritten, so its checks carry over; nothing runs."""
+        t = self.spec.transform
+        assert t is not None
+        out: list[Candidate] = []
+        origin = {} if same else {"source_suite": os.path.relpath(source.path, self.target.path.parent)}
+        for src in source.cases:
+            if wanted is not None and src.id not in wanted:
+                continue
+            original = src.fields.get(text_field)
+            if not isinstance(original, str) or not original.strip():
+                self.summary.sources_skipped += 1
+                self.summary.drops.append(("source", src.id, f"no {text_field!r} text"))
+                continue
+            self.summary.sources += 1
+            messages = [{"role": "system", "content": TEXT_TRANSFORM_SYSTEM},
+                        {"role": "user", "content": f"{t.prompt.strip()}\n\n{original.strip()}"}]
+            base = _clean_fields(raw_by_id.get(src.id) or src.fields)
+            for run in range(self.spec.runs):
+                params = self.gen_params(run)
+                reply = self.complete(self.generator, messages, params, run,
+                                      {"purpose": "transform", "version": GENERATE_PROMPT_VERSION})
+                self.summary.replies += 1
+                new_text = rewritten_text(reply)
+                if not new_text:
+                    self.summary.unparsed_replies += 1
+                    self.summary.drops.append(("unparsed", src.id, f"run {run}: an empty reply"))
+                    continue
+                case = dict(base)
+                case[t.target_field or text_field] = new_text
+                case["tags"] = [*(case.get("tags") or []), *([] if t.name in (case.get("tags") or []) else [t.name])]
+                out.append(Candidate(case, run, _prompt_hash(messages, params), source_case=src.id, text=new_text,
+                                     source_code=original, extra=dict(origin)))
             self.log(f"{self.generator}: {src.id} rewritten {self.spec.runs} time(s)")
         return out
 
@@ -906,7 +958,7 @@ class _Pipeline:
             self.summary.drop("judge_rejected", c, "no reference answer to judge")
             return False
         if c.source_case is not None:
-            name, criteria = "faithful-rewrite", TRANSFORM_RUBRIC
+            name, criteria = "faithful-rewrite", TRANSFORM_RUBRIC if c.code is not None else TEXT_TRANSFORM_RUBRIC
         else:
             name, criteria = resolve_rubric(jf.rubric)
         # The reference answer is what is judged, so it is not also shown as the reference.
@@ -941,6 +993,8 @@ class _Pipeline:
         if c.source_case is not None:
             t = self.spec.transform
             assert t is not None
+            if c.code is None:  # a text rewrite
+                return f"Instruction: {t.prompt}\n\nOriginal text:\n{c.source_code}", c.text
             return f"Instruction: {t.prompt}\n\nOriginal code:\n{c.source_code}", c.code
         kind = c.spec.kind
         if kind == "choice":
@@ -955,6 +1009,24 @@ class _Pipeline:
         expected = [v for ch in c.spec.checks if ch.name in ("contains", "equals")
                     for v in ([ch.params.value] if isinstance(ch.params.value, str) else ch.params.value)]
         return c.spec.prompt, ("An answer that says: " + "; ".join(expected)) if expected else None
+
+
+_LEAD = re.compile(r"^\s*(?:(?:here is|here's)\b[^:\n]*:|(?:rewritten|new|paraphrased)\s+\w+\s*:|question\s*:)\s*",
+                   re.IGNORECASE)
+
+
+def rewritten_text(reply: str) -> str:
+    """The rewrite in a model's reply: without a fence, a "Here is the rewritten question:" lead-in or quotes;
+    the first paragraph only (small models go on to answer it)."""
+    text = reply.strip()
+    fence = re.search(r"```[\w-]*\n(.*?)```", text, re.DOTALL)
+    if fence:
+        text = fence.group(1).strip()
+    text = _LEAD.sub("", text, count=1).strip()
+    text = re.split(r"\n\s*\n", text, maxsplit=1)[0].strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
+        text = text[1:-1].strip()
+    return text.strip("“”").strip()
 
 
 def _text(value: Any) -> str | None:
