@@ -4,6 +4,7 @@ the same table."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -376,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except CommandError as exc:
         parser.exit(2, f"llmeval: error: {exc}\n")
+    except BrokenPipeError:  # `llmeval review --list | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0  # pragma: no cover
 
 
