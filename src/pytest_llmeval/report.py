@@ -124,7 +124,12 @@ def _details(row: dict[str, Any]) -> list[str]:
     if row.get("unscored_checks"):
         out.append(f"{name}: {row['unscored_checks']} judge check(s) unscored (unparseable judge output); "
                    f"{row.get('unscored', 0)} case(s) left unscored")
-    if "accuracy" in row and row.get("accuracy") is not None:
+    rob = row.get("robustness")
+    if rob:  # a "<suite>:robust" row: consistency, not accuracy
+        out.append(f"{name}: consistency {_pct(rob['consistency'])} over {rob['variants']} variant(s) "
+                   f"({', '.join(rob['perturb'])}); {rob['cases_consistent']} of {rob['cases']} case(s) consistent "
+                   "enough")
+    elif "accuracy" in row and row.get("accuracy") is not None:
         ci = row.get("accuracy_ci") or [None, None]
         out.append(f"{name}: accuracy {_pct(row['accuracy'])} (95% CI {_pct(ci[0])}-{_pct(ci[1])}, "
                    f"n={row['passed'] + row['failed']})")
