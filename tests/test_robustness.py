@@ -204,3 +204,13 @@ def test_hand_written_given_with_the_llm_fixture_shrinks_to_a_minimal_prompt(pro
     assert first == shown.group(1)
     case = json.loads((project.pytester.path / ".llmeval/results.json").read_text())["cases"][0]
     assert case["outcome"] == "failed" and case["calls"] >= 1
+
+
+def test_a_budget_reached_during_the_variants_skips_the_robust_item(project: Project) -> None:
+    project.write("cases/caps.yaml", CAPS)
+    project.server.answer("capital of France", "Paris.")
+    result = project.run("--llm-max-calls=3", "--llm-concurrency=1")
+    result.assert_outcomes(passed=1, skipped=1)
+    case = _robust(project.results())
+    assert case["outcome"] == "skipped" and "no more model calls" in case["message"]
+    assert len(project.server.requests) == 3  # the original and two variants: never past the budget
