@@ -214,3 +214,23 @@ def test_a_budget_reached_during_the_variants_skips_the_robust_item(project: Pro
     case = _robust(project.results())
     assert case["outcome"] == "skipped" and "no more model calls" in case["message"]
     assert len(project.server.requests) == 3  # the original and two variants: never past the budget
+
+
+def test_the_html_report_shows_the_minimal_flip_escaped(project: Project) -> None:
+    import subprocess
+    import sys
+
+    project.write("cases/caps.yaml", CAPS)
+    project.server.answer("capital of France", "Paris.", case_sensitive=True)
+    project.server.answer("capital", "<i>no idea</i>")  # what the flipped variants get: must stay text
+    project.run().assert_outcomes(passed=1, failed=1)
+    out = project.pytester.path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "report",
+                           str(project.pytester.path / ".llmeval/results.json"), "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    html = out.read_text()
+    minimal = _robust(project.results())["robustness"]["minimal"]
+    assert "minimal flipping variant" in html and f"<pre>{minimal['prompt']}</pre>" in html
+    assert "&lt;i&gt;no idea&lt;/i&gt;" in html and "<i>no idea</i>" not in html
+    assert html.count('class="robust"') == 2
