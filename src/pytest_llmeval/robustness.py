@@ -48,7 +48,9 @@ class CaseVariant:
 
 
 def main_field(case: CaseSpec) -> str | None:
-    return next((f for f in MAIN_FIELDS.get(case.kind, ()) if case.fields.get(f)), None)
+    """The field the text perturbations apply to: the first of the kind's candidates that the prompt shows."""
+    shown = [f for f in MAIN_FIELDS.get(case.kind, ()) if isinstance(case.fields.get(f), str) and case.fields[f]]
+    return next((f for f in shown if str(case.fields[f]) in case.prompt), shown[0] if shown else None)
 
 
 def variant_strategy(case: CaseSpec, perturb: list[str], typo_rate: float = 0.05) -> Any:
