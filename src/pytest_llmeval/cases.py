@@ -412,35 +412,102 @@ def render_prompt(kind: str, template: str | None, fields: dict[str, Any]) -> st
 # ------------------------------------------------------------------------------------------- loading
 
 
-def _yaml_with_lines(text: str) -> tuple[Any, dict[Loc, int]]:
-    """Parse YAML and record the 1-based line of every mapping key and sequence item."""
+class _Lines:
+    """The 1-based line of every mapping key and sequence item of a parsed YAML document, looked up in its node
+    tree when asked (a location is at most a few levels deep): walking every node up front cost more than the
+    rest of loading. ``lines[loc]`` and ``loc in lines`` behave like the dict of all of them would: a mapping
+    entry's line is its key's (the last one, if a key repeats), a sequence item's is where it starts."""
+
+    def __init__(self, root: yaml.Node) -> None:
+        self._root = root
+
+    def _find(self, loc: Loc) -> tuple[int, bool]:
+        """The line of ``loc``'s longest prefix in the document, and whether that prefix is all of ``loc``."""
+        node = self._root
+        line = node.start_mark.line + 1
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                for k, v in reversed(node.value):
+                    if (k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)) == part:
+                        node, line = v, k.start_mark.line + 1
+                        break
+                else:
+                    return line, False
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return line, False
+        return line, True
+
+    def __contains__(self, loc: object) -> bool:
+        return isinstance(loc, tuple) and self._find(loc)[1]
+
+    def __getitem__(self, loc: Loc) -> int:
+        line, found = self._find(loc)
+        if not found:
+            raise KeyError(loc)
+        return line
+
+    def deepest(self, loc: Loc) -> int | None:
+        """The line of ``loc``, else of its longest prefix that is in the document."""
+        return self._find(loc)[0]
+
+
+def _yaml_with_lines(text: str) -> tuple[Any, _Lines | dict[Loc, int]]:
+    """Parse YAML, and the 1-based line of every mapping key and sequence item (looked up lazily)."""
     # libyaml's parser (when PyYAML was built with it) composes the same nodes, with marks, ~10x faster.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None, {}
-        data = loader.construct_document(node)
+        data = _construct(loader, node)
     finally:
         loader.dispose()
-    lines: dict[Loc, int] = {}
-
-    def walk(n: yaml.Node, loc: Loc) -> None:
-        lines.setdefault(loc, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                sub = loc + (k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark),)
-                lines[sub] = k.start_mark.line + 1
-                walk(v, sub)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                walk(v, loc + (i,))
-
-    walk(node, ())
-    return data, lines
+    return data, _Lines(node)
 
 
-def _line_lookup(lines: dict[Loc, int]) -> Callable[[Loc], int | None]:
+_STR_TAG, _MAP_TAG, _SEQ_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+class _Unusual(Exception):
+    """A node the fast construction leaves to PyYAML (aliases, merge keys, non-string keys, explicit tags)."""
+
+
+def _construct(loader: Any, root: yaml.Node) -> Any:
+    """``loader.construct_document(root)``, faster for what case files are made of: strings, plain mappings with
+    string keys, lists, and other scalars (numbers, booleans, null: built by PyYAML itself). Anything else makes
+    PyYAML construct the whole document, so the result is always what it would have built."""
+    seen: set[int] = set()
+
+    def build(node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            return node.value if node.tag == _STR_TAG else loader.construct_object(node, deep=True)
+        if id(node) in seen:
+            raise _Unusual  # an alias: PyYAML shares one object between the places (and handles cycles)
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
+            return [build(item) for item in node.value]
+        if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
+            out: dict[str, Any] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag != _STR_TAG:
+                    raise _Unusual  # a merge key (<<), a number or a structure as a key
+                out[key.value] = build(value)
+            return out
+        raise _Unusual
+
+    try:
+        return build(root)
+    except _Unusual:
+        return loader.construct_document(root)
+
+
+def _line_lookup(lines: _Lines | dict[Loc, int]) -> Callable[[Loc], int | None]:
+    if isinstance(lines, _Lines):
+        return lines.deepest
+
     def line_of(loc: Loc) -> int | None:
         for end in range(len(loc), -1, -1):
             if loc[:end] in lines:
@@ -570,8 +637,10 @@ class _Loader:
                     checks.append(spec)
 
         prompt = ""
+        dumped: dict[str, Any] = {}
         if model is not None:
-            fields = dict(model.model_dump(exclude_none=False))
+            dumped = model.model_dump()
+            fields = dict(dumped)
             fields.update(derived_fields(kind, fields))
             try:
                 missing = [n for n in template_fields(suite.prompt) if fields.get(n) is None] \
@@ -613,8 +682,7 @@ class _Loader:
             system=model.system if model.system is not None else suite.system,
             prompt=prompt, params={**suite.params, **model.params},
             tags=tuple(dict.fromkeys([*suite.tags, *model.tags])), checks=checks,
-            fields={k: v for k, v in model.model_dump().items()
-                    if k not in ("expect", "limits", "retrieve", "split", "robustness")},
+            fields={k: v for k, v in dumped.items() if k not in ("expect", "limits", "retrieve", "split", "robustness")},
             limits={**(suite.limits.model_dump(exclude_none=True) if suite.limits else {}),
                     **(getattr(model, "limits", None).model_dump(exclude_none=True)  # type: ignore[union-attr]
                        if getattr(model, "limits", None) else {})},
