@@ -262,6 +262,23 @@ def test_every_finished_case_is_journaled(project: Project) -> None:
         ("c00", "passed"), ("c01", "passed"), ("c02", "failed"), ("c03", "passed"), ("c04", "passed")]
 
 
+def test_a_journal_line_is_in_the_file_once_appended(tmp_path: Path) -> None:
+    """One write(2) per case and no buffer of ours: another reader (or a SIGKILL) sees every appended line."""
+    from pytest_llmeval.journal import Journal
+
+    journal = Journal(tmp_path, "run-1", "main")
+    odd = {"nodeid": "a.yaml::odd[m]", "outcome": "passed", "answer": "caf\u00e9 \ud800 lone surrogate", "score": 0.5}
+    journal.append({"nodeid": "a.yaml::one[m]", "outcome": "failed", "answer": "x" * 70_000})
+    journal.append(odd)
+    assert len(journal.path.read_bytes().splitlines()) == 2  # before close
+    journal.close()
+    journal.append({"nodeid": "a.yaml::two[m]", "outcome": "passed"})  # reopened, appended
+    journal.close()
+    results = read_run(tmp_path, "run-1")
+    assert [r["nodeid"] for r in results] == ["a.yaml::one[m]", "a.yaml::odd[m]", "a.yaml::two[m]"]
+    assert results[1] == odd and len(results[0]["answer"]) == 70_000
+
+
 def _spawn(project: Project, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *project.args(*args)],

@@ -75,6 +75,26 @@ def test_second_run_is_served_from_cache(project: Project) -> None:
         assert {**a, "cache_hits": 0} == {**b, "cache_hits": 0}
 
 
+@pytest.mark.parametrize("concurrency", ["1", "8"])
+def test_a_partly_cached_run_asks_only_for_what_is_missing(project: Project, concurrency: str) -> None:
+    """Cached answers are found at collection (in batches) and handed to their items; the rest are asked, in order."""
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    project.run(f"--llm-concurrency={concurrency}").assert_outcomes(passed=2, failed=1)
+    calls = len(project.server.requests)
+    extra = "  - id: river\n    question: What is the longest river?\n    expect:\n      - contains: Nile\n"
+    project.write("cases/geo.yaml", GEO + extra)
+    project.server.answer("longest river", "The Nile.")
+    project.server.answer("capital of Japan", "Tokyo!")  # would flip the outcome if it were asked
+    result = project.run(f"--llm-concurrency={concurrency}", "-v")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*capital-fr*PASSED*", "*capital-jp*FAILED*", "*ocean*PASSED*", "*river*PASSED*"])
+    assert [r["messages"][-1]["content"] for r in project.server.requests[calls:]] == ["What is the longest river?"]
+    cases = {c["case_id"]: c for c in project.results()["cases"]}
+    assert cases["river"]["cache"] is None and cases["river"]["cached"] is False
+    assert all(cases[c]["cache"] == "exact" and cases[c]["cached"] for c in ("capital-fr", "capital-jp", "ocean"))
+
+
 @pytest.mark.parametrize("mode", ["off", "refresh"])
 def test_cache_off_and_refresh_call_the_model(project: Project, mode: str) -> None:
     project.write("cases/geo.yaml", GEO)
@@ -187,6 +207,44 @@ def test_results_path_option_and_junit_properties(project: Project) -> None:
     assert '<property name="llmeval_outcome" value="failed"' in junit
     assert '<property name="llmeval_model" value="openai/test-model"' in junit
     assert '<property name="llmeval_case" value="capital-jp"' in junit
+
+
+def test_results_json_has_one_line_per_case(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO)
+    script_geo(project.server)
+    project.run().assert_outcomes(passed=2, failed=1)
+    text = (project.pytester.path / ".llmeval/results.json").read_text(encoding="utf-8")
+    doc = json.loads(text)
+    case_lines = [line for line in text.splitlines() if line.startswith('    {"suite": ')]
+    assert [json.loads(line.rstrip(",")) for line in case_lines] == doc["cases"]
+    assert text.startswith('{\n  "schema_version": 2,\n') and '\n  "suites": [\n    {\n      "suite": ' in text
+
+
+def test_cyclic_garbage_is_reclaimed_by_the_end_of_the_session(project: Project) -> None:
+    """Objects built before the tests start are exempt from collections during the run (gc.freeze), not forever."""
+    import gc
+
+    marks = project.pytester.path / "collected"
+    project.pytester.makepyfile(test_cycles=f"""
+        import pathlib
+
+        class Cycle:
+            def __init__(self, name):
+                self.name, self.me = name, self
+
+            def __del__(self):
+                with open({str(marks)!r}, "a") as fh:
+                    fh.write(self.name + "\\n")
+
+        HOLDER = [Cycle("made at collection")]
+
+        def test_drops_garbage():
+            HOLDER.clear()  # garbage now, made before the tests started
+            Cycle("made in a test")
+    """)
+    project.pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert sorted(marks.read_text().splitlines()) == ["made at collection", "made in a test"]
+    assert gc.isenabled()
 
 
 def test_api_key_never_reaches_cache_or_results(project: Project) -> None:

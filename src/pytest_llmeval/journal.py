@@ -17,7 +17,7 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 DONE_OUTCOMES = ("passed", "failed", "unscored")
 
@@ -91,25 +91,38 @@ def finished(base: Path, run_ids: list[str]) -> dict[str, dict[str, Any]]:
     return done
 
 
+# One encoder for every line (json.dumps would build a new one per call); C-accelerated, as json.dumps is.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False)
+
+
 class Journal:
-    """Appends one JSON line per finished case; flushed at once (a killed process keeps what it flushed)."""
+    """Appends one JSON line per finished case with a single write(2) to an O_APPEND descriptor, at once.
+
+    No Python-level buffer: once ``append`` returns, the line is the kernel's, so it survives a SIGKILL of the
+    process (not a power cut: there is no fsync per case, which would cost milliseconds each). Serialising the
+    line, not writing it, is what costs: about 10 us for a typical case."""
 
     def __init__(self, base: Path, run_id: str, writer: str) -> None:
         self.path = base / run_id / f"{writer}.jsonl"
-        self._fh: IO[str] | None = None
+        self._fd: int | None = None
         self._lock = threading.Lock()
 
     def append(self, result: dict[str, Any]) -> None:
-        line = json.dumps(result, ensure_ascii=False, default=str) + "\n"
+        try:
+            data = (_ENCODER.encode(result) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in an answer: \u-escaped, it reads back the same
+            data = (json.dumps(result, default=str) + "\n").encode("ascii")
         with self._lock:
-            if self._fh is None:
+            if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = self.path.open("a", encoding="utf-8")
-            self._fh.write(line)
-            self._fh.flush()
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+                self._fd = os.open(self.path, flags, 0o666)
+            view = memoryview(data)
+            while view:  # a regular file takes it all at once; a short write (a full disk) is finished or raises
+                view = view[os.write(self._fd, view):]
 
     def close(self) -> None:
         with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

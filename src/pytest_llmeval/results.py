@@ -294,11 +294,28 @@ def build_results(results: list[CaseResult], *, models: list[str], cache_mode: s
     }
 
 
+_CASES_SLOT = "\x00cases\x00"  # stands for the cases list while the rest of the document is indented
+
+
+def dumps_results(document: dict[str, Any]) -> str:
+    """The results document as text: indented, with one line per case.
+
+    ``json.dumps(indent=2)`` runs the pure-Python encoder (the C one does not indent), ~50 us per case; each case
+    on a line of its own goes through the C encoder, ~10x faster, and a case still reads (and diffs) as a unit."""
+    cases = document.get("cases")
+    if not isinstance(cases, list) or not cases:
+        return json.dumps(document, indent=2, ensure_ascii=False)
+    text = json.dumps({**document, "cases": _CASES_SLOT}, indent=2, ensure_ascii=False)
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    listed = "[\n    " + ",\n    ".join(encode(case) for case in cases) + "\n  ]"
+    return text.replace(json.dumps(_CASES_SLOT), listed, 1)
+
+
 def write_results(path: Path, document: dict[str, Any]) -> None:
     """Write atomically: a crashed run never leaves half a results file for the next CI step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(dumps_results(document) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
