@@ -3,7 +3,7 @@
 Run with ``.venv/bin/python bench/bench_overhead.py`` (full: 5000 cached cases, 10 000 collected cases, 5 ``--help``
 runs each way, a cold and 3 warm model loads), or ``--quick`` (500 / 2000 cases, 3 ``--help`` runs, a cold and a
 warm model load, ~90 s).  Options: ``--cases N --collect-cases N --help-runs K --repeat R --cached-concurrency C
---timeout S --no-model --model-only``.
+--timeout S --no-model --model-only --only cached,help,collect,model``.
 Every measurement is a subprocess run in a temp dir (its own rootdir, so this repository's conftest and ini are
 not involved), timed wall-clock; a run that exceeds ``--timeout`` is reported and skipped.
 
@@ -221,6 +221,8 @@ def main() -> None:
     parser.add_argument("--collect-cases", type=int, help="P6 collected cases (default 10000; quick 2000)")
     parser.add_argument("--help-runs", type=int, help="pytest --help runs each way (default 5; quick 3)")
     parser.add_argument("--repeat", type=int, help="P2 timed runs each, median (default 3; quick 1)")
+    parser.add_argument("--only", metavar="PARTS", help="comma-separated parts to run: cached, help, collect, model "
+                        "(default: all)")
     parser.add_argument("--no-model", action="store_true", help="skip the offline model load")
     parser.add_argument("--model-only", action="store_true", help="run only the offline model load (cold vs warm)")
     parser.add_argument("--cached-concurrency", type=int, help="--llm-concurrency of the timed cached runs (default: "
@@ -234,6 +236,10 @@ def main() -> None:
     repeat = opts.repeat or (1 if opts.quick else 3)
 
     env = {**os.environ, "OPENAI_API_KEY": "sk-bench", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
+    # As on a developer's machine, compiled modules are cached (the first run writes them): with
+    # PYTHONDONTWRITEBYTECODE every run would recompile (and assertion-rewrite) the plugin's ~40 modules.
+    if env.pop("PYTHONDONTWRITEBYTECODE", None):
+        print("note: PYTHONDONTWRITEBYTECODE is unset for the measured runs (compiled modules are cached)")
     print(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -247,11 +253,15 @@ def main() -> None:
         if not has_concurrency:
             print("note: --llm-concurrency is not available yet; the cache fill runs one call at a time")
         print()
-        bench_cached(root, env, cases, repeat, has_concurrency, opts.cached_concurrency)
-        bench_help(root, env, help_runs)
-        bench_collect(root, env, collect)
-        if opts.no_model:
-            print("\nP6: offline model load skipped (--no-model)")
+        parts = set((opts.only or "cached,help,collect,model").split(","))
+        if "cached" in parts:
+            bench_cached(root, env, cases, repeat, has_concurrency, opts.cached_concurrency)
+        if "help" in parts:
+            bench_help(root, env, help_runs)
+        if "collect" in parts:
+            bench_collect(root, env, collect)
+        if opts.no_model or "model" not in parts:
+            print("\nP6: offline model load skipped")
         else:
             bench_model(root, env, 1 if opts.quick else 3)
 

@@ -180,6 +180,53 @@ def test_non_dict_values_are_misses(tmp_path: Path) -> None:
     cache.close()
 
 
+# ------------------------------------------------------------------------------------------ batched reads
+
+
+def test_get_many_reads_what_get_reads(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    keys = fill(directory, 1200)  # more than one batch of 500
+    cache = ResponseCache(directory)
+    cache.set("not-a-dict", ["x"])  # type: ignore[arg-type]
+    asked = [*keys[::-1], "missing", keys[3], "not-a-dict"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LLMEvalCacheWarning)
+        found = cache.get_many(asked)
+    assert found == {k: v for k in asked if (v := cache.get(k)) is not None}
+    assert len(found) == 1200 and found[keys[7]] == answer(7)
+    assert cache.get_many([]) == {}
+    cache.close()
+
+
+def test_get_many_treats_a_corrupt_value_like_get(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    good, bad = fill(directory, 2)
+    with sqlite3.connect(directory / "cache.db") as con:
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (sqlite3.Binary(b"\x80\x05\x95garbage"), bad))
+    con.close()
+    cache = ResponseCache(directory)
+    with pytest.warns(LLMEvalCacheWarning, match="could not be loaded"):
+        assert cache.get_many([good, bad]) == {good: answer(0)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LLMEvalCacheWarning)
+        assert cache.get_many([good, bad]) == {good: answer(0)}  # deleted: a plain miss now
+    cache.close()
+
+
+def test_get_many_on_a_corrupt_database_moves_it_aside(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    keys = fill(directory, 20)
+    db = directory / "cache.db"
+    db.write_bytes(b"this is not a database at all \x00\xff" * (db.stat().st_size // 32 + 1))
+    cache = ResponseCache(directory)
+    with pytest.warns(LLMEvalCacheWarning, match="file is not a database"):
+        assert cache.get_many(keys) == {}
+    assert len(corrupt_copies(directory)) == 1
+    cache.set(keys[0], answer(0))
+    assert cache.get_many(keys) == {keys[0]: answer(0)}
+    cache.close()
+
+
 # ------------------------------------------------------------------------------------------ locks
 
 

@@ -113,6 +113,10 @@ def _is_locked(exc: BaseException) -> bool:
     return False
 
 
+def _select(cache: Any, query: str, args: tuple[Any, ...]) -> list[Any]:
+    return list(cache._sql(query, args).fetchall())
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of ``path``, or None when it does not exist: tells a rebuilt database from ours."""
     try:
@@ -305,6 +309,45 @@ class ResponseCache:
                 return None
             return value if isinstance(value, dict) else None
         return None
+
+    def get_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """``{key: get(key)}`` for the keys that hit, read with one query per 500 keys rather than one per key.
+
+        diskcache has no batch read, so this reads its table the way its ``get`` does on its fast path (no
+        statistics, an eviction policy that does not update on reads); anything else, or any error, falls back
+        to ``get`` per key, which recovers from corruption and bad values as described above."""
+        found: dict[str, dict[str, Any]] = {}
+        pending = list(dict.fromkeys(keys))
+        try:
+            cache = self._retry_locked(self._handle, "opening it")
+            if cache is None:
+                return {}
+            from diskcache.core import EVICTION_POLICY
+
+            if cache.statistics or EVICTION_POLICY[cache.eviction_policy]["get"] is not None:
+                raise NotImplementedError("diskcache's get has side effects here")
+            disk = cache.disk
+            while pending:
+                chunk, pending = pending[:500], pending[500:]
+                db_keys = {disk.put(k)[0]: k for k in chunk}
+                query = ("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN "
+                         f"({','.join('?' * len(db_keys))}) AND (expire_time IS NULL OR expire_time > ?)")
+                rows = self._retry_locked(functools.partial(_select, cache, query, (*db_keys, time.time())), "reading")
+                for db_key, mode, filename, db_value in rows:
+                    key = db_keys.get(db_key)
+                    if key is None:
+                        continue
+                    try:
+                        value = disk.fetch(mode, filename, db_value, False)
+                    except Exception:  # a value that will not load: get() warns and deletes it
+                        value = self.get(key)
+                    if isinstance(value, dict):
+                        found[key] = value
+        except LLMEvalCacheError:
+            raise
+        except Exception:
+            return {k: v for k in dict.fromkeys(keys) if (v := self.get(k)) is not None}
+        return found
 
     def set(self, key: str, value: dict[str, Any]) -> None:
         """Store ``value`` under ``key``; on a corrupt database, rebuild it and retry once."""

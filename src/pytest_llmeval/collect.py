@@ -7,6 +7,9 @@ message, instead of a collection error that would abort the whole run.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +36,21 @@ def _session(config: pytest.Config) -> LLMEvalSession:
     return config.stash[STATE]
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No automatic garbage collection inside: for building many objects that all live on (a suite's cases and
+    items). Each collection the allocations would trigger walks every object alive and finds nothing to free;
+    parsing 5000 cases set off four full ones (~0.25 s). Anything cyclic left over is collected later as usual."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 class InvalidCase(Exception):
     """A case (or whole file) failed validation."""
 
@@ -52,7 +70,11 @@ class CaseFailed(Exception):
 class CaseFile(pytest.File):
     """A suite file (YAML) or a bare JSONL suite."""
 
-    def collect(self) -> Iterator[pytest.Item]:
+    def collect(self) -> list[pytest.Item]:  # type: ignore[override]
+        with paused_gc():
+            return list(self._collect())
+
+    def _collect(self) -> Iterator[pytest.Item]:
         state = _session(self.config)
         loaded = load_file(self.path, state.registry)
         groups: dict[str, list[CaseError]] = {}
@@ -230,6 +252,9 @@ class CaseItem(pytest.Item):
             draws = self.draws
             return [state.runner.complete(self.model, messages, self.case.params, sample=i, key_extra=key_extra,
                                           semantic=draws == 1) for i in range(draws)]
+        answered = state.answered(self)
+        if answered is not None:
+            return answered
         if state.prefetcher is not None:
             state.prefetch_from(self)
             prefetched = state.prefetcher.take(self)
@@ -274,22 +299,9 @@ class CaseItem(pytest.Item):
         return augmented, {"index": index.version, "embedding": index.fingerprint}
 
     def runtest(self) -> None:
-        from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION
-
         state = _session(self.config)
-        judge = self._default_judge()
-
-        def ask(model: str, messages: list[dict[str, str]], attempt: int) -> Completion:
-            return state.runner.complete(model, messages, JUDGE_PARAMS, sample=attempt, semantic=False,
-                                         key_extra={"purpose": "judge", "prompt_version": JUDGE_PROMPT_VERSION})
-
-        context = None
-        if self.retrieved:
-            from pytest_llmeval.rag import references_block
-
-            context = references_block(self.retrieved, str((self.case.retrieve or {}).get("prefix", "")))
-        self.judge_env = JudgeEnv(judge_model=judge, self_judging=self.case.kind != "calibration"
-                                  and judge == self.model, ask=ask, context=context)
+        if any(c.definition is not None and c.definition.judge for c in self.checks):
+            self.judge_env = self._judge_env(state)
         if self.case.kind == "calibration":
             answers = [str(self.case.fields["answer"])]
         else:
@@ -317,6 +329,24 @@ class CaseItem(pytest.Item):
             pytest.skip(f"unscored: {reasons[0]}")
         if self.status == "failed":
             raise CaseFailed()
+
+    def _judge_env(self, state: LLMEvalSession) -> JudgeEnv:
+        """What this item's judge checks need: who judges, and how to call it (through the exact cache)."""
+        from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION
+
+        judge = self._default_judge()
+
+        def ask(model: str, messages: list[dict[str, str]], attempt: int) -> Completion:
+            return state.runner.complete(model, messages, JUDGE_PARAMS, sample=attempt, semantic=False,
+                                         key_extra={"purpose": "judge", "prompt_version": JUDGE_PROMPT_VERSION})
+
+        context = None
+        if self.retrieved:
+            from pytest_llmeval.rag import references_block
+
+            context = references_block(self.retrieved, str((self.case.retrieve or {}).get("prefix", "")))
+        return JudgeEnv(judge_model=judge, self_judging=self.case.kind != "calibration" and judge == self.model,
+                        ask=ask, context=context)
 
     def _robustness(self, state: LLMEvalSession) -> str:
         """Grade the case's perturbed variants against the original outcome; passed when consistent enough."""
@@ -477,7 +507,6 @@ class CaseItem(pytest.Item):
 
     def result(self, outcome: str, message: str | None) -> CaseResult:
         """This item's CaseResult for the given outcome."""
-        from pytest_llmeval.holdout import case_prompt_hash
         from pytest_llmeval.results import pass_at_k
 
         if outcome == "skipped" and self.status == "unscored":
@@ -552,7 +581,7 @@ class CaseItem(pytest.Item):
             if any(x.cost_usd is not None for x in calls) else None,
             cached=all(x.cached for x in calls) if calls else None, calls=len(calls),
             tags=list(self.case.tags), message=message, split=self.case.split,
-            prompt_hash=case_prompt_hash(self.case),
+            prompt_hash=_prompt_hash(self.case),
             cache=("semantic" if any(x.semantic for x in calls) else "exact" if all(x.cached for x in calls)
                    else None) if calls else None,
             semantic_hit=next((x.semantic for x in calls if x.semantic), None), **extra,
@@ -636,7 +665,34 @@ def _program_image(ctx: Any, name: str) -> Any:
 
 
 def _relative(config: pytest.Config, path: Any) -> str:
+    return _relative_to(config.rootpath, path)
+
+
+@functools.lru_cache(maxsize=1024)
+def _relative_to(root: Path, path: Path) -> str:
     try:
-        return str(path.relative_to(config.rootpath))
+        return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+_PROMPT_HASHES: dict[tuple[Any, ...], str] = {}
+
+
+def _prompt_hash(case: CaseSpec) -> str:
+    """holdout.case_prompt_hash of the case, computed once per distinct system prompt, template and params (the
+    cases of a suite mostly share them)."""
+    from pytest_llmeval.holdout import case_prompt_hash
+
+    try:
+        # With the types: 0, 0.0 and False are equal keys but different JSON.
+        key = (case.system, case.template, case.kind, tuple((k, type(v), v) for k, v in case.params.items()))
+        hash(key)
+    except TypeError:  # a list or mapping among the params
+        return case_prompt_hash(case)
+    found = _PROMPT_HASHES.get(key)
+    if found is None:
+        if len(_PROMPT_HASHES) >= 4096:
+            _PROMPT_HASHES.clear()
+        found = _PROMPT_HASHES[key] = case_prompt_hash(case)
+    return found

@@ -202,6 +202,36 @@ class ModelRunner:
             return False
         return self.cache.get(self._key(model, messages, dict(params or {}), sample, key_extra)[0]) is not None
 
+    def cached(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
+               sample: int = 0, key_extra: dict[str, Any] | None = None, semantic: bool = True) -> Completion | None:
+        """The answer ``complete`` with these arguments would take from the exact cache, or None (a miss, a cache
+        mode that does not read, or an entry ``complete`` could not use either)."""
+        if self.cache is None or self.settings.cache_mode not in ("on", "replay", "semantic"):
+            return None
+        hit = self.cache.get(self._key(model, messages, dict(params or {}), sample, key_extra)[0])
+        if hit is None:
+            return None
+        try:
+            return Completion(**{**hit, "model": model, "cached": True})
+        except TypeError:  # a stored value of another shape: complete() reports it where the item runs
+            return None
+
+    def cached_many(self, calls: list[dict[str, Any]]) -> list[Completion | None]:
+        """``[cached(**call) for call in calls]``, read from the cache in batches."""
+        if self.cache is None or self.settings.cache_mode not in ("on", "replay", "semantic") or not calls:
+            return [None] * len(calls)
+        keys = [self._key(c["model"], c["messages"], dict(c.get("params") or {}), c.get("sample", 0),
+                          c.get("key_extra"))[0] for c in calls]
+        hits = self.cache.get_many(keys)
+        out: list[Completion | None] = []
+        for call, key in zip(calls, keys, strict=True):
+            hit = hits.get(key)
+            try:
+                out.append(None if hit is None else Completion(**{**hit, "model": call["model"], "cached": True}))
+            except TypeError:  # a stored value of another shape: complete() reports it where the item runs
+                out.append(None)
+        return out
+
     def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
                  sample: int = 0, key_extra: dict[str, Any] | None = None, semantic: bool = True) -> Completion:
         """Answer ``messages`` with ``model``, through the cache. Raises ModelCallError on failure.

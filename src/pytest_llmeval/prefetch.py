@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -28,8 +28,9 @@ def _key(call: dict[str, Any]) -> str:
 
 
 class Prefetcher:
-    def __init__(self, complete: Any, concurrency: int) -> None:
+    def __init__(self, complete: Any, concurrency: int, before_start: Callable[[], None] | None = None) -> None:
         self._complete = complete
+        self._before_start = before_start  # run on the calling (main) thread before the pool's first thread
         self.concurrency = concurrency
         self.window = 2 * concurrency  # calls submitted and not yet taken
         self._pool: ThreadPoolExecutor | None = None
@@ -44,8 +45,14 @@ class Prefetcher:
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
+            if self._before_start is not None:
+                self._before_start()
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="llmeval-call")
         return self._pool
+
+    def exclude(self, nodeids: Iterable[str]) -> None:
+        """Never prefetch these items (their answers are already at hand)."""
+        self._not_prefetchable.update(nodeids)
 
     def fill(self, upcoming: Iterable[Any]) -> None:
         """Submit the calls of ``upcoming`` items (in run order) until the window is full."""

@@ -9,6 +9,7 @@ rides on the test report, which xdist serialises to the controller.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 from collections import Counter
 from collections.abc import Generator
@@ -20,7 +21,7 @@ import pytest
 from pytest_llmeval import settings as settings_mod
 from pytest_llmeval.cases import referenced_datasets
 from pytest_llmeval.checks import CheckRegistry
-from pytest_llmeval.collect import CaseFile, CaseItem, InvalidCaseItem, ModelUnusable
+from pytest_llmeval.collect import CaseFile, CaseItem, InvalidCaseItem, ModelUnusable, paused_gc
 from pytest_llmeval.models import Completion, ModelCallError, ModelRunner
 from pytest_llmeval.results import CaseResult, build_results, write_results
 
@@ -46,6 +47,7 @@ class LLMEvalSession:
     """The plugin object holding this process's run state."""
 
     def __init__(self, config: pytest.Config) -> None:
+        _gc_thaw()  # an earlier session in this process (pytester, an IDE) froze its objects: collectable again
         self.config = config
         self.settings = settings_mod.resolve(config)
         self.registry = CheckRegistry()
@@ -61,7 +63,10 @@ class LLMEvalSession:
         if self.settings.concurrency > 1:
             from pytest_llmeval.prefetch import Prefetcher
 
-            self.prefetcher = Prefetcher(self.runner.complete, self.settings.concurrency)
+            # Every module is imported before the pool's first thread starts (see _import_all_modules): when the
+            # pool starts, not at session start, so a run that never calls a model (all answers cached) skips it.
+            self.prefetcher = Prefetcher(self.runner.complete, self.settings.concurrency,
+                                         before_start=_import_all_modules)
         self._journal: Any = None
         self._answered: dict[str, list[Completion]] = {}  # nodeid -> its answers, found in the cache at collection
         self._done: dict[str, dict[str, Any]] | None = None
@@ -128,14 +133,22 @@ class LLMEvalSession:
         self._session = session
         if not self.is_worker and not self.config.option.collectonly:
             _ = self.run  # decide the run id (and the journal) before anything runs
-        if self.prefetcher is not None:
-            _import_all_modules()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
         self._order = list(session.items)
         self._position = {item.nodeid: i for i, item in enumerate(self._order)}
+        _gc_freeze()  # what collection built lives through the run: full collections need not walk it again
         return (yield)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        # One full collection of everything, while pytest still watches for exceptions raised by finalizers (its
+        # own cleanup collects again, after this), then the survivors are frozen: the interpreter's collections
+        # at exit would otherwise walk them all again, several times (~0.5 s after a 5000-case run).
+        _gc_thaw()
+        gc.collect()
+        _gc_freeze()
 
     def prefetch_from(self, item: pytest.Item) -> None:
         """Make sure the calls of ``item`` and of the items after it (in this process's run order) are issued."""
@@ -254,7 +267,8 @@ class LLMEvalSession:
         needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m}
                         | {m for i in items if isinstance(i, CaseItem) and _item_model(i, self.settings.models)
                            for m in i.judge_models()})
-        deferred = self._answered_from_cache(items, set(needed))
+        with paused_gc():  # the answers found live on
+            deferred = self._answered_from_cache(items, set(needed))
         problems = {m: p for m in needed if m not in deferred and (p := self.runner.check_model(m))}
         if any(isinstance(i, CaseItem) and i.case.kind == "code" and _item_model(i, self.settings.models)
                for i in items):
@@ -282,20 +296,35 @@ class LLMEvalSession:
         if self.runner.cache is None or self.settings.cache_mode not in ("on", "replay", "semantic"):
             return set()
         verdict: dict[str, bool] = {}
+        pending: list[tuple[pytest.Item, str, list[dict[str, Any]]]] = []
+
+        def settle() -> None:
+            """Look up the pending items' calls (one batch) and record which models stay all-cached."""
+            found = self.runner.cached_many([call for _, _, plan in pending for call in plan])
+            at = 0
+            for item, model, plan in pending:
+                answers, at = found[at:at + len(plan)], at + len(plan)
+                if verdict.get(model) is False:
+                    continue
+                verdict[model] = all(a is not None for a in answers)
+                if verdict[model] and answers:
+                    self._answered[item.nodeid] = [a for a in answers if a is not None]
+            pending.clear()
+
+        batch = 8  # a first small batch: a run that is not cached finds out after a few lookups
         for item in items:
             model = _item_model(item, self.settings.models)
             if model is None or verdict.get(model) is False:
                 continue
             plan = item.plan_calls() if isinstance(item, CaseItem) and not item.judge_models() else None
-            answers: list[Completion] = []
-            for call in plan or ():
-                answer = self.runner.cached(**call)
-                if answer is None:
-                    break
-                answers.append(answer)
-            verdict[model] = plan is not None and len(answers) == len(plan)
-            if verdict[model]:
-                self._answered[item.nodeid] = answers
+            if plan is None:
+                verdict[model] = False
+                continue
+            pending.append((item, model, plan))
+            if len(pending) >= batch:
+                settle()
+                batch = 512
+        settle()
         if self._answered and self.prefetcher is not None:
             self.prefetcher.exclude(self._answered)
         return {m for m, ok in verdict.items() if ok and m in needed}
@@ -542,6 +571,27 @@ class LLMEvalSession:
         except ValueError:
             shown = self.settings.results_path
         tr.write_line(f"results: {shown}")
+
+
+# Garbage collection. A full collection walks every live object, and a run of thousands of cases keeps hundreds of
+# thousands alive (items, cases, reports), so each one the interpreter triggers during the run costs 50-150 ms and
+# the collections at interpreter exit about half a second. What exists when the tests start (collection's work)
+# is frozen (gc.freeze: exempt from collections, still freed by reference counting) until the session ends; then
+# everything is collected once, with pytest still reporting exceptions from finalizers, and what survives is frozen
+# for the exit. A later session in the same process (pytester, an IDE) thaws it first. Only when cyclic garbage is
+# reclaimed changes: what a session made is reclaimed by its end, at the latest.
+_FROZEN = [False]
+
+
+def _gc_freeze() -> None:
+    gc.freeze()
+    _FROZEN[0] = True
+
+
+def _gc_thaw() -> None:
+    if _FROZEN[0]:
+        gc.unfreeze()
+        _FROZEN[0] = False
 
 
 def _import_all_modules() -> None:
