@@ -44,6 +44,69 @@ def test_concurrency_keeps_n_requests_in_flight_and_results_in_order(project: Pr
     assert [c["case_id"] for c in project.results()["cases"]] == [f"c{i:02d}" for i in range(12)]
 
 
+def test_prefetch_window_counts_the_calls_not_done_only() -> None:
+    """Answers waiting for their (later) items do not hold up new calls: the window is of calls waiting or running."""
+    import threading
+
+    from pytest_llmeval.prefetch import Prefetcher
+
+    release = threading.Event()
+    started: list[int] = []
+
+    def complete(*, model: str, messages: list[dict[str, str]], **_: object) -> str:
+        started.append(int(messages[0]["content"]))
+        release.wait(10)
+        return messages[0]["content"]
+
+    class Item:
+        def __init__(self, i: int) -> None:
+            self.nodeid = f"c{i}"
+            self.call = {"model": "m", "messages": [{"role": "user", "content": str(i)}]}
+
+        def plan_calls(self) -> list[dict[str, object]]:
+            return [self.call]
+
+    items = [Item(i) for i in range(12)]
+    prefetcher = Prefetcher(complete, concurrency=2)  # window: 4 calls waiting or running
+    try:
+        prefetcher.fill(items)
+        assert len(prefetcher._items) == 4
+        release.set()
+        for item in items[:4]:
+            for future in prefetcher._items[item.nodeid]:
+                future.result(10)
+        release.clear()
+        prefetcher.fill(items[1:])  # items 1-3 are done but not taken: 4 more calls go out
+        assert len(prefetcher._items) == 8
+        release.set()
+        assert prefetcher.take(items[0]) == ["0"] and prefetcher.take(items[7]) == ["7"]
+    finally:
+        release.set()
+        prefetcher.close()
+    assert sorted(started) == list(range(8))
+
+
+def test_the_price_litellm_computed_is_used_even_when_unknown() -> None:
+    """litellm prices every response itself; pricing it again (for a model with no known price, ~0.6 ms of CPU a
+    call) is only for a response that has no price field at all (one rebuilt from a stream)."""
+    from types import SimpleNamespace
+
+    from pytest_llmeval.models import _response_cost
+
+    asked: list[object] = []
+
+    def completion_cost(completion_response: object) -> float:
+        asked.append(completion_response)
+        return 0.25
+
+    litellm = SimpleNamespace(completion_cost=completion_cost)
+    assert _response_cost(litellm, SimpleNamespace(_hidden_params={"response_cost": 0.5})) == 0.5
+    assert _response_cost(litellm, SimpleNamespace(_hidden_params={"response_cost": None})) is None
+    assert asked == []
+    rebuilt = SimpleNamespace(_hidden_params={})
+    assert _response_cost(litellm, rebuilt) == 0.25 and asked == [rebuilt]
+
+
 def test_concurrency_one_is_one_call_at_a_time(project: Project) -> None:
     project.write("cases/many.yaml", suite(5))
     project.server.default = "ok"

@@ -393,12 +393,15 @@ def _quiet_logging(litellm: Any, routed: bool) -> Iterator[None]:
 
 
 def _response_cost(litellm: Any, response: Any) -> float | None:
-    """The price litellm already computed for the response; computed again only if it is missing. None when
-    the model has no known price (unknown, not zero)."""
+    """The price litellm already computed for the response; computed only if litellm did not (a response rebuilt
+    from a stream). None when the model has no known price (unknown, not zero): litellm's None is kept, not asked
+    again (for an unpriced model, a self-hosted one say, the lookup costs ~0.6 ms of CPU per call)."""
     hidden = getattr(response, "_hidden_params", None) or {}
     cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
     if cost is not None:
         return float(cost)
+    if isinstance(hidden, dict) and "response_cost" in hidden:
+        return None
     try:
         return float(litellm.completion_cost(completion_response=response))
     except Exception:

@@ -32,12 +32,13 @@ class Prefetcher:
         self._complete = complete
         self._before_start = before_start  # run on the calling (main) thread before the pool's first thread
         self.concurrency = concurrency
-        self.window = 2 * concurrency  # calls submitted and not yet taken
+        # Calls waiting or running (not the ones done and not yet taken: while the main thread waits for the oldest
+        # call, the answers of later items pile up, and counting them would leave the pool idle behind it).
+        self.window = 2 * concurrency
         self._pool: ThreadPoolExecutor | None = None
         self._items: dict[str, list[Future[Any]]] = {}
         self._inflight: dict[str, Future[Any]] = {}
         self._not_prefetchable: set[str] = set()
-        self._pending = 0
         # Re-entrant: a future that is already done runs its done-callback (_forget) at once, in this thread,
         # while fill() still holds the lock.
         self._lock = threading.RLock()
@@ -59,7 +60,7 @@ class Prefetcher:
         if self.stopped:
             return
         for item in upcoming:
-            if self._pending >= self.window:
+            if len(self._inflight) >= self.window:  # _inflight: the calls not done yet
                 break
             nodeid = item.nodeid
             if nodeid in self._items or nodeid in self._not_prefetchable:
@@ -79,7 +80,6 @@ class Prefetcher:
                         future.add_done_callback(functools.partial(self._forget, key))
                     futures.append(future)
             self._items[nodeid] = futures
-            self._pending += len(futures)
 
     def _forget(self, key: str, future: Future[Any]) -> None:
         with self._lock:
@@ -92,7 +92,6 @@ class Prefetcher:
         futures = self._items.pop(item.nodeid, None)
         if futures is None:
             return None
-        self._pending -= len(futures)
         if any(f.cancelled() for f in futures):
             return None
         return [f.result() for f in futures]
