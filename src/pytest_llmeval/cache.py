@@ -66,9 +66,13 @@ class LLMEvalCacheError(RuntimeError):
     """The response cache could not be used (it stayed locked)."""
 
 
+# json.dumps(..., sort_keys=True, default=str, ensure_ascii=False) builds this encoder anew at every call.
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False)
+
+
 def cache_key(**parts: Any) -> str:
     """A stable hash of the request parts (JSON with sorted keys)."""
-    blob = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str, ensure_ascii=False)
+    blob = _KEY_ENCODER.encode({"format": CACHE_FORMAT, **parts})
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
