@@ -7,9 +7,7 @@ message, instead of a collection error that would abort the whole run.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 from pytest_llmeval.cases import CaseError, CaseSpec, load_file
 from pytest_llmeval.checks import CheckOutcome
 from pytest_llmeval.checks.judge import JudgeEnv
-from pytest_llmeval.models import Completion, ModelCallError
+from pytest_llmeval.models import Completion, ModelCallError, paused_gc
 from pytest_llmeval.results import CaseResult
 
 if TYPE_CHECKING:
@@ -34,21 +32,6 @@ def _session(config: pytest.Config) -> LLMEvalSession:
     from pytest_llmeval._state import STATE
 
     return config.stash[STATE]
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """No automatic garbage collection inside: for building many objects that all live on (a suite's cases and
-    items). Each collection the allocations would trigger walks every object alive and finds nothing to free;
-    parsing 5000 cases set off four full ones (~0.25 s). Anything cyclic left over is collected later as usual."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class InvalidCase(Exception):

@@ -8,6 +8,7 @@ a model that cannot be used at all (unknown provider, missing API key) is found 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import re
@@ -59,6 +60,45 @@ class Completion:
     attempts: int = 1  # calls made for this answer (retries after 429, 5xx, connection errors, timeouts)
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No automatic garbage collection inside: for building many objects that all live on (a suite's cases and
+    items, litellm's modules). Each collection the allocations would trigger walks every object alive and finds
+    nothing to free: parsing 5000 cases set off four full ones (~0.25 s), importing litellm five (~0.4 s). Anything
+    cyclic left over is collected later as usual."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+# Garbage collection. A full collection walks every live object, and a run of thousands of cases keeps hundreds of
+# thousands alive (items, cases, reports; litellm's modules), so each one the interpreter triggers during the run
+# costs 50-150 ms and the collections at interpreter exit about half a second. What exists when the tests start
+# (collection's work, litellm once imported) is frozen (gc.freeze: exempt from collections, still freed by reference
+# counting) until the session ends; then everything is collected once, while pytest still reports exceptions from
+# finalizers, and what survives is frozen for the exit (session.py). A later session in the same process (pytester,
+# an IDE) thaws it first. Only when cyclic garbage is reclaimed changes: what a session made is reclaimed by its end.
+_FROZEN = [False]
+
+
+def gc_freeze() -> None:
+    """gc.freeze(), remembered: the end of the session (or the next one in this process) thaws it."""
+    gc.freeze()
+    _FROZEN[0] = True
+
+
+def gc_thaw() -> None:
+    """Undo gc_freeze (if it was called): what it froze is collectable again."""
+    if _FROZEN[0]:
+        gc.unfreeze()
+        _FROZEN[0] = False
+
+
 _litellm_lock = threading.Lock()
 _litellm: Any = None
 
@@ -70,7 +110,11 @@ def get_litellm() -> Any:
         if _litellm is None:
             # Offline, litellm would retry downloading its cost map for seconds on import.
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            import litellm
+            with paused_gc():
+                import litellm
+            # Its ~half a million objects live as long as the process: exempt them from collections (the first
+            # one after the import would walk them all, ~0.2 s). A session's end collects everything once anyway.
+            gc_freeze()
 
             litellm.suppress_debug_info = True  # no "Provider List: ..." banners in test output
             litellm.telemetry = False

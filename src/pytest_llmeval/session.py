@@ -21,8 +21,8 @@ import pytest
 from pytest_llmeval import settings as settings_mod
 from pytest_llmeval.cases import referenced_datasets
 from pytest_llmeval.checks import CheckRegistry
-from pytest_llmeval.collect import CaseFile, CaseItem, InvalidCaseItem, ModelUnusable, paused_gc
-from pytest_llmeval.models import Completion, ModelCallError, ModelRunner
+from pytest_llmeval.collect import CaseFile, CaseItem, InvalidCaseItem, ModelUnusable
+from pytest_llmeval.models import Completion, ModelCallError, ModelRunner, gc_freeze, gc_thaw, paused_gc
 from pytest_llmeval.results import CaseResult, build_results, write_results
 
 CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm` fixture, per item
@@ -47,7 +47,7 @@ class LLMEvalSession:
     """The plugin object holding this process's run state."""
 
     def __init__(self, config: pytest.Config) -> None:
-        _gc_thaw()  # an earlier session in this process (pytester, an IDE) froze its objects: collectable again
+        gc_thaw()  # an earlier session in this process (pytester, an IDE) froze its objects: collectable again
         self.config = config
         self.settings = settings_mod.resolve(config)
         self.registry = CheckRegistry()
@@ -138,7 +138,7 @@ class LLMEvalSession:
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
         self._order = list(session.items)
         self._position = {item.nodeid: i for i, item in enumerate(self._order)}
-        _gc_freeze()  # what collection built lives through the run: full collections need not walk it again
+        gc_freeze()  # what collection built lives through the run: full collections need not walk it again
         return (yield)
 
     @pytest.hookimpl(trylast=True)
@@ -146,9 +146,9 @@ class LLMEvalSession:
         # One full collection of everything, while pytest still watches for exceptions raised by finalizers (its
         # own cleanup collects again, after this), then the survivors are frozen: the interpreter's collections
         # at exit would otherwise walk them all again, several times (~0.5 s after a 5000-case run).
-        _gc_thaw()
+        gc_thaw()
         gc.collect()
-        _gc_freeze()
+        gc_freeze()
 
     def prefetch_from(self, item: pytest.Item) -> None:
         """Make sure the calls of ``item`` and of the items after it (in this process's run order) are issued."""
@@ -571,27 +571,6 @@ class LLMEvalSession:
         except ValueError:
             shown = self.settings.results_path
         tr.write_line(f"results: {shown}")
-
-
-# Garbage collection. A full collection walks every live object, and a run of thousands of cases keeps hundreds of
-# thousands alive (items, cases, reports), so each one the interpreter triggers during the run costs 50-150 ms and
-# the collections at interpreter exit about half a second. What exists when the tests start (collection's work)
-# is frozen (gc.freeze: exempt from collections, still freed by reference counting) until the session ends; then
-# everything is collected once, with pytest still reporting exceptions from finalizers, and what survives is frozen
-# for the exit. A later session in the same process (pytester, an IDE) thaws it first. Only when cyclic garbage is
-# reclaimed changes: what a session made is reclaimed by its end, at the latest.
-_FROZEN = [False]
-
-
-def _gc_freeze() -> None:
-    gc.freeze()
-    _FROZEN[0] = True
-
-
-def _gc_thaw() -> None:
-    if _FROZEN[0]:
-        gc.unfreeze()
-        _FROZEN[0] = False
 
 
 def _import_all_modules() -> None:
