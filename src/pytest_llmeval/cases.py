@@ -420,25 +420,36 @@ class _Lines:
 
     def __init__(self, root: yaml.Node) -> None:
         self._root = root
+        # loc -> (node, line, found) of the locations looked up so far: the cases' locations share their prefixes.
+        self._known: dict[Loc, tuple[yaml.Node, int, bool]] = {(): (root, root.start_mark.line + 1, True)}
+
+    def _walk(self, loc: Loc) -> tuple[yaml.Node, int, bool]:
+        """The node of ``loc``'s longest prefix in the document, its line, and whether that prefix is all of ``loc``."""
+        known = self._known.get(loc)
+        if known is not None:
+            return known
+        node, line, found = self._walk(loc[:-1])
+        part = loc[-1]
+        if not found:
+            result = (node, line, False)
+        elif isinstance(node, yaml.MappingNode):
+            result = (node, line, False)
+            for k, v in reversed(node.value):
+                if (k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)) == part:
+                    result = (v, k.start_mark.line + 1, True)
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            result = (node.value[part], node.value[part].start_mark.line + 1, True)
+        else:
+            result = (node, line, False)
+        if len(loc) <= 3:  # remember the suite's and the cases' own levels, not every field below them
+            self._known[loc] = result
+        return result
 
     def _find(self, loc: Loc) -> tuple[int, bool]:
         """The line of ``loc``'s longest prefix in the document, and whether that prefix is all of ``loc``."""
-        node = self._root
-        line = node.start_mark.line + 1
-        for part in loc:
-            if isinstance(node, yaml.MappingNode):
-                for k, v in reversed(node.value):
-                    if (k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)) == part:
-                        node, line = v, k.start_mark.line + 1
-                        break
-                else:
-                    return line, False
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-                node = node.value[part]
-                line = node.start_mark.line + 1
-            else:
-                return line, False
-        return line, True
+        _, line, found = self._walk(tuple(loc))
+        return line, found
 
     def __contains__(self, loc: object) -> bool:
         return isinstance(loc, tuple) and self._find(loc)[1]

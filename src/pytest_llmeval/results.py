@@ -73,15 +73,18 @@ class CaseResult:
     robustness: dict[str, Any] | None = None  # robust stage: consistency, flips, the minimal flipping variant
 
     def to_dict(self) -> dict[str, Any]:
-        # Shallow: the values are already plain JSON data (asdict's deep copy cost ~0.2 ms a case).
-        d = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        # Shallow: the values are already plain JSON data (asdict's deep copy cost ~0.2 ms a case). The instance's
+        # __dict__ holds exactly the fields, in order, unless someone added an attribute.
+        fields = self.__dataclass_fields__
+        own = self.__dict__
+        d = dict(own) if len(own) == len(fields) else {name: getattr(self, name) for name in fields}
         if d["answer"] and len(d["answer"]) > ANSWER_LIMIT:
             d["answer"] = d["answer"][:ANSWER_LIMIT] + "…"
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:
-        known = {f for f in cls.__dataclass_fields__}
+        known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -69,6 +69,7 @@ class LLMEvalSession:
                                          before_start=_import_all_modules)
         self._journal: Any = None
         self._answered: dict[str, list[Completion]] = {}  # nodeid -> its answers, found in the cache at collection
+        self._made: tuple[dict[str, Any], CaseResult] | None = None  # the last report's data and its CaseResult
         self._done: dict[str, dict[str, Any]] | None = None
         self._order: list[pytest.Item] = []
         self._position: dict[str, int] = {}
@@ -264,11 +265,11 @@ class LLMEvalSession:
                 items[:] = kept
         if config.option.collectonly:
             return  # listing tests needs no key
-        needed = sorted({m for m in (_item_model(i, self.settings.models) for i in items) if m}
-                        | {m for i in items if isinstance(i, CaseItem) and _item_model(i, self.settings.models)
-                           for m in i.judge_models()})
+        item_models = [(i, _item_model(i, self.settings.models)) for i in items]
+        needed = sorted({m for _, m in item_models if m}
+                        | {m for i, model in item_models if model and isinstance(i, CaseItem) for m in i.judge_models()})
         with paused_gc():  # the answers found live on
-            deferred = self._answered_from_cache(items, set(needed))
+            deferred = self._answered_from_cache(item_models, set(needed))
         problems = {m: p for m in needed if m not in deferred and (p := self.runner.check_model(m))}
         if any(isinstance(i, CaseItem) and i.case.kind == "code" and _item_model(i, self.settings.models)
                for i in items):
@@ -286,7 +287,7 @@ class LLMEvalSession:
             return
         raise pytest.UsageError("\n".join(problems.values()))
 
-    def _answered_from_cache(self, items: list[pytest.Item], needed: set[str]) -> set[str]:
+    def _answered_from_cache(self, items: list[tuple[pytest.Item, str | None]], needed: set[str]) -> set[str]:
         """Models whose every call in this selection is already in the exact cache: checking them would import
         litellm (~3 s) for nothing. Their check happens at the first call that misses after all.
 
@@ -312,8 +313,7 @@ class LLMEvalSession:
             pending.clear()
 
         batch = 8  # a first small batch: a run that is not cached finds out after a few lookups
-        for item in items:
-            model = _item_model(item, self.settings.models)
+        for item, model in items:
             if model is None or verdict.get(model) is False:
                 continue
             plan = item.plan_calls() if isinstance(item, CaseItem) and not item.judge_models() else None
@@ -388,6 +388,9 @@ class LLMEvalSession:
         if result is not None:
             data = result.to_dict()
             report.__dict__["llmeval"] = data  # serialised by xdist with the report
+            # Handed to pytest_runtest_logreport of this report in this process (not through xdist), unless to_dict
+            # shortened the answer: then the CaseResult is rebuilt from the data there, as on the controller.
+            self._made = (data, result) if data["answer"] is result.answer else None
             props = [("llmeval_suite", result.suite), ("llmeval_case", result.case_id),
                      ("llmeval_model", result.model), ("llmeval_outcome", result.outcome),
                      ("llmeval_score", "" if result.score is None else f"{result.score:.4f}"),
@@ -439,7 +442,8 @@ class LLMEvalSession:
         if report.failed and not (data and data.get("outcome") == "failed"):
             self.other_failures += 1
         if data:
-            self.results.append(CaseResult.from_dict(data))
+            made, self._made = self._made, None
+            self.results.append(made[1] if made is not None and made[0] is data else CaseResult.from_dict(data))
         invalid = getattr(report, "llmeval_invalid", None)
         if invalid:
             self.invalid.extend(invalid)
