@@ -107,11 +107,14 @@ class Journal:
         self._fd: int | None = None
         self._lock = threading.Lock()
 
-    def append(self, result: dict[str, Any]) -> None:
+    def append(self, result: dict[str, Any]) -> str:
+        """Write the line; return its JSON text (without the newline)."""
+        text = _ENCODER.encode(result)
         try:
-            data = (_ENCODER.encode(result) + "\n").encode("utf-8")
+            data = (text + "\n").encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate in an answer: \u-escaped, it reads back the same
-            data = (json.dumps(result, default=str) + "\n").encode("ascii")
+            text = json.dumps(result, default=str)
+            data = (text + "\n").encode("ascii")
         with self._lock:
             if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +123,7 @@ class Journal:
             view = memoryview(data)
             while view:  # a regular file takes it all at once; a short write (a full disk) is finished or raises
                 view = view[os.write(self._fd, view):]
+        return text
 
     def close(self) -> None:
         with self._lock:

@@ -280,11 +280,28 @@ def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
     return rows
 
 
+class EncodedCase(dict):  # type: ignore[type-arg]
+    """A case's dict that carries its JSON text (the journal line written for it): dumps_results writes that
+    instead of encoding the case again."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, data: dict[str, Any], text: str) -> None:
+        super().__init__(data)
+        self.json = text
+
+
 def build_results(results: list[CaseResult], *, models: list[str], cache_mode: str, exit_status: int,
-                  invalid: list[dict[str, Any]], workers: int, version: str, shard: str | None = None
-                  ) -> dict[str, Any]:
-    """The results.json document (schema documented in the README)."""
+                  invalid: list[dict[str, Any]], workers: int, version: str, shard: str | None = None,
+                  encoded: dict[int, str] | None = None) -> dict[str, Any]:
+    """The results.json document (schema documented in the README). ``encoded``: ``id(result)`` -> the JSON text
+    of ``result.to_dict()``, for the results that have it already."""
     ordered = sorted(results, key=lambda r: (r.suite, r.model, r.case_id, r.nodeid))
+    if encoded:
+        cases = [EncodedCase(r.to_dict(), text) if (text := encoded.get(id(r))) is not None else r.to_dict()
+                 for r in ordered]
+    else:
+        cases = [r.to_dict() for r in ordered]
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "pytest-llmeval", "version": version},
@@ -292,7 +309,7 @@ def build_results(results: list[CaseResult], *, models: list[str], cache_mode: s
         "run": {"models": models, "cache": cache_mode, "exit_status": exit_status, "workers": workers,
                 "shard": shard},
         "suites": aggregate(ordered),
-        "cases": [r.to_dict() for r in ordered],
+        "cases": cases,
         "invalid": sorted(invalid, key=lambda e: (e["file"], e["line"] or 0, e.get("field") or "")),
     }
 
@@ -310,7 +327,8 @@ def dumps_results(document: dict[str, Any]) -> str:
         return json.dumps(document, indent=2, ensure_ascii=False)
     text = json.dumps({**document, "cases": _CASES_SLOT}, indent=2, ensure_ascii=False)
     encode = json.JSONEncoder(ensure_ascii=False).encode
-    listed = "[\n    " + ",\n    ".join(encode(case) for case in cases) + "\n  ]"
+    listed = "[\n    " + ",\n    ".join(case.json if type(case) is EncodedCase else encode(case)
+                                         for case in cases) + "\n  ]"
     return text.replace(json.dumps(_CASES_SLOT), listed, 1)
 
 

@@ -69,7 +69,9 @@ class LLMEvalSession:
                                          before_start=_import_all_modules)
         self._journal: Any = None
         self._answered: dict[str, list[Completion]] = {}  # nodeid -> its answers, found in the cache at collection
-        self._made: tuple[dict[str, Any], CaseResult] | None = None  # the last report's data and its CaseResult
+        # The last report's data, its CaseResult and JSON text; id(result) -> JSON text of the results kept.
+        self._made: tuple[dict[str, Any], CaseResult, str | None] | None = None
+        self._encoded: dict[int, str] = {}
         self._done: dict[str, dict[str, Any]] | None = None
         self._order: list[pytest.Item] = []
         self._position: dict[str, int] = {}
@@ -118,15 +120,16 @@ class LLMEvalSession:
             self._done = finished(self.journal_dir, list(self.run["resumed_from"])) if self.settings.resume else {}
         return self._done
 
-    def _journal_append(self, data: dict[str, Any]) -> None:
+    def _journal_append(self, data: dict[str, Any]) -> str | None:
+        """Journal a finished case; its JSON text (None with --collect-only)."""
         if self.config.option.collectonly:
-            return
+            return None
         if self._journal is None:
             from pytest_llmeval.journal import Journal
 
             writer = str(getattr(self.config, "workerinput", {}).get("workerid", "main"))
             self._journal = Journal(self.journal_dir, str(self.run["run_id"]), writer)
-        self._journal.append(data)
+        return str(self._journal.append(data))
 
     # ------------------------------------------------------------------------------------ prefetch
 
@@ -388,9 +391,11 @@ class LLMEvalSession:
         if result is not None:
             data = result.to_dict()
             report.__dict__["llmeval"] = data  # serialised by xdist with the report
-            # Handed to pytest_runtest_logreport of this report in this process (not through xdist), unless to_dict
-            # shortened the answer: then the CaseResult is rebuilt from the data there, as on the controller.
-            self._made = (data, result) if data["answer"] is result.answer else None
+            text = self._journal_append(data)  # at once, by the process that ran it: a kill loses no finished case
+            # Handed to pytest_runtest_logreport of this report in this process (not through xdist), with the JSON
+            # text results.json reuses, unless to_dict shortened the answer: then the CaseResult is rebuilt from the
+            # data there, as on the controller.
+            self._made = (data, result, text) if data["answer"] is result.answer else None
             props = [("llmeval_suite", result.suite), ("llmeval_case", result.case_id),
                      ("llmeval_model", result.model), ("llmeval_outcome", result.outcome),
                      ("llmeval_score", "" if result.score is None else f"{result.score:.4f}"),
@@ -398,7 +403,6 @@ class LLMEvalSession:
                      ("llmeval_cached", str(bool(result.cached)).lower())]
             item.user_properties.extend(props)
             report.user_properties.extend(props)
-            self._journal_append(data)  # at once, by the process that ran it: a kill loses no finished case
         return report
 
     def _result_for(self, item: pytest.Item, report: pytest.TestReport,
@@ -443,7 +447,12 @@ class LLMEvalSession:
             self.other_failures += 1
         if data:
             made, self._made = self._made, None
-            self.results.append(made[1] if made is not None and made[0] is data else CaseResult.from_dict(data))
+            if made is not None and made[0] is data:
+                self.results.append(made[1])
+                if made[2] is not None:
+                    self._encoded[id(made[1])] = made[2]
+            else:
+                self.results.append(CaseResult.from_dict(data))
         invalid = getattr(report, "llmeval_invalid", None)
         if invalid:
             self.invalid.extend(invalid)
@@ -466,7 +475,7 @@ class LLMEvalSession:
         workers = getattr(self.config.option, "numprocesses", None) or 0
         doc = build_results(self.results, models=list(self.settings.models), cache_mode=self.settings.cache_mode,
                             exit_status=int(exitstatus), invalid=self.invalid, workers=int(workers),
-                            version=_version(),
+                            version=_version(), encoded=self._encoded,
                             shard="/".join(map(str, self.settings.shard)) if self.settings.shard else None)
         if self._run is not None:
             doc["run"].update(run_id=self._run["run_id"], resumed_from=self._run["resumed_from"],
