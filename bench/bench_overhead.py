@@ -40,6 +40,11 @@ import tempfile
 import time
 from pathlib import Path
 
+try:
+    import resource  # CPU time of the measured runs (POSIX)
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -79,7 +84,11 @@ def write_cases(directory: Path, n: int) -> None:
 TIMEOUT = 600.0  # seconds per subprocess (--timeout); a hung run is reported, not waited for forever
 
 
+LAST_CPU = [0.0]  # user + system CPU seconds of the last timed() subprocess
+
+
 def timed(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN) if resource else None
     start = time.perf_counter()
     try:
         proc = subprocess.run([PY, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
@@ -87,7 +96,11 @@ def timed(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subpr
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
         print(f"  WARNING: timed out after {TIMEOUT:.0f} s (hung?): {' '.join(args[:6])} ...")
         proc = subprocess.CompletedProcess(args, -9, out, f"timed out after {TIMEOUT:.0f} s")
-    return time.perf_counter() - start, proc
+    wall = time.perf_counter() - start
+    if resource and before is not None:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        LAST_CPU[0] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, proc
 
 
 def expect_passed(name: str, proc: subprocess.CompletedProcess[str], n: int) -> None:
@@ -125,15 +138,17 @@ def bench_cached(root: Path, env: dict[str, str], n: int, repeat: int, has_concu
         shown = cached_concurrency if has_concurrency and cached_concurrency is not None else "(plugin default)"
         print(f"  cached runs: --llm-concurrency {shown}; each followed by a bare run (interleaved, so drift in "
               "machine load hits both alike)")
-        cached, bare = [], []
+        cached, bare, cached_cpu, bare_cpu = [], [], [], []
         for _ in range(repeat):
             wall, proc = timed(llm, root, env)
             expect_passed("cached run", proc, n)
             cached.append(wall)
+            cached_cpu.append(LAST_CPU[0])
             wall, proc = timed(["-m", "pytest", "bare", "-p", "no:llmeval", "-p", "no:cacheprovider", "-q"], root,
                                env)
             expect_passed("bare", proc, n)
             bare.append(wall)
+            bare_cpu.append(LAST_CPU[0])
         if server.requests:
             print(f"  WARNING: the cached runs sent {len(server.requests)} requests to the server (expected 0)")
     c, b = statistics.median(cached), statistics.median(bare)
@@ -142,6 +157,9 @@ def bench_cached(root: Path, env: dict[str, str], n: int, repeat: int, has_concu
     row("bare pytest, trivial parametrized tests", f"{b:.2f} s", f"runs: {', '.join(f'{x:.2f}' for x in bare)}")
     row("ratio cached / bare", f"{c / b:.2f}x", f"goal <= 1.20x: {verdict(c / b <= 1.2)}; median of the "
         f"pairs' ratios {pairs:.2f}x")
+    if resource:
+        cc, bc = statistics.median(cached_cpu), statistics.median(bare_cpu)
+        row("CPU time (user + system), cached / bare", f"{cc / bc:.2f}x", f"{cc:.2f} s vs {bc:.2f} s (medians)")
 
 
 def bench_help(root: Path, env: dict[str, str], runs: int) -> None:

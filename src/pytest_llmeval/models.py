@@ -62,10 +62,11 @@ class Completion:
 
 @contextlib.contextmanager
 def paused_gc() -> Iterator[None]:
-    """No automatic garbage collection inside: for building many objects that all live on (a suite's cases and
-    items, litellm's modules). Each collection the allocations would trigger walks every object alive and finds
-    nothing to free: parsing 5000 cases set off four full ones (~0.25 s), importing litellm five (~0.4 s). Anything
-    cyclic left over is collected later as usual."""
+    """No automatic garbage collection inside, and what exists afterwards frozen (gc_freeze): for building many
+    objects that all live on (a suite's cases and items, the answers found in the cache, litellm's modules). Each
+    collection the allocations would trigger walks every object alive and finds nothing to free: parsing 5000 cases
+    set off four full ones (~0.25 s), importing litellm five (~0.4 s); and the first one after the block would walk
+    all it built (~0.1-0.2 s). Anything cyclic left over is collected at the end of the session."""
     if not gc.isenabled():
         yield
         return
@@ -73,6 +74,7 @@ def paused_gc() -> Iterator[None]:
     try:
         yield
     finally:
+        gc_freeze()
         gc.enable()
 
 
@@ -110,11 +112,8 @@ def get_litellm() -> Any:
         if _litellm is None:
             # Offline, litellm would retry downloading its cost map for seconds on import.
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            with paused_gc():
+            with paused_gc():  # its ~half a million objects live as long as the process
                 import litellm
-            # Its ~half a million objects live as long as the process: exempt them from collections (the first
-            # one after the import would walk them all, ~0.2 s). A session's end collects everything once anyway.
-            gc_freeze()
 
             litellm.suppress_debug_info = True  # no "Provider List: ..." banners in test output
             litellm.telemetry = False
