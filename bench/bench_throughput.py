@@ -2,7 +2,10 @@
 
 Run with ``.venv/bin/python bench/bench_throughput.py`` (1000 cases, 0.2 s server latency, C = 4, 32, 64, with
 plain pytest and ``-n 8``), or ``--quick`` (200 cases, 0.05 s, C = 32, ``-n 0`` and ``-n 2``, under ~90 s).
-Options: ``--cases N --latency L --concurrency 4,32,64 --workers 0,8 --bare/--no-bare --promptfoo PATH --timeout S``.
+Options: ``--cases N --latency L --concurrency 4,32,64 --workers 0,8 --bare/--no-bare --promptfoo PATH --timeout S
+--ceiling``.  ``--ceiling`` also sends the same N calls from a plain ``ThreadPoolExecutor(C)`` without pytest, once
+through the plugin's ``ModelRunner.complete`` (litellm) and once through ``http.client``: what one process can do
+with litellm's per-call CPU, and what the server allows.
 
 N one-line cases run against the local scripted OpenAI-compatible server (``tests/llm_server.py``), which runs
 in this process and timestamps every request (time.time() when it is received, and after its response is
@@ -177,6 +180,30 @@ def write_project(root: Path, n: int) -> None:
 
 TIMEOUT = 900.0  # seconds per subprocess (--timeout); a hung run is reported, not waited for forever
 
+# --ceiling: the cases' calls from a plain thread pool (argv: runner|raw, server url, N, C), no pytest.
+CEILING = """
+import http.client, json, sys, threading, urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+client, url, n, c = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+messages = [[{"role": "user", "content": f"Question number {i}: say ok."}] for i in range(n)]
+if client == "runner":
+    from pytest_llmeval.models import ModelRunner
+    from pytest_llmeval.settings import Settings
+    runner = ModelRunner(Settings(cache_mode="off", api_base=url, retries=0))
+    runner.check_model("openai/bench")  # imports litellm before the clock (as collection does)
+    call = lambda m: runner.complete("openai/bench", m, {"temperature": 0, "max_tokens": 16}).text
+else:
+    parts, local = urllib.parse.urlsplit(url), threading.local()
+    def call(m):
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        local.conn.request("POST", parts.path + "/chat/completions", headers={"Content-Type": "application/json"},
+                           body=json.dumps({"model": "bench", "messages": m, "temperature": 0, "max_tokens": 16}))
+        return json.loads(local.conn.getresponse().read())["choices"][0]["message"]["content"]
+with ThreadPoolExecutor(c) as pool:
+    assert all("ok" in text for text in pool.map(call, messages))
+"""
+
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
@@ -257,6 +284,9 @@ def main() -> None:
     parser.add_argument("--no-promptfoo", action="store_true", help="skip the promptfoo comparison")
     parser.add_argument("--promptfoo-jobs", type=int, default=32, help="promptfoo eval -j (default 32)")
     parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per subprocess (default 900)")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also time the same calls from a plain thread pool without pytest (what one process "
+                             "can do through litellm), and through http.client")
     opts = parser.parse_args()
     TIMEOUT = opts.timeout
     n = opts.cases or (200 if opts.quick else 1000)
@@ -319,6 +349,21 @@ def main() -> None:
                       f"{server.peak:8d} {server.overhead_ms(latency):6.1f} {vs0} {wall / base:7.2f}")
                 check_outcome(name, n, proc, server)
         print(f"{'ideal':26} {'':8} {'':8} {'1.00':>10} {'':9} {'1.00':>10} {'C':>8} {'~0':>6} {'< 1':>8}")
+
+        if opts.ceiling:
+            print("\nceiling: the same N calls, through the plugin's ModelRunner.complete (litellm, cache off) from a "
+                  "plain\nThreadPoolExecutor(C) in one process, no pytest; and through http.client (no litellm)")
+            for c in cs:
+                for label, client in (("ModelRunner + litellm", "runner"), ("http.client", "raw")):
+                    server.clear()
+                    _, proc = timed([py, "-c", CEILING, client, server.url, str(n), str(c)], root, env)
+                    if proc.returncode != 0 or len(server.spans) != n:
+                        print(f"  WARNING ceiling {label} C={c}: exit {proc.returncode}, {len(server.spans)} requests: "
+                              f"{proc.stderr[-800:]}")
+                        continue
+                    limit = n * latency / c
+                    print(f"  {label:22} C={c:<3} window {server.window():6.2f} s, window eff "
+                          f"{limit / server.window():.2f}, max in flight {server.peak}")
 
         if opts.no_promptfoo:
             return
