@@ -247,6 +247,49 @@ def test_cyclic_garbage_is_reclaimed_by_the_end_of_the_session(project: Project)
     assert gc.isenabled()
 
 
+@pytest.mark.parametrize("batch", [2, 500])
+def test_a_case_only_run_collects_its_garbage_in_batches(project: Project, monkeypatch: pytest.MonkeyPatch,
+                                                          batch: int) -> None:
+    """A run of case items only collects garbage every GC_BATCH items (automatic collection is off meanwhile): a
+    check's cyclic garbage is reclaimed by the next batch, and all of it by the end of the session."""
+    import gc
+
+    import pytest_llmeval.session as session_module
+
+    monkeypatch.setattr(session_module, "GC_BATCH", batch)
+    marks = project.pytester.path / "collected"
+    project.write("conftest.py", f"""
+import gc
+from pytest_llmeval import CheckDef, CheckOutcome, CheckParams
+
+class Cycle:
+    def __init__(self, name):
+        self.name, self.me = name, self
+    def __del__(self):
+        with open({str(marks)!r}, "a") as fh:
+            fh.write(f"{{self.name}} gc-enabled={{gc.isenabled()}}\\n")
+
+class LeakyParams(CheckParams):
+    value: str = ""
+
+def grade_leaky(answer, case, params):
+    Cycle(case.id)
+    return CheckOutcome("leaky", True, 1.0)
+
+def pytest_llmeval_register_checks(register):
+    register(CheckDef("leaky", LeakyParams, grade_leaky, shorthand="value"))
+""")
+    cases = "".join(f"  - {{id: c{i}, question: 'Question {i}?', expect: [{{leaky: x}}]}}\n" for i in range(6))
+    project.write("cases/leaky.yaml", "suite: leaky\ncases:\n" + cases)
+    project.server.default = "ok"
+    project.run().assert_outcomes(passed=6)
+    lines = marks.read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == [f"c{i}" for i in range(6)]
+    if batch == 2:  # reclaimed by the batches, during the run (automatic collection off)
+        assert all(line.endswith("gc-enabled=False") for line in lines)
+    assert gc.isenabled()
+
+
 def test_api_key_never_reaches_cache_or_results(project: Project) -> None:
     project.write("cases/geo.yaml", GEO)
     script_geo(project.server)

@@ -25,6 +25,7 @@ from pytest_llmeval.collect import CaseFile, CaseItem, InvalidCaseItem, ModelUnu
 from pytest_llmeval.models import Completion, ModelCallError, ModelRunner, gc_freeze, gc_thaw, paused_gc
 from pytest_llmeval.results import CaseResult, build_results, write_results
 
+GC_BATCH = 500  # items between the explicit garbage collections of a run of case items only
 CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm` fixture, per item
 VISION = pytest.StashKey[list[dict[str, Any]]]()  # questions the `vision_judge` fixture asked, per item
 VISION_CALLS = pytest.StashKey[list[Completion]]()  # and the vision model calls they made
@@ -72,6 +73,8 @@ class LLMEvalSession:
         # The last report's data, its CaseResult and JSON text; id(result) -> JSON text of the results kept.
         self._made: tuple[dict[str, Any], CaseResult, str | None] | None = None
         self._encoded: dict[int, str] = {}
+        self._gc_batched = False  # collecting garbage every GC_BATCH items instead of automatically (see the loop)
+        self._gc_pending = 0
         self._done: dict[str, dict[str, Any]] | None = None
         self._order: list[pytest.Item] = []
         self._position: dict[str, int] = {}
@@ -143,7 +146,20 @@ class LLMEvalSession:
         self._order = list(session.items)
         self._position = {item.nodeid: i for i, item in enumerate(self._order)}
         gc_freeze()  # what collection built lives through the run: full collections need not walk it again
-        return (yield)
+        # A run of case items only (no test code of the user's, no fixtures): instead of the interpreter's automatic
+        # collections, whose full ones walk everything the run has made so far (two to four of them, 0.1-0.4 s in
+        # all, for 5000 cases), one explicit collection every GC_BATCH items, of only what was made since the last.
+        batched = gc.isenabled() and bool(self._order) and all(
+            isinstance(i, CaseItem | InvalidCaseItem) for i in self._order)
+        if batched:
+            gc.disable()
+        self._gc_batched, self._gc_pending = batched, 0
+        try:
+            return (yield)
+        finally:
+            if batched:
+                self._gc_batched = False
+                gc.enable()
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self, config: pytest.Config) -> None:
@@ -439,6 +455,12 @@ class LLMEvalSession:
         return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self._gc_batched and report.when == "teardown":
+            self._gc_pending += 1
+            if self._gc_pending >= GC_BATCH:  # after an item's teardown: nothing of it is left alive but its reports
+                self._gc_pending = 0
+                gc.collect()  # finds the garbage among what was made since the last batch (the rest is frozen)
+                gc_freeze()
         session = self._session
         if self.prefetcher is not None and session is not None and (session.shouldfail or session.shouldstop):
             self.prefetcher.stop()  # -x / --maxfail: no new calls for items that will not run
