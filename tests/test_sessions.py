@@ -250,8 +250,8 @@ def test_cyclic_garbage_is_reclaimed_by_the_end_of_the_session(project: Project)
 @pytest.mark.parametrize("batch", [2, 500])
 def test_a_case_only_run_collects_its_garbage_in_batches(project: Project, monkeypatch: pytest.MonkeyPatch,
                                                           batch: int) -> None:
-    """A run of case items only collects garbage every GC_BATCH items (automatic collection is off meanwhile): a
-    check's cyclic garbage is reclaimed by the next batch, and all of it by the end of the session."""
+    """A run of case items only, all answered from the cache, collects garbage every GC_BATCH items (automatic
+    collection is off meanwhile): a check's cyclic garbage is reclaimed by the next batch, all of it by the end."""
     import gc
 
     import pytest_llmeval.session as session_module
@@ -282,7 +282,10 @@ def pytest_llmeval_register_checks(register):
     cases = "".join(f"  - {{id: c{i}, question: 'Question {i}?', expect: [{{leaky: x}}]}}\n" for i in range(6))
     project.write("cases/leaky.yaml", "suite: leaky\ncases:\n" + cases)
     project.server.default = "ok"
-    project.run().assert_outcomes(passed=6)
+    project.run().assert_outcomes(passed=6)  # the model is called: automatic collection as usual
+    assert sorted(marks.read_text().split()[::2]) == [f"c{i}" for i in range(6)]
+    marks.unlink()
+    project.run().assert_outcomes(passed=6)  # every answer from the cache: collected in batches
     lines = marks.read_text().splitlines()
     assert sorted(line.split()[0] for line in lines) == [f"c{i}" for i in range(6)]
     if batch == 2:  # reclaimed by the batches, during the run (automatic collection off)
