@@ -77,6 +77,20 @@ BAD_FILES = {
         "cases:\n  - id: a\n    question: q\n",
         ["*cases/bad.yaml:2: cases[0].expect: no checks: add expect*"],
     ),
+    # YAML 1.2: the keys of a mapping are unique; PyYAML would keep the last one silently.
+    "duplicate-suite-key": (
+        "suite: first\nkind: qna\nsuite: second\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:3: suite: duplicate key (first on line 1)*"],
+    ),
+    "duplicate-case-key": (
+        "cases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n    question: r\n",
+        ["*cases/bad.yaml:5: cases[0].question: duplicate key (first on line 3)*"],
+    ),
+    "duplicate-key-beside-a-merge": (
+        "params: &p {temperature: 0}\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n"
+        "    params:\n      <<: *p\n      seed: 1\n      seed: 2\n",
+        ["*cases/bad.yaml:9: cases[0].params.seed: duplicate key (first on line 8)*"],
+    ),
 }
 
 
@@ -120,6 +134,45 @@ cases:
         "*cases/mixed.yaml:8: cases[1].expect[0].containz: unknown check 'containz'*",
     ]])
     assert len(project.server.requests) == 2
+
+
+def test_a_duplicate_key_in_a_case_sinks_only_that_case(project: Project) -> None:
+    project.write("cases/mixed.yaml", """\
+suite: mixed
+cases:
+  - id: fine
+    question: Say hello.
+    expect: [{contains: hello}]
+  - id: twice
+    question: Say hi.
+    expect: [{contains: hi}]
+    expect: [{contains: hello}]
+""")
+    project.server.answer("hello", "hello")
+    result = project.run("-v")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([esc("*cases/mixed.yaml:9: cases[1].expect: duplicate key (first on line 8)*")])
+    assert len(project.server.requests) == 1
+
+
+def test_merge_keys_and_their_overrides_are_not_duplicates(project: Project) -> None:
+    # The merge-key type: a key written beside ``<<`` overrides the merged one, and ``<<`` may merge several
+    # mappings that share keys (the first wins). Neither is a duplicate.
+    project.write("cases/merged.yaml", """\
+suite: merged
+params: &base {temperature: 0, max_tokens: 16}
+cases:
+  - id: override
+    question: Say hello.
+    params:
+      <<: [*base, {temperature: 1, seed: 3}]
+      temperature: 0.5
+    expect: [{contains: hello}]
+""")
+    project.server.answer("hello", "hello")
+    result = project.run()
+    result.assert_outcomes(passed=1)
+    assert project.server.requests[0]["temperature"] == 0.5 and project.server.requests[0]["seed"] == 3
 
 
 def test_bad_jsonl_dataset_rows_name_the_data_file_and_line(project: Project) -> None:
@@ -202,7 +255,7 @@ YAML_SHAPES = [
     "1: one\n2.5: two\n",  # non-string keys
     "a: !!set {x, y}\nb: !!binary aGVsbG8=\n",  # explicit tags
     "a: [1, 2.5, true, null, 2020-01-01, '3', ~, 0o17, 0x1F, .inf, yes]\nb: {c: [{d: e}]}\n",
-    "a: 1\na: 2\nb:\n  - x\n  - y\nb: [z]\n",  # repeated keys: the last wins
+    "base: &b {x: 1, y: 1}\nmerged:\n  <<: [*b, {y: 2, z: 2}]\n  y: 3\n",  # merges and overrides are not repeats
     "- &a [1]\n- *a\n",
 ]
 
@@ -238,3 +291,25 @@ def test_yaml_loader_builds_what_pyyaml_builds_with_the_same_lines(text: str) ->
         assert loc in lines and lines[loc] == line and line_of(loc) == line
         assert line_of((*loc, "no-such-field", 7)) == line
     assert ("no-such-field",) not in lines
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    ("a: 1\nb: 2\na: 3\n", [(("a",), 3, 1)]),
+    ("a:\n  - {x: 1, y: 2, x: 3}\n", [(("a", 0, "x"), 2, 2)]),
+    ("1: one\n0x1: also one\n", [((1,), 2, 1)]),  # the same number written two ways: equal keys
+    ("s: &m {k: 1}\nt: *m\nu: {<<: *m, k: 2, k: 3}\n", [(("u", "k"), 3, 3)]),  # the slow path (aliases)
+    ("a: 1\na: 2\na: 3\n", [(("a",), 2, 1), (("a",), 3, 1)]),
+])
+def test_yaml_loader_reports_every_repeated_key(text: str, found: list[tuple[tuple[object, ...], int, int]]
+                                                 ) -> None:
+    import yaml
+
+    from pytest_llmeval.cases import _yaml_with_lines
+
+    duplicates: list[tuple[tuple[object, ...], int, int]] = []
+    _yaml_with_lines(text, duplicates=duplicates)
+    assert duplicates == found
+    # Without a list to collect them in (other YAML the plugin reads), the first one is an error at its line.
+    with pytest.raises(yaml.YAMLError) as info:
+        _yaml_with_lines(text)
+    assert "duplicate key" in str(info.value) and info.value.problem_mark.line + 1 == found[0][1]  # type: ignore[attr-defined]

@@ -465,32 +465,54 @@ class _Lines:
         return self._find(loc)[0]
 
 
-def _yaml_with_lines(text: str) -> tuple[Any, _Lines | dict[Loc, int]]:
-    """Parse YAML, and the 1-based line of every mapping key and sequence item (looked up lazily)."""
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key written twice in one mapping (YAML 1.2 requires unique keys; PyYAML would keep the last silently)."""
+
+
+# (location of the repeated key, its line, the line of its first occurrence)
+Duplicate = tuple[Loc, int, int]
+
+
+def _yaml_with_lines(text: str, duplicates: list[Duplicate] | None = None) -> tuple[Any, _Lines | dict[Loc, int]]:
+    """Parse YAML, and the 1-based line of every mapping key and sequence item (looked up lazily).
+
+    A key repeated in a mapping raises :class:`DuplicateKeyError` at the repeat, unless ``duplicates`` is given:
+    then every repeat is appended to it (the case loader reports each as the error of the case it is in) and the
+    data holds the last value, as PyYAML would."""
     # libyaml's parser (when PyYAML was built with it) composes the same nodes, with marks, ~10x faster.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    found: list[Duplicate] = []
     try:
         node = loader.get_single_node()
         if node is None:
             return None, {}
-        data = _construct(loader, node)
+        data = _construct(loader, node, found)
     finally:
         loader.dispose()
+    if duplicates is not None:
+        duplicates += found
+    elif found:
+        loc, line, first = found[0]
+        raise DuplicateKeyError(None, None, f"found duplicate key {format_loc(loc)!r} (first on line {first})",
+                                yaml.Mark("<yaml>", 0, line - 1, 0, None, 0))
     return data, _Lines(node)
 
 
 _STR_TAG, _MAP_TAG, _SEQ_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _Unusual(Exception):
     """A node the fast construction leaves to PyYAML (aliases, merge keys, non-string keys, explicit tags)."""
 
 
-def _construct(loader: Any, root: yaml.Node) -> Any:
+def _construct(loader: Any, root: yaml.Node, duplicates: list[Duplicate]) -> Any:
     """``loader.construct_document(root)``, faster for what case files are made of: strings, plain mappings with
     string keys, lists, and other scalars (numbers, booleans, null: built by PyYAML itself). Anything else makes
-    PyYAML construct the whole document, so the result is always what it would have built."""
+    PyYAML construct the whole document, so the result is always what it would have built. Keys repeated in a
+    mapping are appended to ``duplicates``."""
     seen: set[int] = set()
+    repeated: list[tuple[yaml.Node, yaml.Node, yaml.Node]] = []  # (mapping, first key, repeat): rare, located later
 
     def build(node: yaml.Node) -> Any:
         if isinstance(node, yaml.ScalarNode):
@@ -505,14 +527,78 @@ def _construct(loader: Any, root: yaml.Node) -> Any:
             for key, value in node.value:
                 if not isinstance(key, yaml.ScalarNode) or key.tag != _STR_TAG:
                     raise _Unusual  # a merge key (<<), a number or a structure as a key
+                if key.value in out:
+                    first = next(k for k, _ in node.value if k.value == key.value)
+                    repeated.append((node, first, key))
                 out[key.value] = build(value)
             return out
         raise _Unusual
 
     try:
-        return build(root)
+        data = build(root)
     except _Unusual:
+        # Repeats are looked for before PyYAML constructs the document: constructing merges the ``<<`` mappings
+        # into the nodes, and merged keys may repeat explicit ones (which the merge-key type allows).
+        duplicates += _repeated_keys(loader, root)
         return loader.construct_document(root)
+    duplicates += [(_locate(root, mapping) + (key.value,), key.start_mark.line + 1, first.start_mark.line + 1)
+                   for mapping, first, key in repeated]
+    return data
+
+
+def _locate(root: yaml.Node, target: yaml.Node) -> Loc:
+    """Where ``target`` is in a document of plain mappings and lists (the fast construction's documents)."""
+    stack: list[tuple[yaml.Node, Loc]] = [(root, ())]
+    while stack:
+        node, loc = stack.pop()
+        if node is target:
+            return loc
+        if isinstance(node, yaml.MappingNode):
+            stack += [(v, loc + (k.value,)) for k, v in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(v, loc + (i,)) for i, v in enumerate(node.value)]
+    return ()
+
+
+def _repeated_keys(loader: Any, root: yaml.Node) -> list[Duplicate]:
+    """Keys written twice in a mapping of any document, compared as PyYAML would (``1`` and ``0x1`` are one key).
+    Merge keys (``<<``) are not compared, and a mapping reached again through an alias is looked at once."""
+    found: list[Duplicate] = []
+    seen: set[int] = set()
+
+    def key_of(node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode) or node.tag == _MERGE_TAG:
+            return None  # a structure as a key fails construction anyway; a merge is no key
+        if node.tag == _STR_TAG:
+            return node.value
+        try:
+            key = loader.construct_object(node, deep=True)
+            hash(key)
+        except (yaml.YAMLError, TypeError):
+            return None  # constructing the document reports it
+        return key
+
+    def walk(node: yaml.Node, loc: Loc) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for k, v in node.value:
+                key = key_of(k)
+                if key is not None:
+                    if key in first:
+                        found.append((loc + (key,), k.start_mark.line + 1, first[key]))
+                    else:
+                        first[key] = k.start_mark.line + 1
+                name = key if key is not None else k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)
+                walk(v, loc + (name,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, loc + (i,))
+
+    walk(root, ())
+    return found
 
 
 def _line_lookup(lines: _Lines | dict[Loc, int]) -> Callable[[Loc], int | None]:
@@ -591,6 +677,8 @@ class _Loader:
     def __init__(self, path: Path, registry: CheckRegistry) -> None:
         self.path = path
         self.registry = registry
+        # Problems found before validation (keys repeated in a case), by the case's location: (line, loc, message).
+        self.case_problems: dict[Loc, list[tuple[int | None, Loc, str]]] = {}
 
     def error(self, line: int | None, loc: Loc | str | None, message: str, case_id: str | None = None,
               path: Path | None = None) -> CaseError:
@@ -695,8 +783,10 @@ class _Loader:
             if robust is not None and kind == "calibration":
                 problems.append((where, "calibration cases grade a judge, not a model: robustness does not apply"))
 
-        if problems or model is None:
-            return [self.error(line_of(p_loc), p_loc, msg, case_id, path=path) for p_loc, msg in problems]
+        early = self.case_problems.get(loc, []) if loc else []
+        if problems or model is None or early:
+            return [self.error(at, p_loc, msg, case_id, path=path) for at, p_loc, msg in early] \
+                + [self.error(line_of(p_loc), p_loc, msg, case_id, path=path) for p_loc, msg in problems]
 
         return CaseSpec(
             suite=suite_name, kind=kind, id=model.id, path=path, line=line,
@@ -719,8 +809,9 @@ class _Loader:
 
     def load_yaml(self, text: str) -> LoadedFile:
         out = LoadedFile(self.path, self.path.stem)
+        duplicates: list[Duplicate] = []
         try:
-            data, lines = _yaml_with_lines(text)
+            data, lines = _yaml_with_lines(text, duplicates)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             problem = getattr(exc, "problem", None) or str(exc)
@@ -731,6 +822,16 @@ class _Loader:
         line_of = _line_lookup(lines)
         if not isinstance(data, dict):
             out.errors.append(self.error(1, None, "expected a mapping with suite settings and 'cases'"))
+            return out
+        for loc, line, first in duplicates:
+            # Only the case holding a repeated key is broken; a repeat anywhere else breaks the file.
+            message = (f"duplicate key (first on line {first}): a key may appear once in a mapping, and the "
+                       "earlier value would be ignored")
+            if len(loc) > 2 and loc[0] == "cases" and isinstance(loc[1], int):
+                self.case_problems.setdefault(loc[:2], []).append((line, loc, message))
+            else:
+                out.errors.append(self.error(line, loc, message))
+        if out.errors:
             return out
         try:
             suite = SuiteModel.model_validate(data)
