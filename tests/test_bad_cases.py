@@ -77,6 +77,31 @@ BAD_FILES = {
         "cases:\n  - id: a\n    question: q\n",
         ["*cases/bad.yaml:2: cases[0].expect: no checks: add expect*"],
     ),
+    # Sampling parameters of the wrong type fail here, not as one provider error per case at run time.
+    "params-wrong-type": (
+        "params: {temperature: hot}\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:1: params.temperature: Input should be a valid number (got 'hot')"],
+    ),
+    "params-out-of-range": (
+        "params:\n  top_p: 1.5\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:2: params.top_p: Input should be less than or equal to 1 (got 1.5)"],
+    ),
+    "case-params-wrong-type": (
+        "cases:\n  - id: a\n    question: q\n    params:\n      max_tokens: '64'\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:5: cases[0].params.max_tokens: Input should be a valid integer (got '64')"],
+    ),
+    "params-stop-not-text": (
+        "params: {stop: {at: end}}\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:1: params.stop: Input should be a valid string; or Input should be a valid list"],
+    ),
+    "params-logit-bias-number-keys": (
+        "params: {logit_bias: {50256: -100}}\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
+        ['*cases/bad.yaml:1: params.logit_bias: token ids must be quoted, e.g. {"50256": -100}'],
+    ),
+    "params-the-plugin-sets": (
+        "params: {timeout: 5}\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:1: params.timeout: set by the plugin, not by a case file (use --llm-timeout)"],
+    ),
     # YAML 1.2: the keys of a mapping are unique; PyYAML would keep the last one silently.
     "duplicate-suite-key": (
         "suite: first\nkind: qna\nsuite: second\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
@@ -173,6 +198,40 @@ cases:
     result = project.run()
     result.assert_outcomes(passed=1)
     assert project.server.requests[0]["temperature"] == 0.5 and project.server.requests[0]["seed"] == 3
+
+
+def test_params_are_checked_before_any_call_and_sent_as_written(project: Project) -> None:
+    project.write("cases/params.yaml", """\
+suite: params
+params: {temperature: 0, max_tokens: 16, top_k: 40, vendor_flag: {deep: true}}
+cases:
+  - id: fine
+    question: Say hello.
+    params: {stop: ["\\n\\n"], seed: 7, logit_bias: {"50256": -100}}
+    expect: [{contains: hello}]
+  - id: hot
+    question: Say hi.
+    params: {temperature: hot}
+    expect: [{contains: hi}]
+  - id: many
+    question: Say hi again.
+    params: {n: 0, presence_penalty: [1]}
+    expect: [{contains: hi}]
+""")
+    project.server.answer("hello", "hello")
+    result = project.run("-v")
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines([esc(x) for x in [
+        "*cases/params.yaml:10: cases[1].params.temperature: Input should be a valid number (got 'hot')",
+        "*cases/params.yaml:14: cases[2].params.n: Input should be greater than or equal to 1 (got 0)",
+        "*cases/params.yaml:14: cases[2].params.presence_penalty: Input should be a valid number",
+    ]])
+    # Only the valid case called the model; known parameters go out as written (0 stays 0, not 0.0: the cache
+    # key is made of them) and parameters the plugin does not know pass through to the provider.
+    assert len(project.server.requests) == 1
+    sent = project.server.requests[0]
+    assert sent["temperature"] == 0 and sent["max_tokens"] == 16 and sent["seed"] == 7
+    assert sent["stop"] == ["\n\n"] and sent["top_k"] == 40
 
 
 def test_bad_jsonl_dataset_rows_name_the_data_file_and_line(project: Project) -> None:

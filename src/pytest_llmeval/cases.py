@@ -14,10 +14,11 @@ import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from pytest_llmeval.checks import CheckRegistry, CheckSpec
 
@@ -139,6 +140,63 @@ class RetrieveModel(BaseModel):
     model: str | None = None  # embedding model (default: the packaged all-MiniLM-L6-v2)
     uri: str | None = None  # a lancedb URI elsewhere (default: .llmeval/index/<name>)
     name: str | None = None  # index name (default: the folder's name and a hash of its path)
+
+
+class SamplingParams(TypedDict, total=False):
+    """The sampling parameters the plugin knows, with their types (strict: ``"0.5"`` is not a number). They are
+    checked when a case file loads, so that a wrong type is one collection error instead of a provider error on
+    every case; the request carries them as written (the cache key is made of them), and parameters not named
+    here pass through to the provider untouched (providers have many)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow", strict=True)  # type: ignore[misc]  # pydantic reads it
+    temperature: Annotated[float | None, Field(ge=0, le=2)]
+    top_p: Annotated[float | None, Field(ge=0, le=1)]
+    top_k: int | None
+    min_p: Annotated[float | None, Field(ge=0, le=1)]
+    max_tokens: Annotated[int | None, Field(ge=1)]
+    max_completion_tokens: Annotated[int | None, Field(ge=1)]
+    max_new_tokens: Annotated[int | None, Field(ge=1)]
+    n: Annotated[int | None, Field(ge=1)]
+    best_of: Annotated[int | None, Field(ge=1)]
+    seed: int | None
+    stop: str | list[str] | None
+    presence_penalty: Annotated[float | None, Field(ge=-2, le=2)]
+    frequency_penalty: Annotated[float | None, Field(ge=-2, le=2)]
+    repetition_penalty: Annotated[float | None, Field(gt=0)]
+    logprobs: bool | None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20)]
+    logit_bias: dict[int | str, float] | None  # keys: token ids, as strings (int keys are reported on their own)
+    response_format: dict[str, Any] | None
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    parallel_tool_calls: bool | None
+    reasoning_effort: str | None
+    user: str | None
+
+
+# What the plugin passes to litellm itself: the same name in params would be a second value for it in every call.
+RESERVED_PARAMS = {"model": "--llm", "messages": "the case's system and prompt", "stream": "--llm-stream",
+                   "stream_options": "--llm-stream", "timeout": "--llm-timeout", "num_retries": "--llm-retries",
+                   "max_retries": "--llm-retries", "api_base": "--llm-api-base"}
+_PARAMS = TypeAdapter(SamplingParams)
+
+
+def params_problems(params: Any, loc: Loc) -> list[tuple[Loc, str]]:
+    """What is wrong with a ``params`` mapping at ``loc``: known parameters of the wrong type or out of range,
+    and names the plugin sets itself."""
+    if not isinstance(params, dict):
+        return []  # the schema reports it
+    problems = [(loc + (name,), f"set by the plugin, not by a case file (use {RESERVED_PARAMS[name]})")
+                for name in params if name in RESERVED_PARAMS]
+    bias = params.get("logit_bias")
+    if isinstance(bias, dict) and not all(isinstance(k, str) for k in bias):
+        # YAML reads {50256: -100} with a number as the key, which the OpenAI client fails on at every call.
+        problems.append((loc + ("logit_bias",), 'token ids must be quoted, e.g. {"50256": -100}'))
+    try:
+        _PARAMS.validate_python(params)
+    except ValidationError as exc:
+        problems += _pydantic_errors(exc, loc)
+    return problems
 
 
 SPLITS = ("dev", "test")
@@ -704,6 +762,7 @@ class _Loader:
         except ValidationError as exc:
             problems += _pydantic_errors(exc, loc)
             model = None
+        problems += params_problems(raw.get("params"), loc + ("params",))
 
         if case_id is not None:
             if case_id in seen_ids:
@@ -841,7 +900,7 @@ class _Loader:
         out.suite = suite.suite or self.path.stem
 
         suite_checks: list[CheckSpec] = []
-        file_problems: list[tuple[Loc, str]] = []
+        file_problems: list[tuple[Loc, str]] = params_problems(data.get("params"), ("params",))
         for j, entry in enumerate(suite.expect):
             spec, errs = parse_check(entry, ("expect", j), suite.kind, self.registry, line_of, self.path.parent)
             file_problems += errs
