@@ -42,7 +42,7 @@ BAD_FILES = {
     ),
     "unknown-suite-field": (
         "suite: s\nsystm: typo\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
-        ["*cases/bad.yaml:2: systm: unknown field"],
+        ["*cases/bad.yaml:2: systm: unknown field; did you mean 'system'?"],
     ),
     "duplicate-ids": (
         "cases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n"
@@ -76,6 +76,41 @@ BAD_FILES = {
     "no-checks": (
         "cases:\n  - id: a\n    question: q\n",
         ["*cases/bad.yaml:2: cases[0].expect: no checks: add expect*"],
+    ),
+    # A misspelled field, kept before as a free field that nothing read: an error when it is close to a field the
+    # case or suite has, to a sampling parameter, or to a field the prompt template uses.
+    "misspelled-case-field": (
+        "cases:\n  - id: a\n    question: q\n    tempurature: 3\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:4: cases[0].tempurature: unknown field; did you mean params.temperature? (sampling "
+         "parameters go under params)"],
+    ),
+    "misspelled-schema-field": (
+        "cases:\n  - id: a\n    question: q\n    refrence: r\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:4: cases[0].refrence: unknown field; did you mean 'reference'?*"],
+    ),
+    "misspelled-template-field": (
+        "prompt: '{topic}: {question}'\ncases:\n  - id: a\n    question: q\n    topic: t\n    topics: u\n"
+        "    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:6: cases[0].topics: unknown field; did you mean 'topic'? (the prompt template uses it)"],
+    ),
+    "sampling-parameter-outside-params": (
+        "cases:\n  - id: a\n    question: q\n    temperature: 0\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:4: cases[0].temperature: a sampling parameter: write it under params "
+         "(params: {temperature: ...})"],
+    ),
+    "misspelled-suite-field-near-a-parameter": (
+        "suite: s\nmax_token: 30\ncases:\n  - id: a\n    question: q\n    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:2: max_token: unknown field; did you mean params.max_tokens? (sampling parameters go "
+         "under params)"],
+    ),
+    "misspelled-nested-field": (
+        "suite: s\nrobustness: {perturb: [typo], sample: 3}\ncases:\n  - id: a\n    question: q\n"
+        "    expect: [{contains: x}]\n",
+        ["*cases/bad.yaml:2: robustness.sample: unknown field; did you mean 'samples'?"],
+    ),
+    "misspelled-check-parameter": (
+        "cases:\n  - id: a\n    question: q\n    expect:\n      - contains: {valeu: x}\n",
+        ["*cases/bad.yaml:5: cases[0].expect[0].contains.valeu: unknown field; did you mean 'value'?"],
     ),
     # Sampling parameters of the wrong type fail here, not as one provider error per case at run time.
     "params-wrong-type": (
@@ -198,6 +233,32 @@ cases:
     result = project.run()
     result.assert_outcomes(passed=1)
     assert project.server.requests[0]["temperature"] == 0.5 and project.server.requests[0]["seed"] == 3
+
+
+def test_free_fields_that_resemble_nothing_are_kept_quietly(project: Project) -> None:
+    # Free fields are the case's own data (templates, llmeval split --by, checks): only near-misses of a known
+    # field are reported. ``source`` is near ``sources``, which only means something with retrieval.
+    project.write("cases/free.yaml", """\
+suite: free
+prompt: "{questions}"
+cases:
+  - id: fine
+    questions: Say hello.
+    difficulty: hard
+    source: an old exam
+    expect: [{contains: hello}]
+""")
+    project.write("cases/data.yaml", """\
+suite: data
+dataset: {path: rows.jsonl}
+expect: [{contains: hello}]
+""")
+    # Columns of a dataset come from the data, not from a person's typing: never reported.
+    project.write("cases/rows.jsonl", '{"id": "r1", "question": "Say hello", "refrence": "x", "temprature": 1}\n')
+    project.server.answer("hello", "hello")
+    result = project.run()
+    result.assert_outcomes(passed=2)
+    assert "unknown field" not in result.stdout.str()
 
 
 def test_params_are_checked_before_any_call_and_sent_as_written(project: Project) -> None:

@@ -8,9 +8,11 @@ case (or file) is reported on its own while everything else still runs.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import string
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,15 +71,22 @@ def format_loc(loc: Loc) -> str:
 _TYPE_LOC = re.compile(r"^(str|int|float|bool|list|dict|none|literal|function-\w+|union)\b")
 
 
-def _pydantic_errors(exc: ValidationError, prefix: Loc = ()) -> list[tuple[Loc, str]]:
+def _pydantic_errors(exc: ValidationError, prefix: Loc = (), model: type[BaseModel] | None = None
+                     ) -> list[tuple[Loc, str]]:
+    """(location, message) of each error; with the ``model`` that was validated, an unknown field names the
+    closest field it has (or the sampling parameter, at the top of a suite)."""
     seen: dict[Loc, str] = {}
     for err in exc.errors():
-        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and _TYPE_LOC.match(p)))
+        inner = tuple(p for p in err["loc"] if not (isinstance(p, str) and _TYPE_LOC.match(p)))
+        loc = prefix + inner
         kind = err["type"]
         if kind == "missing":
             msg = "required field is missing"
         elif kind == "extra_forbidden":
             msg = "unknown field"
+            if model is not None and inner and isinstance(inner[-1], str):
+                msg += _did_you_mean(inner[-1], _fields_at(model, inner[:-1]),
+                                     params=len(inner) == 1 and model is SuiteModel)
         else:
             msg = err["msg"]
             if msg.startswith("Value error, "):
@@ -91,6 +100,46 @@ def _pydantic_errors(exc: ValidationError, prefix: Loc = ()) -> list[tuple[Loc, 
         else:
             seen[loc] = msg
     return list(seen.items())
+
+
+def _did_you_mean(name: str, fields: Iterable[str], template: Iterable[str] = (), params: bool = False) -> str:
+    """"; did you mean 'x'?" when ``name`` is close to one of ``fields``, of the fields a prompt ``template`` uses
+    or (with ``params``) of the sampling parameters; "" when it resembles none of them."""
+    # name -> (how to write it, why); later entries win: a field of the schema over a template's or a parameter.
+    targets = {f: (f"params.{f}", " (sampling parameters go under params)") for f in SAMPLING_PARAMS} if params \
+        else {}
+    targets |= {f: (repr(f), " (the prompt template uses it)") for f in template}
+    targets |= {f: (repr(f), "") for f in fields}
+    # 0.8: one letter off in a short name (systm, tag), two in a long one (tempurature); top_k is not top_p's typo
+    # only because both are known.
+    close = difflib.get_close_matches(name, targets, n=1, cutoff=0.8)
+    if not close:
+        return ""
+    shown, why = targets[close[0]]
+    return f"; did you mean {shown}?{why}"
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The fields of the model found at ``loc`` below ``model`` (list items keep their model); [] if none."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) \
+            else None
+        if info is None:
+            return []
+        current = next((t for t in _members(info.annotation)
+                        if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _members(annotation: Any) -> list[Any]:
+    """An annotation and the types inside it (``RetrieveModel | None``, ``list[X]``)."""
+    out = [annotation]
+    for arg in typing.get_args(annotation):
+        out += _members(arg)
+    return out
 
 
 class CaseFileError(Exception):
@@ -174,6 +223,7 @@ class SamplingParams(TypedDict, total=False):
     user: str | None
 
 
+SAMPLING_PARAMS = tuple(SamplingParams.__annotations__)
 # What the plugin passes to litellm itself: the same name in params would be a second value for it in every call.
 RESERVED_PARAMS = {"model": "--llm", "messages": "the case's system and prompt", "stream": "--llm-stream",
                    "stream_options": "--llm-stream", "timeout": "--llm-timeout", "num_retries": "--llm-retries",
@@ -672,6 +722,37 @@ def _line_lookup(lines: _Lines | dict[Loc, int]) -> Callable[[Loc], int | None]:
     return line_of
 
 
+# Fields the plugin reads from a case of any kind without a schema field: judges the context, the holdout problem.
+READ_FIELDS = ("context", "problem")
+# Suite settings a case cannot change: written in a case, they would be ignored.
+SUITE_ONLY = ("suite", "kind", "dataset")
+# Sampling parameters whose names are also plain words a case may use for its own data.
+_PARAM_WORDS = ("n", "user", "tools")
+
+
+def _free_field_problems(raw: dict[str, Any], loc: Loc, kind: str, template: list[str], needs: list[str],
+                         retrieval: bool) -> list[tuple[Loc, str]]:
+    """Free fields of a case (its own data, for templates and --llm-holdout-by) that are most likely mistakes:
+    a sampling parameter or suite setting written in the case, and a name close to a field of the case's kind,
+    to a field the prompt template uses or to a sampling parameter. Any other free field is the case's data."""
+    known = CASE_MODELS[kind].model_fields
+    problems: list[tuple[Loc, str]] = []
+    for name in raw:
+        if not isinstance(name, str) or name in known or name in template or name in needs or name in READ_FIELDS:
+            continue
+        if name in SAMPLING_PARAMS and name not in _PARAM_WORDS:
+            problems.append((loc + (name,), f"a sampling parameter: write it under params (params: {{{name}: ...}})"))
+        elif name in SUITE_ONLY:
+            problems.append((loc + (name,), "a suite setting: write it once at the top of the file, not in a case"))
+        else:
+            # ``sources`` means something only with retrieval; without it, ``source`` is the case's own data.
+            fields = [f for f in (*known, *READ_FIELDS) if retrieval or f != "sources"]
+            hint = _did_you_mean(name, fields, template, params=True)
+            if hint:
+                problems.append((loc + (name,), "unknown field" + hint))
+    return problems
+
+
 def _image_file_problems(checks: list[CheckSpec], loc: Loc, suite_checks: int) -> list[tuple[Loc, str]]:
     """An image check without ``file:`` looks at the first image the ``files`` check lists: there must be one.
     ``checks`` are the suite's (the first ``suite_checks``), then the case's own."""
@@ -718,7 +799,7 @@ def parse_check(entry: Any, loc: Loc, kind: str, registry: CheckRegistry,
     try:
         params = definition.params.model_validate(raw)
     except ValidationError as exc:
-        return None, _pydantic_errors(exc, loc + (name,))
+        return None, _pydantic_errors(exc, loc + (name,), definition.params)
     # Looked up on the class first: pydantic's __getattr__ for a name a model lacks costs ~5 us.
     paths_of: Any = params
     check_paths = paths_of.check_paths if hasattr(type(params), "check_paths") else _model_attr(params, "check_paths")
@@ -745,8 +826,10 @@ class _Loader:
 
     def build_case(self, raw: Any, loc: Loc, suite: SuiteModel, suite_name: str, kind: str,
                    suite_checks: list[CheckSpec], line_of: Callable[[Loc], int | None],
-                   seen_ids: dict[str, int | None], path: Path | None = None) -> CaseSpec | list[CaseError]:
-        """Validate one case. ``loc`` is its location in the file (for field names and lines)."""
+                   seen_ids: dict[str, int | None], path: Path | None = None, typed: bool = True
+                   ) -> CaseSpec | list[CaseError]:
+        """Validate one case. ``loc`` is its location in the file (for field names and lines). ``typed``: the case
+        was written by a person (not a dataset row), so a free field that looks like a misspelling is an error."""
         path = path or self.path
         line = line_of(loc)
         if isinstance(raw, _Bad):
@@ -760,7 +843,7 @@ class _Loader:
         try:
             model = CASE_MODELS[kind].model_validate(raw)
         except ValidationError as exc:
-            problems += _pydantic_errors(exc, loc)
+            problems += _pydantic_errors(exc, loc, CASE_MODELS[kind])
             model = None
         problems += params_problems(raw.get("params"), loc + ("params",))
 
@@ -783,6 +866,14 @@ class _Loader:
                 if raw.get(needed) is None and getattr(spec.params, needed, None) is None:
                     problems.append((loc, f"check {spec.name!r} needs a {needed!r} field on the case "
                                           f"(or {needed}: in the check)"))
+        if typed:
+            try:
+                used = template_fields(suite.prompt) if suite.prompt is not None else []
+            except ValueError:
+                used = []  # reported once for the file
+            needs = [n for spec in checks for n in (spec.definition.needs if spec.definition else ())]
+            problems += _free_field_problems(raw, loc, kind, used, needs,
+                                             retrieval=raw.get("retrieve") is not None or suite.retrieve is not None)
         if kind == "calibration" and not problems:
             wanted = "vision" if raw.get("image") is not None else "judge"
             if not any(c.name == wanted for c in checks):
@@ -895,7 +986,7 @@ class _Loader:
         try:
             suite = SuiteModel.model_validate(data)
         except ValidationError as exc:
-            out.errors += [self.error(line_of(loc), loc, msg) for loc, msg in _pydantic_errors(exc)]
+            out.errors += [self.error(line_of(loc), loc, msg) for loc, msg in _pydantic_errors(exc, model=SuiteModel)]
             return out
         out.suite = suite.suite or self.path.stem
 
@@ -936,7 +1027,7 @@ class _Loader:
         seen: dict[str, int | None] = {}
         for raw, loc, case_line_of, path in raw_cases:
             built = self.build_case(raw, loc, suite, out.suite, suite.kind, suite_checks, case_line_of, seen,
-                                    path)
+                                    path, typed=path == self.path)
             if isinstance(built, list):
                 out.errors += built
             else:
