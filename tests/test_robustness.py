@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
+
+import pytest
 
 from conftest import Project
 
@@ -30,6 +31,30 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text)
 
 
+def assert_one_minimal_edit(variant: dict) -> None:
+    """One kind, one edit: a word of the question in another letter case, or one punctuation change."""
+    prompt = variant["prompt"]
+    assert len(variant["perturbations"]) == 1, variant
+    if variant["perturbations"] == ["case"]:
+        changed = [(a, b) for a, b in zip(_words(prompt), _words(ORIGINAL), strict=True) if a != b]
+        assert len(changed) == 1 and changed[0][0].lower() == changed[0][1].lower()
+        assert changed[0][1] in ("capital", "of", "France")
+        assert prompt.replace(changed[0][0], changed[0][1]) == ORIGINAL
+    else:
+        assert variant["perturbations"] == ["punctuation"] and _words(prompt) == _words(ORIGINAL)
+        assert prompt.count(",") == 1 and prompt.replace(",", "") == ORIGINAL  # one comma inside the phrase
+
+
+def measured(case: dict) -> dict:
+    """What a robust item measured and reported: its verdict, score, variants, flips and minimal flip."""
+    return {"outcome": case["outcome"], "score": case["score"], **case["robustness"]}
+
+
+def saved_files(project: Project, under: str = ".llmeval/hypothesis") -> list[str]:
+    root = project.pytester.path / under
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
 def test_a_case_sensitive_model_is_caught_and_shrunk_to_a_minimal_variant(project: Project) -> None:
     # The "model" knows the answer only when the question is written exactly so.
     project.server.answer("capital of France", "Paris.", case_sensitive=True)
@@ -50,13 +75,9 @@ def test_a_case_sensitive_model_is_caught_and_shrunk_to_a_minimal_variant(projec
     # Every flip broke the exact spelling; every variant the model still answered kept it.
     for flip in r["flips"]:
         assert "capital of France" not in flip["prompt"] and flip["status"] == "failed"
-    # The minimal variant: one word's letter case changed in the words the model depends on, nothing else.
+    # The minimal variant: one edit, to the letter case of a word the model depends on or to the punctuation.
     minimal = r["minimal"]
-    assert minimal["perturbations"] == ["case"]
-    changed = [(a, b) for a, b in zip(_words(minimal["prompt"]), _words(ORIGINAL), strict=True) if a != b]
-    assert len(changed) == 1 and changed[0][0].lower() == changed[0][1].lower()
-    assert changed[0][1] in ("capital", "of", "France")
-    assert minimal["prompt"].replace(changed[0][0], changed[0][1]) == ORIGINAL
+    assert_one_minimal_edit(minimal)
     # Variants are real calls with their own cache slots: 1 original + 8 variants + the shrink steps.
     prompts = [req["messages"][-1]["content"] for req in project.server.requests]
     assert prompts.count(ORIGINAL) == 1 and len(set(prompts)) == len(prompts)
@@ -65,21 +86,13 @@ def test_a_case_sensitive_model_is_caught_and_shrunk_to_a_minimal_variant(projec
     assert row["robustness"]["consistency"] == r["consistency"] and row["robustness"]["cases_consistent"] == 0
     assert row["failed"] == 1 and next(s for s in doc["suites"] if s["suite"] == "caps")["passed"] == 1
 
-    # The flip is in the Hypothesis database under .llmeval/ and is replayed first, whatever the seed.
-    assert any(p.is_file() for p in (project.pytester.path / ".llmeval/hypothesis").rglob("*"))
-    project.write("cases/caps.yaml", CAPS.replace("seed: 1", "seed: 7"))
-    project.run().assert_outcomes(passed=1, failed=1)
-    again = _robust(project.results())["robustness"]
-    assert again["seed"] == 7 and again["flips"][0]["prompt"] == minimal["prompt"]
-
-    # The same seed (and database) gives the same variants: all answered from the cache now, no new request.
-    shutil.rmtree(project.pytester.path / ".llmeval/hypothesis")
-    project.write("cases/caps.yaml", CAPS)
+    # The run wrote nothing to the example database, and a rerun asks for exactly the same variants: all
+    # answered from the cache now, no new request, the same flips.
+    assert saved_files(project) == []
     before = len(project.server.requests)
     project.run().assert_outcomes(passed=1, failed=1)
     assert len(project.server.requests) == before
-    assert [f["prompt"] for f in _robust(project.results())["robustness"]["flips"]] == \
-        [f["prompt"] for f in r["flips"]]
+    assert measured(_robust(project.results())) == measured(_robust(doc))
 
 
 def test_a_robust_model_passes_and_choices_are_reordered_with_the_answer_remapped(project: Project) -> None:
@@ -147,7 +160,8 @@ def test_robustness_with_xdist_and_marker_selection(project: Project) -> None:
     result = project.run("-n", "2")
     result.assert_outcomes(passed=1, failed=1)
     r = _robust(project.results())["robustness"]
-    assert r["minimal"] is not None and r["minimal"]["perturbations"] == ["case"]
+    assert r["minimal"] is not None
+    assert_one_minimal_edit(r["minimal"])
 
 
 def test_bad_robustness_blocks_name_file_line_and_field(project: Project) -> None:
@@ -194,14 +208,6 @@ def test_hand_written_given_with_the_llm_fixture_shrinks_to_a_minimal_prompt(pro
     assert shown is not None, out
     changed = [(a, b) for a, b in zip(_words(shown.group(1)), _words(ORIGINAL), strict=True) if a != b]
     assert len(changed) == 1 and changed[0][0].lower() == changed[0][1].lower()
-    # The failing example is stored under .llmeval/hypothesis and replayed first: one call finds it again.
-    assert any(p.is_file() for p in (project.pytester.path / ".llmeval/hypothesis").rglob("*"))
-    project.server.reset()
-    project.server.answer("capital of France", "Paris.", case_sensitive=True)
-    result = project.run("test_hw.py", "--llm-cache=off")
-    result.assert_outcomes(failed=1)
-    first = project.server.requests[0]["messages"][-1]["content"]
-    assert first == shown.group(1)
     case = json.loads((project.pytester.path / ".llmeval/results.json").read_text())["cases"][0]
     assert case["outcome"] == "failed" and case["calls"] >= 1
 
@@ -234,3 +240,145 @@ def test_the_html_report_shows_the_minimal_flip_escaped(project: Project) -> Non
     assert "minimal flipping variant" in html and f"<pre>{minimal['prompt']}</pre>" in html
     assert "&lt;i&gt;no idea&lt;/i&gt;" in html and "<i>no idea</i>" not in html
     assert html.count('class="robust"') == 2
+
+
+# ------------------------------------------------------------------------------- verdicts that reproduce
+
+# cases/robust_capitals.yaml's block: three variants, two of three must keep the outcome.
+ROBUST = """\
+suite: robust
+system: Answer in one short sentence.
+robustness: {perturb: [case, typo, punctuation], samples: 3, min_consistency: 0.6, max_shrink_calls: 3}
+cases:
+  - id: fr
+    question: What is the capital of France?
+    expect: [{contains: Paris}]
+"""
+
+
+def test_a_robust_verdict_is_the_same_on_every_rerun(project: Project) -> None:
+    # A model that stumbles over a typo in "capital" only: one variant in three flips, not enough to fail. The
+    # minimal flip used to be saved and replayed first next time, displacing a variant that kept the outcome:
+    # the item passed once and failed on every rerun.
+    project.server.answer("capital", "Paris.")
+    project.write("cases/robust.yaml", ROBUST)
+    first = project.run()
+    first.assert_outcomes(passed=2)
+    r = measured(_robust(project.results()))
+    assert r["flips"] and r["minimal"] is not None and r["outcome"] == "passed"
+    asked = len(project.server.requests)
+    for _ in range(2):
+        project.run().assert_outcomes(passed=2)
+        assert measured(_robust(project.results())) == r
+    assert len(project.server.requests) == asked  # the same variants and shrink steps: all from the cache
+    assert saved_files(project) == []  # a run without --llm-explore writes nothing
+    assert r["committed"] == 0 and not r["explore"] and not r["saved"]
+
+
+def test_a_baseline_recorded_on_one_run_sees_no_regression_on_an_identical_rerun(project: Project) -> None:
+    project.server.answer("capital", "Paris.")
+    project.write("cases/robust.yaml", ROBUST)
+    project.run("--llm-update-baseline").assert_outcomes(passed=2)
+    # A consistency drop on one case is a regression by the score rule (a pass-rate drop needs more cases).
+    result = project.run("--llm-baseline=.llmeval/baseline.json", "--llm-gate=score:-0.05")
+    result.assert_outcomes(passed=2)
+    assert result.ret == 0
+    gate = project.results()["gate"]
+    assert not gate["failed"]
+    robust = next(v for v in gate["suites"] if v["suite"] == "robust:robust")
+    assert robust["verdict"] == "ok" and robust["paired"] == 1 and robust["delta_points"] == 0
+    assert abs(robust["score_delta"]) < 1e-6 and robust["flipped"] == []  # (the baseline rounds scores)
+
+
+FLAKY_HAND_WRITTEN = '''
+from hypothesis import given
+from pytest_llmeval.strategies import llm_settings, perturbed
+
+
+@llm_settings(max_examples=8)
+@given(prompt=perturbed("What is the capital of France?", kinds=["case", "typo", "punctuation"]))
+def test_capital(llm, prompt):
+    assert "Paris" in llm(prompt)
+'''
+
+
+def test_a_hand_written_llm_settings_test_gives_the_same_verdict_on_every_rerun(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)  # a local run, which used to draw new prompts every time
+    project.server.answer("capital", "Paris.")  # only a typo in "capital" fails
+    project.pytester.makepyfile(test_hw=FLAKY_HAND_WRITTEN)
+    runs = []
+    for _ in range(3):
+        before = len(project.server.requests)
+        outcomes = project.run("test_hw.py", "--llm-cache=off").parseoutcomes()
+        runs.append((outcomes, [req["messages"][-1]["content"] for req in project.server.requests[before:]]))
+    assert runs[0][1] and runs[1] == runs[0] and runs[2] == runs[0]  # the same prompts, in the same order
+    assert saved_files(project) == []
+    # And with the cache on, every rerun is answered from it.
+    project.run("test_hw.py")
+    before = len(project.server.requests)
+    assert project.run("test_hw.py").parseoutcomes() == runs[0][0]
+    assert len(project.server.requests) == before
+
+
+def test_exploring_draws_new_variants_and_saves_the_minimal_flip_for_every_later_run(project: Project) -> None:
+    project.server.answer("capital of France", "Paris.", case_sensitive=True)
+    project.write("cases/caps.yaml", CAPS)
+    project.run().assert_outcomes(passed=1, failed=1)
+    seeded = measured(_robust(project.results()))
+    asked = {req["messages"][-1]["content"] for req in project.server.requests}
+
+    before = len(project.server.requests)
+    result = project.run("--llm-explore")
+    result.assert_outcomes(passed=1, failed=1)
+    explored = measured(_robust(project.results()))
+    assert explored["explore"] and explored["seed"] != 1 and explored["saved"]
+    assert {req["messages"][-1]["content"] for req in project.server.requests[before:]} - asked  # new variants
+    result.stdout.fnmatch_lines(["*robustness: * (original: passed; perturb: case, punctuation; seed *; exploring)",
+                                 "*minimal flipping variant (shrunk by Hypothesis, * saved in .llmeval/hypothesis: "
+                                 "commit it):"])
+    assert_one_minimal_edit(explored["minimal"])
+    assert saved_files(project)
+
+    # Later runs try the seeded variants and the saved flip, first: the same verdict each time, nothing new
+    # written. The saved flip displaces no seeded variant.
+    later = []
+    for _ in range(2):
+        result = project.run()
+        result.assert_outcomes(passed=1, failed=1)
+        later.append(measured(_robust(project.results())))
+    result.stdout.fnmatch_lines(["*robustness: * (original: passed; perturb: case, punctuation; seed 1; "
+                                 "1 saved flip(s) replayed)"])
+    assert later[1] == later[0]
+    r = later[0]
+    assert r["seed"] == 1 and not r["explore"] and not r["saved"] and r["committed"] == 1
+    assert r["flips"][0]["prompt"] == explored["minimal"]["prompt"]
+    assert {f["prompt"] for f in seeded["flips"]} <= {f["prompt"] for f in r["flips"]}
+    assert r["variants"] == 8 + (explored["minimal"]["prompt"] not in {f["prompt"] for f in seeded["flips"]})
+    files = saved_files(project)
+    project.run()
+    assert saved_files(project) == files
+
+
+def test_exploring_a_hand_written_test_saves_the_failure_that_later_runs_replay_first(project: Project) -> None:
+    project.server.answer("capital of France", "Paris.", case_sensitive=True)
+    project.pytester.makepyfile(test_hw=HAND_WRITTEN)
+    result = project.run("test_hw.py", "--llm-explore")
+    result.assert_outcomes(failed=1)
+    shown = re.search(r"prompt='([^']*)'", result.stdout.str())
+    assert shown is not None and shown.group(1) != ORIGINAL
+    saved = saved_files(project, ".llmeval/hypothesis/tests")
+    assert saved
+    sequences = []
+    for _ in range(2):
+        before = len(project.server.requests)
+        project.run("test_hw.py", "--llm-cache=off").assert_outcomes(failed=1)
+        sequences.append([req["messages"][-1]["content"] for req in project.server.requests[before:]])
+    assert sequences[0][0] == shown.group(1) and sequences[1] == sequences[0]
+    assert saved_files(project, ".llmeval/hypothesis/tests") == saved
+
+
+def test_explore_is_not_an_ini_key(project: Project) -> None:
+    project.pytester.makeini("[pytest]\nllmeval_explore = true\n")
+    result = project.run("--collect-only")
+    assert "llmeval_explore" in result.stderr.str() + result.stdout.str()  # pytest warns of an unknown ini key

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,11 +10,17 @@ from hypothesis import HealthCheck, settings
 from hypothesis import seed as seeded
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
+from pytest_llmeval._state import exploring
+
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 class LLMEvalDatabase(ExampleDatabase):
-    """A directory database whose location is decided at first use (the rootdir is known only once pytest
-    runs, after test modules, and their ``@llm_settings``, are imported)."""
+    """The example database of ``llm_settings`` tests: a directory whose location is decided at first use (the
+    rootdir is known only once pytest runs, after test modules, and their ``@llm_settings``, are imported).
+
+    Read only unless the run explores (``--llm-explore``): a run replays the committed examples and writes
+    nothing, so whether it came first never changes what the next one tries."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,23 +36,23 @@ class LLMEvalDatabase(ExampleDatabase):
         return self._db
 
     def save(self, key: bytes, value: bytes) -> None:
-        self._get().save(key, value)
+        if exploring():
+            self._get().save(key, value)
 
     def fetch(self, key: bytes) -> Iterable[bytes]:
         return self._get().fetch(key)
 
     def delete(self, key: bytes, value: bytes) -> None:
-        self._get().delete(key, value)
+        # A committed example that passes now stays: a fixed regression must stay fixed.
+        if exploring():
+            self._get().delete(key, value)
 
     def move(self, src: bytes, dest: bytes, value: bytes) -> None:
-        self._get().move(src, dest, value)
+        if exploring():
+            self._get().move(src, dest, value)
 
     def __repr__(self) -> str:
         return "LLMEvalDatabase(.llmeval/hypothesis/tests)"
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def llm_settings(*, max_examples: int = 10, seed: int | None = None, **overrides: Any) -> Callable[[F], F]:
@@ -58,22 +63,27 @@ def llm_settings(*, max_examples: int = 10, seed: int | None = None, **overrides
         def test_capital(llm, prompt): ...
 
     Settings for paid calls: few examples, no deadline (latency is not a bug), the example database under
-    ``.llmeval/hypothesis/tests`` (a failing prompt is replayed first next time), and the health check on
-    function-scoped fixtures suppressed (the ``llm`` fixture holds no per-example state). In CI (``CI`` set) the
-    search is seeded (``seed=0`` unless given), so every CI run draws the same examples. Hypothesis' own
-    ``@seed`` and ``derandomize=True`` switch the database off; here the seed is applied first and the settings,
-    with the database, after it, so both hold. ``overrides`` are any ``hypothesis.settings`` keywords.
+    ``.llmeval/hypothesis/tests``, and the health check on function-scoped fixtures suppressed (the ``llm``
+    fixture holds no per-example state).
+
+    The verdict reproduces: the examples are drawn with ``seed`` (0 unless given) and the committed examples in
+    the database are replayed first, but nothing is written to it, so the same answers give the same verdict on
+    every run and machine (and every rerun is answered from the cache). With ``--llm-explore`` the run draws
+    fresh examples (Hypothesis prints the seed of a failure) and saves a failing one in the database, for you
+    to commit. ``overrides`` are any ``hypothesis.settings`` keywords; a ``database=`` of your own is used as
+    it is.
     """
-    if seed is None and _in_ci():
-        seed = 0
     suppress = list(overrides.pop("suppress_health_check", ())) + [HealthCheck.function_scoped_fixture]
+    # derandomize=False and a database given explicitly: Hypothesis' "ci" profile, loaded by itself on CI
+    # machines, would otherwise derandomize and drop the database there, and nowhere else.
     chosen = settings(max_examples=max_examples, deadline=overrides.pop("deadline", None),
                       database=overrides.pop("database", LLMEvalDatabase()), derandomize=False,
                       suppress_health_check=suppress, **overrides)
 
     def decorate(test: F) -> F:
-        if seed is not None:
-            test = seeded(seed)(test)
+        # Decided when the test module is imported, which pytest does after the run's options are known.
+        if not exploring():
+            test = seeded(0 if seed is None else seed)(test)
         return chosen(test)  # type: ignore[no-any-return]
 
     return decorate

@@ -15,3 +15,11 @@ STATE: pytest.StashKey[LLMEvalSession] = pytest.StashKey()
 
 # The example database directory of hand-written Hypothesis tests (``llm_settings``), set when a run starts.
 HYPOTHESIS_DIR: list[Path] = []
+
+# Whether this run explores (--llm-explore): fresh examples, and new failures saved to the example database.
+EXPLORE: list[bool] = []
+
+
+def exploring() -> bool:
+    """Whether the current run explores; a run that never said (no session yet) does not."""
+    return bool(EXPLORE and EXPLORE[-1])

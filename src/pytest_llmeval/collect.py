@@ -355,7 +355,7 @@ class CaseItem(pytest.Item):
         self.robustness = robustness.evaluate(
             self.case, self.model, original, lambda v: state.runner.complete(**call(v)).text, grade,
             db_root=state.settings.results_path.parent / "hypothesis", concurrency=state.settings.concurrency,
-            is_cached=lambda v: state.runner.is_cached(**call(v)))
+            explore=state.settings.explore)
         r = self.robustness
         c = r.consistency
         if c is None:
@@ -581,11 +581,13 @@ def _robustness_lines(r: Any) -> list[str]:
         return (f"[{run.variant.describe()}] {run.status}{reason}\n        prompt: {run.variant.prompt!r}\n"
                 f"        answer: {(run.answer or '')[:200]!r}")
 
+    where = (f"; {r.committed} saved flip(s) replayed" if r.committed else "") + ("; exploring" if r.explore else "")
     lines = [f"  robustness: {len(r.flips)} of {len(r.scored)} variant(s) flipped the outcome "
-             f"(original: {r.original}; perturb: {', '.join(r.spec['perturb'])}; seed {r.spec['seed']})"]
+             f"(original: {r.original}; perturb: {', '.join(r.spec['perturb'])}; seed {r.spec['seed']}{where})"]
     if r.minimal is not None:
-        lines.append(f"  minimal flipping variant (shrunk by Hypothesis, {r.shrink_calls} extra call(s)):\n      "
-                     + one(r.minimal))
+        saved = "; saved in .llmeval/hypothesis: commit it" if r.saved else ""
+        lines.append(f"  minimal flipping variant (shrunk by Hypothesis, {r.shrink_calls} extra call(s){saved}):"
+                     "\n      " + one(r.minimal))
     lines += ["  flipped variants:", *(f"      {one(x)}" for x in r.flips[:5])]
     if len(r.flips) > 5:
         lines.append(f"      ... and {len(r.flips) - 5} more (results.json has them all)")

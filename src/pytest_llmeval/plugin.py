@@ -56,6 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llm-router", dest="llm_router", metavar="FILE", default=None, help=_h("router"))
     group.addoption("--llm-stream", dest="llm_stream", action="store_true", default=False, help=_h("stream"))
     group.addoption("--llm-split", dest="llm_split", metavar="SPLIT", default=None, help=_h("split"))
+    group.addoption("--llm-explore", dest="llm_explore", action="store_true", default=False, help=_h("explore"))
     group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=_h("sandbox"))
 
     parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])

@@ -8,10 +8,15 @@ own cache slots, never the semantic cache: it would serve a paraphrase its origi
 with the case's checks. Consistency is the share of scored variants whose outcome equals the original's; the
 item passes when it reaches ``min_consistency``.
 
-When a variant flips the outcome, Hypothesis shrinks it to a minimal flipping variant (each step a model call,
-bounded by ``max_shrink_calls``; steps already answered are cache hits). The minimal flip is saved in the
-Hypothesis example database under ``.llmeval/hypothesis`` and replayed first the next time, so a flip found once
-keeps being tested until it is fixed. The same ``seed`` gives the same variants.
+The verdict reproduces: it is a function of the model's answers, the case, the seed and the committed
+example database, so a rerun on the same state, on any machine, gives the same verdict. A run tries the
+``samples`` variants the seed draws (drawn without the database, so a saved flip never displaces one of them)
+plus every flip saved in the case's database under ``.llmeval/hypothesis``; it reads that database and never
+writes it. When a variant flips the outcome, Hypothesis shrinks it to a minimal flipping variant for the report
+(each step a model call, at most ``max_shrink_calls`` steps; a rerun's steps are cache hits).
+
+Exploring is asked for (``--llm-explore``): the variants are drawn with a fresh seed (recorded in the results),
+and the minimal flip is saved in the database, to be committed; from then on every run tries it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+import os
+import unittest
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +103,11 @@ class Robustness:
     original: str
     runs: list[VariantRun]
     minimal: VariantRun | None
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # the robustness block, with the seed this run drew with
     shrink_calls: int = 0
+    committed: int = 0  # the first runs: flips replayed from the database
+    explore: bool = False
+    saved: bool = False  # exploring: the minimal flip was written to the database
 
     @property
     def scored(self) -> list[VariantRun]:
@@ -125,11 +135,18 @@ class Robustness:
                        else {})}
 
         c = self.consistency
-        return {"perturb": list(self.spec["perturb"]), "seed": self.spec["seed"], "original": self.original,
-                "variants": len(self.runs), "scored": len(self.scored), "consistent": len(self.scored) - len(self.flips),
+        return {"perturb": list(self.spec["perturb"]), "seed": self.spec["seed"], "explore": self.explore,
+                "original": self.original, "variants": len(self.runs), "committed": self.committed,
+                "scored": len(self.scored), "consistent": len(self.scored) - len(self.flips),
                 "consistency": None if c is None else round(c, 6), "min_consistency": self.spec["min_consistency"],
                 "passed": self.passed, "flips": [run(r) for r in self.flips],
-                "minimal": run(self.minimal) if self.minimal else None, "shrink_calls": self.shrink_calls}
+                "minimal": run(self.minimal) if self.minimal else None, "shrink_calls": self.shrink_calls,
+                "saved": self.saved}
+
+
+# The one key of every case's database (each case has a directory of its own). Fixed rather than derived from
+# the search function's source, as Hypothesis would: a refactoring here must not orphan committed flips.
+DB_KEY = b"llmeval-robust-flips"
 
 
 def database(root: Path, key: str) -> Any:
@@ -141,37 +158,42 @@ def database(root: Path, key: str) -> Any:
 
 def _key(case: CaseSpec, model: str, spec: dict[str, Any]) -> str:
     """The database key of a case's robustness search: a changed case, model or list of perturbations is a new
-    search; another seed is not (a flip found with one seed is replayed first with any)."""
+    search; another seed is not (a flip found with one seed is replayed with any)."""
     raw = json.dumps([case.suite, case.id, model, case.prompt, sorted(spec["perturb"])], sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def fresh_seed() -> int:
+    """A seed for exploring: from the OS, never from a generator some other code may have seeded."""
+    return int.from_bytes(os.urandom(4), "big")
 
 
 class _Hit(Exception):
     """Raised inside the Hypothesis test when a variant satisfies the search (Hypothesis then shrinks it)."""
 
 
-def _search(strategy: Any, check: Callable[[Any], bool], *, examples: int, seed: int, db: Any,
-            shrink: bool) -> Any:
-    """Run ``check`` over variants drawn by Hypothesis (the database's saved ones first); return the minimal
-    variant for which it held, or None. ``hypothesis.find`` would do, but a seeded ``find`` never uses the
-    database; here the seed is applied first and the settings (with the database) after it."""
-    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+def _search(strategy: Any, check: Callable[[Any], bool], *, examples: int, seed: int, phases: list[Any],
+            db: Any = None) -> Any:
+    """The minimal value of ``strategy`` for which ``check`` holds (``None`` if none), seeded, quiet, with the
+    database (if any) under :data:`DB_KEY`. ``hypothesis.find`` would do, but a seeded ``find`` never uses the
+    database (``@seed`` drops the settings' database); here the seed is applied first and the settings after."""
+    from hypothesis import HealthCheck, Verbosity, given, settings
     from hypothesis import seed as seeded
 
     found: list[Any] = []
 
-    # One function for both searches: the database key Hypothesis derives from it is the same, so the collector
-    # replays what the shrinker saved.
     @given(strategy)
     def probe(variant: Any) -> None:
         if check(variant):
             found[:] = [variant]
             raise _Hit()
 
-    phases = [Phase.explicit, Phase.reuse, Phase.generate, *([Phase.shrink] if shrink else [])]
+    # Every setting a search depends on is given here, so that a Hypothesis profile (the "ci" one Hypothesis
+    # loads by itself on CI machines derandomizes and drops the database) cannot make two machines differ.
     test = settings(database=db, max_examples=examples, deadline=None, phases=phases, derandomize=False,
                     suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
                     verbosity=Verbosity.quiet)(seeded(seed)(probe))
+    test._hypothesis_internal_database_key = DB_KEY  # what hypothesis.find sets for its own key
     try:
         test()
     except _Hit:
@@ -179,9 +201,53 @@ def _search(strategy: Any, check: Callable[[Any], bool], *, examples: int, seed:
     return None
 
 
-def draw_variants(strategy: Any, n: int, seed: int, db: Any, original: str) -> list[CaseVariant]:
-    """``n`` distinct variants (not the original), deterministic for a seed; flips saved earlier come first."""
-    from hypothesis.database import ReadOnlyDatabase
+def _committed(db: Any) -> Any:
+    """A read-only view of a case's database with only its saved flips: Hypothesis' secondary and pareto
+    entries (the larger flips a shrink went through) are not part of what a run tries."""
+    from hypothesis.database import ExampleDatabase
+
+    class Committed(ExampleDatabase):
+        def fetch(self, key: bytes) -> Iterator[bytes]:
+            return iter(sorted(db.fetch(key))) if key == DB_KEY else iter(())
+
+        def save(self, key: bytes, value: bytes) -> None:
+            pass
+
+        def delete(self, key: bytes, value: bytes) -> None:
+            pass  # a saved flip that stopped flipping stays: a fixed regression must stay fixed
+
+        def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+            pass
+
+    return Committed()
+
+
+def committed_variants(strategy: Any, db: Any, original: str) -> list[CaseVariant]:
+    """The flips saved in the case's database, replayed through the strategy (read only; an entry the current
+    strategy cannot decode still yields its closest variant, deterministically)."""
+    from hypothesis import Phase
+
+    seen: dict[str, CaseVariant] = {}
+
+    def collect(v: CaseVariant) -> bool:
+        if v.prompt != original:
+            seen.setdefault(v.prompt, v)
+        return False
+
+    view = _committed(db)
+    if next(iter(view.fetch(DB_KEY)), None) is None:
+        return []  # (Hypothesis would skip a search with nothing to replay and nothing to generate)
+    try:
+        _search(strategy, collect, examples=1000, seed=0, phases=[Phase.reuse], db=view)
+    except unittest.SkipTest:  # no entry could be decoded: none ran
+        pass
+    return list(seen.values())
+
+
+def draw_variants(strategy: Any, n: int, seed: int, original: str) -> list[CaseVariant]:
+    """``n`` distinct variants (not the original) drawn with ``seed``: the same on every run and machine,
+    whatever the database holds."""
+    from hypothesis import Phase
 
     seen: dict[str, CaseVariant] = {}
 
@@ -190,27 +256,42 @@ def draw_variants(strategy: Any, n: int, seed: int, db: Any, original: str) -> l
             seen.setdefault(v.prompt, v)
         return False
 
-    # Read-only: replaying a saved flip here must not delete it (this predicate never "finds" anything).
-    _search(strategy, collect, examples=max(3 * n, 10), seed=seed, db=ReadOnlyDatabase(db), shrink=False)
+    _search(strategy, collect, examples=max(3 * n, 10), seed=seed, phases=[Phase.generate])
     return list(seen.values())[:n]
 
 
-def shrink_flip(strategy: Any, flips: Callable[[CaseVariant], bool], n: int, seed: int, db: Any
+def shrink_flip(strategy: Any, flips: Callable[[CaseVariant], bool], n: int, seed: int, db: Any = None
                 ) -> CaseVariant | None:
-    """The minimal variant that flips the outcome (saved in the database, replayed first next time)."""
-    return _search(strategy, flips, examples=max(3 * n, 10), seed=seed, db=db, shrink=True)  # type: ignore[no-any-return]
+    """The minimal variant that flips the outcome, searched from the same seeded draws as :func:`draw_variants`
+    (so the first flip is found without a new call). With ``db`` (exploring), it is saved there."""
+    from hypothesis import Phase
+    from hypothesis.database import InMemoryExampleDatabase
+
+    # The search keeps what it finds in memory; only the final minimal flip reaches the case's database.
+    memory = InMemoryExampleDatabase()
+    found = _search(strategy, flips, examples=max(3 * n, 10), seed=seed, phases=[Phase.generate, Phase.shrink],
+                    db=memory)
+    if found is not None and db is not None:
+        for value in memory.fetch(DB_KEY):
+            db.save(DB_KEY, value)
+    return found  # type: ignore[no-any-return]
 
 
 def evaluate(case: CaseSpec, model: str, original: str, ask: Callable[[CaseVariant], str],
              grade: Callable[[CaseVariant, str], tuple[str, str | None]], *, db_root: Path, concurrency: int,
-             is_cached: Callable[[CaseVariant], bool]) -> Robustness:
+             explore: bool = False) -> Robustness:
     """Run a case's robustness block: ``original`` is the original answer's status (passed or failed);
-    ``ask`` calls the model on a variant; ``grade`` grades an answer to a variant -> (status, reason)."""
+    ``ask`` calls the model on a variant; ``grade`` grades an answer to a variant -> (status, reason).
+    ``explore``: draw with a fresh seed and save the minimal flip in the database (else it is only read)."""
     spec = dict(case.robustness or {})
     strategy = variant_strategy(case, list(spec["perturb"]), float(spec.get("typo_rate", 0.05)))
     db = database(db_root, _key(case, model, spec))
-    n, seed = int(spec["samples"]), int(spec["seed"])
-    variants = draw_variants(strategy, n, seed, db, case.prompt)
+    n = int(spec["samples"])
+    seed = fresh_seed() if explore else int(spec["seed"])
+    spec["seed"] = seed
+    committed = committed_variants(strategy, db, case.prompt)
+    known = {v.prompt for v in committed}
+    variants = committed + [v for v in draw_variants(strategy, n, seed, case.prompt) if v.prompt not in known]
 
     def graded(v: CaseVariant, answer: str) -> VariantRun:
         status, reason = grade(v, answer)
@@ -226,26 +307,32 @@ def evaluate(case: CaseSpec, model: str, original: str, ask: Callable[[CaseVaria
                             thread_name_prefix="llmeval-robust") as pool:
         answers = list(pool.map(ask, variants))
     runs = [graded(v, a) for v, a in zip(variants, answers, strict=True)]
-    result = Robustness(original, runs, None, spec)
-    if result.flips and spec.get("shrink", True):
+    result = Robustness(original, runs, None, spec, committed=len(committed), explore=explore)
+    drawn_flips = [r for r in result.flips if r.variant.prompt not in known]
+    if drawn_flips and spec.get("shrink", True):
         budget = int(spec.get("max_shrink_calls", 20))
         done: dict[str, VariantRun] = {r.variant.prompt: r for r in runs}
 
         def flips(v: CaseVariant) -> bool:
             if v.prompt == case.prompt:
                 return False
-            known = done.get(v.prompt)
-            if known is None:
-                if not is_cached(v):
-                    if result.shrink_calls >= budget:
-                        return False  # out of shrink calls: only answers already known count
-                    result.shrink_calls += 1
-                known = done[v.prompt] = run(v)
-            return known.status in ("passed", "failed") and known.status != original
+            known_run = done.get(v.prompt)
+            if known_run is None:
+                # Every new step counts, answered from the cache or not: a rerun stops where the first run
+                # stopped (the same minimal flip, no new call) instead of shrinking further on cache hits.
+                if result.shrink_calls >= budget:
+                    return False  # out of shrink calls: only answers already known count
+                result.shrink_calls += 1
+                known_run = done[v.prompt] = run(v)
+            return known_run.status in ("passed", "failed") and known_run.status != original
 
-        found = shrink_flip(strategy, flips, n, seed, db)
+        found = shrink_flip(strategy, flips, n, seed, db if explore else None)
         if found is not None:
             result.minimal = done.get(found.prompt) or run(found)
+            result.saved = explore and found.prompt not in known
+    elif result.flips and not drawn_flips:
+        # Only saved flips flipped: each was shrunk when it was saved, so the first is the minimal one shown.
+        result.minimal = result.flips[0]
     return result
 
 

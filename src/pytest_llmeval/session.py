@@ -92,6 +92,7 @@ class LLMEvalSession:
         from pytest_llmeval import _state
 
         _state.HYPOTHESIS_DIR[:] = [self.hypothesis_dir]  # where llm_settings' database goes (read at first use)
+        _state.EXPLORE[:] = [self.settings.explore]  # whether llm_settings draws fresh examples and saves failures
         self.held_out = 0  # test-split items deselected in a dev run
 
     @property

