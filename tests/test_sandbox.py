@@ -26,9 +26,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,8 +57,9 @@ def sandbox(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def sandbox_processes(marker: str) -> list[str]:
     """Processes still running under a sandbox uid whose command line carries ``marker`` (there must be none
-    after a run). The marker keeps out other tests' runs: uids are leased machine-wide and reused."""
-    out = subprocess.run(["ps", "-e", "-o", "uid=,pid=,args="], capture_output=True, text=True).stdout
+    after a run). The marker keeps out other tests' runs: uids are leased machine-wide and reused. ``-ww``: ps
+    cuts lines at 80 columns when writing to a pipe, which would cut the marker off."""
+    out = subprocess.run(["ps", "-e", "-ww", "-o", "uid=,pid=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
     return [" ".join(r) for r in rows
             if len(r) == 3 and UID_BASE <= int(r[0]) < UID_BASE + UID_RANGE and marker in r[2]]
@@ -309,3 +312,518 @@ def test_none_level_is_never_automatic() -> None:
     assert Sandbox("none").level == "none"
     with pytest.raises(ValueError, match="unknown sandbox level"):
         Sandbox("docker")
+
+
+# ----------------------------------------------------------------- storage, kernel surface, leftovers
+#
+# Host memory is read from /proc/meminfo (Shmem: tmpfs, /dev/shm, memfd and SysV pages), host disk from
+# statvfs of the file system holding the temporary directory. Other processes on the machine move both a
+# little, so every bound below keeps a margin of tens of MiB against attacks that try hundreds.
+
+DISK_MB = 64
+BOXED = Limits(timeout_s=8, cpu_s=5, disk_mb=DISK_MB)
+MARGIN_MB = 48  # noise from the rest of the machine, and the sandbox's own few MiB
+
+
+def shmem_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Shmem:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no Shmem in /proc/meminfo")
+
+
+def disk_used_mb(path: str = tempfile.gettempdir()) -> float:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize / 2**20
+
+
+def inodes_used(path: str = tempfile.gettempdir()) -> int:
+    st = os.statvfs(path)
+    return st.f_files - st.f_ffree
+
+
+class HostWatch:
+    """Samples the host's shared memory and disk use while a run goes on (peaks above the starting point)."""
+
+    def __init__(self) -> None:
+        self.shmem0, self.disk0 = shmem_mb(), disk_used_mb()
+        self.shmem_peak, self.disk_peak = 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.shmem_peak = max(self.shmem_peak, shmem_mb() - self.shmem0)
+            self.disk_peak = max(self.disk_peak, disk_used_mb() - self.disk0)
+            if self._stop.wait(0.01):
+                return
+
+    def __enter__(self) -> HostWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample_once()
+
+    def _sample_once(self) -> None:
+        self.shmem_peak = max(self.shmem_peak, shmem_mb() - self.shmem0)
+        self.disk_peak = max(self.disk_peak, disk_used_mb() - self.disk0)
+
+    def assert_bounded(self, mb: float) -> None:
+        assert self.shmem_peak < mb + MARGIN_MB, f"host shared memory grew by {self.shmem_peak:.0f} MiB"
+        assert self.disk_peak < mb + MARGIN_MB, f"host disk use grew by {self.disk_peak:.0f} MiB"
+
+
+FILL = """
+import os, sys, time
+where, total_mb = sys.argv[1], int(sys.argv[2])
+chunk = b'x' * (1 << 20)
+written = 0
+try:
+    for i in range(total_mb // 8):  # 8 MiB files: under the per-file limit, so only the place's size stops it
+        with open(os.path.join(where, f'fill{i}'), 'wb') as f:
+            for _ in range(8):
+                f.write(chunk)
+                written += 1
+except OSError as e:
+    print('stopped', e.errno, flush=True)
+print('written', written, flush=True)
+time.sleep(0.3)  # hold it while the host looks
+"""
+
+
+def written_mb(stdout: str) -> int:
+    return int(stdout.split("written")[1].split()[0])
+
+
+def test_tmp_is_bounded_by_disk_mb(sandbox: Sandbox) -> None:
+    with HostWatch() as host:
+        result = sandbox.run([sandbox.python, "-I", "main.py", "/tmp", "512"], {"main.py": FILL}, limits=BOXED)
+    assert "stopped" in result.stdout and written_mb(result.stdout) <= DISK_MB, result.stdout + result.stderr
+    host.assert_bounded(DISK_MB)
+
+
+def test_workdir_is_bounded_by_disk_mb(sandbox: Sandbox) -> None:
+    with HostWatch() as host, sandbox.workdir(BOXED) as wd:
+        wd.write("main.py", FILL)
+        result = wd.run([sandbox.python, "-I", "main.py", ".", "512"], limits=BOXED)
+        host._sample_once()  # what the work directory still holds, before it is removed
+    assert "stopped" in result.stdout and written_mb(result.stdout) <= DISK_MB, result.stdout + result.stderr
+    host.assert_bounded(DISK_MB)
+
+
+def test_dev_shm_is_bounded(sandbox: Sandbox) -> None:
+    with HostWatch() as host:
+        result = sandbox.run([sandbox.python, "-I", "main.py", "/dev/shm", "512"], {"main.py": FILL},
+                             limits=BOXED)
+    assert "stopped" in result.stdout and written_mb(result.stdout) <= DISK_MB, result.stdout + result.stderr
+    host.assert_bounded(DISK_MB)
+
+
+def test_tmp_and_workdir_share_one_bound(sandbox: Sandbox) -> None:
+    # every other file in /tmp: one size for the two places together, not one each
+    loop = "for i in range(total_mb // 8):"
+    code = FILL.replace(loop, loop + "\n        where = '/tmp' if i % 2 else '.'")
+    with HostWatch() as host:
+        result = sandbox.run([sandbox.python, "-I", "main.py", ".", "512"], {"main.py": code}, limits=BOXED)
+    assert "stopped" in result.stdout and written_mb(result.stdout) <= DISK_MB, result.stdout + result.stderr
+    host.assert_bounded(DISK_MB)
+
+
+def test_many_empty_files_are_bounded(sandbox: Sandbox) -> None:
+    code = (
+        "import os, time\nn = 0\ndeadline = time.monotonic() + 3\n"
+        "try:\n    while n < 200_000 and time.monotonic() < deadline:\n"
+        "        os.close(os.open(f'f{n}', os.O_CREAT | os.O_WRONLY))\n        n += 1\n"
+        "except OSError as e:\n    print('stopped', e.errno)\nprint('created', n)\n"
+    )
+    inodes0 = inodes_used()
+    with sandbox.workdir(BOXED) as wd:
+        wd.write("main.py", code)
+        result = wd.run([sandbox.python, "-I", "main.py"], limits=BOXED)
+        host_inodes = inodes_used() - inodes0
+    created = int(result.stdout.split("created")[1])
+    assert "stopped" in result.stdout and created <= 64 * DISK_MB, result.stdout
+    assert host_inodes < 5_000, f"{host_inodes} inodes used on the host's disk"
+
+
+def test_huge_sparse_and_preallocated_files_are_refused(sandbox: Sandbox) -> None:
+    code = (
+        "import mmap, os\nfor name, how in [('sparse', lambda fd: os.ftruncate(fd, 8 << 30)),\n"
+        "                  ('prealloc', lambda fd: os.posix_fallocate(fd, 0, 1 << 30))]:\n"
+        "    fd = os.open(name, os.O_CREAT | os.O_RDWR)\n"
+        "    try:\n        how(fd)\n        print('grew', name, os.fstat(fd).st_size)\n"
+        "    except OSError as e:\n        print('refused', name, e.errno)\n"
+        "fd = os.open('/tmp/map', os.O_CREAT | os.O_RDWR)\ntry:\n    os.ftruncate(fd, 15 << 20)\n"
+        "    m = mmap.mmap(fd, 15 << 20)\n    for i in range(0, 15 << 20, 4096):\n        m[i] = 1\n"
+        "    print('mapped')\nexcept (OSError, ValueError) as e:\n    print('refused map', e)\n"
+    )
+    import signal as _signal
+    with HostWatch() as host:
+        result = sandbox.run([sandbox.python, "-I", "main.py"], {"main.py": code},
+                             limits=Limits(timeout_s=8, cpu_s=5, disk_mb=DISK_MB, max_file_mb=16))
+    assert "grew" not in result.stdout, result.stdout
+    assert result.exit_code in (0, -_signal.SIGXFSZ, 128 + _signal.SIGXFSZ), result
+    host.assert_bounded(DISK_MB)
+
+
+def test_memfd_cannot_grow_host_memory(sandbox: Sandbox) -> None:
+    code = (
+        "import os, time\nfds = []\ntry:\n    for i in range(24):\n"
+        "        fd = os.memfd_create(f'm{i}')\n        os.write(fd, b'x' * (15 << 20))\n        fds.append(fd)\n"
+        "except OSError as e:\n    print('refused', e.errno)\nprint('held', len(fds), flush=True)\ntime.sleep(0.5)\n"
+    )
+    with HostWatch() as host:
+        result = sandbox.run_python(code, limits=BOXED)
+    assert "held" in result.stdout, result.stderr
+    host.assert_bounded(DISK_MB)
+
+
+SYSV = """
+import ctypes, ctypes.util, time
+libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+IPC_CREAT, IPC_PRIVATE = 0o1000, 0
+made = 0
+for i in range(12):  # each segment is attached, filled and detached: the address-space limit never sees it
+    sid = libc.shmget(IPC_PRIVATE, 48 << 20, IPC_CREAT | 0o600)
+    if sid < 0:
+        print('refused shmget', ctypes.get_errno())
+        break
+    addr = libc.shmat(sid, None, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        print('refused shmat', ctypes.get_errno())
+        break
+    ctypes.memset(addr, 1, 48 << 20)
+    libc.shmdt(ctypes.c_void_p(addr))
+    made += 1
+q = libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600)
+print('msgget', q, ctypes.get_errno() if q < 0 else 0)
+print('segments', made, flush=True)
+time.sleep(0.5)
+"""
+
+
+def test_sysv_shared_memory_cannot_grow_host_memory(sandbox: Sandbox) -> None:
+    with HostWatch() as host:
+        result = sandbox.run_python(SYSV, limits=BOXED)
+    assert "segments" in result.stdout, result.stderr
+    host.assert_bounded(DISK_MB)
+
+
+def test_user_namespace_with_its_own_tmpfs_is_refused(sandbox: Sandbox) -> None:
+    script = ("mount -t tmpfs none /tmp && echo mounted && "
+              "dd if=/dev/zero of=/tmp/fill bs=1M count=400 2>/dev/null; sleep 0.3")
+    code = ("import subprocess\nr = subprocess.run(['unshare', '--user', '--map-root-user', '--mount', 'sh', '-c', "
+            f"{script!r}], capture_output=True, text=True)\nprint(r.returncode, r.stdout, r.stderr)\n")
+    with HostWatch() as host:
+        result = sandbox.run_python(code, limits=BOXED)
+    assert "mounted" not in result.stdout, result.stdout
+    host.assert_bounded(DISK_MB)
+
+
+NAMESPACE_CALLS = """
+import ctypes, ctypes.util, os
+libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x20000, 0x10000000, 0x40000000
+for name, call in [('unshare-user', lambda: libc.unshare(CLONE_NEWUSER)),
+                   ('unshare-net', lambda: libc.unshare(CLONE_NEWNET)),
+                   ('unshare-mount', lambda: libc.unshare(CLONE_NEWNS)),
+                   ('mount', lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)),
+                   ('setns', lambda: libc.setns(os.open('/proc/self/ns/net', os.O_RDONLY), 0)),
+                   ('chroot', lambda: libc.chroot(b'/tmp'))]:
+    print('ok' if call() == 0 else 'refused', name, ctypes.get_errno(), flush=True)
+"""
+
+
+def test_namespace_and_mount_calls_are_refused(sandbox: Sandbox) -> None:
+    mounts0 = Path("/proc/self/mountinfo").read_text()
+    result = sandbox.run_python(NAMESPACE_CALLS, limits=BOXED)
+    assert result.ok, result.stderr
+    assert "ok " not in result.stdout and result.stdout.count("refused") == 6, result.stdout
+    assert Path("/proc/self/mountinfo").read_text() == mounts0  # nothing reached the host's mount table
+
+
+@pytest.fixture
+def host_unix_listener() -> Iterator[tuple[str, socket.socket]]:
+    """A 0777 pathname socket a root service listens on, outside every hidden directory."""
+    base = Path("/var/cache") if ROOT else Path.home()
+    folder = base / f"llmeval-test-{uuid.uuid4().hex[:12]}"
+    folder.mkdir(mode=0o755)
+    path = str(folder / "service.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o777)
+    listener.listen(8)
+    listener.settimeout(0.2)
+    try:
+        yield path, listener
+    finally:
+        listener.close()
+        Path(path).unlink(missing_ok=True)
+        folder.rmdir()
+
+
+def test_pathname_unix_socket_to_a_host_listener(sandbox: Sandbox,
+                                                 host_unix_listener: tuple[str, socket.socket]) -> None:
+    path, listener = host_unix_listener
+    code = ("import socket, sys\nfor kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET):\n"
+            "    try:\n        s = socket.socket(socket.AF_UNIX, kind)\n        s.connect(sys.argv[1])\n"
+            "        s.send(b'hello from the sandbox')\n        print('connected', kind)\n"
+            "    except OSError as e:\n        print('blocked', kind, e.errno)\n")
+    result = sandbox.run([sandbox.python, "-I", "main.py", path], {"main.py": code}, limits=SHORT)
+    assert "connected" not in result.stdout, result.stdout
+    with pytest.raises((TimeoutError, socket.timeout, BlockingIOError)):
+        listener.accept()
+
+
+def test_socketpair_pipes_and_multiprocessing_still_work(sandbox: Sandbox) -> None:
+    code = (
+        "import multiprocessing as mp, socket\n"
+        "a, b = socket.socketpair()\na.send(b'ping')\nprint(b.recv(4).decode())\n"
+        "if __name__ == '__main__':\n"
+        "    r, w = mp.Pipe()\n    w.send(41)\n    print(r.recv() + 1)\n"
+        "    with mp.Pool(2) as pool:\n        print(sum(pool.map(abs, [-1, -2, -3])))\n"
+        "    print(mp.Queue().empty())\n"
+    )
+    before = set(os.listdir("/dev/shm"))
+    result = sandbox.run_python(code, limits=SHORT)
+    assert result.ok, result.stderr
+    assert result.stdout.split() == ["ping", "42", "6", "True"]
+    assert set(os.listdir("/dev/shm")) - before == set()  # no semaphore files left in the host's /dev/shm
+
+
+def test_no_socket_family_can_be_created(sandbox: Sandbox) -> None:
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        v6.bind(("::1", 0))
+    except OSError:
+        v6.close()
+        v6 = None  # type: ignore[assignment]
+    code = (
+        "import socket, sys\nfams = {'inet': 2, 'inet6': 10, 'netlink': 16, 'packet': 17, 'unix': 1, 'vsock': 40,\n"
+        "        'alg': 38, 'bluetooth': 31, 'key': 15}\n"
+        "for name, fam in fams.items():\n"
+        "    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW):\n"
+        "        try:\n            socket.socket(fam, kind).close()\n            print('created', name, kind)\n"
+        "        except OSError:\n            pass\n"
+        "if len(sys.argv) > 1:\n    try:\n        socket.create_connection(('::1', int(sys.argv[1])), timeout=1)\n"
+        "        print('connected v6')\n    except OSError:\n        pass\nprint('done')\n"
+    )
+    try:
+        if v6 is not None:
+            v6.listen(4)
+            v6.settimeout(0.2)
+        args = [str(v6.getsockname()[1])] if v6 is not None else []
+        result = sandbox.run([sandbox.python, "-I", "main.py", *args], {"main.py": code}, limits=SHORT)
+        assert "done" in result.stdout, result.stderr
+        assert "created" not in result.stdout and "connected" not in result.stdout, result.stdout
+        if v6 is not None:
+            with pytest.raises((TimeoutError, socket.timeout, BlockingIOError)):
+                v6.accept()
+    finally:
+        if v6 is not None:
+            v6.close()
+
+
+def syscall_probe(nr_x86: int, nr_arm: int, args: str = "0, 0, 0, 0") -> str:
+    nr = nr_x86 if os.uname().machine == "x86_64" else nr_arm
+    return ("import ctypes, ctypes.util\nlibc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)\n"
+            f"r = libc.syscall({nr}, {args})\nprint('ok' if r >= 0 else 'refused', ctypes.get_errno())\n")
+
+
+def test_io_uring_is_refused(sandbox: Sandbox) -> None:
+    """io_uring can open and connect sockets without the socket() system call (IORING_OP_SOCKET)."""
+    code = syscall_probe(425, 425, "8, ctypes.create_string_buffer(120), 0, 0")  # io_uring_setup
+    result = sandbox.run_python(code, limits=SHORT)
+    assert result.ok and result.stdout.startswith("refused"), result.stdout + result.stderr
+
+
+def test_ptrace_of_a_sibling_is_refused(sandbox: Sandbox) -> None:
+    code = (
+        "import ctypes, ctypes.util, os, time\nlibc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)\n"
+        "pid = os.fork()\nif pid == 0:\n    time.sleep(3)\n    os._exit(0)\n"
+        "r = libc.ptrace(16, pid, None, None)  # PTRACE_ATTACH\n"
+        "print('attached' if r == 0 else 'refused', ctypes.get_errno())\nos.kill(pid, 9)\n"
+    )
+    result = sandbox.run_python(code, limits=SHORT)
+    assert result.ok and result.stdout.startswith("refused"), result.stdout + result.stderr
+
+
+def test_kernel_keyring_is_refused(sandbox: Sandbox) -> None:
+    """Keyrings are not namespaced: a key added under the sandbox uid would outlive the run."""
+    marker = "llmeval-" + uuid.uuid4().hex[:8]
+    code = (
+        "import ctypes, ctypes.util, sys\nlibc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)\n"
+        "nr = 248 if __import__('os').uname().machine == 'x86_64' else 217  # add_key\n"
+        "r = libc.syscall(nr, b'user', sys.argv[1].encode(), b'secret', 6, -4)  # KEY_SPEC_USER_KEYRING\n"
+        "print('added' if r >= 0 else 'refused', ctypes.get_errno())\n"
+    )
+    result = sandbox.run([sandbox.python, "-I", "main.py", marker], {"main.py": code}, limits=SHORT)
+    assert result.ok and result.stdout.startswith("refused"), result.stdout + result.stderr
+    assert marker not in Path("/proc/keys").read_text()
+
+
+def test_proc_sys_and_sysrq_writes_are_refused(sandbox: Sandbox) -> None:
+    knobs = ["/proc/sys/kernel/shmmax", "/proc/sys/vm/overcommit_memory", "/proc/sys/kernel/hostname",
+             "/proc/sys/fs/file-max"]
+    before = {k: Path(k).read_text() for k in knobs}
+    code = ("import sys\nfor p in sys.argv[1:] + ['/proc/sysrq-trigger']:\n"
+            "    try:\n        open(p, 'w').write('1\\n')\n        print('wrote', p)\n"
+            "    except OSError as e:\n        print('refused', p, e.errno)\n")
+    result = sandbox.run([sandbox.python, "-I", "main.py", *knobs], {"main.py": code}, limits=SHORT)
+    assert "wrote" not in result.stdout, result.stdout
+    assert {k: Path(k).read_text() for k in knobs} == before
+
+
+@pytest.mark.skipif(not ROOT, reason="the uid drop needs root")
+def test_setuid_binaries_do_not_give_root(sandbox: Sandbox) -> None:
+    mounts0 = Path("/proc/self/mountinfo").read_text()
+    code = (
+        "import os, subprocess\n"
+        "for cmd in (['mount', '-t', 'tmpfs', 'none', '/tmp'], ['umount', '-l', '/tmp'], ['newgrp', 'root'],\n"
+        "            ['gpasswd', '-a', 'nobody', 'root'], ['chsh', '-s', '/bin/sh', 'root']):\n"
+        "    try:\n        r = subprocess.run(cmd, capture_output=True, text=True, timeout=3, input='')\n"
+        "        print(cmd[0], r.returncode)\n    except (OSError, subprocess.TimeoutExpired) as e:\n"
+        "        print(cmd[0], 'failed', e)\n"
+        "print('euid', os.geteuid())\n"
+    )
+    shadow0 = Path("/etc/shadow").read_text()
+    group0 = Path("/etc/group").read_text()
+    result = sandbox.run_python(code, limits=SHORT)
+    assert "euid 0" not in result.stdout and "euid" in result.stdout, result.stdout + result.stderr
+    assert Path("/etc/shadow").read_text() == shadow0 and Path("/etc/group").read_text() == group0
+    assert Path("/proc/self/mountinfo").read_text() == mounts0
+
+
+def test_cannot_read_another_runs_files(sandbox: Sandbox) -> None:
+    secret = "sk-other-run-" + uuid.uuid4().hex
+    code = (
+        "import os, sys\nfor root in sys.argv[1:] + ['/tmp']:\n"
+        "    for dirpath, _, names in os.walk(root):\n"
+        "        for n in names:\n            try:\n                print(open(os.path.join(dirpath, n)).read())\n"
+        "            except OSError:\n                pass\n"
+    )
+    with sandbox.workdir() as other:
+        other.write("secret.txt", secret)
+        other.run(["/bin/sh", "-c", f"echo {secret} > /tmp/secret.txt"], limits=SHORT)
+        result = sandbox.run([sandbox.python, "-I", "main.py", str(other.path)], {"main.py": code},
+                             limits=SHORT)
+    assert secret not in result.stdout
+
+
+@pytest.mark.skipif(not ROOT, reason="a host file only root can write")
+def test_symlinks_planted_for_a_later_host_write(sandbox: Sandbox) -> None:
+    tag = uuid.uuid4().hex
+    target = Path(f"/etc/llmeval-{tag}")
+    code = (f"import os\nos.symlink({str(target)!r}, 'main2.py')\nos.symlink('/etc', 'sub')\n"
+            f"os.symlink({str(target)!r}, '/tmp/t')\n")
+    try:
+        with sandbox.workdir() as wd:
+            wd.write("main.py", code)
+            assert wd.run([sandbox.python, "-I", "main.py"], limits=SHORT).ok
+            for name in ("main2.py", f"sub/llmeval-{tag}"):
+                with pytest.raises((ValueError, OSError)):
+                    wd.write(name, "owned")
+        assert not target.exists()
+    finally:
+        target.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(not ROOT, reason="/etc/shadow is unreadable anyway without root")
+def test_collect_follows_no_links_and_reads_no_fifos(sandbox: Sandbox) -> None:
+    code = ("import os\nos.symlink('/etc', 'd')\nos.mkfifo('fifo')\nos.mkdir('real')\n"
+            "os.symlink('/etc/shadow', 'real/inner')\n"
+            "try:\n    os.link('/etc/shadow', 'hard')\nexcept OSError as e:\n    print('no hard link', e.errno)\n")
+    start = time.monotonic()
+    result = sandbox.run_python(code, collect=["d/shadow", "fifo", "real/inner", "hard", "real"], limits=SHORT)
+    assert time.monotonic() - start < 8
+    assert result.ok, result.stderr
+    assert result.files == {}
+
+
+@pytest.mark.skipif(not ROOT, reason="protected hard links matter for another uid's files")
+def test_hard_links_to_host_files_are_refused(sandbox: Sandbox) -> None:
+    nlink0 = os.stat("/etc/passwd").st_nlink
+    code = ("import os\nfor src in ('/etc/passwd', '/etc/shadow', '/usr/bin/passwd'):\n"
+            "    try:\n        os.link(src, os.path.basename(src) + '.lnk')\n        print('linked', src)\n"
+            "    except OSError as e:\n        print('refused', src, e.errno)\n")
+    result = sandbox.run_python(code, limits=SHORT, collect=["passwd.lnk", "shadow.lnk"])
+    assert "linked" not in result.stdout, result.stdout
+    assert os.stat("/etc/passwd").st_nlink == nlink0 and result.files == {}
+
+
+def test_runs_leave_nothing_in_the_temporary_directory(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = Sandbox(sandbox.level, base_dir=tmp_path)
+    code = ("import os\nos.makedirs('a/b')\nopen('a/b/f', 'w').write('x')\nos.chmod('a/b', 0)\nos.chmod('a', 0)\n"
+            "open('/tmp/t', 'w').write('x')\nprint('out')\nimport sys\nprint('err', file=sys.stderr)\n")
+    for _ in range(2):
+        result = sb.run_python(code, limits=SHORT)
+        assert result.ok and result.stdout == "out\n", result.stderr
+    with sb.workdir() as wd:
+        wd.write("x.c", "int main(void) { return 0; }\n")
+        assert wd.run(["gcc", "-o", "x", "x.c"], limits=SHORT).ok
+        assert wd.run(["./x"], limits=SHORT).ok
+    assert list(tmp_path.iterdir()) == []
+
+
+KILLED_PARENT = """
+import sys, threading, time
+from pathlib import Path
+from pytest_llmeval.sandbox import Limits, Sandbox
+sb = Sandbox(sys.argv[1], base_dir=Path(sys.argv[2]))
+code = ("import sys, time\\nopen('/tmp/fill', 'wb').write(b'x' * (15 << 20))\\n"
+        "open('fill', 'wb').write(b'x' * (15 << 20))\\nprint('filled', flush=True)\\ntime.sleep(60)\\n")
+threading.Thread(target=sb.run, args=([sb.python, "-I", "main.py", sys.argv[3]], {"main.py": code}),
+                 kwargs={"limits": Limits(timeout_s=60, cpu_s=60)}, daemon=True).start()
+time.sleep(60)
+"""
+
+
+def test_nothing_is_left_after_the_parent_is_killed(sandbox: Sandbox, tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    base = tmp_path / "base"
+    base.mkdir()
+    shmem0 = shmem_mb()
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, sandbox.level, str(base), marker])
+    try:
+        deadline = time.monotonic() + 15
+        while not sandbox_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sandbox_processes(marker), "the run did not start"
+        time.sleep(0.5)  # its files written
+    finally:
+        parent.kill()
+        parent.wait(10)
+    deadline = time.monotonic() + 5
+    while sandbox_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox_processes(marker) == []
+    Sandbox(sandbox.level, base_dir=base)  # a later session sweeps what a killed one could not remove
+    assert list(base.iterdir()) == []
+    assert shmem_mb() - shmem0 < MARGIN_MB
+
+
+def test_disk_mb_in_a_suites_limits(tmp_path: Path) -> None:
+    """``limits: {disk_mb: N}`` is validated when the case file loads and reaches the sandbox run."""
+    from pytest_llmeval.cases import load_file
+    from pytest_llmeval.checks import builtin_registry
+    from pytest_llmeval.checks.code import CodeContext
+
+    suite = ("suite: s\nkind: code\nlimits: {disk_mb: %s}\ncases:\n"
+             "  - {id: a, language: python, prompt: p, expect: [{runs: true}]}\n")
+    (tmp_path / "bad.yaml").write_text(suite % 4)
+    (tmp_path / "good.yaml").write_text(suite % 24)
+    bad = load_file(tmp_path / "bad.yaml", builtin_registry())
+    assert bad.cases == [] and any("disk_mb" in (e.field or "") + e.message for e in bad.errors), bad.errors
+    good = load_file(tmp_path / "good.yaml", builtin_registry())
+    assert good.errors == [] and good.cases[0].limits == {"disk_mb": 24}
+    code = FILL.replace("where, total_mb = sys.argv[1], int(sys.argv[2])", "where, total_mb = '/tmp', 256")
+    sandbox = Sandbox("auto")
+    with HostWatch() as host, CodeContext(code, "python", sandbox, Limits(**good.cases[0].limits)) as ctx:
+        result = ctx.run()
+    assert result is not None and "stopped" in result.stdout and written_mb(result.stdout) <= 24
+    host.assert_bounded(24)

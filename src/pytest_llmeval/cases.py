@@ -178,6 +178,8 @@ class LimitsModel(BaseModel):
     max_output_bytes: int | None = Field(default=None, ge=1024)
     max_file_mb: int | None = Field(default=None, ge=1, le=4096)
     max_processes: int | None = Field(default=None, ge=1, le=4096)
+    # work dir + /tmp + /dev/shm together, a tmpfs (host memory): 8 MiB leaves gcc room for its temporary files
+    disk_mb: int | None = Field(default=None, ge=8, le=65536)
 
 
 class RetrieveModel(BaseModel):

@@ -23,25 +23,34 @@ killed at a wall-clock timeout. The level used is recorded in each result.
 
 from __future__ import annotations
 
+import atexit
+import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 LEVELS = ("auto", "bwrap", "unshare", "none")
 UID_BASE = 61000  # sandbox uids: UID_BASE .. UID_BASE + UID_RANGE - 1, each leased to one run at a time
 UID_RANGE = 2048
 UIDS_PER_PROCESS = 64  # where a worker starts looking for a free uid
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+HIDDEN_TMPFS_BYTES = 1 << 20  # the tmpfs over each hidden directory: mount points only
 
 
 class SandboxUnavailable(Exception):
@@ -59,6 +68,9 @@ class Limits:
     max_file_mb: int = 16  # RLIMIT_FSIZE: any one file written, stdout included
     max_processes: int = 32  # RLIMIT_NPROC for the sandbox uid (only with a uid drop)
     max_open_files: int = 256
+    # The run's writable storage: work directory, /tmp, /dev/shm and the captured output together (a tmpfs,
+    # so it is host memory too: a run's worst case is about memory_mb per process plus disk_mb).
+    disk_mb: int = 256
 
     def describe_memory(self) -> str:
         return f"{self.memory_mb / 1024:g} GiB" if self.memory_mb >= 1024 else f"{self.memory_mb} MiB"
@@ -164,7 +176,9 @@ class Sandbox:
         self.base_dir = base_dir
         self.level = self._choose(level)
         self.is_root = os.geteuid() == 0
-        self._bwrap_mounts: list[str] | None = None
+        self._bwrap_mounts: tuple[list[Path], list[Path]] | None = None
+        _sweep(base_dir)
+        _sweep(None)  # collected files always go to the default temporary directory
 
     # ---------------------------------------------------------------------------------------- levels
 
@@ -182,39 +196,49 @@ class Sandbox:
             "cannot isolate generated code (" + "; ".join(problems) + "). Install bubblewrap "
             "(apt-get install bubblewrap), or accept the risk explicitly with --llm-sandbox=none.")
 
-    def bwrap_mounts(self) -> list[str]:
-        """The file-system view (computed once): / read-only, private dirs hidden, interpreter bound back."""
+    def bwrap_mounts(self, tmp: Sequence[str] = ("--perms", "1777", "--tmpfs", "/tmp")) -> list[str]:
+        """The file-system view: / read-only, private dirs hidden, interpreter bound back; ``tmp`` mounts /tmp.
+
+        The hidden directories get small tmpfs mounts (only mount points for what is bound back go there, and
+        they are not writable by the sandbox uid): an unsized tmpfs could take half the host's memory.
+        """
         if self._bwrap_mounts is None:
             hidden = _hidden_dirs(self.hide)
-            args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-            for h in hidden:
-                args += ["--perms", "1777" if h == Path("/tmp") else "0755", "--tmpfs", str(h)]
             interpreter_dirs = (sys.prefix, sys.base_prefix, Path(self.python).resolve().parent.parent)
-            for needed in dict.fromkeys(Path(p).resolve() for p in interpreter_dirs):
-                if any(needed.is_relative_to(h) for h in hidden):
-                    args += _mkdirs(needed) + ["--ro-bind", str(needed), str(needed)]
-            self._bwrap_mounts = args
-        return self._bwrap_mounts
+            back = [p for p in dict.fromkeys(Path(p).resolve() for p in interpreter_dirs)
+                    if any(p.is_relative_to(h) for h in hidden)]
+            self._bwrap_mounts = (hidden, back)
+        hidden, back = self._bwrap_mounts
+        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        for h in hidden:
+            args += list(tmp) if h == Path("/tmp") else ["--perms", "0755", "--size", str(HIDDEN_TMPFS_BYTES),
+                                                          "--tmpfs", str(h)]
+        for needed in back:
+            args += _mkdirs(needed) + ["--ro-bind", str(needed), str(needed)]
+        return args
 
     # ------------------------------------------------------------------------------------------ runs
 
     @contextmanager
-    def workdir(self) -> Iterator[WorkDir]:
-        """A private work directory for several runs (compile, then run); removed afterwards."""
-        root = Path(tempfile.mkdtemp(prefix="llmeval-sbx-", dir=self.base_dir))
-        work = root / "work"
-        work.mkdir()
-        try:
-            with _UIDS.take() as uid:
-                yield WorkDir(self, work, uid)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    def workdir(self, limits: Limits | None = None) -> Iterator[WorkDir]:
+        """A private work directory for several runs (compile, then run); removed afterwards.
+
+        Its storage (work directory, ``/tmp`` and ``/dev/shm`` together) holds at most ``limits.disk_mb``
+        (default :class:`Limits`), and the output files two files of ``limits.max_file_mb``: fixed here for all
+        its runs.
+        """
+        with _UIDS.take() as uid:
+            storage = _Storage(self, uid, limits or Limits())
+            try:
+                yield WorkDir(self, storage, uid)
+            finally:
+                storage.close()
 
     def run(self, cmd: Sequence[str], files: dict[str, str | bytes] | None = None, *,
             limits: Limits | None = None, stdin: str | None = None,
             collect: Sequence[str] = ()) -> RunResult:
         """One command in a fresh work directory holding ``files``; ``collect`` names files to keep."""
-        with self.workdir() as wd:
+        with self.workdir(limits) as wd:
             for name, content in (files or {}).items():
                 wd.write(name, content)
             return wd.run(cmd, limits=limits, stdin=stdin, collect=collect)
@@ -225,53 +249,166 @@ class Sandbox:
                         collect=collect)
 
 
-class WorkDir:
-    """A sandbox work directory: write files into it and run commands in it."""
+class _Storage:
+    """Where one work directory's writable places live: ``work``, ``tmp``, ``shm`` and ``out`` (the output files).
 
-    def __init__(self, sandbox: Sandbox, path: Path, uid: int) -> None:
-        self.sandbox = sandbox
-        self.path = path
-        self.uid = uid
-        self.out_dir = Path(tempfile.mkdtemp(prefix="llmeval-out-", dir=sandbox.base_dir))
-        self._runs = 0
+    Run as root with a namespace level, they are one tmpfs of ``disk_mb`` (and a proportional number of inodes)
+    mounted in a private mount namespace that a helper process holds open: the sandbox's runs enter that
+    namespace, the host reaches the files through ``/proc/<helper>/root``, and nothing of it exists in the host's
+    file systems. The helper blocks reading a pipe from us and exits when that pipe closes, so when our process
+    dies, even by SIGKILL, the kernel closes the pipe, the helper exits and the tmpfs (its pages counted as host
+    shared memory until then) is freed: no leftover to sweep. Otherwise (``none``, or bwrap unprivileged, where
+    no mount is possible) they are a host directory named after our pid and start time, removed when the work
+    directory closes and swept by a later session if we were killed.
+    """
+
+    def __init__(self, sandbox: Sandbox, uid: int, limits: Limits) -> None:
+        self.helper: subprocess.Popen[bytes] | None = None
         if sandbox.is_root and sandbox.level != "none":
-            os.chown(path, uid, uid)
-            os.chmod(path.parent, 0o711)
+            self._start_helper(sandbox, uid, limits.disk_mb, limits.max_file_mb)
+        else:
+            self.host = Path(tempfile.mkdtemp(prefix=f"llmeval-sbx-{_process_tag()}-", dir=sandbox.base_dir))
+            self.inside = self.host
+            for name, mode in (("out", 0o700), ("work", 0o755), ("tmp", 0o1777), ("shm", 0o1777)):
+                (self.host / name).mkdir()
+                os.chmod(self.host / name, mode)
+        self.work = self.inside / "work"
+
+    def _start_helper(self, sandbox: Sandbox, uid: int, disk_mb: int, max_file_mb: int) -> None:
+        box = _box_mount_point()
+        # The unshare level has no mount setup of its own: the helper's namespace puts the box's tmp over the
+        # host's world-writable directories, which the runs then share with nothing else.
+        binds = 'for d in /tmp /var/tmp /dev/shm; do [ -d "$d" ] && mount --bind "$1/tmp" "$d"; done; ' \
+            if sandbox.level == "unshare" else ""
+        # The output files get a tmpfs of their own, room for two files at the file size limit: a program
+        # that fills its storage still gets its last words (and its traceback) out.
+        script = ('set -e; mount -t tmpfs -o "size=$2,nr_inodes=$3,mode=0755" pytest-llmeval "$1"; '
+                  'mkdir -m 0700 "$1/out"; mount -t tmpfs -o "size=$4,nr_inodes=16,mode=0700" pytest-llmeval "$1/out"; '
+                  'mkdir -m 1777 "$1/tmp" "$1/shm"; ' + binds + 'echo ready; exec cat >/dev/null')
+        inodes = max(1024, 64 * disk_mb)  # ~1 KiB of kernel memory each; gcc and Python need a few dozen
+        self.helper = subprocess.Popen(  # noqa: S603 - fixed command
+            ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh", str(box),
+             f"{disk_mb}m", str(inodes), f"{2 * max_file_mb + 1}m"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            close_fds=True)
+        assert self.helper.stdout is not None and self.helper.stderr is not None
+        if self.helper.stdout.readline() != b"ready\n":
+            why = self.helper.stderr.read().decode(errors="replace").strip()
+            self.close()
+            raise SandboxUnavailable(f"cannot make the sandbox's private storage: {why or 'helper failed'}")
+        self.inside = box
+        self.host = Path(f"/proc/{self.helper.pid}/root") / box.relative_to("/")
+        (self.host / "work").mkdir(mode=0o700)
+        os.chown(self.host / "work", uid, uid)
+
+    def enter(self) -> list[str]:
+        """The command prefix that runs in this storage's mount namespace."""
+        return [] if self.helper is None else ["nsenter", f"--mount=/proc/{self.helper.pid}/ns/mnt"]
+
+    def close(self) -> None:
+        if self.helper is None:
+            shutil.rmtree(self.host, ignore_errors=True)
+            return
+        for pipe in (self.helper.stdin, self.helper.stdout, self.helper.stderr):
+            if pipe is not None:
+                pipe.close()
+        try:
+            self.helper.wait(5)
+        except subprocess.TimeoutExpired:
+            self.helper.kill()
+            self.helper.wait()
+
+
+class WorkDir:
+    """A sandbox work directory: write files into it and run commands in it.
+
+    ``path`` is the directory as the sandboxed code sees it (its working directory and ``HOME``).
+    """
+
+    def __init__(self, sandbox: Sandbox, storage: _Storage, uid: int) -> None:
+        self.sandbox = sandbox
+        self.storage = storage
+        self.path = storage.work
+        self.uid = uid
+        self._runs = 0
+        self._chown = sandbox.is_root and sandbox.level != "none"
+        if self._chown and storage.helper is None:
+            os.chown(storage.host / "work", uid, uid)
 
     def write(self, name: str, content: str | bytes) -> Path:
-        target = (self.path / name).resolve()
-        if not target.is_relative_to(self.path):
-            raise ValueError(f"file name {name!r} leaves the work directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content.encode() if isinstance(content, str) else content)
-        if self.sandbox.is_root and self.sandbox.level != "none":
-            os.chown(target, self.uid, self.uid)
-        return target
+        """Write a file into the work directory (never through a link the code may have planted there)."""
+        data = content.encode() if isinstance(content, str) else content
+        try:
+            fd = _open_beneath(self.storage.host / "work", name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                               make_dirs_for=self.uid if self._chown else -1)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+                raise ValueError(f"file name {name!r} leaves the work directory (through {exc.strerror})") from None
+            raise
+        try:
+            if self._chown:
+                os.fchown(fd, self.uid, self.uid)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        return self.path / name
 
-    def _command(self, cmd: Sequence[str]) -> list[str]:
+    def _command(self, cmd: Sequence[str], limits: Limits, seccomp_fd: int | None) -> list[str]:
         sb, w, uid = self.sandbox, str(self.path), str(self.uid)
         drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
                 "--inh-caps=-all", "--bounding-set=-all", "--"]
         if sb.level == "none":
             return list(cmd)
+        enter = self.storage.enter()
         if sb.level == "unshare":
-            base = ["unshare", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
+            if enter:
+                enter.append(f"--wdns={w}")
+            # unshare has no --die-with-parent: the parent-death signal, kept across exec, kills it with us,
+            # and --kill-child takes the namespace's processes with it.
+            base = ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--net", "--pid", "--ipc", "--uts",
+                    "--fork", "--kill-child", "--mount-proc"]
             # Unprivileged, the namespaces need a user namespace of their own.
-            return base + (drop if sb.is_root else ["--user", "--map-root-user"]) + list(cmd)
-        args = ["bwrap", *sb.bwrap_mounts()]
+            # A uid change clears the parent-death signal that --kill-child gave the namespace's first process;
+            # setpriv sets it again after the drop, so that killing us still ends the run.
+            drop[-1:] = ["--pdeathsig", "KILL", "--"]
+            # The filter goes on before the uid drop: setpriv still has the capabilities to execute what only
+            # root may reach (the interpreter in /root/.pyenv, say) and the code then runs under the filter.
+            return enter + base + (self._filtered(drop + list(cmd)) if sb.is_root else
+                                   ["--user", "--map-root-user", *self._filtered(cmd)])
+        host = self.storage.inside
+        if self.storage.helper is not None:
+            tmp = ["--bind", str(host / "tmp"), "/tmp"]
+            shm = ["--bind", str(host / "shm"), "/dev/shm"]
+        else:  # no private storage to bind: sized tmpfs mounts of bwrap's own (the work dir stays on disk)
+            size = str(limits.disk_mb << 20)
+            tmp = ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
+            shm = ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
+        args = ["bwrap", *sb.bwrap_mounts(tmp), *shm]
         args += _mkdirs(self.path) + ["--bind", w, w, "--chdir", w,
                                       "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                                       "--die-with-parent", "--new-session"]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
         if sb.is_root:
-            return args + ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--"] + drop + list(cmd)
+            return enter + args + ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--"] + drop + list(cmd)
         return args + ["--unshare-user", "--disable-userns", "--"] + list(cmd)
+
+    def _filtered(self, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` under the seccomp filter, installed by a few lines of the sandbox's Python (the unshare level
+        has no bwrap to do it); the code runs unfiltered only on an architecture without a table."""
+        program = _seccomp_program()
+        if program is None:
+            return list(cmd)
+        return [self.sandbox.python, "-I", "-S", "-c", _SECCOMP_TRAMPOLINE, program.hex(), *cmd]
 
     def run(self, cmd: Sequence[str], *, limits: Limits | None = None, stdin: str | None = None,
             collect: Sequence[str] = ()) -> RunResult:
         limits = limits or Limits()
         self._runs += 1
-        out_path = self.out_dir / f"{self._runs}.out"
-        err_path = self.out_dir / f"{self._runs}.err"
+        out_path = self.storage.host / "out" / f"{self._runs}.out"
+        err_path = self.storage.host / "out" / f"{self._runs}.err"
         env = {"PATH": SAFE_PATH, "HOME": str(self.path), "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
         drop_uid = self.sandbox.is_root and self.sandbox.level != "none"
@@ -283,57 +420,118 @@ class WorkDir:
                    f"--fsize={limits.max_file_mb << 20}", f"--nofile={limits.max_open_files}", "--core=0"]
         if drop_uid:  # per uid: only meaningful once the code runs as its own uid
             rlimits.append(f"--nproc={limits.max_processes}")
-        command = [*rlimits, "--", *self._command(cmd)]
+        # bwrap reads the seccomp program from a descriptor: a pipe of our own per run (a shared file would
+        # share its offset between concurrent runs). 400 bytes fit in any pipe's buffer.
+        seccomp = _seccomp_program() if self.sandbox.level == "bwrap" else None
+        seccomp_fd = None
+        if seccomp is not None:
+            seccomp_fd, w = os.pipe()
+            os.write(w, seccomp)
+            os.close(w)
+        command = [*rlimits, "--", *self._command(cmd, limits, seccomp_fd)]
 
         start = time.perf_counter()
         timed_out = False
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(  # noqa: S603 - the command is ours; the code it runs is contained
-                command, cwd=self.path, env=env, stdout=out, stderr=err,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                start_new_session=True, close_fds=True,
-            )
-            # A timer kills the group at the deadline while we block in wait(): Popen.wait(timeout) would
-            # poll with sleeps, which cost more than the whole sandboxed run of a short program.
-            expired = threading.Event()
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                proc = subprocess.Popen(  # noqa: S603 - the command is ours; the code it runs is contained
+                    command, cwd="/" if self.storage.helper is not None else self.path, env=env, stdout=out,
+                    stderr=err, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    start_new_session=True, close_fds=True, pass_fds=() if seccomp_fd is None else (seccomp_fd,),
+                )
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
+        # A timer kills the group at the deadline while we block in wait(): Popen.wait(timeout) would
+        # poll with sleeps, which cost more than the whole sandboxed run of a short program.
+        expired = threading.Event()
 
-            def on_deadline() -> None:
-                expired.set()
-                _kill_group(proc)
+        def on_deadline() -> None:
+            expired.set()
+            _kill_group(proc)
 
-            timer = threading.Timer(limits.timeout_s, on_deadline)
-            timer.daemon = True
-            timer.start()
-            try:
-                if stdin is not None and proc.stdin is not None:
-                    try:
-                        proc.stdin.write(stdin.encode())
-                        proc.stdin.close()
-                    except BrokenPipeError:
-                        pass
-                proc.wait()
-            finally:
-                timer.cancel()
-                timed_out = expired.is_set()
-                _kill_group(proc)  # a daemon left behind in the (non-namespaced) group dies too
-                if drop_uid:
-                    _reap_uid(self.uid)
+        timer = threading.Timer(limits.timeout_s, on_deadline)
+        timer.daemon = True
+        timer.start()
+        try:
+            if stdin is not None and proc.stdin is not None:
+                try:
+                    proc.stdin.write(stdin.encode())
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+            proc.wait()
+        finally:
+            timer.cancel()
+            timed_out = expired.is_set()
+            _kill_group(proc)  # a daemon left behind in the (non-namespaced) group dies too
+            if drop_uid:
+                _reap_uid(self.uid)
         duration = time.perf_counter() - start
         stdout = _read(out_path, limits.max_output_bytes)
         stderr = _read(err_path, limits.max_output_bytes)
+        out_path.unlink()
+        err_path.unlink()
         code = proc.returncode
         reason = _reason(code, timed_out, stderr, limits)
         files = {}
         for name in collect:
-            src = (self.path / name).resolve()
-            if src.is_relative_to(self.path) and src.is_file() and not src.is_symlink():
-                dst = self.out_dir / "files" / name
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
-                files[name] = dst
+            kept = _collect(self.storage.host / "work", name)
+            if kept is not None:
+                files[name] = kept
         return RunResult(exit_code=None if timed_out else code, stdout=stdout, stderr=stderr,
                          duration_s=duration, level=self.sandbox.level, timed_out=timed_out, reason=reason,
                          files=files)
+
+
+def _open_beneath(root: Path, name: str, flags: int, make_dirs_for: int = -1) -> int:
+    """Open ``name`` under the directory ``root`` without following any link on the way, or raise OSError.
+
+    The sandboxed code owns the work directory and may have left links there: a host write or read must not go
+    through them (a link's absolute target is resolved from *our* root, even under ``/proc/<pid>/root``).
+    ``make_dirs_for``: create missing parent directories, owned by that uid (-1: leave the owner alone).
+    """
+    parts = PurePosixPath(name).parts
+    if not parts or PurePosixPath(name).is_absolute() or any(p in ("..", ".") for p in parts):
+        raise ValueError(f"file name {name!r} leaves the work directory")
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            if flags & os.O_CREAT:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    if make_dirs_for >= 0:
+                        os.chown(part, make_dirs_for, make_dirs_for, dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+            sub = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        # O_NONBLOCK: opening a FIFO the code left under a collected name must not hang us.
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _collect(work: Path, name: str) -> Path | None:
+    """Copy the regular file ``name`` out of the work directory into this process's files folder."""
+    try:
+        fd = _open_beneath(work, name, os.O_RDONLY)
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+        # One link only: a hard link would be some other file that the code could name (never one of the
+        # host's in the private storage, which is another file system, but possible in the host-dir case).
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return None
+        dst = _files_dir() / uuid.uuid4().hex / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(fd, "rb", closefd=False) as src, open(dst, "wb") as out:
+            shutil.copyfileobj(src, out)  # bounded: the code wrote it under the file size limit
+        return dst
+    finally:
+        os.close(fd)
 
 
 def _mkdirs(path: Path) -> list[str]:
@@ -409,6 +607,8 @@ def _reason(code: int | None, timed_out: bool, stderr: str, limits: Limits) -> s
     sig = _signal_of(code)
     if sig in (signal.SIGXCPU, signal.SIGKILL) and sig == signal.SIGXCPU:
         return f"timed out: CPU limit {limits.cpu_s} s"
+    if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
+        return f"disk limit {limits.disk_mb} MiB reached (exit status {code})"
     if "MemoryError" in stderr or "Cannot allocate memory" in stderr or "std::bad_alloc" in stderr:
         return f"killed: memory limit {limits.describe_memory()}"
     if sig == signal.SIGXFSZ:
@@ -416,6 +616,213 @@ def _reason(code: int | None, timed_out: bool, stderr: str, limits: Limits) -> s
     if sig is not None:
         return f"killed by signal {signal.Signals(sig).name}"
     return f"exit status {code}"
+
+
+# ------------------------------------------------------------------------------------ private storage
+
+
+@cache
+def _box_mount_point() -> Path:
+    """Where the private storage is mounted inside its own mount namespace (the host's directory stays empty).
+
+    Outside /tmp, so that the unshare level can put the storage's tmp over the host's /tmp in that namespace
+    and still reach the storage by this path; under /run, which bwrap hides anyway.
+    """
+    for parent in ("/run", "/var/tmp", "/tmp"):
+        if os.path.isdir(parent):
+            point = Path(parent) / "pytest-llmeval-box"
+            point.mkdir(mode=0o755, exist_ok=True)
+            if point.is_symlink() or point.lstat().st_uid != os.geteuid():
+                raise SandboxUnavailable(f"{point} is not a directory of ours")
+            return point
+    raise SandboxUnavailable("no /run, /var/tmp or /tmp to mount the sandbox's private storage on")
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of ``pid`` (clock ticks since boot), which tells a live process from a reused pid."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat_line.rsplit(")", 1)[1].split()[19]
+
+
+@cache
+def _tag_of(pid: int) -> str:
+    return f"{pid}-{_start_time(pid)}"
+
+
+def _process_tag() -> str:
+    return _tag_of(os.getpid())  # per pid: a forked child gets its own tag
+
+
+_LEFTOVER = re.compile(r"llmeval-(?:sbx|files)-(\d+)-(\d+)(?:-|$)")
+_SWEPT: set[tuple[int, str]] = set()
+
+
+def _sweep(base_dir: Path | None) -> None:
+    """Remove what killed processes left in ``base_dir`` (host directories of the unprivileged levels and
+    collected files), once per process and directory. A directory belongs to a live process when its pid is
+    running with the same start time."""
+    base = str(base_dir) if base_dir is not None else tempfile.gettempdir()
+    if (os.getpid(), base) in _SWEPT:
+        return
+    _SWEPT.add((os.getpid(), base))
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        m = _LEFTOVER.match(entry.name)
+        if m and _start_time(int(m[1])) != m[2] and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+_FILES: dict[int, Path] = {}
+
+
+def _files_dir() -> Path:
+    """This process's folder for collected files (they outlive their work directory, for the caller to read);
+    removed at exit, or swept by a later session if this process is killed."""
+    if os.getpid() not in _FILES:
+        folder = Path(tempfile.mkdtemp(prefix=f"llmeval-files-{_process_tag()}-"))
+        _FILES[os.getpid()] = folder
+        atexit.register(shutil.rmtree, folder, True)
+    return _FILES[os.getpid()]
+
+
+def discard_files(files: dict[str, Path]) -> None:
+    """Remove collected files (a RunResult's ``files``) once they have been used or saved elsewhere."""
+    root = _FILES.get(os.getpid())
+    for path in files.values():
+        if root is not None and path.is_relative_to(root) and path != root:
+            shutil.rmtree(root / path.relative_to(root).parts[0], ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- seccomp filter
+#
+# A classic-BPF program for bwrap's --seccomp: it sees each system call's number, architecture and arguments
+# (struct seccomp_data: nr u32 at 0, arch u32 at 4, instruction pointer u64 at 8, args u64[6] at 16) and
+# answers ALLOW or ERRNO(e). An error, not a kill, so that programs get a clean failure they can handle.
+# Argument checks read the low 32 bits of a u64 argument, which is all socketpair's family and clone's
+# namespace flags use.
+
+_BPF_LD_W_ABS, _BPF_JEQ, _BPF_JSET, _BPF_JGE, _BPF_RET = 0x20, 0x15, 0x45, 0x35, 0x06
+_RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
+_X32_SYSCALL_BIT = 0x40000000
+_CLONE_NEW_NAMESPACES = (0x00000080 | 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000  # time ns mnt cgroup uts ipc
+                         | 0x10000000 | 0x20000000 | 0x40000000)  # user pid net
+_AF_UNIX = 1
+
+# Per architecture: its AUDIT_ARCH and the numbers of the calls below (x86_64: asm/unistd_64.h; aarch64: the
+# generic table, asm-generic/unistd.h).
+_SYSCALLS: dict[str, tuple[int, dict[str, int]]] = {
+    "x86_64": (0xC000003E, {
+        "socket": 41, "socketpair": 53, "clone": 56, "clone3": 435, "io_uring_setup": 425,
+        "io_uring_enter": 426, "io_uring_register": 427, "ptrace": 101, "keyctl": 250, "add_key": 248,
+        "request_key": 249, "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155,
+        "chroot": 161, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+        "fspick": 433, "mount_setattr": 442, "shmget": 29, "msgget": 68, "memfd_create": 319,
+        "memfd_secret": 447, "userfaultfd": 323, "perf_event_open": 298, "bpf": 321}),
+    "aarch64": (0xC00000B7, {
+        "socket": 198, "socketpair": 199, "clone": 220, "clone3": 435, "io_uring_setup": 425,
+        "io_uring_enter": 426, "io_uring_register": 427, "ptrace": 117, "keyctl": 219, "add_key": 217,
+        "request_key": 218, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41,
+        "chroot": 51, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+        "fspick": 433, "mount_setattr": 442, "shmget": 194, "msgget": 186, "memfd_create": 279,
+        "memfd_secret": 447, "userfaultfd": 282, "perf_event_open": 241, "bpf": 280}),
+}
+# ENOSYS ("not implemented"): callers fall back. clone3's flags sit in a struct the filter cannot read, so it
+# goes and glibc uses clone, whose flags it can (what flatpak does); io_uring could make and connect sockets
+# without socket() (IORING_OP_SOCKET); memfd and SysV segments are shared memory outside the tmpfs's size and
+# (once unmapped) the address-space limit.
+_DENY_ENOSYS = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register", "memfd_create", "memfd_secret",
+                "shmget", "msgget")
+# EPERM: namespaces and mounts (an unprivileged user namespace could mount a tmpfs of any size), the kernel
+# keyring (not namespaced: a key would outlive the run), tracing a sibling, and kernel interfaces a test
+# program has no use for.
+_DENY_EPERM = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount",
+               "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "keyctl", "add_key", "request_key",
+               "ptrace", "userfaultfd", "perf_event_open", "bpf")
+
+
+# Installs the filter in argv[1] (hex) and executes argv[2:]: prctl(PR_SET_NO_NEW_PRIVS) (already set after the
+# uid drop; needed unprivileged), then prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &sock_fprog).
+_SECCOMP_TRAMPOLINE = """\
+import ctypes, os, sys
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+code = ctypes.create_string_buffer(bytes.fromhex(sys.argv[1]), len(sys.argv[1]) // 2)
+libc = ctypes.CDLL(None, use_errno=True)
+prog = Prog(len(sys.argv[1]) // 16, ctypes.addressof(code))
+if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(prog), 0, 0):
+    sys.exit("sandbox: cannot install the seccomp filter: " + os.strerror(ctypes.get_errno()))
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _assemble(program: list[tuple[Any, ...]]) -> bytes:
+    """Encode ("label", name), ("ld", offset), ("jeq"/"jset"/"jge", k, if_true, if_false) and ("ret", value)
+    into sock_filter structs; a jump target is a label, or None for the next instruction."""
+    labels: dict[str, int] = {}
+    index = 0
+    for op in program:
+        if op[0] == "label":
+            labels[op[1]] = index
+        else:
+            index += 1
+    out, index = [], 0
+    for op in program:
+        kind = op[0]
+        if kind == "label":
+            continue
+        if kind == "ld":
+            out.append(struct.pack("=HBBI", _BPF_LD_W_ABS, 0, 0, int(op[1])))
+        elif kind == "ret":
+            out.append(struct.pack("=HBBI", _BPF_RET, 0, 0, int(op[1])))
+        else:
+            code = {"jeq": _BPF_JEQ, "jset": _BPF_JSET, "jge": _BPF_JGE}[kind]
+            jt, jf = ((labels[t] - index - 1) if t is not None else 0 for t in (op[2], op[3]))
+            assert 0 <= jt < 256 and 0 <= jf < 256
+            out.append(struct.pack("=HBBI", code, jt, jf, int(op[1])))
+        index += 1
+    return b"".join(out)
+
+
+@cache
+def _seccomp_program() -> bytes | None:
+    """The filter for this machine's architecture (None on one we have no table for: bwrap then runs the code
+    without a filter, and the isolation the attack tests check for sockets and namespaces is not there)."""
+    machine = os.uname().machine
+    if machine not in _SYSCALLS:
+        return None
+    arch, nr = _SYSCALLS[machine]
+    arg0 = 16 if sys.byteorder == "little" else 20  # the low 32 bits of args[0]
+    program: list[tuple[Any, ...]] = [
+        # Another architecture's calls (i386's int 0x80 on x86_64, with socketcall, which carries socket()
+        # inside it) would be numbered differently: refuse them all.
+        ("ld", 4), ("jeq", arch, None, "enosys"),
+        ("ld", 0),
+    ]
+    if machine == "x86_64":  # the x32 ABI: x86_64 numbers with bit 30 set, a second table
+        program.append(("jge", _X32_SYSCALL_BIT, "enosys", None))
+    program += [
+        ("jeq", nr["socket"], "eafnosupport", None),  # no new sockets at all: no network, no host unix socket
+        ("jeq", nr["socketpair"], "socketpair", None),  # connected pairs cannot reach anything else
+        ("jeq", nr["clone"], "clone", None),
+        *(("jeq", nr[name], "enosys", None) for name in _DENY_ENOSYS),
+        *(("jeq", nr[name], "eperm", None) for name in _DENY_EPERM),
+        ("ret", _RET_ALLOW),
+        ("label", "socketpair"), ("ld", arg0), ("jeq", _AF_UNIX, "allow", "eafnosupport"),
+        ("label", "clone"), ("ld", arg0), ("jset", _CLONE_NEW_NAMESPACES, "eperm", "allow"),
+        ("label", "allow"), ("ret", _RET_ALLOW),
+        ("label", "eafnosupport"), ("ret", _RET_ERRNO | errno.EAFNOSUPPORT),
+        ("label", "enosys"), ("ret", _RET_ERRNO | errno.ENOSYS),
+        ("label", "eperm"), ("ret", _RET_ERRNO | errno.EPERM),
+    ]
+    return _assemble(program)
+
+
 
 
 def _probe(level: str) -> str | None:
@@ -440,7 +847,7 @@ def _probe_uncached(level: str) -> str | None:
     try:
         with sandbox.workdir() as wd:
             result = wd.run(["/bin/sh", "-c", "echo ok"], limits=Limits(timeout_s=10))
-    except OSError as exc:
+    except (OSError, SandboxUnavailable) as exc:
         return str(exc)
     if result.stdout.strip() != "ok":
         return (result.stderr.strip() or result.reason or "probe failed").splitlines()[-1]

@@ -55,6 +55,12 @@ class CodeContext:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+        # The collected files were copied out for this answer only (save_artifacts keeps what is wanted):
+        # a long session must not pile them up in the temporary directory until it exits.
+        from pytest_llmeval.sandbox import discard_files
+
+        discard_files(self.files)
+        self.files = {}
 
     def want_files(self, names: list[str]) -> None:
         """Declare files to collect after the run (called before grading starts)."""
@@ -67,7 +73,7 @@ class CodeContext:
 
     def _wd(self) -> WorkDir:
         if self._workdir is None:
-            self._workdir = self._stack.enter_context(self.sandbox.workdir())
+            self._workdir = self._stack.enter_context(self.sandbox.workdir(self.limits))
             assert self.code is not None
             self._workdir.write("main.py" if self.language == "python" else "main.c", self.code)
         return self._workdir
