@@ -95,19 +95,15 @@ def test_compile_then_run_c_in_one_workdir(sandbox: Sandbox) -> None:
 def test_cannot_write_outside_the_workdir(sandbox: Sandbox, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex
     targets = [f"/etc/llmeval-{tag}", f"/work/llmeval-{tag}", f"/root/llmeval-{tag}", str(tmp_path / tag)]
-    world_writable = [f"/tmp/llmeval-{tag}", f"/var/tmp/llmeval-{tag}"]
+    world_writable = [f"/tmp/llmeval-{tag}", f"/var/tmp/llmeval-{tag}", f"/run/lock/llmeval-{tag}",
+                      f"/dev/shm/llmeval-{tag}"]
     code = ("import sys\nfor p in sys.argv[1:]:\n    try:\n        open(p, 'w').write('x')\n"
             "    except OSError:\n        pass\n")
     with sandbox.workdir() as wd:
         wd.write("main.py", code)
         wd.run([sandbox.python, "-I", "main.py", *targets, *world_writable], limits=SHORT)
-    for target in targets:
+    for target in targets + world_writable:  # the world-writable ones are private tmpfs at both levels
         assert not Path(target).exists(), target
-    if sandbox.level == "bwrap":  # a private /tmp; unshare shares the host's world-writable dirs
-        for target in world_writable:
-            assert not Path(target).exists(), target
-    for target in world_writable:
-        Path(target).unlink(missing_ok=True)
 
 
 @pytest.mark.skipif(not ROOT, reason="the uid drop (and /etc/shadow) needs root")
@@ -827,3 +823,20 @@ def test_disk_mb_in_a_suites_limits(tmp_path: Path) -> None:
         result = ctx.run()
     assert result is not None and "stopped" in result.stdout and written_mb(result.stdout) <= 24
     host.assert_bounded(24)
+
+
+@pytest.mark.skipif(not ROOT, reason="a host directory only root can write")
+def test_work_directory_swapped_for_a_link_between_runs(sandbox: Sandbox) -> None:
+    """The next run binds (bwrap) or enters the work directory by path: the code must not be able to replace
+    it with a link to a host directory, which the next run would then get writable."""
+    tag = uuid.uuid4().hex
+    code = ("import os, shutil, sys\nw = os.getcwd()\nos.chdir('/')\n"
+            "for step in (lambda: shutil.rmtree(w), lambda: os.rename(w, w + '.old'),\n"
+            "             lambda: os.symlink('/etc', w)):\n"
+            "    try:\n        step()\n        print('done')\n    except OSError as e:\n        print('refused', e.errno)\n")
+    with sandbox.workdir(BOXED) as wd:
+        wd.write("main.py", code)
+        first = wd.run([sandbox.python, "-I", "main.py"], limits=BOXED)
+        second = wd.run(["/bin/sh", "-c", f"echo owned > llmeval-{tag}"], limits=BOXED)
+    assert not Path(f"/etc/llmeval-{tag}").exists(), (first.stdout, second.stderr)
+    assert first.stdout.count("refused") >= 2, first.stdout

@@ -276,21 +276,36 @@ class _Storage:
 
     def _start_helper(self, sandbox: Sandbox, uid: int, disk_mb: int, max_file_mb: int) -> None:
         box = _box_mount_point()
-        # The unshare level has no mount setup of its own: the helper's namespace puts the box's tmp over the
-        # host's world-writable directories, which the runs then share with nothing else.
-        binds = 'for d in /tmp /var/tmp /dev/shm; do [ -d "$d" ] && mount --bind "$1/tmp" "$d"; done; ' \
-            if sandbox.level == "unshare" else ""
-        # The output files get a tmpfs of their own, room for two files at the file size limit: a program
-        # that fills its storage still gets its last words (and its traceback) out.
-        script = ('set -e; mount -t tmpfs -o "size=$2,nr_inodes=$3,mode=0755" pytest-llmeval "$1"; '
-                  'mkdir -m 0700 "$1/out"; mount -t tmpfs -o "size=$4,nr_inodes=16,mode=0700" pytest-llmeval "$1/out"; '
-                  'mkdir -m 1777 "$1/tmp" "$1/shm"; ' + binds + 'echo ready; exec cat >/dev/null')
         inodes = max(1024, 64 * disk_mb)  # ~1 KiB of kernel memory each; gcc and Python need a few dozen
-        self.helper = subprocess.Popen(  # noqa: S603 - fixed command
-            ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh", str(box),
-             f"{disk_mb}m", str(inodes), f"{2 * max_file_mb + 1}m"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            close_fds=True)
+        # One mount(8) does both tmpfs mounts from an fstab (each exec costs ~1 ms), handed over in a memfd:
+        # libmount refuses a pipe, and a file would be one more thing to clean up. The output files get a tmpfs
+        # of their own, room for two files at the file size limit: a program that fills its storage still gets
+        # its last words (and its traceback) out.
+        tables = [f"pytest-llmeval {box} tmpfs size={disk_mb}m,nr_inodes={inodes},mode=0755 0 0\n"
+                  f"pytest-llmeval {box}/out tmpfs size={2 * max_file_mb + 1}m,nr_inodes=16,mode=0700,"
+                  "X-mount.mkdir=0700 0 0\n"]
+        script = "set -e\nmount -a -T /dev/fd/$1\n"
+        if sandbox.level == "unshare":
+            # The unshare level has no mount setup of its own: the helper's namespace puts the box's tmp and
+            # shm over the host's world-writable directories (those of a usual system), for its runs only.
+            over = [d for d in ("/tmp", "/var/tmp", "/run/lock") if os.path.isdir(d) and not box.is_relative_to(d)]
+            tables.append("".join(f"{box}/tmp {d} none bind 0 0\n" for d in over) +
+                          f"{box}/shm /dev/shm none bind 0 0\n")
+            script += 'mkdir -m 1777 "$3/tmp" "$3/shm"\nmount -a -T /dev/fd/$2\n'
+        script += "echo ready\nexec cat >/dev/null\n"
+        fds = []
+        try:
+            for table in tables:
+                fds.append(os.memfd_create("llmeval-fstab", os.MFD_CLOEXEC))
+                os.write(fds[-1], table.encode())
+            self.helper = subprocess.Popen(  # noqa: S603 - fixed command
+                ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh",
+                 *(str(fd) for fd in fds), *([] if len(fds) > 1 else [""]), str(box)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                close_fds=True, pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
         assert self.helper.stdout is not None and self.helper.stderr is not None
         if self.helper.stdout.readline() != b"ready\n":
             why = self.helper.stderr.read().decode(errors="replace").strip()
@@ -298,7 +313,10 @@ class _Storage:
             raise SandboxUnavailable(f"cannot make the sandbox's private storage: {why or 'helper failed'}")
         self.inside = box
         self.host = Path(f"/proc/{self.helper.pid}/root") / box.relative_to("/")
-        (self.host / "work").mkdir(mode=0o700)
+        for name, mode in (("tmp", 0o1777), ("shm", 0o1777), ("work", 0o700)):
+            path = self.host / name
+            path.mkdir(exist_ok=name != "work")
+            os.chmod(path, mode)  # mkdir's mode goes through the umask
         os.chown(self.host / "work", uid, uid)
 
     def enter(self) -> list[str]:
@@ -494,7 +512,7 @@ def _open_beneath(root: Path, name: str, flags: int, make_dirs_for: int = -1) ->
     parts = PurePosixPath(name).parts
     if not parts or PurePosixPath(name).is_absolute() or any(p in ("..", ".") for p in parts):
         raise ValueError(f"file name {name!r} leaves the work directory")
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for part in parts[:-1]:
             if flags & os.O_CREAT:
