@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -17,35 +18,37 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # load converts the GGUF, ~20 s; the others read the copy, ~2 s), never into the user's ~/.cache.
 os.environ.setdefault("LLMEVAL_MODEL_CACHE", os.path.join(tempfile.gettempdir(), f"llmeval-test-models-{os.getuid()}"))
 
-# Imported here, before pytester snapshots sys.modules and sys.meta_path for its in-process runs:
-# litellm pulls in the importlib_metadata backport, which replaces the stdlib's distribution finder
-# with its own meta-path finder; if that import happened inside a pytester run, restoring sys.meta_path
-# afterwards would leave no finder at all and break entry-point loading for every later run. Keeping
-# litellm and the local model module loaded also spares each in-process run a 3 s import (and a 20 s
-# model load).
-# The same for modules with native extensions that in-process runs import (they cannot be loaded twice
-# in one process): the statistics and metrics libraries, and sentence-transformers (torch) for embeddings.
-# Hypothesis's pytest plugin imports hypothesis in each in-process run's terminal summary; as a pytest
-# plugin it is assertion-rewritten (ast.parse), and on CPython 3.11 that must not race another thread's
-# ast.parse (gh-106905: "AST constructor recursion depth mismatch"). Import it once, here.
-import hypothesis  # noqa: E402,F401
-import hypothesis.strategies  # noqa: E402,F401
-import imagehash  # noqa: E402,F401
-import lancedb  # noqa: E402,F401
-import litellm  # noqa: E402,F401
-import numpy  # noqa: E402,F401
-import PIL.Image  # noqa: E402,F401
-import pyarrow  # noqa: E402,F401
-import rouge_score.rouge_scorer  # noqa: E402,F401
-import sacrebleu  # noqa: E402,F401
-import scipy.stats  # noqa: E402,F401
-import sentence_transformers  # noqa: E402,F401
-
-import pytest_llmeval.local  # noqa: E402,F401
+# Imported before any pytester test, but not when this file is imported: together they take ~10 s (torch, under
+# sentence-transformers, most of it), which `pytest --help` and runs of tests that need none of them should not pay.
+# Why before pytester: it snapshots sys.modules and sys.meta_path for its in-process runs and restores them after.
+# litellm pulls in the importlib_metadata backport, which replaces the stdlib's distribution finder with its own
+# meta-path finder; if that import happened inside a pytester run, restoring sys.meta_path afterwards would leave
+# no finder at all and break entry-point loading for every later run. Keeping litellm and the local model module
+# loaded also spares each in-process run a 3 s import (and a 20 s model load).
+# The same for modules with native extensions that in-process runs import (they cannot be loaded twice in one
+# process): the statistics and metrics libraries, and sentence-transformers (torch) for embeddings.
+# Hypothesis's pytest plugin imports hypothesis in each in-process run's terminal summary; as a pytest plugin it
+# is assertion-rewritten (ast.parse), and on CPython 3.11 that must not race another thread's ast.parse
+# (gh-106905: "AST constructor recursion depth mismatch"). Import it once, first.
+PRELOADED = ("hypothesis", "hypothesis.strategies", "imagehash", "lancedb", "litellm", "numpy", "PIL.Image", "pyarrow",
+             "rouge_score.rouge_scorer", "sacrebleu", "scipy.stats", "sentence_transformers", "pytest_llmeval.local")
 
 pytest_plugins = ["pytester"]
 
 API_KEY = "sk-test-do-not-leak-0123456789"
+
+
+@pytest.fixture(scope="session")
+def _preloaded() -> None:
+    """The modules of PRELOADED, imported once per test process, before the first pytester test needs them."""
+    for name in PRELOADED:
+        importlib.import_module(name)
+
+
+@pytest.fixture
+def pytester(_preloaded: None, pytester: pytest.Pytester) -> pytest.Pytester:
+    """pytester's own fixture, set up after the PRELOADED modules are in sys.modules (its snapshot then keeps them)."""
+    return pytester
 
 
 @pytest.fixture(scope="session")
