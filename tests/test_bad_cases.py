@@ -340,6 +340,17 @@ def test_bad_bare_jsonl_lines(project: Project) -> None:
     ])
 
 
+def test_a_repeated_key_in_a_bare_jsonl_case(project: Project) -> None:
+    project.write("cases/quick.jsonl", "\n".join([
+        '{"id": "one", "question": "Say hello", "expect": [{"contains": "hello"}]}',
+        '{"id": "two", "question": "Say hi", "expect": [{"contains": "hello"}], "question": "Say hello"}',
+    ]) + "\n")
+    project.server.answer("hello", "hello")
+    result = project.run()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*cases/quick.jsonl:2: duplicate key 'question': a key may appear once in an *"])
+
+
 def test_labels_case_with_a_label_outside_its_list_is_invalid(project: Project) -> None:
     project.write("cases/labels.yaml", """\
 kind: labels
