@@ -1,23 +1,49 @@
 """Attacks on the sandbox, each bounded in time and memory; containment is checked from the host side.
 
-Containment matrix (``x`` contained, ``-`` not claimed; the tests assert exactly this):
+Containment matrix (``x`` contained, ``-`` not claimed; the tests assert exactly this, and the README's
+"The sandbox" carries the same table). Host memory is read from /proc/meminfo, disk and inodes from statvfs;
+the storage bound is ``disk_mb`` (64 MiB in these tests).
 
-| attack                                         | bwrap (root + uid drop) | unshare (root + uid drop) |
-|------------------------------------------------|-------------------------|---------------------------|
-| write outside the work dir (/etc, project)     | x                       | x (permissions)           |
-| write to world-writable /tmp, /var/tmp          | x (private tmpfs)       | -                         |
-| read /etc/shadow, list /root                    | x                       | x (permissions)           |
-| read a hidden project directory                 | x (not mounted)         | - (only if world-readable)|
-| see the parent's API keys (env, /proc)          | x                       | x                         |
-| TCP / UDP / abstract unix socket to the host    | x (no network)          | x (no network)            |
-| fork bomb (RLIMIT_NPROC per sandbox uid)        | x                       | x                         |
-| allocate 4 GB                                   | x (RLIMIT_AS)           | x                         |
-| infinite loop                                   | x (CPU + wall timeout)  | x                         |
-| kill its parent / pid 1 / the test process      | x (pid namespace)       | x (pid namespace)         |
-| background daemons left behind                  | x (pid namespace dies)  | x (--kill-child)          |
-| C ``#include "/etc/shadow"``                    | x (compiled inside)     | x (compiled inside)       |
-| stdout flood                                    | x (file size + cap)     | x                         |
-| symlink to a secret collected as an artifact    | x                       | x                         |
+| attack                                                    | bwrap (root + uid drop)       | unshare (root + uid drop)   |
+|-----------------------------------------------------------|-------------------------------|-----------------------------|
+| write outside the work dir (/etc, project)                | x                             | x (permissions)             |
+| write to /tmp, /var/tmp, /run/lock, /dev/shm              | x (private, sized)            | x (private, sized)          |
+| read /etc/shadow, list /root                              | x                             | x (permissions)             |
+| read a hidden project directory                           | x (not mounted)               | - (only if world-readable)  |
+| read another run's work dir or /tmp                       | x (private storage)           | x (private storage)         |
+| see the parent's API keys (env, /proc)                    | x                             | x                           |
+| TCP / UDP / abstract unix socket to the host              | x (no network)                | x (no network)              |
+| IPv6, netlink, packet, vsock, AF_ALG, AF_KEY sockets      | x (seccomp: no socket())      | x (seccomp)                 |
+| pathname unix socket of a host service (0777)             | x (seccomp: no socket())      | x (seccomp)                 |
+| io_uring (sockets without socket())                       | x (seccomp)                   | x (seccomp)                 |
+| fork bomb (RLIMIT_NPROC per sandbox uid)                  | x                             | x                           |
+| allocate 4 GB                                             | x (RLIMIT_AS)                 | x                           |
+| fill /tmp beyond disk_mb                                  | x (sized tmpfs)               | x (sized tmpfs)             |
+| fill the work directory beyond disk_mb                    | x (sized tmpfs, no host disk) | x (sized tmpfs)             |
+| fill /dev/shm                                             | x (sized tmpfs)               | x (sized tmpfs)             |
+| /tmp and work directory each up to disk_mb                | x (one size for both)         | x                           |
+| 200,000 empty files (inodes)                              | x (64 inodes per MiB)         | x                           |
+| 8 GiB sparse file, 1 GiB fallocate, mmap of a tmp file    | x (RLIMIT_FSIZE, sized tmpfs) | x                           |
+| 40 memfds of 15 MiB                                       | x (seccomp)                   | x (seccomp)                 |
+| SysV shared memory, message queues                        | x (seccomp)                   | x (seccomp)                 |
+| user namespace with a tmpfs of its own                    | x (seccomp)                   | x (seccomp)                 |
+| unshare, setns, mount, chroot                             | x (seccomp, no capabilities)  | x (seccomp)                 |
+| ptrace of a sibling                                       | x (seccomp)                   | x (seccomp)                 |
+| kernel keyring (add_key)                                  | x (seccomp)                   | x (seccomp)                 |
+| write /proc/sys, /proc/sysrq-trigger                      | x (read-only, permissions)    | x (permissions)             |
+| setuid binaries (mount, umount, newgrp, gpasswd, chsh)    | x (no new privileges)         | x (no new privileges)       |
+| infinite loop                                             | x (CPU + wall timeout)        | x                           |
+| kill its parent / pid 1 / the test process                | x (pid namespace)             | x (pid namespace)           |
+| background daemons left behind                            | x (pid namespace dies)        | x (--kill-child)            |
+| C ``#include "/etc/shadow"``                              | x (compiled inside)           | x (compiled inside)         |
+| stdout flood                                              | x (file size + cap)           | x                           |
+| symlink to a secret collected as an artifact              | x                             | x                           |
+| linked dir, FIFO, hard link under a collected name        | x (no link followed)          | x                           |
+| hard links to host files                                  | x (another file system)       | x                           |
+| links planted for the host's next write into the work dir | x (no link followed)          | x                           |
+| work directory swapped for a link between two runs        | x (parent not writable)       | x                           |
+| leftovers in the temporary directory after runs           | x (nothing on the host)       | x (nothing on the host)     |
+| processes, files, memory left after SIGKILL of the parent | x (helper exits on EOF)       | x (death signal after drop) |
 """
 
 from __future__ import annotations
@@ -507,6 +533,7 @@ def test_sysv_shared_memory_cannot_grow_host_memory(sandbox: Sandbox) -> None:
     with HostWatch() as host:
         result = sandbox.run_python(SYSV, limits=BOXED)
     assert "segments" in result.stdout, result.stderr
+    assert "msgget -1" in result.stdout, result.stdout  # message queues: up to 32000 x 16 KiB otherwise
     host.assert_bounded(DISK_MB)
 
 
@@ -840,3 +867,14 @@ def test_work_directory_swapped_for_a_link_between_runs(sandbox: Sandbox) -> Non
         second = wd.run(["/bin/sh", "-c", f"echo owned > llmeval-{tag}"], limits=BOXED)
     assert not Path(f"/etc/llmeval-{tag}").exists(), (first.stdout, second.stderr)
     assert first.stdout.count("refused") >= 2, first.stdout
+
+
+def test_attack_matrix_is_the_readmes() -> None:
+    """The documented matrix and this file's are one table."""
+    def matrix(text: str) -> list[str]:
+        lines = text[text.index("| attack "):].splitlines()
+        return lines[:next(i for i, line in enumerate(lines + [""]) if not line.startswith("|"))]
+
+    readme = Path(__file__).parent.parent / "README.md"
+    assert __doc__ is not None and matrix(__doc__) == matrix(readme.read_text())
+    assert len(matrix(__doc__)) - 2 >= 35

@@ -3,14 +3,17 @@
 Levels, strongest first (``--llm-sandbox``; ``auto`` picks the strongest that works here):
 
 ``bwrap``
-    bubblewrap: a read-only view of the root filesystem with the project directory, home directories and
-    ``/tmp`` hidden, a private writable work directory, new pid/net/ipc/uts namespaces (no network at all,
-    not even loopback or abstract unix sockets), ``--die-with-parent``. Run as root, the code additionally
-    drops to an unprivileged uid of its own (``setpriv``) so that file permissions and ``RLIMIT_NPROC``
-    apply; run as a normal user, bwrap uses a user namespace instead (``--unshare-user --disable-userns``).
+    bubblewrap: a read-only view of the root filesystem with the project directory, home directories, ``/tmp``
+    and ``/run`` hidden, the run's private storage as its work directory, ``/tmp`` and ``/dev/shm``, new
+    pid/net/ipc/uts namespaces (no network at all, not even loopback or abstract unix sockets), a seccomp
+    filter (no ``socket()``, io_uring, memfd, SysV shared memory, namespaces, mounts, keyrings or ptrace),
+    ``--die-with-parent``. Run as root, the code additionally drops to an unprivileged uid of its own
+    (``setpriv``) so that file permissions and ``RLIMIT_NPROC`` apply; run as a normal user, bwrap uses a user
+    namespace instead (``--unshare-user --disable-userns``).
 ``unshare``
-    util-linux ``unshare`` (net + pid namespaces) plus the uid drop, when bwrap is missing: the file system is
-    visible read-only through permissions only.
+    util-linux ``unshare`` (net, pid, ipc, uts namespaces) plus the uid drop and the same seccomp filter, when
+    bwrap is missing: the private storage covers ``/tmp``, ``/var/tmp``, ``/run/lock`` and ``/dev/shm``; the rest
+    of the file system is visible read-only through permissions only.
 ``none``
     no isolation, only resource limits; never chosen automatically, only by an explicit
     ``--llm-sandbox=none``.
@@ -18,7 +21,9 @@ Levels, strongest first (``--llm-sandbox``; ``auto`` picks the strongest that wo
 Every level applies resource limits in the child (address space, CPU seconds, processes, file size, open
 files, no core dumps), runs in a new session with a minimal environment (no API keys or other secrets),
 writes output to files rather than pipes (so a daemonised grandchild cannot hold the run open), and is
-killed at a wall-clock timeout. The level used is recorded in each result.
+killed at a wall-clock timeout. As root, a work directory's storage is a tmpfs of ``Limits.disk_mb`` in a
+mount namespace of its own that dies with this process (see :class:`_Storage`): nothing is written to the
+host's disk or left behind. The level used is recorded in each result.
 """
 
 from __future__ import annotations
