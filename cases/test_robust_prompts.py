@@ -1,5 +1,9 @@
 """A hand-written robustness test: Hypothesis draws variants of the prompt (letter case, typos, punctuation) and
-shrinks a failing one to a minimal change. Run it with `pytest cases/test_robust_prompts.py --llm=<model>`."""
+shrinks a failing one to a minimal change. Run it with `pytest cases/test_robust_prompts.py --llm=<model>`.
+
+`llm_settings` draws the same prompts on every run (seed 0) and replays the failures committed under
+.llmeval/hypothesis/tests without writing new ones, so a rerun gives the same verdict, answered from the cache.
+Add `--llm-explore` to draw new prompts and save a failing one there, to commit."""
 
 from hypothesis import given
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, find, given, seed, settings
+from hypothesis import HealthCheck, Phase, find, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
@@ -426,6 +426,70 @@ def test_same_seed_same_variants() -> None:
     assert first == collect(perturbed(Q, kinds=TEXT_KINDS), 1234)
     assert len(set(first)) > 5
     assert first != collect(perturbed(Q, kinds=TEXT_KINDS), 4321)
+
+
+def test_llm_settings_draws_the_same_prompts_on_every_run_in_ci_and_locally(monkeypatch: pytest.MonkeyPatch,
+                                                                             tmp_path: Path) -> None:
+    # Whole sessions are in test_robustness.py; here, many runs of one test, in CI and on a laptop.
+    from pytest_llmeval import _state
+
+    monkeypatch.setattr(_state, "HYPOTHESIS_DIR", [tmp_path])
+    monkeypatch.setattr(_state, "EXPLORE", [False], raising=False)
+    runs: list[list[str]] = []
+    seen: list[str] = []
+    for ci in ("", "true", "", "true"):
+        monkeypatch.setenv("CI", ci)
+        seen.clear()
+
+        # No shrinking (slow, and beside the point): the first failure is what Hypothesis would save.
+        @ps.llm_settings(max_examples=15, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+        @given(perturbed(Q, kinds=TEXT_KINDS))
+        def run(text: str) -> None:
+            seen.append(text)
+            assert "quickly" in text  # fails on some variants: the failure must not be saved and replayed
+
+        with pytest.raises(AssertionError):
+            run()
+        runs.append(list(seen))
+    assert all(r == runs[0] for r in runs)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_llm_settings_tries_the_same_prompts_when_the_first_run_was_slow(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    # Reporting several failures, Hypothesis goes on drawing after the first one until ten seconds of wall time
+    # have passed: a first run waiting on a model and its rerun answered from the cache tried different prompts.
+    import types
+
+    import hypothesis.internal.conjecture.engine as engine
+
+    from pytest_llmeval import _state
+
+    monkeypatch.setattr(_state, "HYPOTHESIS_DIR", [tmp_path])
+    monkeypatch.setattr(_state, "EXPLORE", [False], raising=False)
+    seen: list[str] = []
+
+    @ps.llm_settings(max_examples=30)
+    @given(perturbed(FRANCE, kinds="case"))
+    def run(text: str) -> None:
+        seen.append(text)
+        assert "capital" in text
+
+    runs = []
+    clock = [0.0]
+    for slow in (True, False):
+
+        def monotonic(slow: bool = slow) -> float:
+            clock[0] += 11.0 if slow else 0.0  # each model call takes eleven seconds, or none (the cache)
+            return clock[0]
+
+        monkeypatch.setattr(engine, "time", types.SimpleNamespace(monotonic=monotonic,
+                                                                  perf_counter=engine.time.perf_counter))
+        seen.clear()
+        with pytest.raises(AssertionError):
+            run()
+        runs.append(list(seen))
+    assert runs[0] == runs[1]
 
 
 def test_no_randomness_outside_hypothesis() -> None:

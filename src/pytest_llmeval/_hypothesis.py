@@ -6,13 +6,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import seed as seeded
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
 from pytest_llmeval._state import exploring
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink)  # llm_settings' default: no explain phase
 
 
 class LLMEvalDatabase(ExampleDatabase):
@@ -63,8 +65,9 @@ def llm_settings(*, max_examples: int = 10, seed: int | None = None, **overrides
         def test_capital(llm, prompt): ...
 
     Settings for paid calls: few examples, no deadline (latency is not a bug), the example database under
-    ``.llmeval/hypothesis/tests``, and the health check on function-scoped fixtures suppressed (the ``llm``
-    fixture holds no per-example state).
+    ``.llmeval/hypothesis/tests``, one failure reported (the first, shrunk) and no explain phase (both would
+    cost more calls), and the health check on function-scoped fixtures suppressed (the ``llm`` fixture holds no
+    per-example state).
 
     The verdict reproduces: the examples are drawn with ``seed`` (0 unless given) and the committed examples in
     the database are replayed first, but nothing is written to it, so the same answers give the same verdict on
@@ -76,9 +79,14 @@ def llm_settings(*, max_examples: int = 10, seed: int | None = None, **overrides
     suppress = list(overrides.pop("suppress_health_check", ())) + [HealthCheck.function_scoped_fixture]
     # derandomize=False and a database given explicitly: Hypothesis' "ci" profile, loaded by itself on CI
     # machines, would otherwise derandomize and drop the database there, and nowhere else.
+    # report_multiple_bugs=False: after a first failure Hypothesis otherwise goes on drawing new examples until
+    # ten seconds have passed, so a slow first run (model calls) and its fast rerun (cache hits) would try
+    # different prompts. No explain phase: it varies each part of a failing example up to hundreds of times,
+    # each a model call.
     chosen = settings(max_examples=max_examples, deadline=overrides.pop("deadline", None),
                       database=overrides.pop("database", LLMEvalDatabase()), derandomize=False,
-                      suppress_health_check=suppress, **overrides)
+                      report_multiple_bugs=overrides.pop("report_multiple_bugs", False),
+                      phases=overrides.pop("phases", PHASES), suppress_health_check=suppress, **overrides)
 
     def decorate(test: F) -> F:
         # Decided when the test module is imported, which pytest does after the run's options are known.

@@ -105,7 +105,7 @@ class Robustness:
     minimal: VariantRun | None
     spec: dict[str, Any]  # the robustness block, with the seed this run drew with
     shrink_calls: int = 0
-    committed: int = 0  # the first runs: flips replayed from the database
+    committed: int = 0  # the first `committed` runs are the flips replayed from the database
     explore: bool = False
     saved: bool = False  # exploring: the minimal flip was written to the database
 

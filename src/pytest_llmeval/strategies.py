@@ -19,8 +19,9 @@ dropped), not a variant with seven edits. The only exception is :func:`injection
 present.
 
 **Determinism.** Nothing here uses :mod:`random`; all choices are Hypothesis draws, so ``@seed(n)`` (or
-``derandomize=True``) gives the same variants on every run, and the example database replays a minimal
-failing variant first.
+``derandomize=True``) gives the same variants on every run and machine. :func:`llm_settings` seeds every run
+and only reads the example database, so a test's verdict depends on the model's answers, the seed and the
+committed database alone; ``--llm-explore`` draws fresh variants and saves a failing one, to be committed.
 
 **Protected spans.** Some tokens must never change, or the variant asks a different question: numbers (``42``,
 ``3.14``, ``1,000``, ``3.5%``, ``2024-01-05``), names (capitalized words not at a sentence start, ``NASA``,
@@ -63,8 +64,9 @@ Strategies (each example is a possible draw for "What is the capital of France? 
     a subset of the kinds applied in a fixed order, as :class:`Variant` (text and the kinds that changed it);
     ``perturbed(...)`` is the same strategy of plain strings.
 
-With the ``llm`` fixture, decorate the test with :func:`llm_settings` (few examples, no deadline, the example
-database under ``.llmeval/hypothesis``, seeded in CI, the function-scoped-fixture health check suppressed)::
+With the ``llm`` fixture, decorate the test with :func:`llm_settings` (few examples, no deadline, seeded, the
+committed examples under ``.llmeval/hypothesis`` replayed first and none written unless ``--llm-explore``, the
+function-scoped-fixture health check suppressed)::
 
     @llm_settings(max_examples=10)
     @given(prompt=perturbed("What is the capital of France?"))
