@@ -267,8 +267,8 @@ def test_a_robust_verdict_is_the_same_on_every_rerun(project: Project) -> None:
     r = measured(_robust(project.results()))
     assert r["flips"] and r["minimal"] is not None and r["outcome"] == "passed"
     asked = len(project.server.requests)
-    for _ in range(2):
-        project.run().assert_outcomes(passed=2)
+    for extra in ((), ("-n", "2")):  # in this process again, then in xdist workers: as on another machine
+        project.run(*extra).assert_outcomes(passed=2)
         assert measured(_robust(project.results())) == r
     assert len(project.server.requests) == asked  # the same variants and shrink steps: all from the cache
     assert saved_files(project) == []  # a run without --llm-explore writes nothing
