@@ -50,6 +50,15 @@ class CaseFailed(Exception):
     """The answer failed one or more checks."""
 
 
+# Failures of the machinery, not of the model: an `error` outcome wherever they are raised.
+INFRASTRUCTURE_ERRORS = ("SandboxUnavailable", "EmbeddingModelError", "RagIndexError")
+
+
+def _explained(exc: BaseException) -> bool:
+    """Whether CaseItem.repr_failure explains ``exc`` by a message of its own (no traceback needed)."""
+    return isinstance(exc, ModelCallError | ModelUnusable | CaseFailed) or type(exc).__name__ in INFRASTRUCTURE_ERRORS
+
+
 class CaseFile(pytest.File):
     """A suite file (YAML) or a bare JSONL suite."""
 
@@ -113,6 +122,12 @@ class InvalidCaseItem(pytest.Item):
     def runtest(self) -> None:  # pragma: no cover - setup always raises
         raise InvalidCase(self.errors)
 
+    def _repr_failure_py(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        # pytest renders a setup error with this method, not repr_failure; see CaseItem._repr_failure_py.
+        if isinstance(excinfo.value, InvalidCase):
+            return self.repr_failure(excinfo)
+        return super()._repr_failure_py(excinfo, style)
+
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, InvalidCase):
             root = self.config.rootpath
@@ -145,6 +160,7 @@ class CaseItem(pytest.Item):
                        for c in case.checks]
         self.completion: Completion | None = None
         self.completions: list[Completion] = []
+        self.failed_retries = 0  # retries of a model call that failed in the end (the case is an error)
         self.outcomes: list[CheckOutcome] = []
         self.samples: list[dict[str, Any]] = []  # per draw: checks, status, score, code, detail, artifacts
         self.status: str | None = None  # passed | failed | unscored, once graded
@@ -432,6 +448,15 @@ class CaseItem(pytest.Item):
 
     # ---- reporting
 
+    def _repr_failure_py(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        # pytest renders an error in setup (a provider failure, an unusable model) with this method, not with
+        # repr_failure: a full traceback with the source of every frame, each file parsed with ast (~0.25 s an error,
+        # minutes for a suite against a down endpoint), which our report hook then replaces with the message anyway.
+        # Errors that repr_failure explains by a message skip the traceback.
+        if _explained(excinfo.value):
+            return self.repr_failure(excinfo)
+        return super()._repr_failure_py(excinfo, style)
+
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         exc = excinfo.value
         where = f"{self.case.path.name}:{self.case.line}" if self.case.line else self.case.path.name
@@ -439,7 +464,7 @@ class CaseItem(pytest.Item):
             return f"model call failed for case {self.case.id} ({where}) on {self.model}:\n  {exc.message}"
         if isinstance(exc, ModelUnusable):
             return f"model {self.model} cannot be used: {exc}"
-        if type(exc).__name__ in ("SandboxUnavailable", "EmbeddingModelError", "RagIndexError"):
+        if type(exc).__name__ in INFRASTRUCTURE_ERRORS:
             return f"case {self.case.id} ({where}) cannot run: {exc}"
         if isinstance(exc, CaseFailed):
             return self._format_failure(where)
@@ -560,7 +585,7 @@ class CaseItem(pytest.Item):
             line=self.case.line, resolved_model=c.resolved_model if c else None,
             score=score, checks=[o.to_dict() for o in self.outcomes], prompt=self.case.prompt,
             answer=answer, latency_s=c.latency_s if c else None, ttft_s=c.ttft_s if c else None,
-            retries=sum(x.attempts - 1 for x in calls if not x.cached),
+            retries=sum(x.attempts - 1 for x in calls if not x.cached) + self.failed_retries,
             prompt_tokens=sum(x.prompt_tokens or 0 for x in calls) if calls else None,
             completion_tokens=sum(x.completion_tokens or 0 for x in calls) if calls else None,
             cost_usd=sum(x.cost_usd for x in calls if x.cost_usd is not None)

@@ -35,12 +35,24 @@ def redact(text: str) -> str:
 
 
 class ModelCallError(Exception):
-    """A model call failed for reasons outside the model's answer (provider, network, cache replay)."""
+    """A model call failed for reasons outside the model's answer (provider, network, cache replay).
 
-    def __init__(self, model: str, message: str) -> None:
+    ``attempts``: the calls made for it (``attempts - 1`` retries; 0 when none was made); ``endpoint_down``: the
+    endpoint's circuit breaker is open (a resilience.EndpointDown), so the call was not made or stopped retrying."""
+
+    def __init__(self, model: str, message: str, attempts: int = 0, endpoint_down: Any = None) -> None:
         super().__init__(message)
         self.model = model
         self.message = message
+        self.attempts = attempts
+        self.endpoint_down = endpoint_down
+
+    def __reduce__(self) -> Any:  # picklable with its fields (a process pool, a future's result)
+        return (type(self), (self.model, self.message, self.attempts, self.endpoint_down))
+
+
+class MalformedResponse(Exception):
+    """The provider answered, but not with a chat completion (no choices, no message)."""
 
 
 @dataclass(frozen=True)
@@ -151,11 +163,14 @@ class ModelRunner:
     """
 
     def __init__(self, settings: Settings, *, run_dir: Path | None = None, workers: int = 1) -> None:
-        from pytest_llmeval.resilience import Budget, RateLimiter
+        from pytest_llmeval.resilience import Budget, CircuitBreaker, RateLimiter
 
         self.settings = settings
         self.budget = Budget((run_dir or settings.results_path.parent / "run" / "default") / "budget",
                              settings.max_calls, settings.max_cost)
+        # Open breakers are shared through the run's own directory only: a later run must try the endpoint again.
+        self.breaker = CircuitBreaker(run_dir / "breakers" if run_dir else None, settings.breaker)
+        self._endpoints: dict[tuple[str, str | None], str] = {}
         self.limiter = RateLimiter(dict(settings.rate_limits), workers)
         self._semantic_lock = threading.Lock()
         self._router: Any = None
@@ -229,6 +244,26 @@ class ModelRunner:
             return (f"--llm={shown}: {', '.join(missing)} is not set; export it, or run offline with "
                     "--llm=local/smollm2")
         return None
+
+    def use_run_dir(self, run_dir: Path) -> None:
+        """Share this run's budget and open circuit breakers with its other processes (xdist workers)."""
+        self.budget.directory = run_dir / "budget"
+        self.breaker.directory = run_dir / "breakers"
+
+    def endpoint(self, resolved: str, api_base: str | None) -> str:
+        """Where calls to ``resolved`` go, as the circuit breaker keys and names it: the provider and its base URL."""
+        key = (resolved, api_base)
+        if key not in self._endpoints:
+            provider, base = resolved.split("/", 1)[0], api_base
+            try:
+                _, provider, _, dynamic = get_litellm().get_llm_provider(resolved, api_base=api_base)
+                base = base or dynamic
+            except Exception:
+                pass
+            base = base or os.environ.get(f"{provider.upper()}_API_BASE") or (
+                os.environ.get("OPENAI_BASE_URL") if provider == "openai" else None)
+            self._endpoints[key] = f"{provider} at {base}" if base else f"{provider} (its default endpoint)"
+        return self._endpoints[key]
 
     def _key(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], sample: int,
              key_extra: dict[str, Any] | None) -> tuple[str, str, str | None]:
@@ -319,11 +354,24 @@ class ModelRunner:
                 _load_local(resolved)
             except Exception as exc:
                 raise ModelCallError(model, f"{type(exc).__name__}: {exc}") from None
-        from pytest_llmeval.resilience import backoff, classify, estimate_tokens
+        from pytest_llmeval.resilience import EndpointDown, backoff, classify, estimate_tokens
 
+        routed = resolved in self.router_models()
+        # The circuit breaker: an endpoint that refused, failed DNS or TLS, or rejected the key a few times in a row
+        # gets no more calls in this run (not for local models, nor through the Router, which has its own cooldowns).
+        endpoint = None if routed or is_local(resolved) else self.endpoint(resolved, api_base)
+        attempt = 0
+
+        def not_sent() -> None:
+            if endpoint is not None:
+                try:
+                    self.breaker.check(endpoint)
+                except EndpointDown as down:
+                    raise ModelCallError(model, f"not sent: {down}", attempts=attempt, endpoint_down=down) from None
+
+        not_sent()  # before the budget counts the call
         self.budget.reserve()  # raises BudgetExhausted past --llm-max-calls / --llm-max-cost (the item is skipped)
         self.limiter.acquire(model, resolved, estimate_tokens(messages, params))
-        routed = resolved in self.router_models()
         kwargs: dict[str, Any] = {"timeout": self.settings.timeout}
         if not routed:
             # One HTTP attempt per litellm call: our loop below retries, honouring Retry-After, with jitter.
@@ -331,25 +379,24 @@ class ModelRunner:
         if api_base and not routed:
             kwargs["api_base"] = api_base
         stream = self.settings.stream and not is_local(resolved)
-        attempt = 0
         while True:
+            if attempt:
+                not_sent()  # another call (thread, worker) found the endpoint down while this one waited to retry
             start = time.perf_counter()
             try:
                 response, ttft = self._call(litellm, resolved, messages, params, kwargs, routed, stream, start)
-                text = response.choices[0].message.content or ""
+                text = _answer_text(response)
                 break
             except Exception as exc:  # every provider failure is an error outcome, whatever its class
+                down = None if endpoint is None else self.breaker.failure(endpoint, exc)
                 retry, wait = classify(exc)
-                if not retry or attempt >= self.settings.retries:
-                    message = f"{type(exc).__name__}: {exc}"
-                    # Depending on where the clock ran out, httpx/openai report a timeout as a connection error.
-                    if "Timeout" in type(exc).__name__ or time.perf_counter() - start >= self.settings.timeout:
-                        message = f"timed out after {self.settings.timeout:g} s ({message})"
-                    if attempt:
-                        message += f" (after {attempt + 1} attempts)"
-                    raise ModelCallError(model, redact(message)) from None
+                if down is not None or not retry or attempt >= self.settings.retries:
+                    raise ModelCallError(model, self._describe(exc, start, attempt, down), attempts=attempt + 1,
+                                         endpoint_down=down) from None
                 time.sleep(wait if wait is not None else backoff(attempt, self._rng))
                 attempt += 1
+        if endpoint is not None:
+            self.breaker.success(endpoint)
         latency = time.perf_counter() - start
         usage = getattr(response, "usage", None)
         cost = _response_cost(litellm, response)
@@ -371,6 +418,23 @@ class ModelRunner:
                 with self._semantic_lock:
                     self.semantic.add(partition, text, key, vector)
         return completion
+
+    def _describe(self, exc: BaseException, start: float, attempt: int, down: Any) -> str:
+        """The error message of a failed call: the provider's, its root cause, how many attempts, the breaker."""
+        from pytest_llmeval.resilience import root_cause
+
+        message = f"{type(exc).__name__}: {exc}"
+        cause = root_cause(exc)
+        if cause:
+            message += f" ({cause})"
+        # Depending on where the clock ran out, httpx/openai report a timeout as a connection error.
+        if "Timeout" in type(exc).__name__ or time.perf_counter() - start >= self.settings.timeout:
+            message = f"timed out after {self.settings.timeout:g} s ({message})"
+        if attempt:
+            message += f" (after {attempt + 1} attempts)"
+        if down is not None:
+            message += f"; {down}"
+        return redact(message)
 
     def _call(self, litellm: Any, resolved: str, messages: list[dict[str, Any]], params: dict[str, Any],
               kwargs: dict[str, Any], routed: bool, stream: bool, start: float) -> tuple[Any, float | None]:
@@ -396,6 +460,23 @@ class ModelRunner:
             self.cache.close()
         if self.semantic is not None:
             self.semantic.close()
+
+
+def _answer_text(response: Any) -> str:
+    """The first choice's text; MalformedResponse when the provider's reply has no choice or message."""
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise MalformedResponse(f"malformed response: no choices in the provider's reply ({_shorten(response)})")
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise MalformedResponse(f"malformed response: the first choice has no message ({_shorten(choices[0])})")
+    content = getattr(message, "content", None)
+    return content if isinstance(content, str) else ""
+
+
+def _shorten(obj: Any, limit: int = 200) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _read_router_config(path: Path) -> dict[str, Any]:

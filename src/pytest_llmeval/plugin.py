@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 
+from pytest_llmeval import astguard
 from pytest_llmeval.settings import HELP
+
+# Before any thread of a run can format a traceback: CPython's AST converters are not thread-safe (astguard.py).
+astguard.install()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -35,6 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llm-timeout", dest="llm_timeout", metavar="SECONDS", default=None,
                     help=_h("timeout"))
     group.addoption("--llm-retries", dest="llm_retries", metavar="N", default=None, help=_h("retries"))
+    group.addoption("--llm-breaker", dest="llm_breaker", metavar="N", default=None, help=_h("breaker"))
     group.addoption("--llm-samples", dest="llm_samples", metavar="N", default=None, help=_h("samples"))
     group.addoption("--llm-repeat", dest="llm_repeat", metavar="N", default=None, help=_h("repeat"))
     group.addoption("--llm-judge", dest="llm_judge", metavar="MODEL", default=None, help=_h("judge"))
@@ -67,6 +72,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmeval_api_base", default="", help=HELP["api_base"])
     parser.addini("llmeval_timeout", default="", help=HELP["timeout"])
     parser.addini("llmeval_retries", default="", help=HELP["retries"])
+    parser.addini("llmeval_breaker", default="", help=HELP["breaker"])
     parser.addini("llmeval_samples", default="", help=HELP["samples"])
     parser.addini("llmeval_repeat", default="", help=HELP["repeat"])
     parser.addini("llmeval_judge", default="", help=HELP["judge"])

@@ -46,6 +46,9 @@ class Prefetcher:
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
+            from pytest_llmeval import astguard
+
+            astguard.install()  # already done by the plugin; also for a pool used outside pytest
             if self._before_start is not None:
                 self._before_start()
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="llmeval-call")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from typing import Any
 
 COLUMNS = [
@@ -62,19 +64,46 @@ def _rate(row: dict[str, Any]) -> str:
 ERROR_SHARE_WARN = 0.10  # above this share of errored cases the summary says so in red
 
 
+# The message of a case that was not sent because its endpoint's circuit breaker was open (resilience.EndpointDown).
+_ENDPOINT_DOWN = re.compile(r"endpoint (?P<endpoint>.+?) is down: (?P<cause>.+?) \((?P<n>\d+) consecutive connection "
+                            r"failures")
+
+
 def error_lines(doc: dict[str, Any]) -> list[tuple[str, bool]]:
-    """Provider failures (``error`` outcomes) are excluded from pass rates: say so, loudly past 10%."""
+    """Provider failures (``error`` outcomes) are excluded from pass rates: say so, loudly past 10%. A model that
+    cannot be used and an endpoint that is down are each said once, with how many cases they cost."""
     cases = doc.get("cases") or []
     errors = [c for c in cases if c.get("outcome") == "error"]
     if not errors:
         return []
+    out: list[tuple[str, bool]] = []
+    unusable: Counter[str] = Counter()
+    down: dict[str, list[Any]] = {}  # endpoint -> [cause, cases]
+    others: list[str] = []
+    for c in errors:
+        message = c.get("message") or ""
+        if message.startswith("--llm="):  # a model found unusable before any call (missing key, unknown provider)
+            unusable[message] += 1
+        elif m := _ENDPOINT_DOWN.search(message):
+            down.setdefault(m["endpoint"], [m["cause"], 0])[1] += 1
+        elif message:
+            others.append(message)
+    for message, n in unusable.items():
+        out.append((f"ERROR: {n} case(s) could not run: {message}", True))
+    for endpoint, (cause, n) in down.items():
+        out.append((f"ERROR: endpoint {endpoint} is down: {cause}. Calls to it stopped (circuit breaker, "
+                    f"--llm-breaker); {n} case(s) errored without an answer.", True))
     share = len(errors) / len(cases)
-    first = next((c.get("message") for c in errors if c.get("message")), "") or ""
     text = (f"{len(errors)} of {len(cases)} case(s) ({share:.0%}) errored (provider or infrastructure failures, "
-            f"excluded from pass rates and gates); first: {first.splitlines()[0][:200] if first else '-'}")
+            f"excluded from pass rates and gates)")
+    if others:
+        text += f"; first: {others[0].splitlines()[0][:200]}"
+    if len(errors) == len(cases):
+        return [*out, (f"ERROR: {text}. No case was graded: this run has no pass rates.", True)]
     if share > ERROR_SHARE_WARN:
-        return [(f"ERROR: {text}. The pass rates above rest on the remaining cases only.", True)]
-    return [(f"WARNING: {text}", False)]
+        return [*out, (f"ERROR: {text}. The pass rates above rest on the remaining {len(cases) - len(errors)} "
+                       "case(s) only.", True)]
+    return [*out, (f"WARNING: {text}", False)]
 
 
 def budget_lines(doc: dict[str, Any]) -> list[str]:

@@ -6,6 +6,9 @@
   spread out instead of hitting a recovering provider in lockstep.
 * :class:`RateLimiter` keeps each model under its requests/min and tokens/min, client side, so a run never
   provokes a 429 storm in the first place. Under xdist each worker takes its share of the limit.
+* :class:`CircuitBreaker` stops calling an endpoint that is down (refused, DNS, TLS, 401/403) after a few
+  consecutive connection-level failures: the remaining cases error at once with one message, across all
+  processes of a run, instead of each spending its retries and backoff on it.
 * :class:`Budget` stops new model calls at ``--llm-max-calls`` / ``--llm-max-cost``, counted across all
   processes of a run (an atomic counter in a diskcache under ``.llmeval/run/<run id>``).
 """
@@ -28,6 +31,20 @@ MAX_RETRY_AFTER_S = 120.0
 _RETRYABLE_NAMES = ("RateLimitError", "InternalServerError", "ServiceUnavailableError", "APIConnectionError",
                     "Timeout", "APITimeoutError", "BadGatewayError", "ConnectError", "ReadTimeout",
                     "RemoteProtocolError")
+
+
+class EndpointDown(Exception):
+    """The circuit breaker of an endpoint is open: no more calls to it in this run."""
+
+    def __init__(self, endpoint: str, cause: str, failures: int) -> None:
+        super().__init__(endpoint, cause, failures)
+        self.endpoint = endpoint
+        self.cause = cause
+        self.failures = failures
+
+    def __str__(self) -> str:
+        return (f"endpoint {self.endpoint} is down: {self.cause} ({self.failures} consecutive connection failures; "
+                "no more calls to it in this run)")
 
 
 class BudgetExhausted(Exception):
@@ -86,6 +103,48 @@ def classify(exc: BaseException) -> tuple[bool, float | None]:
         wait = retry_after(exc)
         return True, None if wait is None else min(wait, MAX_RETRY_AFTER_S)
     return False, None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes (litellm wraps openai's, which wraps httpx's, which wraps the socket's)."""
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in out and len(out) < 16:
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def root_cause(exc: BaseException) -> str | None:
+    """The socket-level cause under a wrapper that hides it ("[Errno 111] Connection refused" under litellm's
+    "Connection error."); None when there is none or the wrapper's message already says it."""
+    inner = next((c for c in reversed(_chain(exc)) if isinstance(c, OSError)), None)
+    if inner is None or inner is exc:
+        return None
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {text}" if text and text not in str(exc) else None
+
+
+def connection_failure(exc: BaseException) -> str | None:
+    """What makes ``exc`` a connection-level failure (the endpoint cannot be used at all, as opposed to a slow or
+    overloaded one): refused, DNS, TLS, 401/403. None for anything else (5xx, 429, timeouts, bad requests)."""
+    import socket
+    import ssl
+
+    code = status_code(exc)
+    names = {c.__name__ for c in type(exc).__mro__}
+    if code == 401 or "AuthenticationError" in names:
+        return "authentication failed (HTTP 401): check the API key"
+    if code == 403 or "PermissionDeniedError" in names:
+        return "permission denied (HTTP 403): check the API key's access to this model"
+    for cause in _chain(exc):
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused ({cause})"
+        if isinstance(cause, socket.gaierror):
+            return f"DNS lookup failed ({cause})"
+        if isinstance(cause, ssl.SSLError | ssl.CertificateError):
+            return f"TLS failed ({cause})"
+    return None
 
 
 def backoff(attempt: int, rng: random.Random | None = None, base: float = RETRY_BASE_S,
@@ -197,6 +256,96 @@ def estimate_tokens(messages: list[dict[str, Any]], params: dict[str, Any]) -> i
     """A cheap estimate (4 characters a token) of a request's prompt plus its answer budget."""
     chars = sum(len(str(m.get("content", ""))) for m in messages)
     return chars // 4 + int(params.get("max_tokens") or params.get("max_completion_tokens") or 256)
+
+
+# ------------------------------------------------------------------------------------------ circuit breaker
+
+
+class CircuitBreaker:
+    """Per endpoint: after ``threshold`` consecutive connection-level failures (see :func:`connection_failure`),
+    the breaker opens and every later call to that endpoint raises :class:`EndpointDown` at once. Any other
+    outcome of a call (an answer, a 5xx, a 429: the endpoint is there) resets the count.
+
+    An open breaker is also written to ``directory`` (one small JSON file per endpoint, in the run's directory),
+    so the other processes of the run (xdist workers) stop too, at their next call: a run against a down
+    endpoint makes about ``threshold`` failing calls per process instead of one per case and attempt. It stays
+    open for the rest of the run; the next run tries again."""
+
+    def __init__(self, directory: Path | None, threshold: int = 3) -> None:
+        self.directory = directory
+        self.threshold = threshold
+        self._lock = threading.Lock()
+        self._failures: dict[str, int] = {}
+        self._open: dict[str, EndpointDown] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.threshold > 0
+
+    def _file(self, endpoint: str) -> Path | None:
+        if self.directory is None:
+            return None
+        import hashlib
+
+        return self.directory / (hashlib.sha256(endpoint.encode()).hexdigest()[:16] + ".json")
+
+    def check(self, endpoint: str) -> None:
+        """Raise EndpointDown when the endpoint's breaker is open (in this process or in another of the run)."""
+        if not self.active:
+            return
+        down = self._open.get(endpoint)
+        if down is None:
+            path = self._file(endpoint)
+            if path is None or not path.exists():
+                return
+            import json
+
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                down = EndpointDown(endpoint, str(data["cause"]), int(data["failures"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                return  # being written by another process: it is complete at the next call
+            with self._lock:
+                down = self._open.setdefault(endpoint, down)
+        raise down
+
+    def success(self, endpoint: str) -> None:
+        if self._failures.get(endpoint):
+            with self._lock:
+                self._failures[endpoint] = 0
+
+    def failure(self, endpoint: str, exc: BaseException) -> EndpointDown | None:
+        """Count a failed attempt; the EndpointDown to raise when this one opened the breaker."""
+        if not self.active:
+            return None
+        cause = connection_failure(exc)
+        with self._lock:
+            if cause is None:
+                self._failures[endpoint] = 0
+                return None
+            n = self._failures.get(endpoint, 0) + 1
+            self._failures[endpoint] = n
+            if n < self.threshold:
+                return None
+            down = self._open.setdefault(endpoint, EndpointDown(endpoint, cause, n))
+        path = self._file(endpoint)
+        if path is not None and not path.exists():
+            import json
+            import os
+
+            try:  # written whole, then renamed: a reader never sees half of it
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+                tmp.write_text(json.dumps({"endpoint": endpoint, "cause": down.cause, "failures": down.failures}),
+                               encoding="utf-8")
+                os.replace(tmp, path)
+            except OSError:
+                pass  # this process still stops; the others find out by themselves
+        return down
+
+    def opened(self) -> list[EndpointDown]:
+        """The breakers this process saw open."""
+        return list(self._open.values())
 
 
 # ------------------------------------------------------------------------------------------ budgets

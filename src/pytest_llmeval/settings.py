@@ -39,6 +39,9 @@ HELP = {
     "timeout": "Seconds one model call may take before it is an error outcome. Env LLMEVAL_TIMEOUT. Default 120.",
     "retries": "How often a failed model call is retried (429 after its Retry-After, 408, 5xx, connection errors, "
     "timeouts; exponential backoff with jitter) before the case is an error. Env LLMEVAL_RETRIES. Default 2.",
+    "breaker": "Circuit breaker: after N consecutive connection-level failures of one endpoint (connection refused, "
+    "DNS, TLS, HTTP 401/403) no more calls go to it in this run, in any process; its remaining cases error at once "
+    "with one message (0: never). Env LLMEVAL_BREAKER. Default 3.",
     "samples": "Answers drawn per code case (independent cache slots) to estimate pass@k; set a "
     "temperature > 0 in the suite's params for them to differ. Env LLMEVAL_SAMPLES. Default 1.",
     "repeat": "Run every case N times with independent cache slots, so repeats are real samples, not cache hits: "
@@ -117,6 +120,7 @@ class Settings:
     api_base: str | None = None
     timeout: float = 120.0
     retries: int = 2
+    breaker: int = 3  # consecutive connection-level failures that open an endpoint's circuit breaker (0: never)
     case_dirs: tuple[Path, ...] = (Path("cases"),)
     samples: int = 1
     sandbox: str = "auto"
@@ -247,6 +251,7 @@ def resolve(config: pytest.Config) -> Settings:
         return value
 
     retries = whole_number("llm_retries", "--llm-retries", "LLMEVAL_RETRIES", "llmeval_retries", "retries", 2, 0)
+    breaker = whole_number("llm_breaker", "--llm-breaker", "LLMEVAL_BREAKER", "llmeval_breaker", "breaker", 3, 0)
     samples = whole_number("llm_samples", "--llm-samples", "LLMEVAL_SAMPLES", "llmeval_samples", "samples", 1, 1)
     repeat = whole_number("llm_repeat", "--llm-repeat", "LLMEVAL_REPEAT", "llmeval_repeat", "repeat", 1, 1)
     judge_raw, _ = _pick(config, "llm_judge", "--llm-judge", "LLMEVAL_JUDGE", "llmeval_judge")
@@ -368,6 +373,7 @@ def resolve(config: pytest.Config) -> Settings:
         api_base=str(api_base_raw) if api_base_raw else None,
         timeout=timeout,
         retries=retries,
+        breaker=breaker,
         case_dirs=case_dirs,
         samples=samples,
         sandbox=sandbox,
