@@ -16,6 +16,7 @@ the storage bound is ``disk_mb`` (64 MiB in these tests).
 | IPv6, netlink, packet, vsock, AF_ALG, AF_KEY sockets      | x (seccomp: no socket())      | x (seccomp)                 |
 | pathname unix socket of a host service (0777)             | x (seccomp: no socket())      | x (seccomp)                 |
 | io_uring (sockets without socket())                       | x (seccomp)                   | x (seccomp)                 |
+| i386 socketcall (int 0x80), x32 socket()                  | x (seccomp: other arch, x32)  | x (seccomp)                 |
 | fork bomb (RLIMIT_NPROC per sandbox uid)                  | x                             | x                           |
 | allocate 4 GB                                             | x (RLIMIT_AS)                 | x                           |
 | fill /tmp beyond disk_mb                                  | x (sized tmpfs)               | x (sized tmpfs)             |
@@ -620,6 +621,59 @@ def test_pathname_unix_socket_to_a_host_listener(sandbox: Sandbox,
         listener.accept()
 
 
+ARCH_BYPASS_C = r"""
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* i386's socketcall through int 0x80 from a 64-bit process: the filter sees AUDIT_ARCH_I386. */
+static long socketcall32(long call, unsigned int *args) {
+    long r;
+    __asm__ volatile("int $0x80" : "=a"(r) : "a"(102L), "b"(call), "c"(args) : "memory", "r8", "r9", "r10", "r11");
+    return r;
+}
+
+int main(int argc, char **argv) {
+    unsigned int *mem = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
+    struct sockaddr_un *addr = (struct sockaddr_un *)(mem + 64);
+    addr->sun_family = AF_UNIX;
+    strncpy(addr->sun_path, argc > 1 ? argv[1] : "/nonexistent", sizeof addr->sun_path - 1);
+    mem[0] = AF_UNIX; mem[1] = SOCK_STREAM; mem[2] = 0;
+    long fd = socketcall32(1, mem);
+    printf("i386 socket %ld\n", fd);
+    if (fd >= 0) {
+        mem[0] = (unsigned int)fd; mem[1] = (unsigned int)(unsigned long)addr; mem[2] = sizeof *addr;
+        printf("i386 connect %ld\n", socketcall32(3, mem));
+    }
+    long x = syscall(0x40000000L | 41, AF_UNIX, SOCK_STREAM, 0);
+    printf("x32 socket %ld\n", x);
+    if (x >= 0) printf("x32 connect %ld\n", syscall(0x40000000L | 42, x, addr, sizeof *addr));
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="i386 system calls from a 64-bit process: x86_64 only")
+def test_i386_socketcall_and_x32_cannot_bypass_the_filter(sandbox: Sandbox,
+                                                          host_unix_listener: tuple[str, socket.socket]) -> None:
+    """A filter keyed on x86_64 numbers alone would let i386's socketcall (int 0x80) or the x32 ABI through."""
+    path, listener = host_unix_listener
+    with sandbox.workdir() as wd:
+        wd.write("arch.c", ARCH_BYPASS_C)
+        compiled = wd.run(["gcc", "-O1", "-o", "arch", "arch.c"], limits=SHORT)
+        assert compiled.ok, compiled.stderr
+        result = wd.run(["./arch", path], limits=SHORT)
+    assert result.ok, result.stderr
+    assert "i386 socket -38" in result.stdout and "connect" not in result.stdout, result.stdout
+    with pytest.raises((TimeoutError, socket.timeout, BlockingIOError)):
+        listener.accept()
+
+
 def test_socketpair_pipes_and_multiprocessing_still_work(sandbox: Sandbox) -> None:
     code = (
         "import multiprocessing as mp, socket\n"
@@ -899,3 +953,21 @@ def test_attack_matrix_is_the_readmes() -> None:
     readme = Path(__file__).parent.parent / "README.md"
     assert __doc__ is not None and matrix(__doc__) == matrix(readme.read_text())
     assert len(matrix(__doc__)) - 2 >= 35
+
+
+@pytest.mark.skipif(not ROOT, reason="root stands in for a normal user here (bwrap's user namespace)")
+def test_unprivileged_bwrap_sizes_tmp_and_shm_and_leaves_nothing(tmp_path: Path) -> None:
+    """The path of a session without root: no uid drop and no private storage, but /tmp and /dev/shm are bwrap
+    tmpfs mounts of disk_mb, and the host work directory goes when the run ends (the README says what is not
+    contained there: the work directory is bounded per file only)."""
+    try:
+        sb = Sandbox("bwrap", base_dir=tmp_path)
+    except SandboxUnavailable as exc:
+        pytest.skip(f"bwrap is not usable here: {exc}")
+    sb.is_root = False
+    for where in ("/tmp", "/dev/shm"):
+        with HostWatch() as host:
+            result = sb.run([sb.python, "-I", "main.py", where, "512"], {"main.py": FILL}, limits=BOXED)
+        assert "stopped" in result.stdout and written_mb(result.stdout) <= DISK_MB, result.stdout + result.stderr
+        host.assert_bounded(DISK_MB)
+    assert list(tmp_path.iterdir()) == []
