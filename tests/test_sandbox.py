@@ -958,16 +958,17 @@ def test_attack_matrix_is_the_readmes() -> None:
 @pytest.mark.skipif(not ROOT, reason="root stands in for a normal user here (bwrap's user namespace)")
 def test_unprivileged_bwrap_sizes_tmp_and_shm_and_leaves_nothing(tmp_path: Path) -> None:
     """The path of a session without root: no uid drop and no private storage, but /tmp and /dev/shm are bwrap
-    tmpfs mounts of disk_mb, and the host work directory goes when the run ends (the README says what is not
-    contained there: the work directory is bounded per file only)."""
+    tmpfs mounts of disk_mb, /dev is read-only, and the host work directory goes when the run ends (the README
+    says what is not contained there: the work directory is bounded per file only)."""
     try:
         sb = Sandbox("bwrap", base_dir=tmp_path)
     except SandboxUnavailable as exc:
         pytest.skip(f"bwrap is not usable here: {exc}")
     sb.is_root = False
-    for where in ("/tmp", "/dev/shm"):
+    for where in ("/tmp", "/dev/shm", "/dev"):  # /dev: bwrap's own tmpfs, without a size, so read-only
         with HostWatch() as host:
             result = sb.run([sb.python, "-I", "main.py", where, "512"], {"main.py": FILL}, limits=BOXED)
         assert "stopped" in result.stdout and written_mb(result.stdout) <= DISK_MB, result.stdout + result.stderr
         host.assert_bounded(DISK_MB)
+    assert "written 0" in result.stdout
     assert list(tmp_path.iterdir()) == []

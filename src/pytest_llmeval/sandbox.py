@@ -408,7 +408,9 @@ class WorkDir:
             size = str(limits.disk_mb << 20)
             tmp = ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
             shm = ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
-        args = ["bwrap", *sb.bwrap_mounts(tmp), *shm]
+        # bwrap's /dev is a tmpfs without a size that an unprivileged session's code could write to (as root
+        # the sandbox uid cannot): read-only, apart from the /dev/shm mounted on it.
+        args = ["bwrap", *sb.bwrap_mounts(tmp), *shm, "--remount-ro", "/dev"]
         args += _mkdirs(self.path) + ["--bind", w, w, "--chdir", w,
                                       "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                                       "--die-with-parent", "--new-session"]
