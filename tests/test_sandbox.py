@@ -448,9 +448,12 @@ def test_tmp_is_bounded_by_disk_mb(sandbox: Sandbox) -> None:
 def test_workdir_is_bounded_by_disk_mb(sandbox: Sandbox) -> None:
     with HostWatch() as host, sandbox.workdir(BOXED) as wd:
         wd.write("main.py", FILL)
+        wd.write("more.py", "open('more', 'wb').write(b'x' * (1 << 20))\n")  # not caught: the reason says why
         result = wd.run([sandbox.python, "-I", "main.py", ".", "512"], limits=BOXED)
         host._sample_once()  # what the work directory still holds, before it is removed
+        more = wd.run([sandbox.python, "-I", "more.py"], limits=BOXED)
     assert "stopped" in result.stdout and written_mb(result.stdout) <= DISK_MB, result.stdout + result.stderr
+    assert more.reason == f"disk limit {DISK_MB} MiB reached (exit status 1)", (more.reason, more.stderr)
     host.assert_bounded(DISK_MB)
 
 

@@ -392,12 +392,12 @@ class WorkDir:
             # and --kill-child takes the namespace's processes with it.
             base = ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--net", "--pid", "--ipc", "--uts",
                     "--fork", "--kill-child", "--mount-proc"]
-            # Unprivileged, the namespaces need a user namespace of their own.
             # A uid change clears the parent-death signal that --kill-child gave the namespace's first process;
             # setpriv sets it again after the drop, so that killing us still ends the run.
             drop[-1:] = ["--pdeathsig", "KILL", "--"]
             # The filter goes on before the uid drop: setpriv still has the capabilities to execute what only
             # root may reach (the interpreter in /root/.pyenv, say) and the code then runs under the filter.
+            # Unprivileged, the namespaces need a user namespace of their own.
             return enter + base + (self._filtered(drop + list(cmd)) if sb.is_root else
                                    ["--user", "--map-root-user", *self._filtered(cmd)])
         host = self.storage.inside
@@ -446,7 +446,7 @@ class WorkDir:
         if drop_uid:  # per uid: only meaningful once the code runs as its own uid
             rlimits.append(f"--nproc={limits.max_processes}")
         # bwrap reads the seccomp program from a descriptor: a pipe of our own per run (a shared file would
-        # share its offset between concurrent runs). 400 bytes fit in any pipe's buffer.
+        # share its offset between concurrent runs). Its ~400 bytes fit in any pipe's buffer.
         seccomp = _seccomp_program() if self.sandbox.level == "bwrap" else None
         seccomp_fd = None
         if seccomp is not None:
