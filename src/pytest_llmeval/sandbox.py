@@ -864,8 +864,10 @@ def _probe_uncached(level: str) -> str | None:
         return f"{tool} is not installed"
     if shutil.which("prlimit") is None:
         return "prlimit (util-linux) is not installed"
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is not installed"
+    if os.geteuid() == 0:  # the uid drop, and the private storage's namespace
+        for needed in ("setpriv", "unshare", "nsenter", "mount"):
+            if shutil.which(needed) is None:
+                return f"{needed} (util-linux) is not installed"
     sandbox = Sandbox.__new__(Sandbox)
     sandbox.python, sandbox.hide, sandbox.base_dir = sys.executable, [], None
     sandbox.level, sandbox.is_root, sandbox._bwrap_mounts = level, os.geteuid() == 0, None
