@@ -169,7 +169,10 @@ def test_many_concurrent_failing_calls_never_crash_the_run(project: Project, wor
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_a_down_endpoint_errors_the_remaining_cases_at_once(project: Project, workers: str) -> None:
+def test_a_down_endpoint_errors_the_remaining_cases_at_once(project: Project, workers: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    step_summary = project.pytester.path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
     project.write("cases/many.yaml", suite(120))
     port = closed_port()
     args = ["--llm=openai/test-model", f"--llm-api-base=http://127.0.0.1:{port}/v1", "--llm-retries=2",
@@ -191,6 +194,7 @@ def test_a_down_endpoint_errors_the_remaining_cases_at_once(project: Project, wo
     # Only the calls in flight when the breaker opened were made: at most a few per process, never one per case.
     assert len(not_sent) >= 120 - 3 * 4 * max(1, int(workers))
     assert all(down in c["message"] for c in cases)
+    assert step_summary.read_text().count(down) == 1  # and once in the GitHub step summary
 
 
 def test_the_breaker_stops_retries_and_backoff(project: Project) -> None:

@@ -229,6 +229,10 @@ def github_summary(doc: dict[str, Any]) -> str:
         lines.append(f"| {_md_cell(row['suite'])} | {_md_cell(row['model'])} | {row['cases']} | {row['passed']} | "
                      f"{row['failed']} | {row.get('unscored', 0)} | {row['error']} | {rate} | {delta} | "
                      f"{v.get('verdict', '-')} |")
+    errors = error_lines(doc)  # a down endpoint, an unusable model, the share of errors: once each
+    if errors:
+        lines.append("")
+        lines += [f"- {_md_cell(text)}" for text, _ in errors]
     for v in gate.get("suites", []):
         if v.get("reasons"):
             lines += ["", f"**{_md_cell(v['suite'])} [{_md_cell(v['model'])}]**: " + "; ".join(map(_md_cell, v["reasons"]))]
