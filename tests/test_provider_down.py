@@ -229,10 +229,10 @@ def test_a_401_opens_the_breaker_with_its_cause(project: Project) -> None:
 def test_server_errors_do_not_open_the_breaker_and_answers_reset_it(project: Project) -> None:
     project.write("cases/many.yaml", suite(12))
     project.server.default = "ok"
-    project.server.fail("many question 00", 500)
-    project.server.fail("many question 01", 503)
-    project.server.fail("many question 02", 500)
-    project.server.fail("many question 03", 502)
+    project.server.fail("many question 000:", 500)
+    project.server.fail("many question 001:", 503)
+    project.server.fail("many question 002:", 500)
+    project.server.fail("many question 003:", 502)
     result = project.run("--llm-concurrency=1", "--llm-breaker=2")
     result.assert_outcomes(errors=4, passed=8)
     assert len(project.server.requests) == 12
@@ -262,7 +262,7 @@ def test_the_breaker_is_shared_by_the_processes_of_a_run(tmp_path: Path) -> None
 def test_retries_count_the_attempts_of_a_failed_call(project: Project) -> None:
     project.write("cases/many.yaml", suite(2))
     project.server.default = "ok"
-    project.server.fail("many question 00", 500, message="still broken")
+    project.server.fail("many question 000:", 500, message="still broken")
     result = project.pytester.runpytest(*project.args()[:-1], "--llm-retries=2", "--llm-concurrency=1")
     result.assert_outcomes(errors=1, passed=1)
     by_id = {c["case_id"]: c for c in project.results()["cases"]}
@@ -276,7 +276,7 @@ def test_an_answer_without_choices_is_a_malformed_response(project: Project) -> 
     project.server.default = "ok"
     empty = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "test-model", "choices": [],
                         "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}})
-    project.server.fail("many question 00", 200, body=empty)
+    project.server.fail("many question 000:", 200, body=empty)
     result = project.run("--llm-concurrency=1")
     result.assert_outcomes(errors=1, passed=1)
     message = next(c for c in project.results()["cases"] if c["case_id"] == "c000")["message"]

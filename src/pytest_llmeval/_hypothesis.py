@@ -14,7 +14,7 @@ from pytest_llmeval._state import exploring
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink)  # llm_settings' default: no explain phase
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink)  # llm_settings' phases at most: no explain
 
 
 class LLMEvalDatabase(ExampleDatabase):
@@ -57,6 +57,12 @@ class LLMEvalDatabase(ExampleDatabase):
         return "LLMEvalDatabase(.llmeval/hypothesis/tests)"
 
 
+def _phases() -> tuple[Phase, ...]:
+    """The loaded profile's phases (``--hypothesis-profile``: a profile without shrinking, say) without explain."""
+    loaded = settings.default
+    return tuple(p for p in (loaded.phases if loaded is not None else PHASES) if p in PHASES)
+
+
 def llm_settings(*, max_examples: int = 10, seed: int | None = None, **overrides: Any) -> Callable[[F], F]:
     """Decorate a ``@given`` test that calls a model (put it above ``@given``)::
 
@@ -86,7 +92,7 @@ def llm_settings(*, max_examples: int = 10, seed: int | None = None, **overrides
     chosen = settings(max_examples=max_examples, deadline=overrides.pop("deadline", None),
                       database=overrides.pop("database", LLMEvalDatabase()), derandomize=False,
                       report_multiple_bugs=overrides.pop("report_multiple_bugs", False),
-                      phases=overrides.pop("phases", PHASES), suppress_health_check=suppress, **overrides)
+                      phases=overrides.pop("phases", _phases()), suppress_health_check=suppress, **overrides)
 
     def decorate(test: F) -> F:
         # Decided when the test module is imported, which pytest does after the run's options are known.
