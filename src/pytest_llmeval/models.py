@@ -37,18 +37,17 @@ def redact(text: str) -> str:
 class ModelCallError(Exception):
     """A model call failed for reasons outside the model's answer (provider, network, cache replay).
 
-    ``attempts``: the calls made for it (``attempts - 1`` retries; 0 when none was made); ``endpoint_down``: the
-    endpoint's circuit breaker is open (a resilience.EndpointDown), so the call was not made or stopped retrying."""
+    ``attempts``: the calls made for it (``attempts - 1`` retries; 0 when none was made, e.g. when the endpoint's
+    circuit breaker was open)."""
 
-    def __init__(self, model: str, message: str, attempts: int = 0, endpoint_down: Any = None) -> None:
+    def __init__(self, model: str, message: str, attempts: int = 0) -> None:
         super().__init__(message)
         self.model = model
         self.message = message
         self.attempts = attempts
-        self.endpoint_down = endpoint_down
 
     def __reduce__(self) -> Any:  # picklable with its fields (a process pool, a future's result)
-        return (type(self), (self.model, self.message, self.attempts, self.endpoint_down))
+        return (type(self), (self.model, self.message, self.attempts))
 
 
 class MalformedResponse(Exception):
@@ -367,7 +366,7 @@ class ModelRunner:
                 try:
                     self.breaker.check(endpoint)
                 except EndpointDown as down:
-                    raise ModelCallError(model, f"not sent: {down}", attempts=attempt, endpoint_down=down) from None
+                    raise ModelCallError(model, f"not sent: {down}", attempts=attempt) from None
 
         not_sent()  # before the budget counts the call
         self.budget.reserve()  # raises BudgetExhausted past --llm-max-calls / --llm-max-cost (the item is skipped)
@@ -391,8 +390,7 @@ class ModelRunner:
                 down = None if endpoint is None else self.breaker.failure(endpoint, exc)
                 retry, wait = classify(exc)
                 if down is not None or not retry or attempt >= self.settings.retries:
-                    raise ModelCallError(model, self._describe(exc, start, attempt, down), attempts=attempt + 1,
-                                         endpoint_down=down) from None
+                    raise ModelCallError(model, self._describe(exc, start, attempt, down), attempts=attempt + 1) from None
                 time.sleep(wait if wait is not None else backoff(attempt, self._rng))
                 attempt += 1
         if endpoint is not None:

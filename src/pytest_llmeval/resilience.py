@@ -343,10 +343,6 @@ class CircuitBreaker:
                 pass  # this process still stops; the others find out by themselves
         return down
 
-    def opened(self) -> list[EndpointDown]:
-        """The breakers this process saw open."""
-        return list(self._open.values())
-
 
 # ------------------------------------------------------------------------------------------ budgets
 
