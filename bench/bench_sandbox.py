@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pytest_llmeval.sandbox import Limits, Sandbox
+from pytest_llmeval.sandbox.isolation import Limits, Sandbox
 
 FILL = """
 import os, sys, time

@@ -31,9 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from pytest_llmeval import semantic  # noqa: E402
-from pytest_llmeval.embeddings import get_embedder  # noqa: E402
-from pytest_llmeval.semantic import SemanticCache, VectorSet, partition_key  # noqa: E402
+from pytest_llmeval.cache import semantic  # noqa: E402
+from pytest_llmeval.cache.embeddings import get_embedder  # noqa: E402
+from pytest_llmeval.cache.semantic import SemanticCache, VectorSet, partition_key  # noqa: E402
 
 
 def ms(values: list[float]) -> str:
@@ -117,7 +117,7 @@ def bench_pairs(path: Path, threshold: float) -> None:
 
 
 def bench_index(chunks: int) -> None:
-    from pytest_llmeval.rag import DocIndex
+    from pytest_llmeval.rag.index import DocIndex
 
     print(f"\n(c) retrieval index: build and query at ~{chunks} chunks (real model, real lancedb)")
     rng = np.random.default_rng(2)
@@ -139,7 +139,7 @@ def bench_index(chunks: int) -> None:
         get_embedder().encode(["warm up"])
         stats = index.build(progress=False)
         rate = stats.chunks / stats.seconds
-        from pytest_llmeval.chunking import chunk_file
+        from pytest_llmeval.rag.chunking import chunk_file
 
         sample = [c.text for p in sorted(docs.iterdir())[:50] for c in chunk_file(p, docs)]
         t = time.perf_counter()

@@ -187,8 +187,8 @@ from concurrent.futures import ThreadPoolExecutor
 client, url, n, c = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 messages = [[{"role": "user", "content": f"Question number {i}: say ok."}] for i in range(n)]
 if client == "runner":
-    from pytest_llmeval.models import ModelRunner
-    from pytest_llmeval.settings import Settings
+    from pytest_llmeval.providers.runner import ModelRunner
+    from pytest_llmeval.config.settings import Settings
     runner = ModelRunner(Settings(cache_mode="off", api_base=url, retries=0))
     runner.check_model("openai/bench")  # imports litellm before the clock (as collection does)
     call = lambda m: runner.complete("openai/bench", m, {"temperature": 0, "max_tokens": 16}).text

@@ -31,7 +31,8 @@ os.environ.setdefault("LLMEVAL_MODEL_CACHE", os.path.join(tempfile.gettempdir(),
 # is assertion-rewritten (ast.parse), and on CPython 3.11 that must not race another thread's ast.parse
 # (gh-106905: "AST constructor recursion depth mismatch"). Import it once, first.
 PRELOADED = ("hypothesis", "hypothesis.strategies", "imagehash", "lancedb", "litellm", "numpy", "PIL.Image", "pyarrow",
-             "rouge_score.rouge_scorer", "sacrebleu", "scipy.stats", "sentence_transformers", "pytest_llmeval.local")
+             "rouge_score.rouge_scorer", "sacrebleu", "scipy.stats", "sentence_transformers",
+             "pytest_llmeval.providers.local")
 
 pytest_plugins = ["pytester"]
 

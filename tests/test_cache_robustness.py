@@ -21,8 +21,8 @@ from typing import Any
 import diskcache
 import pytest
 
-import pytest_llmeval.cache as cache_module
-from pytest_llmeval.cache import LLMEvalCacheError, LLMEvalCacheWarning, ResponseCache, cache_key
+import pytest_llmeval.cache.exact as cache_module
+from pytest_llmeval.cache.exact import LLMEvalCacheError, LLMEvalCacheWarning, ResponseCache, cache_key
 
 SRC = Path(cache_module.__file__).resolve().parents[1]
 
@@ -323,7 +323,7 @@ def test_threads_share_one_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 CHILD = r"""
 import json, sys, time, warnings
 from pathlib import Path
-from pytest_llmeval.cache import LLMEvalCacheWarning, ResponseCache
+from pytest_llmeval.cache.exact import LLMEvalCacheWarning, ResponseCache
 
 directory, n, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 read_first, signals = sys.argv[4] == "1", Path(sys.argv[5])

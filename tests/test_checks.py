@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pytest_llmeval.cases import CaseSpec
-from pytest_llmeval.checks import CheckDef, CheckOutcome, choice, text
+from pytest_llmeval.cases.loader import CaseSpec
+from pytest_llmeval.checks import choice, text
 from pytest_llmeval.checks.choice import extract_choice
 from pytest_llmeval.checks.text import extract_json, normalize
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome
 
 CHECKS: dict[str, CheckDef] = {c.name: c for c in [*text.CHECKS, *choice.CHECKS]}
 CAPITALS = {"A": "London", "B": "Paris", "C": "Rome"}

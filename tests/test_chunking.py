@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmeval.chunking import chunk_file, chunk_markdown, chunk_python, chunk_text, iter_documents
+from pytest_llmeval.rag.chunking import chunk_file, chunk_markdown, chunk_python, chunk_text, iter_documents
 
 MD = """---
 title: front matter is skipped

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import Project
-from pytest_llmeval.extract import extract_code
-from pytest_llmeval.results import pass_at_k
+from pytest_llmeval.checks.extract import extract_code
+from pytest_llmeval.results.aggregate import pass_at_k
 
 PY = """\
 suite: py
@@ -144,7 +144,7 @@ def test_sandbox_none_must_be_explicit_and_is_recorded(scripted: Project) -> Non
 
 def test_sandbox_fixture_for_hand_written_tests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
-        from pytest_llmeval.sandbox import Limits
+        from pytest_llmeval.sandbox.isolation import Limits
 
         def test_generated_code(sandbox):
             result = sandbox.run_python("import os\\nprint(os.getuid() != 0, 'OPENAI_API_KEY' in os.environ)",
@@ -186,7 +186,7 @@ def test_pass_at_k_estimator() -> None:
 def test_no_isolation_available_refuses_clearly(project: Project, monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path) -> None:
     """Without bwrap/unshare on PATH, generated code is not run: one usage error naming the fix."""
-    from pytest_llmeval import sandbox as sandbox_mod
+    from pytest_llmeval.sandbox import isolation as sandbox_mod
 
     monkeypatch.setattr(sandbox_mod, "_PROBES", {})
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no bwrap, unshare, prlimit

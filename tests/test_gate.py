@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import Project
-from pytest_llmeval.gate import (
+from pytest_llmeval.results.gate import (
     DropRule,
     Gate,
     GateError,
@@ -254,7 +254,7 @@ def test_llmeval_compare_command(tmp_path: Path) -> None:
         now[i] = False
     (tmp_path / "base.json").write_text(json.dumps(doc_from(base)))
     (tmp_path / "now.json").write_text(json.dumps(doc_from(now)))
-    cmd = [sys.executable, "-m", "pytest_llmeval.cli", "compare", str(tmp_path / "base.json")]
+    cmd = [sys.executable, "-m", "pytest_llmeval.cli.main", "compare", str(tmp_path / "base.json")]
     failed = subprocess.run([*cmd, str(tmp_path / "now.json")], capture_output=True, text=True)
     assert failed.returncode == 1 and "regression" in failed.stdout and failed.stdout.rstrip().endswith("gate failed")
     same = subprocess.run([*cmd, str(tmp_path / "base.json")], capture_output=True, text=True)
@@ -286,12 +286,12 @@ def test_shards_cover_every_case_once_and_merge_before_the_gate(project: Project
     assert [c["case_id"] for c in project.results("again.json")["cases"]] == \
         [c["case_id"] for c in project.results("shard2.json")["cases"]]  # deterministic
     root = project.pytester.path
-    merge = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "merge", *(str(root / f"shard{i}.json")
+    merge = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "merge", *(str(root / f"shard{i}.json")
                             for i in (1, 2, 3)), "-o", str(root / "merged.json")], capture_output=True, text=True)
     assert merge.returncode == 0, merge.stderr
     merged = project.results("merged.json")
     assert len(merged["cases"]) == 30 and merged["suites"][0]["failed"] == 12
-    compare = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "compare", str(root / "b.json"),
+    compare = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "compare", str(root / "b.json"),
                               str(root / "merged.json")], capture_output=True, text=True)
     assert compare.returncode == 1 and "regression" in compare.stdout
     assert again.ret == 1  # no gate in shard runs: their failed cases fail them, the merged gate decides
@@ -300,7 +300,7 @@ def test_shards_cover_every_case_once_and_merge_before_the_gate(project: Project
 
 
 def test_merge_refuses_overlapping_shards_with_different_outcomes() -> None:
-    from pytest_llmeval.results import merge_results
+    from pytest_llmeval.results.aggregate import merge_results
 
     a = doc_from([True, True])
     b = doc_from([True, False])
@@ -323,13 +323,13 @@ def test_leaderboard_ranks_models_over_shared_suites(tmp_path: Path) -> None:
 
     (tmp_path / "a.json").write_text(json.dumps(doc("small", {"siqa": (40, 60), "geo": (8, 2), "extra": (1, 0)})))
     (tmp_path / "b.json").write_text(json.dumps(doc("large", {"siqa": (80, 20), "geo": (9, 1)})))
-    out = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "leaderboard", str(tmp_path / "a.json"),
+    out = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "leaderboard", str(tmp_path / "a.json"),
                           str(tmp_path / "b.json")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:5] == ["rank", "model", "geo", "siqa", "mean"]  # "extra" is not shared
     assert lines[1].split()[:5] == ["1", "large", "90.0%", "80.0%", "85.0%"]
     assert lines[2].split()[:5] == ["2", "small", "80.0%", "40.0%", "60.0%"]
-    md = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "leaderboard", "--markdown",
+    md = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "leaderboard", "--markdown",
                          str(tmp_path / "a.json"), str(tmp_path / "b.json")], capture_output=True, text=True)
     assert md.stdout.splitlines()[2].startswith("| 1 | large | 90.0% | 80.0% | 85.0% |")

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from llm_server import ScriptedLLMServer
 
-from pytest_llmeval.cases import load_file
-from pytest_llmeval.checks import builtin_registry
-from pytest_llmeval.generate import main, parse_candidates, read_review
-from pytest_llmeval.local import local_model_file_available
+from pytest_llmeval.cases.loader import load_file
+from pytest_llmeval.checks.builtin import builtin_registry
+from pytest_llmeval.flywheel.generate import main, parse_candidates, read_review
+from pytest_llmeval.providers.local import local_model_file_available
 
 GEO = """\
 # hand-written; generate must not touch this file
@@ -358,7 +358,7 @@ def test_offline_model_generate_then_review_writes_a_new_suite(tmp_path: Path, m
     """The flywheel end to end on SmolLM2: paraphrases of two questions into a new suite file, reviewed (here in
     batch; tests/test_review.py drives the terminal flow), split per problem. The tiny model tends to answer
     instead of paraphrasing: the leak flag says so, and a person would reject those in review."""
-    from pytest_llmeval.cli import main as llmeval
+    from pytest_llmeval.cli.main import main as llmeval
 
     for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS"):
         monkeypatch.delenv(name, raising=False)

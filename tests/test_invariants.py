@@ -22,11 +22,11 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 
-from pytest_llmeval.cases import IMPLIED_CHECK, default_prompt, load_file
-from pytest_llmeval.checks import builtin_registry
-from pytest_llmeval.dump import dump_suite, needs_quotes
-from pytest_llmeval.gate import FAILING, Gate, load_baseline, parse_rule, write_baseline
-from pytest_llmeval.results import OUTCOMES, CaseResult, aggregate, build_results, merge_results, pass_at_k
+from pytest_llmeval.cases.loader import IMPLIED_CHECK, default_prompt, load_file
+from pytest_llmeval.cases.writer import dump_suite, needs_quotes
+from pytest_llmeval.checks.builtin import builtin_registry
+from pytest_llmeval.results.aggregate import OUTCOMES, CaseResult, aggregate, build_results, merge_results, pass_at_k
+from pytest_llmeval.results.gate import FAILING, Gate, load_baseline, parse_rule, write_baseline
 
 fast = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

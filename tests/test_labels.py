@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from pytest_llmeval.cases import CaseSpec
-from pytest_llmeval.checks import CheckOutcome
+from pytest_llmeval.cases.loader import CaseSpec
 from pytest_llmeval.checks.labels import (
     CHECKS,
     ParsedLabels,
@@ -18,6 +17,7 @@ from pytest_llmeval.checks.labels import (
     label_report,
     parse_labels,
 )
+from pytest_llmeval.core.checks import CheckOutcome
 
 ALLOWED = ["DRY", "SRP", "MC", "NAME", "NO_COMPILE"]
 

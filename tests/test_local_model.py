@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llmeval import local
-from pytest_llmeval.local import (
+from pytest_llmeval.providers import local
+from pytest_llmeval.providers.local import (
     MODEL_CACHE_ENV,
     LocalModelCacheWarning,
     LocalModelError,
@@ -67,7 +67,7 @@ def test_import_is_cheap() -> None:
     import subprocess
 
     code = (
-        "import sys, pytest_llmeval.local\n"
+        "import sys, pytest_llmeval.providers.local\n"
         "heavy = [m for m in ('torch', 'transformers', 'litellm') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

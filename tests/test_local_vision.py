@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmeval import local_vision
-from pytest_llmeval.local_vision import (
+from pytest_llmeval.providers import local_vision
+from pytest_llmeval.providers.local_vision import (
     PROVIDER,
     Generation,
     LocalVisionError,
@@ -83,7 +83,7 @@ def _request(url: str | None, question: str = "What color is the square?") -> li
 def test_import_is_cheap() -> None:
     """Importing the module must not drag in torch, transformers, litellm or Pillow."""
     code = (
-        "import sys, pytest_llmeval.local_vision as m\n"
+        "import sys, pytest_llmeval.providers.local_vision as m\n"
         "heavy = [n for n in ('torch', 'transformers', 'litellm', 'PIL') if n in sys.modules]\n"
         "assert not heavy, heavy\n"
         "assert m.PROVIDER == 'local-vision'\n"

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pytest_llmeval import embeddings
-from pytest_llmeval.cases import CaseSpec
-from pytest_llmeval.checks import CheckOutcome
+from pytest_llmeval.cache import embeddings
+from pytest_llmeval.cache.embeddings import EmbeddingModelError, cosine, get_embedder, resolve_embedding_model
+from pytest_llmeval.cases.loader import CaseSpec
 from pytest_llmeval.checks.metrics import (
     CHECKS,
     NEEDS_REFERENCE,
@@ -24,7 +24,7 @@ from pytest_llmeval.checks.metrics import (
     rouge_l,
     similarity,
 )
-from pytest_llmeval.embeddings import EmbeddingModelError, cosine, get_embedder, resolve_embedding_model
+from pytest_llmeval.core.checks import CheckOutcome
 
 PARIS = "The capital of France is Paris."
 PARIS_PARAPHRASE = "Paris is France's capital city."

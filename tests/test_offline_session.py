@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmeval.local import local_model_file_available
+from pytest_llmeval.providers.local import local_model_file_available
 
 pytestmark = [
     pytest.mark.slow,

@@ -40,7 +40,7 @@ RACE = textwrap.dedent("""
     import ast, sys, threading, time, traceback
     if sys.argv[1] == "guarded":
         sys.path.insert(0, sys.argv[3])
-        from pytest_llmeval import astguard
+        from pytest_llmeval.core import astguard
         astguard.install()
     source = open(ast.__file__).read()
     errors = []
@@ -110,7 +110,7 @@ def test_the_compile_guard_keeps_compiles_semantics() -> None:
     import ast
     import builtins
 
-    from pytest_llmeval import astguard
+    from pytest_llmeval.core import astguard
 
     assert astguard.installed()  # by the plugin, at import
     original = astguard._original
@@ -240,7 +240,7 @@ def test_server_errors_do_not_open_the_breaker_and_answers_reset_it(project: Pro
 
 
 def test_the_breaker_is_shared_by_the_processes_of_a_run(tmp_path: Path) -> None:
-    from pytest_llmeval.resilience import CircuitBreaker, EndpointDown
+    from pytest_llmeval.providers.resilience import CircuitBreaker, EndpointDown
 
     refused = ConnectionRefusedError(111, "Connection refused")
     wrapper = RuntimeError("Connection error.")

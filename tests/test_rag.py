@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Project
-from pytest_llmeval.rag import DocIndex, augment, retrieval_scores
+from pytest_llmeval.rag.index import DocIndex, augment, retrieval_scores
 
 DOCS = {
     "sphere.md": "# Spheres\n\nOrbit draws spheres with `orbit.actor.sphere(centers, colors, radii=1.0)`.\n\n"
@@ -70,7 +70,7 @@ def test_index_at_another_uri_and_another_model_is_rebuilt(tmp_path: Path) -> No
 BUILD = """
 import sys
 from pathlib import Path
-from pytest_llmeval.rag import DocIndex
+from pytest_llmeval.rag.index import DocIndex
 stats = DocIndex(Path(sys.argv[1]), base_dir=Path(sys.argv[2])).build()
 print(stats.chunks, stats.embedded_chunks)
 """
@@ -89,7 +89,7 @@ def test_concurrent_builders_do_not_duplicate_chunks(tmp_path: Path) -> None:
 
 
 def test_retrieval_scores() -> None:
-    from pytest_llmeval.rag import Retrieved
+    from pytest_llmeval.rag.index import Retrieved
 
     hits = [Retrieved(i, src, 1, 2, 0.9 - i / 10, "t") for i, src in enumerate(["a.md", "b.md", "c.md"], start=1)]
     scores = retrieval_scores(hits, ["docs/b.md", "docs/x.md"], prefix="docs")
@@ -202,7 +202,7 @@ def test_rag_fixture_for_hand_written_tests(pytester: pytest.Pytester) -> None:
 
 def test_cli_index_build_info_search(tmp_path: Path) -> None:
     docs = write_docs(tmp_path / "docs")
-    llmeval = [sys.executable, "-m", "pytest_llmeval.cli"]
+    llmeval = [sys.executable, "-m", "pytest_llmeval.cli.main"]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*llmeval, "index", *args, str(docs), "--dir", str(tmp_path / "idx")],

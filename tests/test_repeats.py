@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import SIQA, Project, script_geo
-from pytest_llmeval.results import cohen_kappa, wilson
+from pytest_llmeval.results.aggregate import cohen_kappa, wilson
 
 FLAKY = """\
 suite: flaky

@@ -24,8 +24,8 @@ def test_pytest_help_in_the_repository_imports_no_heavy_module() -> None:
 
 
 def test_readme_gives_the_semantic_thresholds_default_that_the_code_uses() -> None:
-    from pytest_llmeval.semantic import DEFAULT_THRESHOLD
-    from pytest_llmeval.settings import HELP
+    from pytest_llmeval.cache.semantic import DEFAULT_THRESHOLD
+    from pytest_llmeval.config.settings import HELP
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     documented = re.findall(r"llmeval_semantic_threshold`, default ([0-9.]+)", readme)  # the prose

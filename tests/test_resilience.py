@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Project
-from pytest_llmeval.journal import finished, read_run
-from pytest_llmeval.resilience import Limit, RateLimiter, backoff, classify, parse_limits, retry_after
+from pytest_llmeval.providers.resilience import Limit, RateLimiter, backoff, classify, parse_limits, retry_after
+from pytest_llmeval.results.journal import finished, read_run
 
 
 def suite(n: int, name: str = "many") -> str:
@@ -48,7 +48,7 @@ def test_prefetch_window_counts_the_calls_not_done_only() -> None:
     """Answers waiting for their (later) items do not hold up new calls: the window is of calls waiting or running."""
     import threading
 
-    from pytest_llmeval.prefetch import Prefetcher
+    from pytest_llmeval.providers.prefetch import Prefetcher
 
     release = threading.Event()
     started: list[int] = []
@@ -91,7 +91,7 @@ def test_the_price_litellm_computed_is_used_even_when_unknown() -> None:
     call) is only for a response that has no price field at all (one rebuilt from a stream)."""
     from types import SimpleNamespace
 
-    from pytest_llmeval.models import _response_cost
+    from pytest_llmeval.providers.runner import _response_cost
 
     asked: list[object] = []
 
@@ -242,7 +242,7 @@ def test_classify_and_backoff() -> None:
 
 
 def test_rate_limiter_spaces_requests_per_minute_and_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pytest_llmeval.resilience as res
+    import pytest_llmeval.providers.resilience as res
 
     clock = [1000.0]
     monkeypatch.setattr(res.time, "monotonic", lambda: clock[0])
@@ -330,7 +330,7 @@ def test_every_finished_case_is_journaled(project: Project) -> None:
 
 def test_a_journal_line_is_in_the_file_once_appended(tmp_path: Path) -> None:
     """One write(2) per case and no buffer of ours: another reader (or a SIGKILL) sees every appended line."""
-    from pytest_llmeval.journal import Journal
+    from pytest_llmeval.results.journal import Journal
 
     journal = Journal(tmp_path, "run-1", "main")
     odd = {"nodeid": "a.yaml::odd[m]", "outcome": "passed", "answer": "caf\u00e9 \ud800 lone surrogate", "score": 0.5}

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from pytest_llmeval.casefile import append_yaml_cases
-from pytest_llmeval.cases import load_file
-from pytest_llmeval.checks import builtin_registry
-from pytest_llmeval.holdout import bucket, normalise
-from pytest_llmeval.review import main as llmeval
+from pytest_llmeval.cases.edit import append_yaml_cases
+from pytest_llmeval.cases.holdout import bucket, normalise
+from pytest_llmeval.cases.loader import load_file
+from pytest_llmeval.checks.builtin import builtin_registry
+from pytest_llmeval.flywheel.review import main as llmeval
 
 PROMPT = "[q]uit? "
 
@@ -87,12 +87,12 @@ def suite_cases(path: Path) -> dict[str, Any]:
 
 
 class Terminal:
-    """`python -m pytest_llmeval.review ARGS` in a pseudo-terminal: wait for text, type lines."""
+    """`python -m pytest_llmeval.flywheel.review ARGS` in a pseudo-terminal: wait for text, type lines."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         master, slave = os.openpty()
         self.master = master
-        self.proc = subprocess.Popen([sys.executable, "-m", "pytest_llmeval.review", *args], cwd=cwd,
+        self.proc = subprocess.Popen([sys.executable, "-m", "pytest_llmeval.flywheel.review", *args], cwd=cwd,
                                      stdin=slave, stdout=slave, stderr=slave, env={**os.environ, **(env or {})},
                                      start_new_session=True, close_fds=True)
         os.close(slave)

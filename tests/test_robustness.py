@@ -231,7 +231,7 @@ def test_the_html_report_shows_the_minimal_flip_escaped(project: Project) -> Non
     project.server.answer("capital", "<i>no idea</i>")  # what the flipped variants get: must stay text
     project.run().assert_outcomes(passed=1, failed=1)
     out = project.pytester.path / "report.html"
-    done = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "report",
+    done = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "report",
                            str(project.pytester.path / ".llmeval/results.json"), "-o", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

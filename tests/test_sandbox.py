@@ -64,7 +64,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmeval.sandbox import UID_BASE, UID_RANGE, Limits, Sandbox, SandboxUnavailable, _UidPool
+from pytest_llmeval.sandbox.isolation import UID_BASE, UID_RANGE, Limits, Sandbox, SandboxUnavailable, _UidPool
 
 LEVELS = ["bwrap", "unshare"]
 SHORT = Limits(timeout_s=8, cpu_s=5)
@@ -305,7 +305,7 @@ def test_parallel_runs_use_distinct_uids(sandbox: Sandbox) -> None:
 HOLD_LEASE = """
 import sys
 from pathlib import Path
-from pytest_llmeval.sandbox import _UidPool
+from pytest_llmeval.sandbox.isolation import _UidPool
 with _UidPool(base=%d, size=%d, lock_dir=Path(sys.argv[1])).take() as uid:
     print(uid, flush=True)
     sys.stdin.read()
@@ -870,7 +870,7 @@ def test_runs_leave_nothing_in_the_temporary_directory(sandbox: Sandbox, tmp_pat
 KILLED_PARENT = """
 import sys, threading, time
 from pathlib import Path
-from pytest_llmeval.sandbox import Limits, Sandbox
+from pytest_llmeval.sandbox.isolation import Limits, Sandbox
 sb = Sandbox(sys.argv[1], base_dir=Path(sys.argv[2]))
 code = ("import sys, time\\nfor i in range(10):\\n    open(f'/tmp/fill{i}', 'wb').write(b'x' * (15 << 20))\\n"
         "open('fill', 'wb').write(b'x' * (15 << 20))\\nprint('filled', flush=True)\\ntime.sleep(60)\\n")
@@ -910,8 +910,8 @@ def test_nothing_is_left_after_the_parent_is_killed(sandbox: Sandbox, tmp_path: 
 
 def test_disk_mb_in_a_suites_limits(tmp_path: Path) -> None:
     """``limits: {disk_mb: N}`` is validated when the case file loads and reaches the sandbox run."""
-    from pytest_llmeval.cases import load_file
-    from pytest_llmeval.checks import builtin_registry
+    from pytest_llmeval.cases.loader import load_file
+    from pytest_llmeval.checks.builtin import builtin_registry
     from pytest_llmeval.checks.code import CodeContext
 
     suite = ("suite: s\nkind: code\nlimits: {disk_mb: %s}\ncases:\n"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import Project
-from pytest_llmeval import semantic
-from pytest_llmeval.semantic import SemanticCache, VectorSet, partition_key
+from pytest_llmeval.cache import semantic
+from pytest_llmeval.cache.semantic import SemanticCache, VectorSet, partition_key
 
 P = partition_key(model="m", params={})
 
@@ -42,7 +42,7 @@ WRITER = """
 import sys
 from pathlib import Path
 import numpy as np
-from pytest_llmeval.semantic import SemanticCache
+from pytest_llmeval.cache.semantic import SemanticCache
 cache = SemanticCache(Path(sys.argv[1]))
 rng = np.random.default_rng(int(sys.argv[2]))
 for i in range(50):

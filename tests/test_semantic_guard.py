@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmeval.semantic_guard import guard
+from pytest_llmeval.cache.guard import guard
 
 PAIRS = Path(__file__).parent.parent / "bench" / "semantic_pairs.jsonl"
 
@@ -62,7 +62,7 @@ def test_synonym_substitutions_pass_with_word_similarity() -> None:
 
 def test_labelled_pairs_never_serve_a_meaning_change() -> None:
     """Over the development set (the holdout set is measured by bench/bench_semantic.py only)."""
-    from pytest_llmeval.semantic import SemanticCache
+    from pytest_llmeval.cache.semantic import SemanticCache
 
     similar = SemanticCache(Path("unused")).word_similarity
     rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]

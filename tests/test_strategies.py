@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, Phase, find, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from pytest_llmeval import strategies as ps
+from pytest_llmeval.robustness import strategies as ps
 from pytest_llmeval.strategies import (
     DISTRACTORS,
     INJECTION_CANARY,
@@ -431,7 +431,7 @@ def test_same_seed_same_variants() -> None:
 def test_llm_settings_draws_the_same_prompts_on_every_run_in_ci_and_locally(monkeypatch: pytest.MonkeyPatch,
                                                                              tmp_path: Path) -> None:
     # Whole sessions are in test_robustness.py; here, many runs of one test, in CI and on a laptop.
-    from pytest_llmeval import _state
+    from pytest_llmeval.run import state as _state
 
     monkeypatch.setattr(_state, "HYPOTHESIS_DIR", [tmp_path])
     monkeypatch.setattr(_state, "EXPLORE", [False], raising=False)
@@ -463,7 +463,7 @@ def test_llm_settings_tries_the_same_prompts_when_the_first_run_was_slow(monkeyp
 
     import hypothesis.internal.conjecture.engine as engine
 
-    from pytest_llmeval import _state
+    from pytest_llmeval.run import state as _state
 
     monkeypatch.setattr(_state, "HYPOTHESIS_DIR", [tmp_path])
     monkeypatch.setattr(_state, "EXPLORE", [False], raising=False)

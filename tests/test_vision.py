@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import Project
-from pytest_llmeval.vision import (
+from pytest_llmeval.checks.images import (
     ImageProblem,
     PrecheckSpec,
     load_image,
@@ -559,7 +559,7 @@ def test_html_report_shows_the_image_and_the_answers(project: Project) -> None:
     project.server.answer("background black", "Yes <b>black</b>.", model="vision-model")
     project.run(f"--llm-vision={VISION}", "-k", "circle")
     out = project.pytester.path / "report.html"
-    done = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli", "report",
+    done = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "report",
                            str(project.pytester.path / ".llmeval/results.json"), "-o", str(out)],
                           capture_output=True, text=True, cwd=project.pytester.path)
     assert done.returncode == 0, done.stderr

@@ -8,13 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "CheckDef": "pytest_llmeval.checks",
-    "CheckOutcome": "pytest_llmeval.checks",
-    "CheckParams": "pytest_llmeval.checks",
-    "CaseSpec": "pytest_llmeval.cases",
-    "Completion": "pytest_llmeval.models",
-    "ModelCallError": "pytest_llmeval.models",
-    "CaseResult": "pytest_llmeval.results",
+    "CheckDef": "pytest_llmeval.core.checks",
+    "CheckOutcome": "pytest_llmeval.core.checks",
+    "CheckParams": "pytest_llmeval.core.checks",
+    "CaseSpec": "pytest_llmeval.cases.loader",
+    "Completion": "pytest_llmeval.providers.runner",
+    "ModelCallError": "pytest_llmeval.providers.runner",
+    "CaseResult": "pytest_llmeval.results.aggregate",
     "LLM": "pytest_llmeval.plugin",
 }
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_llmeval.checks import CheckDef
+    from pytest_llmeval.core.checks import CheckDef
 
 
 @pytest.hookspec

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llmeval import astguard
-from pytest_llmeval.settings import HELP
+from pytest_llmeval.config.settings import HELP
+from pytest_llmeval.core import astguard
 
 # Before any thread of a run can format a traceback: CPython's AST converters are not thread-safe (astguard.py).
 astguard.install()
@@ -115,9 +115,9 @@ def pytest_configure(config: pytest.Config) -> None:
                             "automatically to the `<id>:robust` items of cases with a robustness block)")
     if getattr(config.option, "help", False) or getattr(config.option, "version", False):
         return  # `pytest --help` needs the options (declared above), not the run state: keep it fast
-    from pytest_llmeval import builtin_checks
-    from pytest_llmeval._state import STATE
-    from pytest_llmeval.session import LLMEvalSession
+    from pytest_llmeval.checks import builtin as builtin_checks
+    from pytest_llmeval.run.session import LLMEvalSession
+    from pytest_llmeval.run.state import STATE
 
     config.pluginmanager.register(builtin_checks, "llmeval-builtin-checks")
     state = LLMEvalSession(config)
@@ -140,7 +140,7 @@ class _XdistController:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from pytest_llmeval._state import STATE
+    from pytest_llmeval.run.state import STATE
 
     state = config.stash.get(STATE, None)
     if state is not None:
@@ -183,7 +183,7 @@ class LLM:
 @pytest.fixture
 def llm_model(request: pytest.FixtureRequest) -> str:
     """The name of the model under test (one per --llm; tests using `llm` are parametrized over them)."""
-    from pytest_llmeval._state import STATE
+    from pytest_llmeval.run.state import STATE
 
     return str(getattr(request, "param", request.config.stash[STATE].settings.models[0]))
 
@@ -194,13 +194,13 @@ def llm(request: pytest.FixtureRequest, llm_model: str) -> LLM:
 
     A provider failure raises ModelCallError and is recorded as an ``error`` outcome in the aggregates.
     """
-    from pytest_llmeval._state import STATE
-    from pytest_llmeval.session import CALLS
+    from pytest_llmeval.run.session import CALLS
+    from pytest_llmeval.run.state import STATE
 
     state = request.config.stash[STATE]
     problem = state.unusable.get(llm_model)
     if problem:
-        from pytest_llmeval.collect import ModelUnusable
+        from pytest_llmeval.run.items import ModelUnusable
 
         raise ModelUnusable(problem)
     calls = request.node.stash.setdefault(CALLS, [])
@@ -215,7 +215,7 @@ def sandbox(request: pytest.FixtureRequest) -> Any:
     RunResult (exit_code, stdout, stderr, reason, files, level); ``with sandbox.workdir() as wd:`` keeps one
     work directory across several runs (compile, then run).
     """
-    from pytest_llmeval._state import STATE
+    from pytest_llmeval.run.state import STATE
 
     return request.config.stash[STATE].get_sandbox()
 
@@ -228,8 +228,8 @@ def rag(request: pytest.FixtureRequest) -> Any:
     use under ``.llmeval/index``, with the packaged offline embedding model unless ``llmeval_embedding_model``
     names another.
     """
-    from pytest_llmeval._state import STATE
-    from pytest_llmeval.rag import Rag
+    from pytest_llmeval.rag.index import Rag
+    from pytest_llmeval.run.state import STATE
 
     settings = request.config.stash[STATE].settings
     return Rag(settings.rag_docs, base_dir=settings.index_dir, model=settings.embedding_model)
@@ -243,9 +243,9 @@ def llm_judge(request: pytest.FixtureRequest, llm_model: str) -> Callable[..., A
     CheckOutcome (``passed``, ``score`` 0-1, ``reason``, ``unscored``, ``details["score"]`` 0-10). The judge is
     ``--llm-judge`` (else the model under test); calls are cached like case judges.
     """
-    from pytest_llmeval._state import STATE
-    from pytest_llmeval.cases import CaseSpec
+    from pytest_llmeval.cases.loader import CaseSpec
     from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION, JudgeEnv, JudgeParams, grade_judge
+    from pytest_llmeval.run.state import STATE
 
     state = request.config.stash[STATE]
     judge_model = state.settings.judge_model or llm_model
@@ -277,9 +277,9 @@ def vision_judge(request: pytest.FixtureRequest) -> Any:
     """
     from pydantic import ValidationError
 
-    from pytest_llmeval._state import STATE
     from pytest_llmeval.checks.vision import VisionEnv, VisionJudge, VisionParams, vision_asker
-    from pytest_llmeval.session import VISION, VISION_CALLS
+    from pytest_llmeval.run.session import VISION, VISION_CALLS
+    from pytest_llmeval.run.state import STATE
 
     state = request.config.stash[STATE]
     questions = []
@@ -299,7 +299,7 @@ def vision_judge(request: pytest.FixtureRequest) -> Any:
     if model:
         problem = state.runner.check_model(model)
         if problem:
-            from pytest_llmeval.collect import ModelUnusable
+            from pytest_llmeval.run.items import ModelUnusable
 
             raise ModelUnusable(problem)
     base = request.node.path.parent

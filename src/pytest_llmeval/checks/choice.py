@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from pytest_llmeval.checks import CheckDef, CheckOutcome, CheckParams
 from pytest_llmeval.checks.text import normalize
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases import CaseSpec
+    from pytest_llmeval.cases.loader import CaseSpec
 
 
 def extract_choice(answer: str, choices: dict[str, str]) -> str | None:

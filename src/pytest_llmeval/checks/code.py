@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from pytest_llmeval.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases import CaseSpec
-    from pytest_llmeval.sandbox import Limits, RunResult, Sandbox, WorkDir
+    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.sandbox.isolation import Limits, RunResult, Sandbox, WorkDir
 
 CODE = frozenset({"code"})
 NO_CODE = "NO_CODE"
@@ -57,7 +57,7 @@ class CodeContext:
         self._stack.close()
         # The collected files were copied out for this answer only (save_artifacts keeps what is wanted):
         # a long session must not pile them up in the temporary directory until it exits.
-        from pytest_llmeval.sandbox import discard_files
+        from pytest_llmeval.sandbox.isolation import discard_files
 
         discard_files(self.files)
         self.files = {}

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from pytest_llmeval.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases import CaseSpec
-    from pytest_llmeval.models import Completion
+    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.providers.runner import Completion
 
 JUDGE_PROMPT_VERSION = "1"
 JUDGE_PARAMS = {"temperature": 0, "max_tokens": 200}  # a JSON verdict needs ~40 tokens

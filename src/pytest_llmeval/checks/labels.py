@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from pytest_llmeval.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases import CaseSpec
+    from pytest_llmeval.cases.loader import CaseSpec
 
 __all__ = ["CHECKS", "JaccardParams", "ParsedLabels", "format_label_report", "jaccard", "label_report",
            "parse_labels"]

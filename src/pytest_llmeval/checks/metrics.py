@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from pytest_llmeval.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases import CaseSpec
+    from pytest_llmeval.cases.loader import CaseSpec
 
 NEEDS_REFERENCE = frozenset({"bleu", "rouge_l", "similarity"})
 NO_REFERENCE = "no reference answer: give the case a 'reference' field (or reference: in the check)"
@@ -56,9 +56,9 @@ def similarity(candidate: str, reference: str, model: str | None = None) -> floa
     """Cosine similarity of the two texts' sentence embeddings, in [-1, 1] (not clipped).
 
     Unrelated sentences score near 0 with all-MiniLM-L6-v2, paraphrases 0.7-1.0. Raises
-    :class:`~pytest_llmeval.embeddings.EmbeddingModelError` when the model cannot be loaded.
+    :class:`~pytest_llmeval.cache.embeddings.EmbeddingModelError` when the model cannot be loaded.
     """
-    from pytest_llmeval.embeddings import cosine, get_embedder
+    from pytest_llmeval.cache.embeddings import cosine, get_embedder
 
     if not candidate.strip() or not reference.strip():
         return 0.0
@@ -123,7 +123,7 @@ def grade_rouge_l(answer: str, case: CaseSpec, p: RougeLParams) -> CheckOutcome:
 
 
 def grade_similarity(answer: str, case: CaseSpec, p: SimilarityParams) -> CheckOutcome:
-    from pytest_llmeval.embeddings import DEFAULT_EMBEDDING_MODEL
+    from pytest_llmeval.cache.embeddings import DEFAULT_EMBEDDING_MODEL
 
     ref = _reference(case, p)
     if ref is None:

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from pytest_llmeval.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases import CaseSpec
-    from pytest_llmeval.models import Completion
-    from pytest_llmeval.vision import ImageData, PrecheckResult
+    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.checks.images import ImageData, PrecheckResult
+    from pytest_llmeval.providers.runner import Completion
 
 IMAGE_KINDS = frozenset({"code", "calibration"})
 NO_VISION_MODEL = (
@@ -119,7 +119,7 @@ class VisionEnv:
     def prechecked(self, p: ImageParams) -> tuple[ImageData | None, PrecheckResult | None, str | None]:
         """(image, pre-check result, problem loading it), memoised per file and pre-check settings: several
         questions about one image load and check it once."""
-        from pytest_llmeval.vision import ImageProblem, PrecheckSpec, precheck
+        from pytest_llmeval.checks.images import ImageProblem, PrecheckSpec, precheck
 
         key = p.precheck_params().model_dump_json()
         if key not in self._prechecked:
@@ -138,7 +138,7 @@ class VisionEnv:
 def vision_asker(runner: Any) -> Callable[[str, list[dict[str, Any]], int, ImageData], Completion]:
     """``ask`` for a VisionEnv: a vision model call through the exact cache. The messages carry the image
     itself; the image's hash, the question, the prompt version and the model make the cache key."""
-    from pytest_llmeval.vision import VISION_PARAMS, VISION_PROMPT_VERSION
+    from pytest_llmeval.checks.images import VISION_PARAMS, VISION_PROMPT_VERSION
 
     def ask(model: str, messages: list[dict[str, Any]], attempt: int, image: ImageData) -> Completion:
         return runner.complete(model, messages, VISION_PARAMS, sample=attempt, semantic=False,  # type: ignore
@@ -158,8 +158,8 @@ def grade_image(answer: str, case: CaseSpec, p: ImageParams, env: VisionEnv) -> 
 
 def grade_vision(answer: str, case: CaseSpec, p: VisionParams, env: VisionEnv) -> CheckOutcome:
     """Pre-checks; then (when judging) ask the vision model, retry once on an unusable reply, else unscored."""
+    from pytest_llmeval.checks.images import FIX_PROMPT, parse_yes_no, vision_messages
     from pytest_llmeval.checks.judge import ask_twice, shown_reply
-    from pytest_llmeval.vision import FIX_PROMPT, parse_yes_no, vision_messages
 
     question = p.question or str(case.fields.get("question") or "")
     expected = "yes" if p.expect else "no"
@@ -224,7 +224,7 @@ class VisionJudge:
                  **prechecks: Any) -> list[CheckOutcome]:
         import pytest
 
-        from pytest_llmeval.vision import ImageProblem, load_image
+        from pytest_llmeval.checks.images import ImageProblem, load_image
 
         if question is not None:
             questions = [VisionParams(question=question, expect=expect, **prechecks)]
@@ -261,7 +261,7 @@ class VisionJudge:
 
 
 def _hand_written_case() -> Any:
-    from pytest_llmeval.cases import CaseSpec
+    from pytest_llmeval.cases.loader import CaseSpec
 
     return CaseSpec(suite="test", kind="code", id="vision_judge", path=Path("."), line=None, system=None, prompt="",
                     params={}, tags=(), checks=[])

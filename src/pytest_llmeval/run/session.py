@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from pytest_llmeval import settings as settings_mod
-from pytest_llmeval.cases import referenced_datasets
-from pytest_llmeval.checks import CheckRegistry
-from pytest_llmeval.collect import INFRASTRUCTURE_ERRORS, CaseFile, CaseItem, InvalidCaseItem, ModelUnusable
-from pytest_llmeval.models import Completion, ModelCallError, ModelRunner, gc_freeze, gc_thaw, paused_gc
-from pytest_llmeval.results import CaseResult, build_results, write_results
+from pytest_llmeval.cases.loader import referenced_datasets
+from pytest_llmeval.config import settings as settings_mod
+from pytest_llmeval.core.checks import CheckRegistry
+from pytest_llmeval.providers.runner import Completion, ModelCallError, ModelRunner, gc_freeze, gc_thaw, paused_gc
+from pytest_llmeval.results.aggregate import CaseResult, build_results, write_results
+from pytest_llmeval.run.items import INFRASTRUCTURE_ERRORS, CaseFile, CaseItem, InvalidCaseItem, ModelUnusable
 
 GC_BATCH = 500  # items between the explicit garbage collections of a run of case items only
 CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm` fixture, per item
@@ -59,7 +59,7 @@ class LLMEvalSession:
             self._use_run(self._run)
         self.prefetcher: Any = None
         if self.settings.concurrency > 1:
-            from pytest_llmeval.prefetch import Prefetcher
+            from pytest_llmeval.providers.prefetch import Prefetcher
 
             # Every module is imported before the pool's first thread starts (see _import_all_modules): when the
             # pool starts, not at session start, so a run that never calls a model (all answers cached) skips it.
@@ -86,7 +86,7 @@ class LLMEvalSession:
         self.other_failures = 0  # failed reports that are not graded case failures (errors, plain tests)
         self.verdicts: list[Any] | None = None
         self.holdout: list[Any] = []  # holdout.HoldoutEval of the test-split suites this run evaluated
-        from pytest_llmeval import _state
+        from pytest_llmeval.run import state as _state
 
         _state.HYPOTHESIS_DIR[:] = [self.hypothesis_dir]  # where llm_settings' database goes (read at first use)
         _state.EXPLORE[:] = [self.settings.explore]  # whether llm_settings draws fresh examples and saves failures
@@ -104,7 +104,7 @@ class LLMEvalSession:
         """This run's id and the runs it resumes: decided once by the controller (or a plain run), handed to
         xdist workers through workerinput."""
         if self._run is None:
-            from pytest_llmeval.journal import start_run
+            from pytest_llmeval.results.journal import start_run
 
             self._run = start_run(self.journal_dir, self.settings.resume)
             self._use_run(self._run)
@@ -116,7 +116,7 @@ class LLMEvalSession:
     def finished_before(self) -> dict[str, dict[str, Any]]:
         """With --llm-resume: nodeid -> result of the cases the resumed runs finished."""
         if self._done is None:
-            from pytest_llmeval.journal import finished
+            from pytest_llmeval.results.journal import finished
 
             self._done = finished(self.journal_dir, list(self.run["resumed_from"])) if self.settings.resume else {}
         return self._done
@@ -126,7 +126,7 @@ class LLMEvalSession:
         if self.config.option.collectonly:
             return None
         if self._journal is None:
-            from pytest_llmeval.journal import Journal
+            from pytest_llmeval.results.journal import Journal
 
             writer = str(getattr(self.config, "workerinput", {}).get("workerid", "main"))
             self._journal = Journal(self.journal_dir, str(self.run["run_id"]), writer)
@@ -205,7 +205,7 @@ class LLMEvalSession:
     def get_sandbox(self) -> Any:
         """The sandbox for generated code, chosen once per process (raises SandboxUnavailable)."""
         if self._sandbox is None and self._sandbox_error is None:
-            from pytest_llmeval.sandbox import Sandbox, SandboxUnavailable
+            from pytest_llmeval.sandbox.isolation import Sandbox, SandboxUnavailable
 
             try:
                 # The project directory may hold .env files and other secrets: hide it from the code.
@@ -218,7 +218,7 @@ class LLMEvalSession:
 
     def get_index(self, spec: dict[str, Any]) -> Any:
         """The retrieval index a case names (one per folder, model and URI per process)."""
-        from pytest_llmeval.rag import DocIndex
+        from pytest_llmeval.rag.index import DocIndex
 
         # Per session, not per process: a long-lived process (pytester, an IDE) must see edited documents.
         key = (spec["docs"], spec.get("model") or self.settings.embedding_model, spec.get("uri"), spec.get("name"))
@@ -293,7 +293,7 @@ class LLMEvalSession:
         problems = {m: p for m in needed if m not in deferred and (p := self.runner.check_model(m))}
         if any(isinstance(i, CaseItem) and i.case.kind == "code" and _item_model(i, self.settings.models)
                for i in items):
-            from pytest_llmeval.sandbox import SandboxUnavailable
+            from pytest_llmeval.sandbox.isolation import SandboxUnavailable
 
             try:
                 self.get_sandbox()
@@ -508,7 +508,7 @@ class LLMEvalSession:
         if self.budget_state:
             doc["run"]["budget"] = self.budget_state
         if self.settings.split != "dev" and not self.config.option.collectonly:
-            from pytest_llmeval import holdout
+            from pytest_llmeval.cases import holdout
 
             ledger = self.settings.results_path.parent / holdout.LEDGER_NAME
             self.holdout = holdout.evaluations(self.results, ledger)
@@ -518,7 +518,7 @@ class LLMEvalSession:
         doc["run"]["split"] = self.settings.split
         settings = self.settings
         if settings.gate_configured:
-            from pytest_llmeval.gate import Gate, gate_failed, load_baseline
+            from pytest_llmeval.results.gate import Gate, gate_failed, load_baseline
 
             gate = Gate(list(settings.gate_rules), alpha=settings.gate_alpha)
             baseline = load_baseline(settings.baseline) if settings.baseline and not settings.update_baseline \
@@ -543,7 +543,7 @@ class LLMEvalSession:
             doc["run"]["exit_status"] = int(session.exitstatus)
         write_results(settings.results_path, doc)
         if settings.update_baseline and settings.baseline is not None:
-            from pytest_llmeval.gate import write_baseline
+            from pytest_llmeval.results.gate import write_baseline
 
             write_baseline(settings.baseline, doc)
         self._written = doc
@@ -552,19 +552,19 @@ class LLMEvalSession:
         doc = getattr(self, "_written", None)
         if self.is_worker or doc is None:
             return
-        from pytest_llmeval.report import summary_lines
+        from pytest_llmeval.report.terminal import summary_lines
 
         tr = terminalreporter
         tr.write_sep("=", "llmeval summary")
         for line in summary_lines(doc):
             tr.write_line(line)
-        from pytest_llmeval.report import budget_lines, error_lines
+        from pytest_llmeval.report.terminal import budget_lines, error_lines
 
         for line, red in error_lines(doc):
             tr.write_line(line, red=red, yellow=not red)
         for line in budget_lines(doc):
             tr.write_line(line)
-        from pytest_llmeval.holdout import warning_lines
+        from pytest_llmeval.cases.holdout import warning_lines
 
         for line, loud in warning_lines(self.holdout):
             tr.write_line(line, red=loud, bold=loud)
@@ -575,7 +575,7 @@ class LLMEvalSession:
             tr.write_line(f"resumed run {self._run['resumed_from'][0] if self._run else '?'}: {self.resumed} case(s) "
                           "finished there are in these results")
         if self.verdicts is not None:
-            from pytest_llmeval.gate import format_verdicts
+            from pytest_llmeval.results.gate import format_verdicts
 
             tr.write_sep("-", "llmeval gate")
             for line in format_verdicts(self.verdicts):
@@ -594,7 +594,7 @@ class LLMEvalSession:
 
     def _github(self, tr: Any, doc: dict[str, Any]) -> None:
         """On GitHub Actions: the step summary and error annotations on the regressed cases' lines."""
-        from pytest_llmeval.report import github_annotations, github_summary
+        from pytest_llmeval.report.terminal import github_annotations, github_summary
 
         summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_path:
@@ -629,7 +629,8 @@ def _import_all_modules() -> None:
 
     for info in pkgutil.walk_packages(pytest_llmeval.__path__, "pytest_llmeval."):
         # These import hypothesis (slow); they are only ever imported on the main thread.
-        if info.name not in ("pytest_llmeval.strategies", "pytest_llmeval._hypothesis"):
+        if info.name not in ("pytest_llmeval.strategies", "pytest_llmeval.robustness.strategies",
+                             "pytest_llmeval.robustness.hypothesis"):
             importlib.import_module(info.name)
 
 
@@ -646,7 +647,7 @@ def _item_split(item: pytest.Item) -> str | None:
 
 def _item_model(item: pytest.Item, models: tuple[str, ...]) -> str | None:
     if isinstance(item, CaseItem):
-        from pytest_llmeval.collect import NO_VISION_MODEL_ID
+        from pytest_llmeval.run.items import NO_VISION_MODEL_ID
 
         pending = any(c.definition and c.definition.grade is None for c in item.checks)
         return None if pending or item.model == NO_VISION_MODEL_ID else item.model
@@ -665,7 +666,7 @@ def _hand_written_result(item: pytest.Item, outcome: str, message: str | None,
     if marker is None and model is None and not vision:
         return None
     if model is None and vision:
-        from pytest_llmeval.collect import NO_VISION_MODEL_ID
+        from pytest_llmeval.run.items import NO_VISION_MODEL_ID
 
         model = next((str(r["model"]) for r in vision if r.get("model")), NO_VISION_MODEL_ID)
     calls = item.stash.get(CALLS, [])

@@ -150,7 +150,7 @@ class Settings:
 
     @property
     def gate_configured(self) -> bool:
-        from pytest_llmeval.gate import LimitRule
+        from pytest_llmeval.results.gate import LimitRule
 
         return (self.baseline is not None and not self.update_baseline) or any(
             isinstance(r, LimitRule) for r in self.gate_rules)
@@ -258,7 +258,7 @@ def resolve(config: pytest.Config) -> Settings:
     vision_raw, _ = _pick(config, "llm_vision", "--llm-vision", "LLMEVAL_VISION", "llmeval_vision")
     threshold_raw, source = _pick(config, "llm_semantic_threshold", "--llm-semantic-threshold",
                                   "LLMEVAL_SEMANTIC_THRESHOLD", "llmeval_semantic_threshold")
-    from pytest_llmeval.semantic import DEFAULT_THRESHOLD
+    from pytest_llmeval.cache.semantic import DEFAULT_THRESHOLD
 
     semantic_threshold = DEFAULT_THRESHOLD
     if threshold_raw is not None:
@@ -269,7 +269,7 @@ def resolve(config: pytest.Config) -> Settings:
 
     case_dirs = tuple(root / d for d in (config.getini("llmeval_cases") or ["cases"]))
 
-    from pytest_llmeval import gate as gate_mod
+    from pytest_llmeval.results import gate as gate_mod
 
     baseline_raw, _ = _pick(config, "llm_baseline", "--llm-baseline", "LLMEVAL_BASELINE", "llmeval_baseline")
     update_baseline = bool(config.getoption("llm_update_baseline", False))
@@ -309,7 +309,7 @@ def resolve(config: pytest.Config) -> Settings:
                                     "e.g. 2/4.")
         shard = (int(index), int(count))
 
-    from pytest_llmeval.sandbox import LEVELS
+    from pytest_llmeval.sandbox.isolation import LEVELS
 
     sandbox_raw, source = _pick(config, "llm_sandbox", "--llm-sandbox", "LLMEVAL_SANDBOX", "llmeval_sandbox")
     sandbox = str(sandbox_raw or "auto").strip().lower()
@@ -334,7 +334,7 @@ def resolve(config: pytest.Config) -> Settings:
         router = Path(str(router_raw)) if Path(str(router_raw)).is_absolute() else root / str(router_raw)
         if not router.is_file():
             raise pytest.UsageError(f"Invalid --llm-router {router_raw!r} from {source}: no such file.")
-    from pytest_llmeval.resilience import parse_limits
+    from pytest_llmeval.providers.resilience import parse_limits
 
     try:
         rate_limits = parse_limits(list(config.getini("llmeval_rate_limits")))

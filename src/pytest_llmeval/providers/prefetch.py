@@ -46,7 +46,7 @@ class Prefetcher:
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            from pytest_llmeval import astguard
+            from pytest_llmeval.core import astguard
 
             astguard.install()  # already done by the plugin; also for a pool used outside pytest
             if self._before_start is not None:

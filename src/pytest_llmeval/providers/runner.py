@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llmeval.cache import ResponseCache, cache_key
-from pytest_llmeval.settings import Settings
+from pytest_llmeval.cache.exact import ResponseCache, cache_key
+from pytest_llmeval.config.settings import Settings
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 
@@ -129,7 +129,7 @@ def get_litellm() -> Any:
             litellm.suppress_debug_info = True  # no "Provider List: ..." banners in test output
             litellm.telemetry = False
             litellm.drop_params = True  # a sampling param a provider lacks is dropped, not fatal
-            from pytest_llmeval import local, local_vision
+            from pytest_llmeval.providers import local, local_vision
 
             local.register()
             local_vision.register()
@@ -145,11 +145,11 @@ def is_local(model: str) -> bool:
 def _load_local(resolved: str) -> None:
     """Resolve and load a local model (raises LocalModelError / LocalVisionError with a clear message)."""
     if resolved.startswith("local-vision/"):
-        from pytest_llmeval import local_vision
+        from pytest_llmeval.providers import local_vision
 
         local_vision.load(local_vision.resolve_vision_dir(resolved[len("local-vision/"):]))
     else:
-        from pytest_llmeval import local
+        from pytest_llmeval.providers import local
 
         local.load(local.resolve_local_model(resolved[len("local/"):]))
 
@@ -162,7 +162,7 @@ class ModelRunner:
     """
 
     def __init__(self, settings: Settings, *, run_dir: Path | None = None, workers: int = 1) -> None:
-        from pytest_llmeval.resilience import Budget, CircuitBreaker, RateLimiter
+        from pytest_llmeval.providers.resilience import Budget, CircuitBreaker, RateLimiter
 
         self.settings = settings
         self.budget = Budget((run_dir or settings.results_path.parent / "run" / "default") / "budget",
@@ -178,7 +178,7 @@ class ModelRunner:
         self.cache = ResponseCache(settings.cache_dir) if settings.cache_mode != "off" else None
         self.semantic: Any = None
         if settings.cache_mode == "semantic":
-            from pytest_llmeval.semantic import SemanticCache
+            from pytest_llmeval.cache.semantic import SemanticCache
 
             self.semantic = SemanticCache(settings.cache_dir / "semantic", threshold=settings.semantic_threshold,
                                           model=settings.embedding_model)
@@ -213,7 +213,7 @@ class ModelRunner:
         if resolved in self.router_models() or model in self.router_models():
             return None
         if resolved.startswith("local-vision/"):
-            from pytest_llmeval.local_vision import LocalVisionError, resolve_vision_dir
+            from pytest_llmeval.providers.local_vision import LocalVisionError, resolve_vision_dir
 
             try:
                 resolve_vision_dir(resolved[len("local-vision/"):])
@@ -221,7 +221,7 @@ class ModelRunner:
                 return str(exc)
             return None
         if is_local(resolved):
-            from pytest_llmeval.local import LocalModelError, resolve_local_model
+            from pytest_llmeval.providers.local import LocalModelError, resolve_local_model
 
             try:
                 resolve_local_model(resolved[len("local/"):])
@@ -327,7 +327,7 @@ class ModelRunner:
         semantic_slot = None
         if (self.semantic is not None and semantic and sample == 0 and messages
                 and messages[-1].get("role") == "user" and isinstance(messages[-1].get("content"), str)):
-            from pytest_llmeval.semantic import partition_key
+            from pytest_llmeval.cache.semantic import partition_key
 
             text = str(messages[-1]["content"])
             partition = partition_key(model=resolved, api_base=api_base, params=params, earlier=messages[:-1],
@@ -353,7 +353,7 @@ class ModelRunner:
                 _load_local(resolved)
             except Exception as exc:
                 raise ModelCallError(model, f"{type(exc).__name__}: {exc}") from None
-        from pytest_llmeval.resilience import EndpointDown, backoff, classify, estimate_tokens
+        from pytest_llmeval.providers.resilience import EndpointDown, backoff, classify, estimate_tokens
 
         routed = resolved in self.router_models()
         # The circuit breaker: an endpoint that refused, failed DNS or TLS, or rejected the key a few times in a row
@@ -419,7 +419,7 @@ class ModelRunner:
 
     def _describe(self, exc: BaseException, start: float, attempt: int, down: Any) -> str:
         """The error message of a failed call: the provider's, its root cause, how many attempts, the breaker."""
-        from pytest_llmeval.resilience import root_cause
+        from pytest_llmeval.providers.resilience import root_cause
 
         message = f"{type(exc).__name__}: {exc}"
         cause = root_cause(exc)

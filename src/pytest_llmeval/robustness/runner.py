@@ -2,7 +2,7 @@
 
 A case with a robustness block gets a second item, ``<id>:robust[<model>]`` (marker ``robustness``, aggregated
 as suite ``<suite>:robust``). It grades the original answer, then draws ``samples`` distinct variants of the
-case with Hypothesis (:mod:`pytest_llmeval.strategies`: letter case, typos, synonyms, distractors, reordered
+case with Hypothesis (:mod:`pytest_llmeval.robustness.strategies`: letter case, typos, synonyms, distractors, reordered
 choices with the expected letter remapped, a prompt-injection suffix ...), asks the model for each (real calls,
 own cache slots, never the semantic cache: it would serve a paraphrase its original's answer) and grades each
 with the case's checks. Consistency is the share of scored variants whose outcome equals the original's; the
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llmeval.cases import CaseSpec
+from pytest_llmeval.cases.loader import CaseSpec
 
 # The field a case's text perturbations apply to, by kind (the first one the case has).
 MAIN_FIELDS = {"qna": ("question", "prompt"), "choice": ("question",), "labels": ("input",),
@@ -64,7 +64,7 @@ def variant_strategy(case: CaseSpec, perturb: list[str], typo_rate: float = 0.05
     """A Hypothesis strategy of :class:`CaseVariant` for ``case``; it shrinks toward the original case."""
     from hypothesis import strategies as st
 
-    from pytest_llmeval import strategies as ps
+    from pytest_llmeval.robustness import strategies as ps
 
     text_kinds = tuple(k for k in perturb if k in ps.TEXT_KINDS)
     field = main_field(case)

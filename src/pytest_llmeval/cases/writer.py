@@ -1,6 +1,6 @@
 """Write a suite mapping back as a case file that reads like one a person wrote.
 
-``dump_suite`` is the inverse of the loader's YAML step: what it writes, :func:`pytest_llmeval.cases.load_file`
+``dump_suite`` is the inverse of the loader's YAML step: what it writes, :func:`pytest_llmeval.cases.loader.load_file`
 reads back to the same suite. Keys keep their order, multi-line text becomes a ``|`` block, and every string a
 YAML reader could take for something else (a boolean, null, a number, a date) is quoted, for YAML 1.1 readers
 (PyYAML, which the loader uses: ``yes``, ``on``, ``0123``, ``1_000``) and YAML 1.2 ones (``1e3``, ``0o17``) alike.

@@ -592,7 +592,7 @@ def _complete(
 
 @functools.lru_cache(maxsize=1)
 def _local_vision_llm_class() -> type[CustomLLM]:
-    from pytest_llmeval.local import provider_class
+    from pytest_llmeval.providers.local import provider_class
 
     cls = provider_class("LocalVisionLLM", "litellm handler for ``local-vision/<dir>``: a vision-language model "
                                            "directory on disk.", _complete)
@@ -611,6 +611,6 @@ def __getattr__(name: str) -> Any:
 
 def register() -> None:
     """Make ``local-vision/...`` models callable through litellm; safe to call any number of times."""
-    from pytest_llmeval.local import register_provider
+    from pytest_llmeval.providers.local import register_provider
 
     register_provider(PROVIDER, _local_vision_llm_class)

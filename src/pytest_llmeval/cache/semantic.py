@@ -4,7 +4,7 @@ Opt-in (``--llm-cache=semantic``). Consulted only after a miss in the exact cach
 API base, sampling parameters and every message but the last user message (so the same system prompt), and
 never for judge calls or repeated draws. The last user message is embedded with the offline sentence model;
 the nearest cached requests above the similarity threshold are candidates, and a candidate is served only
-if the **guard** (:mod:`pytest_llmeval.semantic_guard`) finds no difference in meaning between the two texts
+if the **guard** (:mod:`pytest_llmeval.cache.guard`) finds no difference in meaning between the two texts
 (negation, numbers, quoted text, names, antonyms, swapped roles): cosine similarity alone cannot tell "is"
 from "is not" (their pairs are as similar as paraphrases).
 
@@ -151,7 +151,7 @@ class SemanticCache:
         return self._store
 
     def _embedder(self) -> Any:
-        from pytest_llmeval.embeddings import get_embedder
+        from pytest_llmeval.cache.embeddings import get_embedder
 
         return get_embedder(self.model)
 
@@ -184,7 +184,7 @@ class SemanticCache:
 
     def lookup(self, partition: str, text: str, vector: Any = None) -> SemanticHit | None:
         """A cached answer for a request meaning the same as ``text`` in ``partition``, or None."""
-        from pytest_llmeval.semantic_guard import guard
+        from pytest_llmeval.cache.guard import guard
 
         with self._lock:
             self._sync()

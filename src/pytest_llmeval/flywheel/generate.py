@@ -16,7 +16,7 @@ until ``count`` are kept (the rest are ``surplus``). Leaks (the expected answer 
 dropped. Transform mode (``transform:``) rewrites existing cases' code with a named prompt instead.
 
 The review file lists the kept candidates (``status: pending``) with their provenance, for ``llmeval review``.
-Every model call goes through :class:`~pytest_llmeval.models.ModelRunner` and so through the response cache: a
+Every model call goes through :class:`~pytest_llmeval.providers.runner.ModelRunner` and so through the response cache: a
 rerun of an unchanged spec costs nothing, and each run of a prompt has its own cache slot (``sample=run``).
 """
 
@@ -38,13 +38,21 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pytest_llmeval.cases import KINDS, CaseError, CaseFileError, Kind, _line_lookup, _pydantic_errors, _yaml_with_lines
+from pytest_llmeval.cases.loader import (
+    KINDS,
+    CaseError,
+    CaseFileError,
+    Kind,
+    _line_lookup,
+    _pydantic_errors,
+    _yaml_with_lines,
+)
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases import CaseSpec
-    from pytest_llmeval.checks import CheckRegistry
-    from pytest_llmeval.models import ModelRunner
-    from pytest_llmeval.sandbox import Sandbox
+    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.core.checks import CheckRegistry
+    from pytest_llmeval.providers.runner import ModelRunner
+    from pytest_llmeval.sandbox.isolation import Sandbox
 
 REVIEW_SUFFIX = ".review.yaml"  # <suite stem>.review.yaml: not a suite, collection should skip it
 SPEC_SUFFIX = ".gen.yaml"  # the suggested name of spec files (cases/generate/*.gen.yaml): not suites either
@@ -225,7 +233,7 @@ def load_spec(path: Path) -> SpecFile:
         spec = GenerateSpec.model_validate(data)
     except ValidationError as exc:
         line_of = _line_lookup(lines)
-        from pytest_llmeval.cases import format_loc
+        from pytest_llmeval.cases.loader import format_loc
 
         raise CaseFileError([CaseError(path, line_of(loc), format_loc(loc) or None, msg)
                              for loc, msg in _pydantic_errors(exc)]) from None
@@ -341,7 +349,7 @@ class Target:
 
     def validate(self, case: dict[str, Any]) -> tuple[CaseSpec | None, list[CaseError]]:
         """Load one candidate exactly as the plugin would load it in this suite (checks, template, kind)."""
-        from pytest_llmeval.cases import _Loader
+        from pytest_llmeval.cases.loader import _Loader
 
         loader = _Loader(self.path, self.registry)
         if self.path.suffix == ".jsonl":
@@ -356,7 +364,7 @@ class Target:
 
 def load_target(path: Path, kind: str | None, registry: CheckRegistry, *, where: str = "suite") -> Target:
     """Read a suite file (or, when it does not exist yet, a new empty one of ``kind``)."""
-    from pytest_llmeval.cases import load_file
+    from pytest_llmeval.cases.loader import load_file
 
     if not path.exists():
         if where != "suite":
@@ -610,8 +618,8 @@ class _Pipeline:
 
     def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], sample: int,
                  extra: dict[str, Any]) -> str:
-        from pytest_llmeval.models import ModelCallError
-        from pytest_llmeval.resilience import BudgetExhausted
+        from pytest_llmeval.providers.resilience import BudgetExhausted
+        from pytest_llmeval.providers.runner import ModelCallError
 
         try:
             return self.runner.complete(model, messages, params, sample=sample, key_extra=extra,
@@ -627,7 +635,7 @@ class _Pipeline:
 
     def sandbox(self) -> Sandbox:
         if self._sandbox is None:
-            from pytest_llmeval.sandbox import Sandbox, SandboxUnavailable
+            from pytest_llmeval.sandbox.isolation import Sandbox, SandboxUnavailable
 
             try:
                 self._sandbox = Sandbox(self.sandbox_level, hide=[Path.cwd()])
@@ -638,7 +646,7 @@ class _Pipeline:
     def execute(self, code: str, language: str, limits: dict[str, Any]) -> tuple[str | None, str | None, str]:
         """Run a program once: (failure step or None, why, stdout)."""
         from pytest_llmeval.checks.code import CodeContext
-        from pytest_llmeval.sandbox import Limits
+        from pytest_llmeval.sandbox.isolation import Limits
 
         with CodeContext(code, language, self.sandbox(), Limits(**limits)) as ctx:
             ok, why = ctx.compile()
@@ -676,7 +684,7 @@ class _Pipeline:
     # ---- transform mode
 
     def transform_candidates(self) -> list[Candidate]:
-        from pytest_llmeval.extract import extract_code
+        from pytest_llmeval.checks.extract import extract_code
 
         t = self.spec.transform
         assert t is not None
@@ -855,7 +863,7 @@ class _Pipeline:
 
     def embed(self, texts: list[str], existing: list[tuple[str, str | None]]) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from pytest_llmeval.embeddings import EmbeddingModelError, get_embedder
+        from pytest_llmeval.cache.embeddings import EmbeddingModelError, get_embedder
 
         try:
             embedder = get_embedder(self.embedding_model)
@@ -906,8 +914,8 @@ class _Pipeline:
         solution = c.case.get("solution")
         assert isinstance(solution, str)
         from pytest_llmeval.checks.code import CodeContext
-        from pytest_llmeval.extract import extract_code
-        from pytest_llmeval.sandbox import Limits
+        from pytest_llmeval.checks.extract import extract_code
+        from pytest_llmeval.sandbox.isolation import Limits
 
         language = str(c.spec.fields["language"])
         code = extract_code(solution, language) if "```" in solution else solution
@@ -965,8 +973,8 @@ class _Pipeline:
         messages = judge_messages(criteria, question=question, answer=answer,
                                   context=_text(c.spec.fields.get("context")))
         model = self.judge_model
-        from pytest_llmeval.models import ModelCallError
-        from pytest_llmeval.resilience import BudgetExhausted
+        from pytest_llmeval.providers.resilience import BudgetExhausted
+        from pytest_llmeval.providers.runner import ModelCallError
 
         try:
             verdict, _ = ask_twice(
@@ -1056,7 +1064,7 @@ def generate(spec_file: SpecFile, runner: ModelRunner, *, model: str | None = No
              sandbox: str = "auto", embedding_model: str | None = None, registry: CheckRegistry | None = None,
              log: Callable[[str], None] = lambda _msg: None) -> Generated:
     """Run a spec: generate (or transform), validate, filter. Raises GenerateError on user-facing failures."""
-    from pytest_llmeval.checks import builtin_registry
+    from pytest_llmeval.checks.builtin import builtin_registry
 
     spec = spec_file.spec
     target_path = (spec_file.path.parent / spec.suite).resolve()
@@ -1080,7 +1088,7 @@ def generate(spec_file: SpecFile, runner: ModelRunner, *, model: str | None = No
 
 def generator_model(spec: GenerateSpec, override: str | None) -> str:
     """--model > the spec's model > LLMEVAL_MODELS (its first) > local/smollm2."""
-    from pytest_llmeval.settings import DEFAULT_MODEL
+    from pytest_llmeval.config.settings import DEFAULT_MODEL
 
     env = [m.strip() for m in os.environ.get("LLMEVAL_MODELS", "").split(",") if m.strip()]
     return override or spec.model or (env[0] if env else DEFAULT_MODEL)
@@ -1222,7 +1230,7 @@ def format_summary(result: Generated) -> list[str]:
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Register ``llmeval generate`` on the subparsers object of cli.build_parser."""
-    from pytest_llmeval.sandbox import LEVELS
+    from pytest_llmeval.sandbox.isolation import LEVELS
 
     gen = commands.add_parser(
         "generate", help="generate candidate cases from a spec into a review file",
@@ -1253,16 +1261,16 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def _command_error(message: str) -> Exception:
-    from pytest_llmeval.cli import CommandError  # imported late: cli imports this module
+    from pytest_llmeval.cli.main import CommandError  # imported late: cli imports this module
 
     return CommandError(message)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``llmeval generate SPEC``: print the summary table and write the review file."""
-    from pytest_llmeval.checks import builtin_registry
-    from pytest_llmeval.models import ModelRunner
-    from pytest_llmeval.settings import Settings
+    from pytest_llmeval.checks.builtin import builtin_registry
+    from pytest_llmeval.config.settings import Settings
+    from pytest_llmeval.providers.runner import ModelRunner
 
     try:
         spec_file = load_spec(Path(args.spec))
@@ -1318,7 +1326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_parser(commands)
     args = parser.parse_args(argv)
-    from pytest_llmeval.cli import CommandError
+    from pytest_llmeval.cli.main import CommandError
 
     try:
         return int(args.func(args))

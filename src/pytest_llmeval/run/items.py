@@ -15,21 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmeval.cases import CaseError, CaseSpec, load_file
-from pytest_llmeval.checks import CheckOutcome
+from pytest_llmeval.cases.loader import CaseError, CaseSpec, load_file
 from pytest_llmeval.checks.judge import JudgeEnv
-from pytest_llmeval.models import Completion, ModelCallError, paused_gc
-from pytest_llmeval.results import CaseResult
+from pytest_llmeval.core.checks import CheckOutcome
+from pytest_llmeval.providers.runner import Completion, ModelCallError, paused_gc
+from pytest_llmeval.results.aggregate import CaseResult
 
 if TYPE_CHECKING:
-    from pytest_llmeval.session import LLMEvalSession
+    from pytest_llmeval.run.session import LLMEvalSession
 
 SHOW_CHARS = 1200  # of prompt and answer in a failure report
 NO_VISION_MODEL_ID = "no-vision-model"  # the model slot of a vision calibration item when none is configured
 
 
 def _session(config: pytest.Config) -> LLMEvalSession:
-    from pytest_llmeval._state import STATE
+    from pytest_llmeval.run.state import STATE
 
     return config.stash[STATE]
 
@@ -182,7 +182,7 @@ class CaseItem(pytest.Item):
 
     def _precheck_only(self, spec: Any) -> Any:
         """A vision check's pixel pre-checks alone, as an ``image`` check (the fast stage)."""
-        from pytest_llmeval.checks import CheckSpec
+        from pytest_llmeval.core.checks import CheckSpec
 
         return CheckSpec("image", spec.params.precheck_params(), spec.line, _session(self.config).registry.get("image"))
 
@@ -236,7 +236,7 @@ class CaseItem(pytest.Item):
             state.get_sandbox()  # no isolation available: an error before any model call
         if self.case.kind == "calibration":
             return  # nothing to answer: the judge grades the case's own answer
-        from pytest_llmeval.resilience import BudgetExhausted
+        from pytest_llmeval.providers.resilience import BudgetExhausted
 
         try:
             self.completions = self._answers(state)
@@ -268,7 +268,7 @@ class CaseItem(pytest.Item):
 
     def plan_calls(self) -> list[dict[str, Any]] | None:
         """The model calls setup will make, for the prefetcher; None when they must not be made ahead."""
-        from pytest_llmeval.models import is_local
+        from pytest_llmeval.providers.runner import is_local
 
         state = _session(self.config)
         if self.case.kind == "calibration" or self.case.retrieve or self.model == NO_VISION_MODEL_ID:
@@ -283,7 +283,7 @@ class CaseItem(pytest.Item):
 
     def _retrieve(self, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, Any]]:
         """Search the case's index and put the top-k chunks, numbered, in front of the user prompt."""
-        from pytest_llmeval.rag import augment, retrieval_scores
+        from pytest_llmeval.rag.index import augment, retrieval_scores
 
         spec = self.case.retrieve
         assert spec is not None
@@ -305,7 +305,7 @@ class CaseItem(pytest.Item):
             answers = [str(self.case.fields["answer"])]
         else:
             answers = [c.text for c in self.completions]
-        from pytest_llmeval.resilience import BudgetExhausted
+        from pytest_llmeval.providers.resilience import BudgetExhausted
 
         try:
             self.samples = [self._grade(text, i) for i, text in enumerate(answers)]
@@ -344,7 +344,7 @@ class CaseItem(pytest.Item):
 
         context = None
         if self.retrieved:
-            from pytest_llmeval.rag import references_block
+            from pytest_llmeval.rag.index import references_block
 
             context = references_block(self.retrieved, str((self.case.retrieve or {}).get("prefix", "")))
         return JudgeEnv(judge_model=judge, self_judging=self.case.kind != "calibration" and judge == self.model,
@@ -352,8 +352,8 @@ class CaseItem(pytest.Item):
 
     def _robustness(self, state: LLMEvalSession) -> str:
         """Grade the case's perturbed variants against the original outcome; passed when consistent enough."""
-        from pytest_llmeval import robustness
-        from pytest_llmeval.session import _import_all_modules
+        from pytest_llmeval.robustness import runner as robustness
+        from pytest_llmeval.run.session import _import_all_modules
 
         _import_all_modules()  # before the variants' call threads start (see there)
         original = str(self.status)
@@ -401,7 +401,7 @@ class CaseItem(pytest.Item):
         if case.kind != "code":
             venv = None
             if any(c.definition and c.definition.vision for c in checks):
-                from pytest_llmeval.vision import load_image
+                from pytest_llmeval.checks.images import load_image
 
                 picture = case.path.parent / str(case.fields.get("image"))
                 venv = self._vision_env(lambda file: load_image(picture))
@@ -415,8 +415,8 @@ class CaseItem(pytest.Item):
                 draw["calls"] = venv.calls
             return draw
         from pytest_llmeval.checks.code import CodeContext, save_artifacts
-        from pytest_llmeval.extract import extract_code
-        from pytest_llmeval.sandbox import Limits
+        from pytest_llmeval.checks.extract import extract_code
+        from pytest_llmeval.sandbox.isolation import Limits
 
         state = _session(self.config)
         sandbox = state.get_sandbox()
@@ -518,7 +518,7 @@ class CaseItem(pytest.Item):
 
     def result(self, outcome: str, message: str | None) -> CaseResult:
         """This item's CaseResult for the given outcome."""
-        from pytest_llmeval.results import pass_at_k
+        from pytest_llmeval.results.aggregate import pass_at_k
 
         if outcome == "skipped" and self.status == "unscored":
             outcome = "unscored"
@@ -568,7 +568,7 @@ class CaseItem(pytest.Item):
                          artifacts=first.get("artifacts") or {}, runs=first.get("runs") or [])
         if first.get("vision"):
             extra["vision"] = first["vision"]
-        from pytest_llmeval.session import _vision_summary
+        from pytest_llmeval.run.session import _vision_summary
 
         extra["vision_judge"] = _vision_summary([x for s in self.samples for x in s.get("calls") or []])
         if self.robustness is not None:
@@ -657,7 +657,7 @@ def _draw(outcomes: list[CheckOutcome], case: CaseSpec, answer: str) -> dict[str
 
 def _default_image(checks: list[Any]) -> str:
     """The image an image/vision check without ``file:`` looks at: the first image the files check lists."""
-    from pytest_llmeval.vision import IMAGE_SUFFIXES
+    from pytest_llmeval.checks.images import IMAGE_SUFFIXES
 
     listed = [n for c in checks if c.name == "files" for n in c.params.value]
     return next((n for n in listed if n.lower().endswith(IMAGE_SUFFIXES)), "out.png")
@@ -665,7 +665,7 @@ def _default_image(checks: list[Any]) -> str:
 
 def _program_image(ctx: Any, name: str) -> Any:
     """The image the program wrote (runs the program first, once per draw)."""
-    from pytest_llmeval.vision import ImageProblem, load_image
+    from pytest_llmeval.checks.images import ImageProblem, load_image
 
     result = ctx.run()
     if result is None:
@@ -695,7 +695,7 @@ _PROMPT_HASHES: dict[tuple[Any, ...], str] = {}
 def _prompt_hash(case: CaseSpec) -> str:
     """holdout.case_prompt_hash of the case, computed once per distinct system prompt, template and params (the
     cases of a suite mostly share them)."""
-    from pytest_llmeval.holdout import case_prompt_hash
+    from pytest_llmeval.cases.holdout import case_prompt_hash
 
     try:
         # With the types: 0, 0.0 and False are equal keys but different JSON.

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
-from pytest_llmeval.checks import CheckRegistry, CheckSpec
+from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
 
 KINDS = ("qna", "choice", "code", "labels", "calibration")
 Kind = Literal["qna", "choice", "code", "labels", "calibration"]
@@ -254,7 +254,7 @@ def params_problems(params: Any, loc: Loc) -> list[tuple[Loc, str]]:
 
 SPLITS = ("dev", "test")
 Split = Literal["dev", "test"]
-# What `robustness: {perturb: [...]}` may name: the text perturbations of pytest_llmeval.strategies (applied to
+# What `robustness: {perturb: [...]}` may name: the text perturbations of pytest_llmeval.robustness.strategies (applied to
 # the case's main text) and the reordering of a multiple-choice case's options.
 PERTURB_KINDS = ("case", "whitespace", "punctuation", "typo", "polite", "synonym", "distractor", "injection",
                  "reorder_choices")
@@ -766,7 +766,7 @@ def _free_field_message(name: str, kind: str, template: tuple[str, ...], retriev
 def _image_file_problems(checks: list[CheckSpec], loc: Loc, suite_checks: int) -> list[tuple[Loc, str]]:
     """An image check without ``file:`` looks at the first image the ``files`` check lists: there must be one.
     ``checks`` are the suite's (the first ``suite_checks``), then the case's own."""
-    from pytest_llmeval.vision import IMAGE_SUFFIXES
+    from pytest_llmeval.checks.images import IMAGE_SUFFIXES
 
     listed = [n for c in checks if c.name == "files" for n in c.params.value]
     if any(n.lower().endswith(IMAGE_SUFFIXES) for n in listed):

@@ -16,7 +16,7 @@ class CommandError(Exception):
 
 
 def cmd_import_humaneval(args: argparse.Namespace) -> int:
-    from pytest_llmeval.humaneval import HumanEvalMissing, write_suite
+    from pytest_llmeval.flywheel.humaneval import HumanEvalMissing, write_suite
 
     try:
         target = write_suite(Path(args.out), name=args.name, limit=args.limit)
@@ -30,7 +30,7 @@ def _index(args: argparse.Namespace) -> object:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pytest_llmeval.rag import DocIndex
+    from pytest_llmeval.rag.index import DocIndex
 
     docs = Path(args.docs)
     if not docs.is_dir():
@@ -39,7 +39,7 @@ def _index(args: argparse.Namespace) -> object:
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from pytest_llmeval.embeddings import EmbeddingModelError
+    from pytest_llmeval.cache.embeddings import EmbeddingModelError
 
     index = _index(args)
     try:
@@ -71,7 +71,15 @@ def cmd_index_search(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from pytest_llmeval.gate import DropRule, Gate, GateError, format_verdicts, gate_failed, load_baseline, parse_rule
+    from pytest_llmeval.results.gate import (
+        DropRule,
+        Gate,
+        GateError,
+        format_verdicts,
+        gate_failed,
+        load_baseline,
+        parse_rule,
+    )
 
     try:
         baseline = load_baseline(Path(args.baseline))
@@ -92,8 +100,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     import json
 
-    from pytest_llmeval.results import merge_results, write_results
-    from pytest_llmeval.session import _version
+    from pytest_llmeval.results.aggregate import merge_results, write_results
+    from pytest_llmeval.run.session import _version
 
     try:
         docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.files]
@@ -109,7 +117,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def leaderboard_rows(docs: list[dict]) -> tuple[list[str], list[dict]]:  # type: ignore[type-arg]
     """Models ranked over the suites every one of them ran: per-suite pass rates, their mean, and the pooled
     pass rate with its Wilson interval."""
-    from pytest_llmeval.results import wilson
+    from pytest_llmeval.results.aggregate import wilson
 
     rows: dict[tuple[str, str], dict] = {}  # type: ignore[type-arg]
     for doc in docs:
@@ -167,7 +175,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from pytest_llmeval.html_report import render
+    from pytest_llmeval.report.html import render
 
     path = Path(args.results)
     try:
@@ -192,7 +200,7 @@ def _raw_cases(path: Path) -> list[Any]:
 
     import yaml
 
-    from pytest_llmeval.cases import DatasetModel, _map_row
+    from pytest_llmeval.cases.loader import DatasetModel, _map_row
 
     def case(raw: dict[str, Any], file: Path, at: int, fmt: str, row: dict[str, Any] | None = None) -> Any:
         fields = row if row is not None else raw
@@ -233,8 +241,8 @@ def _raw_cases(path: Path) -> list[Any]:
 def cmd_split(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from pytest_llmeval.casefile import CaseFileEditError, edit_jsonl, edit_yaml_cases, write_atomic
-    from pytest_llmeval.holdout import assign_splits
+    from pytest_llmeval.cases.edit import CaseFileEditError, edit_jsonl, edit_yaml_cases, write_atomic
+    from pytest_llmeval.cases.holdout import assign_splits
 
     if not 0 < args.test < 1:
         raise CommandError(f"--test {args.test}: expected a fraction between 0 and 1, e.g. 0.2")
@@ -248,8 +256,8 @@ def cmd_split(args: argparse.Namespace) -> int:
         raise CommandError("no cases found in " + ", ".join(map(str, files)))
     vectors = None
     if args.similar is not None:
-        from pytest_llmeval.embeddings import EmbeddingModelError, get_embedder
-        from pytest_llmeval.holdout import problem_text
+        from pytest_llmeval.cache.embeddings import EmbeddingModelError, get_embedder
+        from pytest_llmeval.cases.holdout import problem_text
 
         try:
             vectors = get_embedder(args.model).encode([problem_text(c, args.by) for c in cases])
@@ -343,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("-v", "--verbose", action="store_true", help="list every case's split")
     split.set_defaults(func=cmd_split)
 
-    from pytest_llmeval import generate, review
+    from pytest_llmeval.flywheel import generate, review
 
     generate.add_parser(commands)
     review.add_parser(commands)

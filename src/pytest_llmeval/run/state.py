@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_llmeval.session import LLMEvalSession
+    from pytest_llmeval.run.session import LLMEvalSession
 
 STATE: pytest.StashKey[LLMEvalSession] = pytest.StashKey()
 

@@ -36,13 +36,13 @@ from typing import IO, Any
 
 import yaml
 
-from pytest_llmeval.casefile import (
+from pytest_llmeval.cases.edit import (
     CaseFileEditError,
     append_jsonl_cases,
     append_yaml_cases,
     write_atomic,
 )
-from pytest_llmeval.cli import CommandError
+from pytest_llmeval.cli.main import CommandError
 
 STATUSES = ("pending", "accepted", "rejected", "skipped")
 PROMPT = "[a]ccept / [r]eject / [e]dit / [s]kip / [q]uit? "
@@ -207,7 +207,7 @@ def case_id(suite: str, case: dict[str, Any]) -> str:
 
 @cache
 def _registry() -> Any:
-    from pytest_llmeval.checks import builtin_registry
+    from pytest_llmeval.checks.builtin import builtin_registry
 
     return builtin_registry()
 
@@ -245,7 +245,7 @@ class _Suite:
 
     @classmethod
     def read(cls, path: Path, kind: str, review_name: str) -> _Suite:
-        from pytest_llmeval.cases import load_file
+        from pytest_llmeval.cases.loader import load_file
 
         jsonl = path.suffix == ".jsonl"
         if not path.is_file():
@@ -285,7 +285,7 @@ class _Suite:
     def check(self, text: str, new_id: str) -> tuple[Path, list[str]]:
         """Load ``text`` as this suite (a temporary file beside it, so relative paths resolve) with the real
         loader: a problem that the file did not have before is the new case's. Returns the temporary file."""
-        from pytest_llmeval.cases import load_file
+        from pytest_llmeval.cases.loader import load_file
 
         # A fresh name each time: load_file memoises on path, mtime and size.
         tmp = self.path.with_name(f".{self.path.stem}.review-{os.getpid()}-{next(_TMP_SERIAL)}{self.path.suffix}")
@@ -315,7 +315,7 @@ def _split_for(suite: _Suite, cid: str, case: dict[str, Any], provenance: dict[s
                test_fraction: float, seed: int) -> str:
     """The new case's split, at the problem level: a problem already in the suite keeps its split; a transformed
     case (``provenance.source_case``) belongs to its source's problem; a new problem is placed by its hash."""
-    from pytest_llmeval.holdout import assign_splits, problem_text
+    from pytest_llmeval.cases.holdout import assign_splits, problem_text
 
     existing = list(suite.loaded.cases) if suite.loaded else []
     fields = dict(case)
@@ -622,7 +622,7 @@ def _rating(value: Any) -> float | None:
 def import_feedback(feedback: Path, suite: Path, out: Path, *, max_rating: float | None = None) -> FeedbackImport:
     """Turn a JSONL of bad production interactions into review candidates (appended to ``out`` when it is
     already a review file of the same suite; a candidate already there is not added twice)."""
-    from pytest_llmeval.holdout import normalise
+    from pytest_llmeval.cases.holdout import normalise
 
     try:
         text = feedback.read_text(encoding="utf-8")

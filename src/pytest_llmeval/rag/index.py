@@ -94,7 +94,7 @@ class DocIndex:
 
     def __init__(self, docs: Path, *, name: str | None = None, model: str | None = None, uri: str | None = None,
                  base_dir: Path | None = None) -> None:
-        from pytest_llmeval.embeddings import DEFAULT_EMBEDDING_MODEL
+        from pytest_llmeval.cache.embeddings import DEFAULT_EMBEDDING_MODEL
 
         self.docs = Path(docs).resolve()
         self.name = name or default_name(self.docs)
@@ -165,8 +165,8 @@ class DocIndex:
     def _build(self, *, progress: bool | None, force: bool) -> BuildStats:
         import pyarrow as pa
 
-        from pytest_llmeval.chunking import chunk_file, file_hash, iter_documents
-        from pytest_llmeval.embeddings import get_embedder
+        from pytest_llmeval.cache.embeddings import get_embedder
+        from pytest_llmeval.rag.chunking import chunk_file, file_hash, iter_documents
 
         if not self.docs.is_dir():
             raise RagIndexError(f"docs folder not found: {self.docs}")
@@ -224,7 +224,7 @@ class DocIndex:
     def _embed(self, texts: list[str], show: bool) -> Any:
         import numpy as np
 
-        from pytest_llmeval.embeddings import get_embedder
+        from pytest_llmeval.cache.embeddings import get_embedder
 
         embedder = get_embedder(self.model)
         batch = 64
@@ -259,13 +259,13 @@ class DocIndex:
 
     @property
     def fingerprint(self) -> str:
-        from pytest_llmeval.embeddings import get_embedder
+        from pytest_llmeval.cache.embeddings import get_embedder
 
         return str(get_embedder(self.model).fingerprint)
 
     def search(self, query: str, k: int = 3) -> list[Retrieved]:
         """The top ``k`` chunks for ``query``, best first, with cosine similarity scores."""
-        from pytest_llmeval.embeddings import get_embedder
+        from pytest_llmeval.cache.embeddings import get_embedder
 
         self.ensure()
         if self._table is None:

@@ -1,0 +1,1 @@
+"""Case files: the schema, the loader (with YAML line lookup), holdout splits and the one writer."""

@@ -1,0 +1,1 @@
+"""Options and the Settings resolved from them once per run."""

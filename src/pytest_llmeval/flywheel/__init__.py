@@ -1,0 +1,1 @@
+"""Growing suites: generate, review, import benchmarks."""

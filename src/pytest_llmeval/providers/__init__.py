@@ -1,0 +1,1 @@
+"""What answers a case: the model runner (litellm), the offline local providers, resilience, prefetch."""

@@ -1,0 +1,1 @@
+"""Retrieval: chunking documents, indexing them into lancedb, searching."""

@@ -1,0 +1,1 @@
+"""Reporters: terminal summary, GitHub step summary, HTML report."""

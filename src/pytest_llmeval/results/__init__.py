@@ -1,0 +1,1 @@
+"""CaseResult, aggregation, results.json, the journal and the gate."""

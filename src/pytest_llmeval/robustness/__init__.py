@@ -1,0 +1,1 @@
+"""Hypothesis-driven robustness: strategies, settings, the robustness runner."""
