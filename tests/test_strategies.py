@@ -431,7 +431,7 @@ def test_same_seed_same_variants() -> None:
 def test_llm_settings_draws_the_same_prompts_on_every_run_in_ci_and_locally(monkeypatch: pytest.MonkeyPatch,
                                                                              tmp_path: Path) -> None:
     # Whole sessions are in test_robustness.py; here, many runs of one test, in CI and on a laptop.
-    from pytest_llmeval.run import state as _state
+    from pytest_llmeval.robustness import context as _state
 
     monkeypatch.setattr(_state, "HYPOTHESIS_DIR", [tmp_path])
     monkeypatch.setattr(_state, "EXPLORE", [False], raising=False)
@@ -463,7 +463,7 @@ def test_llm_settings_tries_the_same_prompts_when_the_first_run_was_slow(monkeyp
 
     import hypothesis.internal.conjecture.engine as engine
 
-    from pytest_llmeval.run import state as _state
+    from pytest_llmeval.robustness import context as _state
 
     monkeypatch.setattr(_state, "HYPOTHESIS_DIR", [tmp_path])
     monkeypatch.setattr(_state, "EXPLORE", [False], raising=False)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import seed as seeded
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
-from pytest_llmeval.run.state import exploring
+from pytest_llmeval.robustness.context import exploring
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,7 +30,7 @@ class LLMEvalDatabase(ExampleDatabase):
 
     def _get(self) -> DirectoryBasedExampleDatabase:
         if self._db is None:
-            from pytest_llmeval.run.state import HYPOTHESIS_DIR
+            from pytest_llmeval.robustness.context import HYPOTHESIS_DIR
 
             # Set by the plugin when a run starts (next to the results file); else relative to the working dir.
             path = HYPOTHESIS_DIR[-1] if HYPOTHESIS_DIR else Path(".llmeval/hypothesis/tests")
