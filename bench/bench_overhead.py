@@ -8,7 +8,7 @@ Every measurement is a subprocess run in a temp dir (its own rootdir, so this re
 not involved), timed wall-clock; a run that exceeds ``--timeout`` is reported and skipped.
 
 P2, cached runs: N one-line cases are run once with ``--llm-cache=on`` against the local scripted server
-(``tests/llm_server.py``, 0 latency) to fill the exact cache, then the same run is timed again, served entirely
+(``tests/helpers/llm_server.py``, 0 latency) to fill the exact cache, then the same run is timed again, served entirely
 from the cache (the server must see 0 requests).  Baseline: bare pytest (``-p no:llmeval``) running N trivial
 parametrized tests (``def test_x(i): assert i >= 0``), each run right after a cached one.  Printed: both wall
 times (median of R runs), the ratio of the medians cached / bare, goal <= 1.2, and the median of the R pairs'
@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - Windows
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from llm_server import ScriptedLLMServer  # noqa: E402
+from helpers.llm_server import ScriptedLLMServer  # noqa: E402
 
 PY = sys.executable
 LOAD_SNIPPET = """\

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from llm_server import ScriptedLLMServer  # noqa: E402
+from helpers.llm_server import ScriptedLLMServer  # noqa: E402
 
 RSS_WRAPPER = (
     "import resource, sys, pytest\n"

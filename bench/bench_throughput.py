@@ -7,7 +7,7 @@ Options: ``--cases N --latency L --concurrency 4,32,64 --workers 0,8 --bare/--no
 through the plugin's ``ModelRunner.complete`` (litellm) and once through ``http.client``: what one process can do
 with litellm's per-call CPU, and what the server allows.
 
-N one-line cases run against the local scripted OpenAI-compatible server (``tests/llm_server.py``), which runs
+N one-line cases run against the local scripted OpenAI-compatible server (``tests/helpers/llm_server.py``), which runs
 in this process and timestamps every request (time.time() when it is received, and after its response is
 written).  Each configuration is one pytest subprocess, ``--llm-cache=off``.  Per configuration:
 
@@ -58,8 +58,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import llm_server  # noqa: E402
-from llm_server import ScriptedLLMServer  # noqa: E402
+from helpers import llm_server  # noqa: E402
+from helpers.llm_server import ScriptedLLMServer  # noqa: E402
 
 BACKLOG = 2048  # listen backlog of the bench server: above the W·C connections a run can open at once
 AUTO_BARE_LIMIT_S = 60.0  # the serial baseline runs by default only when N·L is at most this
@@ -124,7 +124,7 @@ def check_server(server: TimedServer, most_conns: int, probe_c: int, latency: fl
     backlog = min(httpd.request_queue_size, cap)
     stock = llm_server._HTTPServer.request_queue_size
     print(f"server: {type(httpd).__name__} (a ThreadingHTTPServer), thread per connection: "
-          f"{isinstance(httpd, ThreadingMixIn)}\n  listen backlog {backlog} (tests/llm_server.py: {stock}, "
+          f"{isinstance(httpd, ThreadingMixIn)}\n  listen backlog {backlog} (tests/helpers/llm_server.py: {stock}, "
           f"somaxconn {cap}), most connections a run can open: {most_conns}")
     if stock < most_conns:
         print(f"  note: the stock backlog {stock} < {most_conns}; a burst of connects could overflow it (SYN retry "

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from llm_server import ScriptedLLMServer
+from helpers.llm_server import ScriptedLLMServer
 
 from pytest_llmeval.cases.loader import load_file
 from pytest_llmeval.checks.builtin import builtin_registry

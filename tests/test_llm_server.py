@@ -1,4 +1,4 @@
-"""Tests for tests/llm_server.py, driven by the REAL litellm client (no mocks)."""
+"""Tests for tests/helpers/llm_server.py, driven by the REAL litellm client (no mocks)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before importing litellm:
 import litellm  # noqa: E402
 import pytest  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_server import ScriptedLLMServer, serve  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: the helpers package
+from helpers.llm_server import ScriptedLLMServer, serve  # noqa: E402
 
 litellm.suppress_debug_info = True
 

@@ -1,6 +1,6 @@
 """Local vision-language models (``local-vision/<dir>`` through litellm), end to end and offline.
 
-The model is a tiny LLaVA with random weights that :mod:`tiny_vlm` builds into a temporary directory
+The model is a tiny LLaVA with random weights that :mod:`helpers.tiny_vlm` builds into a temporary directory
 (no download, about a second): it goes through the same ``AutoProcessor`` / ``AutoModelForImageTextToText``
 loading, chat template, image preprocessing, generation and decoding as a real SmolVLM or LLaVA directory,
 so only the answers are noise.  One module-scoped build is shared by all tests, and the module's
@@ -45,7 +45,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tiny_vlm import build_tiny_vlm
+    from helpers.tiny_vlm import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
 
@@ -240,8 +240,8 @@ def test_render_prompt_without_template_or_system_turn() -> None:
 
 def test_custom_code_model_answers_through_query(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A moondream2-style directory (auto_map + query()) loads with trust_remote_code and answers via query."""
+    from helpers.tiny_vlm import build_tiny_custom_vlm
     from PIL import Image
-    from tiny_vlm import build_tiny_custom_vlm
 
     loaded = load(build_tiny_custom_vlm(tmp_path_factory.mktemp("tiny-custom")))
     assert loaded.kind == "custom"

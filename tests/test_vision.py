@@ -520,7 +520,7 @@ def test_results_json_stays_plain_json(project: Project) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tiny_vlm import build_tiny_vlm
+    from helpers.tiny_vlm import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny-llava"))
 
