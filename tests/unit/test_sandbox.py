@@ -953,7 +953,7 @@ def test_attack_matrix_is_the_readmes() -> None:
         lines = text[text.index("| attack "):].splitlines()
         return lines[:next(i for i, line in enumerate(lines + [""]) if not line.startswith("|"))]
 
-    readme = Path(__file__).parent.parent / "README.md"
+    readme = Path(__file__).parents[2] / "README.md"
     assert __doc__ is not None and matrix(__doc__) == matrix(readme.read_text())
     assert len(matrix(__doc__)) - 2 >= 35
 

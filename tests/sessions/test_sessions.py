@@ -454,7 +454,7 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
     import shutil
 
     # The suites only (and the flywheel's spec files, which collection must skip): not the hand-written example.
-    shutil.copytree(Path(__file__).parent.parent / "cases", project.pytester.path / "cases",
+    shutil.copytree(Path(__file__).parents[2] / "cases", project.pytester.path / "cases",
                     ignore=shutil.ignore_patterns("test_*.py"))
     server = project.server
     server.answer("Answer to grade", '{"score": 8, "reason": "Good."}')  # judge requests (self-judging)

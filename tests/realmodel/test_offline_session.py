@@ -109,7 +109,7 @@ def test_shipped_robustness_suite_and_hand_written_hypothesis_test_run_offline(
     for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS", "LLMEVAL_CACHE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CI", "true")  # llm_settings seeds the search in CI
-    shipped = Path(__file__).resolve().parents[1] / "cases"
+    shipped = Path(__file__).resolve().parents[2] / "cases"
     (pytester.path / "cases").mkdir()
     for name in ("robust_capitals.yaml", "test_robust_prompts.py"):
         shutil.copy(shipped / name, pytester.path / "cases" / name)

@@ -572,7 +572,7 @@ def test_html_report_shows_the_image_and_the_answers(project: Project) -> None:
     assert "<b>black</b>" not in text  # ... escaped, never rendered as markup
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STRIPES = """```python
 from PIL import Image, ImageDraw
 im = Image.new("RGB", (300, 100))

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_llmeval.cache.guard import guard
 
-PAIRS = Path(__file__).parent.parent / "bench" / "semantic_pairs.jsonl"
+PAIRS = Path(__file__).parents[2] / "bench" / "semantic_pairs.jsonl"
 
 
 @pytest.mark.parametrize(("a", "b", "reason"), [

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import Project
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def suite(n: int, name: str = "many") -> str:

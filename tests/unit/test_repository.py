@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # What made `pytest --help` in the repository take 11 s: the tests' conftest imported them when it was loaded.
 HEAVY = ("torch", "lancedb", "litellm", "sentence_transformers", "transformers", "scipy", "pyarrow")
 

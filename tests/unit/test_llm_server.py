@@ -17,7 +17,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before importing litellm:
 import litellm  # noqa: E402
 import pytest  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: the helpers package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package
 from helpers.llm_server import ScriptedLLMServer, serve  # noqa: E402
 
 litellm.suppress_debug_info = True
