@@ -1,7 +1,7 @@
 """Attacks on the sandbox, each bounded in time and memory; containment is checked from the host side.
 
-Containment matrix (``x`` contained, ``-`` not claimed; the tests assert exactly this, and the README's
-"The sandbox" carries the same table). Host memory is read from /proc/meminfo, disk and inodes from statvfs;
+Containment matrix (``x`` contained, ``-`` not claimed; the tests assert exactly this, and docs/sandbox.md's
+"The attack matrix" carries the same table). Host memory is read from /proc/meminfo, disk and inodes from statvfs;
 the storage bound is ``disk_mb`` (64 MiB in these tests).
 
 | attack                                                    | bwrap (root + uid drop)       | unshare (root + uid drop)   |
@@ -947,21 +947,21 @@ def test_work_directory_swapped_for_a_link_between_runs(sandbox: Sandbox) -> Non
     assert first.stdout.count("refused") >= 2, first.stdout
 
 
-def test_attack_matrix_is_the_readmes() -> None:
-    """The documented matrix and this file's are one table."""
+def test_attack_matrix_is_the_documented_one() -> None:
+    """The documented matrix (docs/sandbox.md) and this file's are one table."""
     def matrix(text: str) -> list[str]:
         lines = text[text.index("| attack "):].splitlines()
         return lines[:next(i for i, line in enumerate(lines + [""]) if not line.startswith("|"))]
 
-    readme = Path(__file__).parents[2] / "README.md"
-    assert __doc__ is not None and matrix(__doc__) == matrix(readme.read_text())
+    documented = Path(__file__).parents[2] / "docs" / "sandbox.md"
+    assert __doc__ is not None and matrix(__doc__) == matrix(documented.read_text())
     assert len(matrix(__doc__)) - 2 >= 35
 
 
 @pytest.mark.skipif(not ROOT, reason="root stands in for a normal user here (bwrap's user namespace)")
 def test_unprivileged_bwrap_sizes_tmp_and_shm_and_leaves_nothing(tmp_path: Path) -> None:
     """The path of a session without root: no uid drop and no private storage, but /tmp and /dev/shm are bwrap
-    tmpfs mounts of disk_mb, /dev is read-only, and the host work directory goes when the run ends (the README
+    tmpfs mounts of disk_mb, /dev is read-only, and the host work directory goes when the run ends (docs/sandbox.md
     says what is not contained there: the work directory is bounded per file only)."""
     try:
         sb = Sandbox("bwrap", base_dir=tmp_path)
