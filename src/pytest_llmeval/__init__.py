@@ -16,6 +16,10 @@ _EXPORTS = {
     "ModelCallError": "pytest_llmeval.providers.runner",
     "CaseResult": "pytest_llmeval.results.aggregate",
     "LLM": "pytest_llmeval.plugin",
+    "LLMEvalError": "pytest_llmeval.core.errors",
+    "UsageError": "pytest_llmeval.core.errors",
+    "CaseDataError": "pytest_llmeval.core.errors",
+    "InfrastructureError": "pytest_llmeval.core.errors",
 }
 
 __all__ = sorted(_EXPORTS)

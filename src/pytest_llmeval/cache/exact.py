@@ -39,6 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pytest_llmeval.core.errors import InfrastructureError
+
 # Bump when the stored value's shape or the key's recipe changes: old entries then simply miss.
 CACHE_FORMAT = 1
 
@@ -62,7 +64,7 @@ class LLMEvalCacheWarning(UserWarning):
     """The response cache met a problem it recovered from (a corrupt database or value)."""
 
 
-class LLMEvalCacheError(RuntimeError):
+class LLMEvalCacheError(InfrastructureError, RuntimeError):
     """The response cache could not be used (it stayed locked)."""
 
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import yaml
 
+from pytest_llmeval.core.errors import CaseDataError
 
-class CaseFileEditError(ValueError):
+
+class CaseFileEditError(CaseDataError, ValueError):
     """The file is not shaped as expected (no ``cases:`` list, a case that is not a mapping)."""
 
 

@@ -14,7 +14,7 @@ import json
 import re
 import string
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
+from pytest_llmeval.core.errors import CaseDataError
 
 KINDS = ("qna", "choice", "code", "labels", "calibration")
 Kind = Literal["qna", "choice", "code", "labels", "calibration"]
@@ -143,12 +144,24 @@ def _members(annotation: Any) -> list[Any]:
     return out
 
 
-class CaseFileError(Exception):
+class CaseFileError(CaseDataError):
     """Raised while loading: carries one or more CaseErrors."""
 
     def __init__(self, errors: list[CaseError]) -> None:
         super().__init__("\n".join(e.format() for e in errors))
         self.errors = errors
+
+
+class InvalidCase(CaseDataError):
+    """A case (or a whole file) would not load: ``errors`` are the loader's CaseErrors, ``problems`` the messages.
+
+    Raised by the item that stands for a broken case (with CaseErrors) and by ``llmeval review`` for a candidate
+    that would not load in its suite file (with messages)."""
+
+    def __init__(self, errors: Sequence[CaseError | str]) -> None:
+        self.errors = [e for e in errors if isinstance(e, CaseError)]
+        self.problems = [e.message if isinstance(e, CaseError) else e for e in errors]
+        super().__init__("; ".join(self.problems))
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -576,7 +589,7 @@ class _Lines:
         return self._find(loc)[0]
 
 
-class DuplicateKeyError(yaml.constructor.ConstructorError):
+class DuplicateKeyError(yaml.constructor.ConstructorError, CaseDataError):
     """A key written twice in one mapping (YAML 1.2 requires unique keys; PyYAML would keep the last silently)."""
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmeval.core.errors import LLMEvalError
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
@@ -43,7 +45,7 @@ FIX_PROMPT = ('Your reply could not be used ({problem}). Look at the image again
 INSTALL_HINT = "pip install 'pytest-llmeval[vision]' (Pillow, imagehash)"
 
 
-class ImageProblem(Exception):
+class ImageProblem(LLMEvalError):
     """The image cannot be used: missing, unreadable, not an image. Its message is the check's reason."""
 
 

@@ -10,9 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-
-class CommandError(Exception):
-    """A user-facing failure: printed as ``llmeval: error: ...`` with exit status 2."""
+from pytest_llmeval.core.errors import CommandError
 
 
 def cmd_import_humaneval(args: argparse.Namespace) -> int:

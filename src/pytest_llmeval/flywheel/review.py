@@ -42,7 +42,8 @@ from pytest_llmeval.cases.edit import (
     append_yaml_cases,
     write_atomic,
 )
-from pytest_llmeval.cli.main import CommandError
+from pytest_llmeval.cases.loader import InvalidCase
+from pytest_llmeval.core.errors import CommandError
 
 STATUSES = ("pending", "accepted", "rejected", "skipped")
 PROMPT = "[a]ccept / [r]eject / [e]dit / [s]kip / [q]uit? "
@@ -210,14 +211,6 @@ def _registry() -> Any:
     from pytest_llmeval.checks.builtin import builtin_registry
 
     return builtin_registry()
-
-
-class InvalidCase(Exception):
-    """The case would not load in the suite file: ``problems`` say why (the loader's messages)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 @dataclass

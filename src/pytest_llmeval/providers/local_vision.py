@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pytest_llmeval.core.errors import InfrastructureError
+
 if TYPE_CHECKING:
     from litellm import CustomLLM
     from litellm.types.utils import ModelResponse
@@ -76,7 +78,7 @@ _VALID_DIR = (
 _AUTO_CLASSES = ("AutoModelForImageTextToText", "AutoModelForVision2Seq")
 
 
-class LocalVisionError(Exception):
+class LocalVisionError(InfrastructureError):
     """A ``local-vision/...`` model that cannot be served; the message says what is wrong and how to fix it."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_llmeval.core.errors import InfrastructureError
+
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 30.0
@@ -33,7 +35,7 @@ _RETRYABLE_NAMES = ("RateLimitError", "InternalServerError", "ServiceUnavailable
                     "RemoteProtocolError")
 
 
-class EndpointDown(Exception):
+class EndpointDown(InfrastructureError):
     """The circuit breaker of an endpoint is open: no more calls to it in this run."""
 
     def __init__(self, endpoint: str, cause: str, failures: int) -> None:
@@ -47,7 +49,7 @@ class EndpointDown(Exception):
                 "no more calls to it in this run)")
 
 
-class BudgetExhausted(Exception):
+class BudgetExhausted(InfrastructureError):
     """The run's --llm-max-calls / --llm-max-cost is spent: no new model calls (the item is skipped)."""
 
 

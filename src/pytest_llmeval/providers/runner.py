@@ -22,6 +22,7 @@ from typing import Any
 
 from pytest_llmeval.cache.exact import ResponseCache, cache_key
 from pytest_llmeval.config.settings import Settings
+from pytest_llmeval.core.errors import InfrastructureError
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 
@@ -34,7 +35,7 @@ def redact(text: str) -> str:
     return text
 
 
-class ModelCallError(Exception):
+class ModelCallError(InfrastructureError):
     """A model call failed for reasons outside the model's answer (provider, network, cache replay).
 
     ``attempts``: the calls made for it (``attempts - 1`` retries; 0 when none was made, e.g. when the endpoint's
@@ -50,7 +51,7 @@ class ModelCallError(Exception):
         return (type(self), (self.model, self.message, self.attempts))
 
 
-class MalformedResponse(Exception):
+class MalformedResponse(InfrastructureError):
     """The provider answered, but not with a chat completion (no choices, no message)."""
 
 

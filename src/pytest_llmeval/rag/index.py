@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_llmeval.core.errors import InfrastructureError
+
 INDEX_FORMAT = 1  # bump when the chunking or the stored rows change: every index is then rebuilt
 TABLE = "chunks"
 META = "meta"
@@ -31,7 +33,7 @@ PROGRESS_MIN_CHUNKS = 256  # show an embedding progress bar from this many new c
 ANN_MIN_CHUNKS = 2048  # from this size on, an HNSW index answers queries (a flat scan of 10k chunks takes ~13 ms)
 
 
-class RagIndexError(Exception):
+class RagIndexError(InfrastructureError):
     """The index cannot be built or opened (missing folder, unusable URI)."""
 
 

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_llmeval.core.errors import UsageError
+
 BASELINE_VERSION = 1
 DEFAULT_MAX_DROP = 5.0  # points of pass rate
 DEFAULT_ALPHA = 0.05
 DEFAULT_MAX_ERRORS = 0.10  # share of a suite's cases
 
 
-class GateError(ValueError):
+class GateError(UsageError, ValueError):
     """A rule or baseline that cannot be used (bad syntax, unreadable file)."""
 
 

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmeval.cases.loader import CaseError, CaseSpec, load_file
+from pytest_llmeval.cases.loader import CaseError, CaseSpec, InvalidCase, load_file
 from pytest_llmeval.checks.judge import JudgeEnv
 from pytest_llmeval.core.checks import CheckOutcome
+from pytest_llmeval.core.errors import InfrastructureError, LLMEvalError
 from pytest_llmeval.providers.runner import Completion, ModelCallError, paused_gc
 from pytest_llmeval.results.aggregate import CaseResult
 
@@ -34,29 +35,20 @@ def _session(config: pytest.Config) -> LLMEvalSession:
     return config.stash[STATE]
 
 
-class InvalidCase(Exception):
-    """A case (or whole file) failed validation."""
-
-    def __init__(self, errors: list[CaseError]) -> None:
-        super().__init__("; ".join(e.message for e in errors))
-        self.errors = errors
-
-
-class ModelUnusable(Exception):
+class ModelUnusable(InfrastructureError):
     """The model cannot be used at all in this run (unknown provider, missing key)."""
 
 
-class CaseFailed(Exception):
-    """The answer failed one or more checks."""
-
-
-# Failures of the machinery, not of the model: an `error` outcome wherever they are raised.
-INFRASTRUCTURE_ERRORS = ("SandboxUnavailable", "EmbeddingModelError", "RagIndexError")
+class CaseFailed(LLMEvalError):
+    """The answer failed one or more checks (a test failure, not an error: in no family of core.errors)."""
 
 
 def _explained(exc: BaseException) -> bool:
-    """Whether CaseItem.repr_failure explains ``exc`` by a message of its own (no traceback needed)."""
-    return isinstance(exc, ModelCallError | ModelUnusable | CaseFailed) or type(exc).__name__ in INFRASTRUCTURE_ERRORS
+    """Whether CaseItem.repr_failure explains ``exc`` by a message of its own (no traceback needed).
+
+    Failures of the machinery, not of the model (InfrastructureError: the provider, the sandbox, the embedding
+    model, the index) are an ``error`` outcome wherever they are raised."""
+    return isinstance(exc, InfrastructureError | CaseFailed)
 
 
 class CaseFile(pytest.File):
@@ -464,7 +456,7 @@ class CaseItem(pytest.Item):
             return f"model call failed for case {self.case.id} ({where}) on {self.model}:\n  {exc.message}"
         if isinstance(exc, ModelUnusable):
             return f"model {self.model} cannot be used: {exc}"
-        if type(exc).__name__ in INFRASTRUCTURE_ERRORS:
+        if isinstance(exc, InfrastructureError):
             return f"case {self.case.id} ({where}) cannot run: {exc}"
         if isinstance(exc, CaseFailed):
             return self._format_failure(where)

@@ -20,9 +20,10 @@ import pytest
 from pytest_llmeval.cases.loader import referenced_datasets
 from pytest_llmeval.config import settings as settings_mod
 from pytest_llmeval.core.checks import CheckRegistry
+from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.providers.runner import Completion, ModelCallError, ModelRunner, gc_freeze, gc_thaw, paused_gc
 from pytest_llmeval.results.aggregate import CaseResult, build_results, write_results
-from pytest_llmeval.run.items import INFRASTRUCTURE_ERRORS, CaseFile, CaseItem, InvalidCaseItem, ModelUnusable
+from pytest_llmeval.run.items import CaseFile, CaseItem, InvalidCaseItem, ModelUnusable
 
 GC_BATCH = 500  # items between the explicit garbage collections of a run of case items only
 CALLS = pytest.StashKey[list[Completion]]()  # model calls made through the `llm` fixture, per item
@@ -425,8 +426,7 @@ class LLMEvalSession:
     def _result_for(self, item: pytest.Item, report: pytest.TestReport,
                     call: pytest.CallInfo[None]) -> CaseResult | None:
         excinfo = call.excinfo
-        error = excinfo is not None and (isinstance(excinfo.value, ModelCallError | ModelUnusable)
-                                         or type(excinfo.value).__name__ in INFRASTRUCTURE_ERRORS)
+        error = excinfo is not None and isinstance(excinfo.value, InfrastructureError)
         if report.skipped:
             outcome = "skipped"
             message = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else None

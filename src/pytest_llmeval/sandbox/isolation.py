@@ -50,6 +50,8 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pytest_llmeval.core.errors import InfrastructureError
+
 LEVELS = ("auto", "bwrap", "unshare", "none")
 UID_BASE = 61000  # sandbox uids: UID_BASE .. UID_BASE + UID_RANGE - 1, each leased to one run at a time
 UID_RANGE = 2048
@@ -58,7 +60,7 @@ SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 HIDDEN_TMPFS_BYTES = 1 << 20  # the tmpfs over each hidden directory: mount points only
 
 
-class SandboxUnavailable(Exception):
+class SandboxUnavailable(InfrastructureError):
     """No isolation level that was asked for (or any, for ``auto``) works on this machine."""
 
 
