@@ -72,6 +72,10 @@ function-scoped-fixture health check suppressed)::
     @given(prompt=perturbed("What is the capital of France?"))
     def test_capital(llm, prompt):
         assert "Paris" in llm(prompt)
+
+Why this module is long: it is one catalogue. The protected-span scanner, the edit catalogues and the public
+strategies share one invariant (no edit inside a protected span, the first catalogue entry the smallest edit, so
+shrinking ends at one minimal edit); split across modules, that invariant would have no single place to be read.
 """
 
 from __future__ import annotations
