@@ -254,7 +254,7 @@ def test_a_case_only_run_collects_its_garbage_in_batches(project: Project, monke
     collection is off meanwhile): a check's cyclic garbage is reclaimed by the next batch, all of it by the end."""
     import gc
 
-    import pytest_llmeval.run.session as session_module
+    import pytest_llmeval.run.loop as session_module
 
     monkeypatch.setattr(session_module, "GC_BATCH", batch)
     marks = project.pytester.path / "collected"

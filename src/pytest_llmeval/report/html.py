@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pytest_llmeval.report.base import Reporter
+
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".webp": "image/webp"}
 MAX_IMAGE_BYTES = 2 << 20
@@ -113,3 +115,12 @@ def render(doc: dict[str, Any], root: Path | None = None) -> str:
         doc=doc, gate=gate, verdicts=verdicts, images=images, pct=_pct, pct0=_pct0, num=_num,
         pass_chart=pass_rate_chart(doc["suites"], verdicts), latency_chart=latency_chart(doc["cases"]),
         isnan=math.isnan)
+
+
+class HtmlReporter(Reporter):
+    """The self-contained HTML report of a results file (``llmeval report``)."""
+
+    name = "html"
+
+    def render(self, doc: dict[str, Any], root: Path) -> str:
+        return render(doc, root)

@@ -1,25 +1,208 @@
-"""The stash key of the run state, in a module of its own so that cheap code paths (``pytest --help``,
-``pytest_unconfigure``) can look it up without importing the session machinery."""
+"""The run state: the services one process of a run shares, kept in ``config.stash[STATE]``.
+
+Items (run/items.py), fixtures (run/fixtures.py) and the run's plugins (collection, loop, session) reach the
+settings, the check registry, the model runner, the prefetcher, the sandbox and the retrieval indexes through
+it. It holds no pytest hooks: those live in the plugin objects that plugin.py registers, each owning one step.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from pytest_llmeval.run.session import LLMEvalSession
-
-STATE: pytest.StashKey[LLMEvalSession] = pytest.StashKey()
-
-# The example database directory of hand-written Hypothesis tests (``llm_settings``), set when a run starts.
-HYPOTHESIS_DIR: list[Path] = []
-
-# Whether this run explores (--llm-explore): fresh examples, and new failures saved to the example database.
-EXPLORE: list[bool] = []
+from pytest_llmeval.config import settings as settings_mod
+from pytest_llmeval.core.checks import CheckRegistry
+from pytest_llmeval.providers.base import ProviderRegistry
+from pytest_llmeval.providers.runner import Completion, ModelRunner, gc_thaw
 
 
-def exploring() -> bool:
-    """Whether the current run explores; a run that never said (no session yet) does not."""
-    return bool(EXPLORE and EXPLORE[-1])
+class RunState:
+    """This process's share of the run: settings resolved once, registries filled once, services made lazily."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        gc_thaw()  # an earlier session in this process (pytester, an IDE) froze its objects: collectable again
+        self.config = config
+        self.settings = settings_mod.resolve(config)
+        self.registry = CheckRegistry()
+        config.hook.pytest_llmeval_register_checks(register=self.registry.register)
+        self.providers = ProviderRegistry()
+        config.hook.pytest_llmeval_register_providers(register=self.providers.register)
+        self.is_worker = hasattr(config, "workerinput")
+        workerinput = getattr(config, "workerinput", {})
+        self.journal_dir = self.settings.results_path.parent / "journal"
+        self._run: dict[str, Any] | None = workerinput.get("llmeval_run")
+        self.runner = ModelRunner(self.settings, providers=self.providers,
+                                  workers=int(workerinput.get("workercount", 1) or 1))
+        if self._run is not None:
+            self._use_run(self._run)
+        self.prefetcher: Any = None
+        if self.settings.concurrency > 1:
+            from pytest_llmeval.providers.prefetch import Prefetcher
+
+            # Every module is imported before the pool's first thread starts (see import_all_modules): when the
+            # pool starts, not at session start, so a run that never calls a model (all answers cached) skips it.
+            self.prefetcher = Prefetcher(self.runner.complete, self.settings.concurrency,
+                                         before_start=import_all_modules)
+        self._journal: Any = None
+        self._done: dict[str, dict[str, Any]] | None = None
+        self.answers: dict[str, list[Completion]] = {}  # nodeid -> its answers, found in the cache at collection
+        self.unusable: dict[str, str] = {}  # model -> why it cannot be used (xdist workers)
+        self.order: list[pytest.Item] = []  # this process's run order (set when the loop starts)
+        self.position: dict[str, int] = {}
+        self.session: pytest.Session | None = None
+        self._sandbox: Any = None
+        self._sandbox_error: Exception | None = None
+        self._indexes: dict[tuple[Any, ...], Any] = {}
+        from pytest_llmeval.robustness import context
+
+        context.HYPOTHESIS_DIR[:] = [self.hypothesis_dir]  # where llm_settings' database goes (read at first use)
+        context.EXPLORE[:] = [self.settings.explore]  # whether llm_settings draws fresh examples and saves failures
+
+    @property
+    def hypothesis_dir(self) -> Path:
+        """The example database of hand-written Hypothesis tests (``llm_settings``)."""
+        return self.settings.results_path.parent / "hypothesis" / "tests"
+
+    # ------------------------------------------------------------------------------------ run, journal, resume
+
+    @property
+    def run(self) -> dict[str, Any]:
+        """This run's id and the runs it resumes: decided once by the controller (or a plain run), handed to
+        xdist workers through workerinput."""
+        if self._run is None:
+            from pytest_llmeval.results.journal import start_run
+
+            self._run = start_run(self.journal_dir, self.settings.resume)
+            self._use_run(self._run)
+        return self._run
+
+    @property
+    def run_decided(self) -> dict[str, Any] | None:
+        """The run id and resumed runs if decided (None before, and in a --collect-only run)."""
+        return self._run
+
+    def _use_run(self, run: dict[str, Any]) -> None:
+        self.runner.use_run_dir(self.settings.results_path.parent / "run" / str(run["run_id"]))
+
+    def finished_before(self) -> dict[str, dict[str, Any]]:
+        """With --llm-resume: nodeid -> result of the cases the resumed runs finished."""
+        if self._done is None:
+            from pytest_llmeval.results.journal import finished
+
+            self._done = finished(self.journal_dir, list(self.run["resumed_from"])) if self.settings.resume else {}
+        return self._done
+
+    def journal_append(self, data: dict[str, Any]) -> str | None:
+        """Journal a finished case; its JSON text (None with --collect-only)."""
+        if self.config.option.collectonly:
+            return None
+        if self._journal is None:
+            from pytest_llmeval.results.journal import Journal
+
+            writer = str(getattr(self.config, "workerinput", {}).get("workerid", "main"))
+            self._journal = Journal(self.journal_dir, str(self.run["run_id"]), writer)
+        return str(self._journal.append(data))
+
+    def close(self) -> None:
+        """The end of this process's run: no more calls, the journal flushed, the runner's resources freed."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+        if self._journal is not None:
+            self._journal.close()
+        self.runner.close()
+
+    # ------------------------------------------------------------------------------------ answers and prefetch
+
+    def answered(self, item: pytest.Item) -> list[Completion] | None:
+        """The item's answers, looked up in the exact cache at collection (once: they are handed over)."""
+        return self.answers.pop(item.nodeid, None) if self.answers else None
+
+    def prefetch_from(self, item: pytest.Item) -> None:
+        """Make sure the calls of ``item`` and of the items after it (in this process's run order) are issued."""
+        session = self.session
+        if self.prefetcher is None or (session is not None and (session.shouldfail or session.shouldstop)):
+            return
+        self.prefetcher.fill([item, *self._upcoming(item)])
+
+    def _upcoming(self, item: pytest.Item) -> list[pytest.Item]:
+        lookahead = 2 * self.prefetcher.window + 8
+        interactor = self._interactor
+        if interactor is not None:  # an xdist worker: the items it has been sent and not yet run
+            items = self.session.items if self.session is not None else []
+            with interactor.torun.lock() as queue:
+                indices = [interactor.nextitem_index, *list(queue)[:lookahead]]
+            return [items[i] for i in indices if isinstance(i, int) and 0 <= i < len(items)]
+        position = self.position.get(item.nodeid)
+        if position is None:
+            return []
+        # Only items that plan model calls (case items); the prefetcher skips the others anyway.
+        return [i for i in self.order[position + 1:position + 1 + lookahead] if hasattr(i, "plan_calls")]
+
+    @functools.cached_property
+    def _interactor(self) -> Any:
+        """xdist's WorkerInteractor in a worker (its queue holds the items this worker runs next), else None;
+        looked up once, not at every item."""
+        if not self.is_worker:
+            return None
+        for plugin in self.config.pluginmanager.get_plugins():
+            if type(plugin).__name__ == "WorkerInteractor" and hasattr(plugin, "torun"):
+                return plugin
+        return None
+
+    # ------------------------------------------------------------------------------------ services
+
+    def get_sandbox(self) -> Any:
+        """The sandbox for generated code, chosen once per process (raises SandboxUnavailable)."""
+        if self._sandbox is None and self._sandbox_error is None:
+            from pytest_llmeval.sandbox.isolation import Sandbox, SandboxUnavailable
+
+            try:
+                # The project directory may hold .env files and other secrets: hide it from the code.
+                self._sandbox = Sandbox(self.settings.sandbox, hide=[Path(self.config.rootpath)])
+            except SandboxUnavailable as exc:
+                self._sandbox_error = exc
+        if self._sandbox_error is not None:
+            raise self._sandbox_error
+        return self._sandbox
+
+    def get_index(self, spec: dict[str, Any]) -> Any:
+        """The retrieval index a case names (one per folder, model and URI per process)."""
+        from pytest_llmeval.rag.index import DocIndex
+
+        # Per session, not per process: a long-lived process (pytester, an IDE) must see edited documents.
+        key = (spec["docs"], spec.get("model") or self.settings.embedding_model, spec.get("uri"), spec.get("name"))
+        if key not in self._indexes:
+            self._indexes[key] = DocIndex(Path(spec["docs"]), model=key[1], uri=key[2], name=key[3],
+                                          base_dir=self.settings.index_dir)
+        return self._indexes[key]
+
+
+STATE: pytest.StashKey[RunState] = pytest.StashKey()
+
+
+def get_state(config: pytest.Config) -> RunState:
+    """This process's run state (set in ``pytest_configure``)."""
+    return config.stash[STATE]
+
+
+def import_all_modules() -> None:
+    """Import every module of this package now, in the main thread, before the prefetch pool starts.
+
+    pytest rewrites the asserts of a plugin's modules when they are first imported, with ``ast.parse``; on
+    CPython 3.11 two threads doing that at once could fail with "SystemError: AST constructor recursion depth
+    mismatch" (CPython gh-106905). core/astguard.py now serializes every AST conversion of the process, which is
+    what makes that impossible; importing up front still keeps the first calls of the pool from waiting on imports
+    (and on each other's import locks). All modules are light at import time (heavy libraries are imported inside
+    functions)."""
+    import importlib
+    import pkgutil
+
+    package_dir = Path(__file__).resolve().parents[1]  # the pytest_llmeval package
+    for info in pkgutil.walk_packages([str(package_dir)], "pytest_llmeval."):
+        # These import hypothesis (slow); they are only ever imported on the main thread.
+        if info.name not in ("pytest_llmeval.strategies", "pytest_llmeval.robustness.strategies",
+                             "pytest_llmeval.robustness.hypothesis"):
+            importlib.import_module(info.name)

@@ -1,0 +1,78 @@
+"""What a reporter is and what it receives.
+
+Reporters register through the ``pytest_llmeval_register_reporters`` hook (hookspecs.py), the built-in ones
+(terminal, GitHub, results.json, HTML) exactly as a third party's. On the controller of a run (or a plain run)
+each one is called twice: :meth:`Reporter.finish` once the results are final (aggregated, gated, the exit status
+decided), and :meth:`Reporter.terminal_summary` when pytest writes its summary. xdist workers call neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_llmeval.config.settings import Settings
+    from pytest_llmeval.core.checks import CheckDef
+
+
+@dataclass
+class RunReport:
+    """A finished run, as reporters see it.
+
+    ``doc`` is the results.json document (schema in docs/reports.md); ``verdicts`` the gate's verdicts (None
+    without a gate); ``holdout`` the holdout evaluations of the test-split suites this run evaluated;
+    ``held_out`` how many test-split items a dev run deselected; ``resumed`` how many cases came from the runs
+    ``--llm-resume`` continued (``resumed_from``: the first of them)."""
+
+    doc: dict[str, Any]
+    settings: Settings
+    checks: Iterable[CheckDef] | None = None  # the run's registered checks (their summary_lines); None: built-in
+    verdicts: list[Any] | None = None
+    holdout: list[Any] = field(default_factory=list)
+    held_out: int = 0
+    resumed: int = 0
+    resumed_from: str | None = None
+
+    @property
+    def results_path(self) -> Path:
+        return self.settings.results_path
+
+
+class Reporter:
+    """Base class of reporters: override what you need; ``name`` identifies it (a later registration under the
+    same name replaces an earlier one, so a conftest can replace a built-in reporter)."""
+
+    name = "reporter"
+
+    def finish(self, report: RunReport) -> None:
+        """The run's results are final: write files here."""
+
+    def terminal_summary(self, report: RunReport, terminalreporter: Any) -> None:
+        """Write lines to pytest's terminal summary (``terminalreporter.write_line``)."""
+
+    def render(self, doc: dict[str, Any], root: Path) -> str | None:
+        """A whole document for a results file (the ``llmeval report`` command); None if this reporter makes none."""
+        return None
+
+
+class ReporterRegistry:
+    """The reporters of this run, in registration order, filled by ``pytest_llmeval_register_reporters``."""
+
+    def __init__(self) -> None:
+        self._reporters: dict[str, Reporter] = {}
+
+    def register(self, reporter: Reporter) -> None:
+        """Add a reporter; one registered under the name of an earlier one replaces it, in its place."""
+        self._reporters[reporter.name] = reporter
+
+    def get(self, name: str) -> Reporter | None:
+        return self._reporters.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._reporters)
+
+    def __iter__(self) -> Iterator[Reporter]:
+        return iter(list(self._reporters.values()))
