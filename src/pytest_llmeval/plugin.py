@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmeval.config.settings import HELP
+from pytest_llmeval.config.options import GROUP, OPTIONS
 from pytest_llmeval.core import astguard
 
 # Before any thread of a run can format a traceback: CPython's AST converters are not thread-safe (astguard.py).
@@ -20,79 +20,14 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-def _h(key: str) -> str:
-    """An option's help text for argparse, which %-formats it ("pass_rate:-5%" must read "-5%%")."""
-    return HELP[key].replace("%", "%%")
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("llmeval", "LLM regression testing (pytest-llmeval)")
-    group.addoption("--llm", action="append", dest="llm_models", metavar="MODEL", default=None,
-                    help=_h("models"))
-    group.addoption("--llm-cache", dest="llm_cache", metavar="MODE", default=None, help=_h("cache"))
-    group.addoption("--llm-semantic-threshold", dest="llm_semantic_threshold", metavar="COSINE", default=None,
-                    help=_h("semantic_threshold"))
-    group.addoption("--llm-cache-dir", dest="llm_cache_dir", metavar="DIR", default=None,
-                    help=_h("cache_dir"))
-    group.addoption("--llm-results", dest="llm_results", metavar="PATH", default=None, help=_h("results"))
-    group.addoption("--llm-api-base", dest="llm_api_base", metavar="URL", default=None, help=_h("api_base"))
-    group.addoption("--llm-timeout", dest="llm_timeout", metavar="SECONDS", default=None,
-                    help=_h("timeout"))
-    group.addoption("--llm-retries", dest="llm_retries", metavar="N", default=None, help=_h("retries"))
-    group.addoption("--llm-breaker", dest="llm_breaker", metavar="N", default=None, help=_h("breaker"))
-    group.addoption("--llm-samples", dest="llm_samples", metavar="N", default=None, help=_h("samples"))
-    group.addoption("--llm-repeat", dest="llm_repeat", metavar="N", default=None, help=_h("repeat"))
-    group.addoption("--llm-judge", dest="llm_judge", metavar="MODEL", default=None, help=_h("judge"))
-    group.addoption("--llm-vision", dest="llm_vision", metavar="MODEL", default=None, help=_h("vision"))
-    group.addoption("--llm-baseline", dest="llm_baseline", metavar="PATH", default=None, help=_h("baseline"))
-    group.addoption("--llm-update-baseline", dest="llm_update_baseline", action="store_true", default=False,
-                    help=_h("update_baseline"))
-    group.addoption("--llm-max-drop", dest="llm_max_drop", metavar="POINTS", default=None, help=_h("max_drop"))
-    group.addoption("--llm-fail-under", dest="llm_fail_under", metavar="RATE", default=None, help=_h("fail_under"))
-    group.addoption("--llm-gate", dest="llm_gate", metavar="RULE", action="append", default=None, help=_h("gate"))
-    group.addoption("--llm-gate-alpha", dest="llm_gate_alpha", metavar="ALPHA", default=None,
-                    help=_h("gate_alpha"))
-    group.addoption("--llm-strict", dest="llm_strict", action="store_true", default=False, help=_h("strict"))
-    group.addoption("--llm-shard", dest="llm_shard", metavar="I/N", default=None, help=_h("shard"))
-    group.addoption("--llm-concurrency", dest="llm_concurrency", metavar="N", default=None, help=_h("concurrency"))
-    group.addoption("--llm-max-cost", dest="llm_max_cost", metavar="USD", default=None, help=_h("max_cost"))
-    group.addoption("--llm-max-calls", dest="llm_max_calls", metavar="N", default=None, help=_h("max_calls"))
-    group.addoption("--llm-resume", dest="llm_resume", action="store_true", default=False, help=_h("resume"))
-    group.addoption("--llm-router", dest="llm_router", metavar="FILE", default=None, help=_h("router"))
-    group.addoption("--llm-stream", dest="llm_stream", action="store_true", default=False, help=_h("stream"))
-    group.addoption("--llm-split", dest="llm_split", metavar="SPLIT", default=None, help=_h("split"))
-    group.addoption("--llm-explore", dest="llm_explore", action="store_true", default=False, help=_h("explore"))
-    group.addoption("--llm-sandbox", dest="llm_sandbox", metavar="LEVEL", default=None, help=_h("sandbox"))
-
-    parser.addini("llmeval_models", type="linelist", default=[], help=HELP["models"])
-    parser.addini("llmeval_cache", default="", help=HELP["cache"])
-    parser.addini("llmeval_semantic_threshold", default="", help=HELP["semantic_threshold"])
-    parser.addini("llmeval_cache_dir", default="", help=HELP["cache_dir"])
-    parser.addini("llmeval_results", default="", help=HELP["results"])
-    parser.addini("llmeval_api_base", default="", help=HELP["api_base"])
-    parser.addini("llmeval_timeout", default="", help=HELP["timeout"])
-    parser.addini("llmeval_retries", default="", help=HELP["retries"])
-    parser.addini("llmeval_breaker", default="", help=HELP["breaker"])
-    parser.addini("llmeval_samples", default="", help=HELP["samples"])
-    parser.addini("llmeval_repeat", default="", help=HELP["repeat"])
-    parser.addini("llmeval_judge", default="", help=HELP["judge"])
-    parser.addini("llmeval_vision", default="", help=HELP["vision"])
-    parser.addini("llmeval_baseline", default="", help=HELP["baseline"])
-    parser.addini("llmeval_max_drop", default="", help=HELP["max_drop"])
-    parser.addini("llmeval_fail_under", type="linelist", default=[], help=HELP["fail_under"])
-    parser.addini("llmeval_gate", type="linelist", default=[], help=HELP["gate"])
-    parser.addini("llmeval_gate_alpha", default="", help=HELP["gate_alpha"])
-    parser.addini("llmeval_shard", default="", help=HELP["shard"])
-    parser.addini("llmeval_concurrency", default="", help=HELP["concurrency"])
-    parser.addini("llmeval_max_cost", default="", help=HELP["max_cost"])
-    parser.addini("llmeval_max_calls", default="", help=HELP["max_calls"])
-    parser.addini("llmeval_router", default="", help=HELP["router"])
-    parser.addini("llmeval_rate_limits", type="linelist", default=[], help=HELP["rate_limits"])
-    parser.addini("llmeval_sandbox", default="", help=HELP["sandbox"])
-    parser.addini("llmeval_rag_docs", default="", help=HELP["rag_docs"])
-    parser.addini("llmeval_embedding_model", default="", help=HELP["embedding_model"])
-    parser.addini("llmeval_cases", type="linelist", default=["cases"], help=HELP["cases"])
-    parser.addini("llmeval_aliases", type="linelist", default=[], help=HELP["aliases"])
+    """Every option and ini key, from the one table (config/options.py) that also resolves and documents them."""
+    group = parser.getgroup(*GROUP)
+    for option in OPTIONS:
+        if option.flag:
+            group.addoption(option.flag, **option.addoption_kwargs())
+        if option.ini:
+            parser.addini(option.ini, **option.addini_kwargs())
 
 
 def pytest_configure(config: pytest.Config) -> None:

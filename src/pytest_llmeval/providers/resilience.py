@@ -20,10 +20,11 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_llmeval.config.parsers import Limit
+from pytest_llmeval.config.parsers import parse_limits as parse_limits  # re-exported (the ini key's parser)
 from pytest_llmeval.core.errors import InfrastructureError
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
@@ -158,43 +159,7 @@ def backoff(attempt: int, rng: random.Random | None = None, base: float = RETRY_
 # ------------------------------------------------------------------------------------------ rate limits
 
 
-@dataclass(frozen=True)
-class Limit:
-    rpm: float | None = None  # requests per minute
-    tpm: float | None = None  # tokens per minute (prompt estimate + max_tokens)
-
-    def share(self, workers: int) -> Limit:
-        n = max(1, workers)
-        return Limit(None if self.rpm is None else self.rpm / n, None if self.tpm is None else self.tpm / n)
-
-
-_LIMIT_PART = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(rpm|tpm|rps)\s*$", re.IGNORECASE)
-
-
-def parse_limits(lines: list[str]) -> dict[str, Limit]:
-    """``model = 500 rpm, 200000 tpm`` lines (the ini key llmeval_rate_limits); ValueError says what is wrong."""
-    out: dict[str, Limit] = {}
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        model, sep, spec = line.partition("=")
-        if not sep or not model.strip():
-            raise ValueError(f"{line!r}: expected 'model = 500 rpm, 200000 tpm'")
-        rpm = tpm = None
-        for part in spec.split(","):
-            m = _LIMIT_PART.match(part)
-            if not m:
-                raise ValueError(f"{line!r}: cannot read {part.strip()!r}; expected e.g. '500 rpm' or '200000 tpm'")
-            value, unit = float(m.group(1)), m.group(2).lower()
-            if value <= 0:
-                raise ValueError(f"{line!r}: limits must be positive")
-            if unit == "tpm":
-                tpm = value
-            else:
-                rpm = value * 60 if unit == "rps" else value
-        out[model.strip()] = Limit(rpm, tpm)
-    return out
+# Limit and parse_limits (the ini key llmeval_rate_limits) are option values, parsed in config.parsers.
 
 
 class _Bucket:
