@@ -1,8 +1,11 @@
-"""The pytest11 entry point: options, ini keys, markers and fixtures. Run state lives in session.py."""
+"""The pytest11 entry point: options, ini keys and markers declared, the run's plugins wired. Nothing else.
+
+The run itself lives in run/ (state, collection, loop, session, fixtures), the built-in checks, providers and
+reporters in their packages, each registered here through the same hooks a third party uses (hookspecs.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -51,15 +54,30 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "help", False) or getattr(config.option, "version", False):
         return  # `pytest --help` needs the options (declared above), not the run state: keep it fast
     from pytest_llmeval.checks import builtin as builtin_checks
-    from pytest_llmeval.run.session import LLMEvalSession
-    from pytest_llmeval.run.state import STATE
+    from pytest_llmeval.providers import builtin as builtin_providers
+    from pytest_llmeval.report import builtin as builtin_reporters
+    from pytest_llmeval.run import fixtures
+    from pytest_llmeval.run.collection import CollectionPlugin
+    from pytest_llmeval.run.loop import RunLoopPlugin
+    from pytest_llmeval.run.session import ResultsPlugin
+    from pytest_llmeval.run.state import STATE, RunState
 
-    config.pluginmanager.register(builtin_checks, "llmeval-builtin-checks")
-    state = LLMEvalSession(config)
+    pm = config.pluginmanager
+    # The built-in backends register through the same hooks as a conftest's or a plugin's (hookspecs.py).
+    pm.register(builtin_checks, "llmeval-builtin-checks")
+    pm.register(builtin_reporters, "llmeval-builtin-reporters")
+    pm.register(builtin_providers, "llmeval-builtin-providers")
+    state = RunState(config)
     config.stash[STATE] = state
-    config.pluginmanager.register(state, "llmeval-session")
-    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
-        config.pluginmanager.register(_XdistController(state), "llmeval-xdist")
+    collection = CollectionPlugin(state)
+    for name, plugin in (("llmeval-fixtures", fixtures), ("llmeval-collection", collection),
+                         ("llmeval-loop", RunLoopPlugin(state)), ("llmeval-session", ResultsPlugin(state, collection))):
+        pm.register(plugin, name)
+    if pm.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        pm.register(_XdistController(state), "llmeval-xdist")
+
+
+_RUN_PLUGINS = ("llmeval-fixtures", "llmeval-collection", "llmeval-loop", "llmeval-session", "llmeval-xdist")
 
 
 class _XdistController:
@@ -75,183 +93,11 @@ class _XdistController:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run's plugin objects go (a long-lived process, pytester or an IDE, configures many runs)."""
     from pytest_llmeval.run.state import STATE
 
-    state = config.stash.get(STATE, None)
-    if state is not None:
-        config.pluginmanager.unregister(state)
-        if config.pluginmanager.has_plugin("llmeval-xdist"):
-            config.pluginmanager.unregister(name="llmeval-xdist")
+    if config.stash.get(STATE, None) is not None:
+        for name in _RUN_PLUGINS:
+            if config.pluginmanager.has_plugin(name):
+                config.pluginmanager.unregister(name=name)
         del config.stash[STATE]
-
-
-class LLM:
-    """The model under test, for hand-written tests: ``llm("What is 2+2?")`` returns the answer text.
-
-    Calls go through the response cache and are counted in the test's CaseResult.
-    """
-
-    def __init__(self, model: str, complete: Callable[..., Any], record: Callable[[Any], None]) -> None:
-        self.model = model
-        self._complete = complete
-        self._record = record
-
-    def complete(self, prompt: str | list[dict[str, Any]], *, system: str | None = None,
-                 sample: int = 0, **params: Any) -> Any:
-        """Answer a prompt (or a full message list); returns a Completion (text, tokens, latency...)."""
-        if isinstance(prompt, str):
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}]
-        else:
-            messages = list(prompt)
-        completion = self._complete(self.model, messages, params, sample=sample)
-        self._record(completion)
-        return completion
-
-    def __call__(self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any) -> str:
-        return str(self.complete(prompt, system=system, **params).text)
-
-    def __repr__(self) -> str:
-        return f"<LLM {self.model}>"
-
-
-@pytest.fixture
-def llm_model(request: pytest.FixtureRequest) -> str:
-    """The name of the model under test (one per --llm; tests using `llm` are parametrized over them)."""
-    from pytest_llmeval.run.state import STATE
-
-    return str(getattr(request, "param", request.config.stash[STATE].settings.models[0]))
-
-
-@pytest.fixture
-def llm(request: pytest.FixtureRequest, llm_model: str) -> LLM:
-    """Call the model under test: ``llm(prompt, system=None, **params) -> str``.
-
-    A provider failure raises ModelCallError and is recorded as an ``error`` outcome in the aggregates.
-    """
-    from pytest_llmeval.run.session import CALLS
-    from pytest_llmeval.run.state import STATE
-
-    state = request.config.stash[STATE]
-    problem = state.unusable.get(llm_model)
-    if problem:
-        from pytest_llmeval.run.items import ModelUnusable
-
-        raise ModelUnusable(problem)
-    calls = request.node.stash.setdefault(CALLS, [])
-    return LLM(llm_model, state.runner.complete, calls.append)
-
-
-@pytest.fixture(scope="session")
-def sandbox(request: pytest.FixtureRequest) -> Any:
-    """The sandbox that runs generated code (``--llm-sandbox``), for hand-written tests.
-
-    ``sandbox.run_python(code, limits=Limits(timeout_s=5))`` or ``sandbox.run(cmd, files={...})`` returns a
-    RunResult (exit_code, stdout, stderr, reason, files, level); ``with sandbox.workdir() as wd:`` keeps one
-    work directory across several runs (compile, then run).
-    """
-    from pytest_llmeval.run.state import STATE
-
-    return request.config.stash[STATE].get_sandbox()
-
-
-@pytest.fixture(scope="session")
-def rag(request: pytest.FixtureRequest) -> Any:
-    """Retrieval for hand-written tests: ``rag.search(query, k=3)`` returns the top-k chunks (``n``, ``source``,
-    ``start_line``, ``end_line``, ``score``, ``text``) of the docs folder named by ini ``llmeval_rag_docs``;
-    ``rag.open("other/docs").search(...)`` searches another folder. Indexes are built (incrementally) on first
-    use under ``.llmeval/index``, with the packaged offline embedding model unless ``llmeval_embedding_model``
-    names another.
-    """
-    from pytest_llmeval.rag.index import Rag
-    from pytest_llmeval.run.state import STATE
-
-    settings = request.config.stash[STATE].settings
-    return Rag(settings.rag_docs, base_dir=settings.index_dir, model=settings.embedding_model)
-
-
-@pytest.fixture
-def llm_judge(request: pytest.FixtureRequest, llm_model: str) -> Callable[..., Any]:
-    """Grade an answer with the LLM judge in a hand-written test.
-
-    ``llm_judge(answer, rubric="correctness", question=..., reference=None, context=None, min=7)`` returns a
-    CheckOutcome (``passed``, ``score`` 0-1, ``reason``, ``unscored``, ``details["score"]`` 0-10). The judge is
-    ``--llm-judge`` (else the model under test); calls are cached like case judges.
-    """
-    from pytest_llmeval.cases.loader import CaseSpec
-    from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION, JudgeEnv, JudgeParams, grade_judge
-    from pytest_llmeval.run.state import STATE
-
-    state = request.config.stash[STATE]
-    judge_model = state.settings.judge_model or llm_model
-
-    def ask(model: str, messages: list[dict[str, str]], attempt: int) -> Any:
-        return state.runner.complete(model, messages, JUDGE_PARAMS, sample=attempt, semantic=False,
-                                     key_extra={"purpose": "judge", "prompt_version": JUDGE_PROMPT_VERSION})
-
-    def judge(answer: str, rubric: str = "correctness", *, question: str, reference: str | None = None,
-              context: str | None = None, min: float = 7, model: str | None = None) -> Any:  # noqa: A002
-        case = CaseSpec(suite="test", kind="qna", id=request.node.name, path=request.node.path, line=None,
-                        system=None, prompt=question, params={}, tags=(), checks=[],
-                        fields={"reference": reference, "context": context})
-        env = JudgeEnv(judge_model=judge_model, self_judging=judge_model == llm_model, ask=ask)
-        return grade_judge(answer, case, JudgeParams(rubric=rubric, min=min, model=model), env)
-
-    return judge
-
-
-@pytest.fixture
-def vision_judge(request: pytest.FixtureRequest) -> Any:
-    """Judge an image with the vision model (``--llm-vision``) in a hand-written test.
-
-    ``vision_judge(image)`` (a path, bytes or a PIL image) runs the pixel pre-checks, then asks each
-    ``@pytest.mark.vision_judge(question=..., expect="yes")`` question; a wrong answer or a failed pre-check
-    fails the test, no configured vision model skips it with a hint. ``vision_judge(image, question="...",
-    expect="no")`` asks a question of its own; ``check=False`` returns the CheckOutcomes without failing.
-    Reference images are relative to the test file. Images are kept under ``.llmeval/artifacts/tests``.
-    """
-    from pydantic import ValidationError
-
-    from pytest_llmeval.checks.vision import VisionEnv, VisionJudge, VisionParams, vision_asker
-    from pytest_llmeval.run.session import VISION, VISION_CALLS
-    from pytest_llmeval.run.state import STATE
-
-    state = request.config.stash[STATE]
-    questions = []
-    for mark in reversed(list(request.node.iter_markers("vision_judge"))):
-        kwargs = dict(mark.kwargs)
-        for name, value in zip(("question", "expect"), mark.args, strict=False):
-            kwargs.setdefault(name, value)
-        try:
-            params = VisionParams(**kwargs)
-        except ValidationError as exc:
-            raise pytest.UsageError(f"{request.node.nodeid}: invalid @pytest.mark.vision_judge{mark.args or ''}: "
-                                    f"{exc.errors()[0]['loc']} {exc.errors()[0]['msg']}") from None
-        if params.question is None:
-            raise pytest.UsageError(f"{request.node.nodeid}: @pytest.mark.vision_judge needs question=...")
-        questions.append(params)
-    model = state.settings.vision_model
-    if model:
-        problem = state.runner.check_model(model)
-        if problem:
-            from pytest_llmeval.run.items import ModelUnusable
-
-            raise ModelUnusable(problem)
-    base = request.node.path.parent
-    records = request.node.stash.setdefault(VISION, [])
-
-    def make_env(picture: Any) -> VisionEnv:
-        return VisionEnv(model=model, image=picture, ask=vision_asker(state.runner), base_dir=base)
-
-    def record(env: VisionEnv, data: Any) -> None:
-        saved = None
-        if data is not None:
-            slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in request.node.nodeid)[-150:]
-            target = state.settings.artifacts_dir / "tests" / slug / f"image-{data.sha256[:12]}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data.original or data.data)
-            saved = str(target)
-        records.extend({**r, "image": saved} for r in env.records)
-        request.node.stash.setdefault(VISION_CALLS, []).extend(env.calls)
-
-    return VisionJudge(questions, make_env, record)
