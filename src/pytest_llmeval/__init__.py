@@ -11,6 +11,7 @@ _EXPORTS = {
     "CheckDef": "pytest_llmeval.core.checks",
     "CheckOutcome": "pytest_llmeval.core.checks",
     "CheckParams": "pytest_llmeval.core.checks",
+    "GradeContext": "pytest_llmeval.core.checks",
     "CaseSpec": "pytest_llmeval.cases.loader",
     "Completion": "pytest_llmeval.providers.runner",
     "ModelCallError": "pytest_llmeval.providers.runner",

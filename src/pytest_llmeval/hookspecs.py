@@ -20,6 +20,8 @@ def pytest_llmeval_register_checks(register: Callable[[CheckDef], None]) -> None
     """Register checks usable in case files' ``expect`` lists.
 
     Call ``register(CheckDef(name, ParamsModel, grade_fn, shorthand=...))`` once per check.
-    ``grade_fn(answer, case, params) -> CheckOutcome``. A later registration of a name replaces an
-    earlier one, so a conftest can override a built-in check.
+    ``grade_fn(answer, case, params, ctx) -> CheckOutcome``, ``ctx`` being the draw's
+    :class:`~pytest_llmeval.core.checks.GradeContext` (a three-parameter ``grade_fn`` is called without it); a
+    check's ``aggregate`` and ``summary_lines`` add to the suite rows and the summary. A later registration of a
+    name replaces an earlier one, so a conftest can override a built-in check.
     """

@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING
 
 from pytest_llmeval.checks.text import normalize
-from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.loader import CaseSpec
@@ -80,7 +80,7 @@ class ChoiceParams(CheckParams):
     answer: str | None = None  # the expected letter; default: the case's `answer` field
 
 
-def grade_choice(answer: str, case: CaseSpec, p: ChoiceParams) -> CheckOutcome:
+def grade_choice(answer: str, case: CaseSpec, p: ChoiceParams, ctx: GradeContext | None = None) -> CheckOutcome:
     choices: dict[str, str] = case.fields.get("choices") or {}
     expected = (p.answer or str(case.fields.get("answer", ""))).upper()
     got = extract_choice(answer, choices)

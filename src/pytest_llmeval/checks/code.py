@@ -2,6 +2,7 @@
 
 One :class:`CodeContext` per graded answer memoises the compile and the run, so ``runs``, ``stdout`` and
 ``files`` share one execution; each ``tests`` check runs the code with its test code in a fresh work dir.
+The checks reach it as the grading context's ``code`` service (built by the run for code cases only).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.loader import CaseSpec
     from pytest_llmeval.sandbox.isolation import Limits, RunResult, Sandbox, WorkDir
 
 CODE = frozenset({"code"})
+USES = frozenset({"code"})  # the grading context's code service
 NO_CODE = "NO_CODE"
 NO_COMPILE = "NO_COMPILE"
 C_COMPILE = ["gcc", "-std=gnu11", "-O1", "-w", "-o", "prog", "main.c", "-lm"]
@@ -127,6 +129,12 @@ class CodeContext:
         return result
 
 
+def _program(ctx: GradeContext | CodeContext) -> CodeContext:
+    """The code context: the grading context's, or a CodeContext given directly (the case generator runs the code
+    checks on its candidates' programs outside a run)."""
+    return ctx if isinstance(ctx, CodeContext) else ctx.code
+
+
 def _no_program(name: str, ctx: CodeContext) -> CheckOutcome:
     ok, why = ctx.compile()
     return CheckOutcome(name, False, 0.0, why if not ok else "the program did not run")
@@ -148,15 +156,17 @@ class FlagParams(CheckParams):
         return v
 
 
-def grade_compiles(answer: str, case: CaseSpec, p: FlagParams, ctx: CodeContext) -> CheckOutcome:
-    ok, why = ctx.compile()
+def grade_compiles(answer: str, case: CaseSpec, p: FlagParams, ctx: GradeContext | CodeContext) -> CheckOutcome:
+    program = _program(ctx)
+    ok, why = program.compile()
     return CheckOutcome("compiles", ok, float(ok), why)
 
 
-def grade_runs(answer: str, case: CaseSpec, p: FlagParams, ctx: CodeContext) -> CheckOutcome:
-    result = ctx.run()
+def grade_runs(answer: str, case: CaseSpec, p: FlagParams, ctx: GradeContext | CodeContext) -> CheckOutcome:
+    program = _program(ctx)
+    result = program.run()
     if result is None:
-        return _no_program("runs", ctx)
+        return _no_program("runs", program)
     return CheckOutcome("runs", result.ok, float(result.ok), "" if result.ok else _failed_run(result))
 
 
@@ -177,10 +187,11 @@ class StdoutParams(CheckParams):
         return self
 
 
-def grade_stdout(answer: str, case: CaseSpec, p: StdoutParams, ctx: CodeContext) -> CheckOutcome:
-    result = ctx.run()
+def grade_stdout(answer: str, case: CaseSpec, p: StdoutParams, ctx: GradeContext | CodeContext) -> CheckOutcome:
+    program = _program(ctx)
+    result = program.run()
     if result is None:
-        return _no_program("stdout", ctx)
+        return _no_program("stdout", program)
     out = result.stdout
     problems = []
     if p.equals is not None and out.strip() != p.equals.strip():
@@ -204,12 +215,13 @@ class TestsParams(CheckParams):
     setup: str | None = None  # run before the answer's code (imports the answer may have dropped)
 
 
-def grade_tests(answer: str, case: CaseSpec, p: TestsParams, ctx: CodeContext) -> CheckOutcome:
-    if ctx.language != "python":
+def grade_tests(answer: str, case: CaseSpec, p: TestsParams, ctx: GradeContext | CodeContext) -> CheckOutcome:
+    program = _program(ctx)
+    if program.language != "python":
         return CheckOutcome("tests", False, 0.0, "tests run Python test code: use runs/stdout for C")
-    result = ctx.run_tests(p.code, p.entry_point, p.setup)
+    result = program.run_tests(p.code, p.entry_point, p.setup)
     if result is None:
-        return _no_program("tests", ctx)
+        return _no_program("tests", program)
     return CheckOutcome("tests", result.ok, float(result.ok), "" if result.ok else _failed_run(result))
 
 
@@ -225,16 +237,22 @@ class FilesParams(CheckParams):
         return v
 
 
-def grade_files(answer: str, case: CaseSpec, p: FilesParams, ctx: CodeContext) -> CheckOutcome:
-    result = ctx.run()
+def grade_files(answer: str, case: CaseSpec, p: FilesParams, ctx: GradeContext | CodeContext) -> CheckOutcome:
+    program = _program(ctx)
+    result = program.run()
     if result is None:
-        return _no_program("files", ctx)
-    missing = [name for name in p.value if name not in ctx.files]
+        return _no_program("files", program)
+    missing = [name for name in p.value if name not in program.files]
     passed = not missing
     reason = "" if passed else f"the program did not write {', '.join(missing)}"
     if not result.ok:
         reason += ("; " if reason else "") + f"the program failed ({_failed_run(result)})"
     return CheckOutcome("files", passed, float(passed), reason)
+
+
+def _want_files(p: FilesParams, ctx: GradeContext) -> None:
+    """Before the program runs: keep the files the check lists (the run copies them out of the sandbox)."""
+    ctx.code.want_files(list(p.value))
 
 
 def save_artifacts(files: dict[str, Path], target: Path) -> dict[str, str]:
@@ -249,14 +267,14 @@ def save_artifacts(files: dict[str, Path], target: Path) -> dict[str, str]:
 
 
 CHECKS = [
-    CheckDef("compiles", FlagParams, grade_compiles, shorthand="value", kinds=CODE, context=True,
+    CheckDef("compiles", FlagParams, grade_compiles, shorthand="value", kinds=CODE, uses=USES,
              doc="the program compiles (C: gcc in the sandbox; Python: a syntax check)"),
-    CheckDef("runs", FlagParams, grade_runs, shorthand="value", kinds=CODE, context=True,
+    CheckDef("runs", FlagParams, grade_runs, shorthand="value", kinds=CODE, uses=USES,
              doc="the program exits 0 within the limits"),
-    CheckDef("stdout", StdoutParams, grade_stdout, shorthand="equals", kinds=CODE, context=True,
+    CheckDef("stdout", StdoutParams, grade_stdout, shorthand="equals", kinds=CODE, uses=USES,
              doc="standard output equals / contains / matches"),
-    CheckDef("tests", TestsParams, grade_tests, shorthand="code", kinds=CODE, context=True,
+    CheckDef("tests", TestsParams, grade_tests, shorthand="code", kinds=CODE, uses=USES,
              doc="test code (asserts, or check(candidate) with entry_point) passes against the program"),
-    CheckDef("files", FilesParams, grade_files, shorthand="value", kinds=CODE, context=True,
+    CheckDef("files", FilesParams, grade_files, shorthand="value", kinds=CODE, uses=USES, prepare=_want_files,
              doc="the program writes these files (kept as artifacts)"),
 ]

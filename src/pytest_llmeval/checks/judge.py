@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.loader import CaseSpec
@@ -226,10 +226,21 @@ class JudgeEnv:
     context: str | None = None  # retrieved context, when the case used retrieval
     calls: list[Completion] = field(default_factory=list)
 
+    def complete(self, messages: list[dict[str, str]], model: str | None = None, attempt: int = 0) -> Completion:
+        """One call to the judge (``model``, default: this item's judge model), recorded in ``calls``, which are
+        the case's judge cost in results.json. ``attempt`` picks another cache slot for a retry."""
+        completion = self.ask(model or self.judge_model, messages, attempt)
+        self.calls.append(completion)
+        return completion
 
-def grade_judge(answer: str, case: CaseSpec, params: JudgeParams, env: JudgeEnv, *,
+
+def grade_judge(answer: str, case: CaseSpec, params: JudgeParams, ctx: GradeContext | JudgeEnv, *,
                 question: str | None = None) -> CheckOutcome:
-    """Ask the judge; retry once on an unusable reply; unscored if the retry is unusable too."""
+    """Ask the judge; retry once on an unusable reply; unscored if the retry is unusable too.
+
+    ``ctx``: the grading context (its ``judge`` service), or a JudgeEnv given directly (the ``llm_judge`` fixture
+    grades a hand-written test's answer outside any case item)."""
+    env = ctx if isinstance(ctx, JudgeEnv) else ctx.judge
     name, criteria = resolve_rubric(params.rubric)
     model = params.model or env.judge_model
     context = env.context or _text(case.fields.get("context"))
@@ -261,7 +272,7 @@ def _text(value: Any) -> str | None:
 
 
 CHECKS = [
-    CheckDef("judge", JudgeParams, grade_judge, shorthand="rubric", judge=True,
+    CheckDef("judge", JudgeParams, grade_judge, shorthand="rubric", uses=frozenset({"judge"}), calls="judge",
              doc="an LLM judge scores the answer 0-10 on a rubric; passes when score >= min"),
 ]
 

@@ -15,19 +15,19 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.loader import CaseSpec
 
-__all__ = ["CHECKS", "JaccardParams", "ParsedLabels", "format_label_report", "jaccard", "label_report",
-           "parse_labels"]
+__all__ = ["CHECKS", "JaccardParams", "ParsedLabels", "aggregate_labels", "format_label_report", "jaccard",
+           "label_report", "label_summary_lines", "labels_fields", "parse_labels"]
 
 
 @dataclass(frozen=True)
@@ -394,7 +394,7 @@ class JaccardParams(CheckParams):
     min: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
-def grade_jaccard(answer: str, case: CaseSpec, p: JaccardParams) -> CheckOutcome:
+def grade_jaccard(answer: str, case: CaseSpec, p: JaccardParams, ctx: GradeContext | None = None) -> CheckOutcome:
     allowed = [str(x) for x in case.fields.get("labels") or []]
     expected = list(dict.fromkeys(str(x) for x in case.fields.get("answer") or []))
     parsed = parse_labels(answer, allowed)
@@ -491,7 +491,34 @@ def format_label_report(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def labels_fields(outcome: CheckOutcome, case: CaseSpec) -> dict[str, Any]:
+    """The case's ``labels`` record (CaseResult.labels): what the answer named and what was expected, with the
+    allowed set (the suite report lists the allowed labels first, in their order)."""
+    if not outcome.details:
+        return {}
+    return {"labels": {**outcome.details, "allowed": list(case.fields.get("labels") or [])}}
+
+
+def aggregate_labels(results: list[Any]) -> dict[str, Any]:
+    """A suite x model row's ``labels`` entry: the per-label report over its graded cases (CaseResults)."""
+    labelled = [r for r in results if r.outcome in ("passed", "failed") and r.labels]
+    if not labelled:
+        return {}
+    allowed = list(dict.fromkeys(x for r in labelled for x in r.labels.get("allowed", [])))
+    return {"labels": label_report([(r.labels["expected"], r.labels["predicted"]) for r in labelled], allowed or None)}
+
+
+def label_summary_lines(row: Mapping[str, Any], name: str) -> list[str]:
+    """The row's label report under the terminal summary table."""
+    report = row.get("labels")
+    if not report:
+        return []
+    return [f"{name}: labels (per-label Jaccard, precision, recall):",
+            *("  " + line for line in format_label_report(report))]
+
+
 CHECKS = [
     CheckDef("jaccard", JaccardParams, grade_jaccard, shorthand="min", kinds=frozenset({"labels"}),
-             doc="Jaccard of the labels named in the answer and the expected labels >= min"),
+             doc="Jaccard of the labels named in the answer and the expected labels >= min",
+             case_fields=labels_fields, aggregate=aggregate_labels, summary_lines=label_summary_lines),
 ]

@@ -8,11 +8,12 @@ use none of these checks never pays for them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.loader import CaseSpec
@@ -72,6 +73,21 @@ def reference_metrics(candidate: str, reference: str) -> dict[str, float]:
     return {"bleu": bleu(candidate, reference), "rouge_l": rouge_l(candidate, reference)}
 
 
+RECORDED = ("bleu", "rouge_l", "similarity")  # what a check's details may hold that the case records as a metric
+
+
+def recorded_metrics(answer: str, case: CaseSpec, outcomes: Iterable[CheckOutcome]) -> dict[str, float]:
+    """The metrics one draw records: the cheap reference metrics of a qna case with a reference, whatever its
+    checks, and what the metric checks measured (the similarity, say)."""
+    metrics: dict[str, float] = {}
+    reference = case.fields.get("reference")
+    if reference and case.kind == "qna":
+        metrics = reference_metrics(answer, str(reference))
+    for o in outcomes:
+        metrics.update({k: v for k, v in o.details.items() if k in RECORDED})
+    return metrics
+
+
 # ----------------------------------------------------------------------------------------------- checks
 
 
@@ -106,7 +122,7 @@ def _verdict(name: str, label: str, value: float, minimum: float, details: dict[
     return CheckOutcome(name, passed, min(1.0, max(0.0, value)), reason, details=details)
 
 
-def grade_bleu(answer: str, case: CaseSpec, p: BleuParams) -> CheckOutcome:
+def grade_bleu(answer: str, case: CaseSpec, p: BleuParams, ctx: GradeContext | None = None) -> CheckOutcome:
     ref = _reference(case, p)
     if ref is None:
         return CheckOutcome("bleu", False, 0.0, NO_REFERENCE)
@@ -114,7 +130,7 @@ def grade_bleu(answer: str, case: CaseSpec, p: BleuParams) -> CheckOutcome:
     return _verdict("bleu", "BLEU", value, p.min, {"bleu": round(value, 6)})
 
 
-def grade_rouge_l(answer: str, case: CaseSpec, p: RougeLParams) -> CheckOutcome:
+def grade_rouge_l(answer: str, case: CaseSpec, p: RougeLParams, ctx: GradeContext | None = None) -> CheckOutcome:
     ref = _reference(case, p)
     if ref is None:
         return CheckOutcome("rouge_l", False, 0.0, NO_REFERENCE)
@@ -122,7 +138,7 @@ def grade_rouge_l(answer: str, case: CaseSpec, p: RougeLParams) -> CheckOutcome:
     return _verdict("rouge_l", "ROUGE-L", value, p.min, {"rouge_l": round(value, 6)})
 
 
-def grade_similarity(answer: str, case: CaseSpec, p: SimilarityParams) -> CheckOutcome:
+def grade_similarity(answer: str, case: CaseSpec, p: SimilarityParams, ctx: GradeContext | None = None) -> CheckOutcome:
     from pytest_llmeval.cache.embeddings import DEFAULT_EMBEDDING_MODEL
 
     ref = _reference(case, p)

@@ -1,4 +1,4 @@
-"""Deterministic text checks: contains, not_contains, regex, equals, json."""
+"""Deterministic text checks: contains, not_contains, regex, equals, json (they need nothing from the grading context)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.loader import CaseSpec
@@ -46,7 +46,7 @@ def _found(answer: str, needle: str, ignore_case: bool) -> bool:
     return needle.lower() in answer.lower() if ignore_case else needle in answer
 
 
-def grade_contains(answer: str, case: CaseSpec, p: ContainsParams) -> CheckOutcome:
+def grade_contains(answer: str, case: CaseSpec, p: ContainsParams, ctx: GradeContext | None = None) -> CheckOutcome:
     values = _as_list(p.value)
     hits = [v for v in values if _found(answer, v, p.ignore_case)]
     missing = [v for v in values if v not in hits]
@@ -60,7 +60,7 @@ def grade_contains(answer: str, case: CaseSpec, p: ContainsParams) -> CheckOutco
     return CheckOutcome("contains", passed, score, reason)
 
 
-def grade_not_contains(answer: str, case: CaseSpec, p: ContainsParams) -> CheckOutcome:
+def grade_not_contains(answer: str, case: CaseSpec, p: ContainsParams, ctx: GradeContext | None = None) -> CheckOutcome:
     values = _as_list(p.value)
     present = [v for v in values if _found(answer, v, p.ignore_case)]
     passed = not present
@@ -84,7 +84,7 @@ class RegexParams(CheckParams):
         return v
 
 
-def grade_regex(answer: str, case: CaseSpec, p: RegexParams) -> CheckOutcome:
+def grade_regex(answer: str, case: CaseSpec, p: RegexParams, ctx: GradeContext | None = None) -> CheckOutcome:
     flags = re.IGNORECASE if p.ignore_case else 0
     rx = re.compile(p.pattern, flags)
     match = rx.fullmatch(answer.strip()) if p.full else rx.search(answer)
@@ -97,7 +97,7 @@ class EqualsParams(CheckParams):
     normalize: bool = True
 
 
-def grade_equals(answer: str, case: CaseSpec, p: EqualsParams) -> CheckOutcome:
+def grade_equals(answer: str, case: CaseSpec, p: EqualsParams, ctx: GradeContext | None = None) -> CheckOutcome:
     accepted = _as_list(p.value)
     norm = normalize if p.normalize else (lambda s: s.strip())
     got = norm(answer)
@@ -147,7 +147,7 @@ def extract_json(answer: str) -> Any:
     raise ValueError("the answer holds no parseable JSON")
 
 
-def grade_json(answer: str, case: CaseSpec, p: JsonParams) -> CheckOutcome:
+def grade_json(answer: str, case: CaseSpec, p: JsonParams, ctx: GradeContext | None = None) -> CheckOutcome:
     try:
         value = extract_json(answer)
     except ValueError as exc:

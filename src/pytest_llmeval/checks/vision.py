@@ -17,21 +17,23 @@ answers), so ``-m "not slow"`` runs the fast evaluation and a full run adds the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams
+from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.checks.code import CodeContext
     from pytest_llmeval.checks.images import ImageData, PrecheckResult
     from pytest_llmeval.providers.runner import Completion
 
 IMAGE_KINDS = frozenset({"code", "calibration"})
+USES = frozenset({"vision"})  # the grading context's vision service
 NO_VISION_MODEL = (
     "no vision model configured: set --llm-vision=MODEL (a litellm vision model such as openai/gpt-4o, "
     "gemini/gemini-1.5-flash or ollama/llava), or --llm-vision=local-vision/<dir> for moondream2/SmolVLM/Qwen2-VL "
@@ -148,7 +150,41 @@ def vision_asker(runner: Any) -> Callable[[str, list[dict[str, Any]], int, Image
     return ask
 
 
-def grade_image(answer: str, case: CaseSpec, p: ImageParams, env: VisionEnv) -> CheckOutcome:
+def default_image(checks: Iterable[Any]) -> str:
+    """The image an image/vision check without ``file:`` looks at: the first image the files check lists."""
+    from pytest_llmeval.checks.images import IMAGE_SUFFIXES
+
+    listed = [n for c in checks if c.name == "files" for n in c.params.value]
+    return next((n for n in listed if n.lower().endswith(IMAGE_SUFFIXES)), "out.png")
+
+
+def program_image(program: CodeContext, name: str) -> ImageData:
+    """The image ``name`` the program wrote (runs the program first, once per draw); ImageProblem if none."""
+    from pytest_llmeval.checks.images import ImageProblem, load_image
+
+    result = program.run()
+    if result is None:
+        ok, why = program.compile()
+        raise ImageProblem(f"no image: the program did not run ({why or 'no code'})")
+    if name not in program.files:
+        failed = "" if result.ok else f"; the program failed ({result.reason})"
+        raise ImageProblem(f"the program did not write {name}{failed}")
+    return load_image(program.files[name])
+
+
+def _want_image(p: ImageParams, ctx: GradeContext) -> None:
+    """Before the program of a code case runs: keep the image the check looks at."""
+    if ctx.provides("code"):
+        ctx.code.want_files([p.file or default_image(ctx.checks)])
+
+
+def _fast_form(p: VisionParams) -> tuple[str, CheckParams]:
+    """The vision check's pixel pre-checks alone, as an ``image`` check: what the fast item of a code case runs."""
+    return "image", p.precheck_params()
+
+
+def grade_image(answer: str, case: CaseSpec, p: ImageParams, ctx: GradeContext) -> CheckOutcome:
+    env: VisionEnv = ctx.vision
     image, result, problem = env.prechecked(p)
     if problem is not None or result is None or image is None:
         return CheckOutcome("image", False, 0.0, problem or "no image")
@@ -156,11 +192,12 @@ def grade_image(answer: str, case: CaseSpec, p: ImageParams, env: VisionEnv) -> 
     return CheckOutcome("image", result.ok, float(result.ok), result.reason, details=details)
 
 
-def grade_vision(answer: str, case: CaseSpec, p: VisionParams, env: VisionEnv) -> CheckOutcome:
+def grade_vision(answer: str, case: CaseSpec, p: VisionParams, ctx: GradeContext) -> CheckOutcome:
     """Pre-checks; then (when judging) ask the vision model, retry once on an unusable reply, else unscored."""
     from pytest_llmeval.checks.images import FIX_PROMPT, parse_yes_no, vision_messages
     from pytest_llmeval.checks.judge import ask_twice, shown_reply
 
+    env: VisionEnv = ctx.vision
     question = p.question or str(case.fields.get("question") or "")
     expected = "yes" if p.expect else "no"
     image, result, problem = env.prechecked(p)
@@ -195,10 +232,12 @@ def grade_vision(answer: str, case: CaseSpec, p: VisionParams, env: VisionEnv) -
 
 
 CHECKS = [
-    CheckDef("image", ImageParams, grade_image, shorthand="file", kinds=frozenset({"code"}), vision=True,
+    CheckDef("image", ImageParams, grade_image, shorthand="file", kinds=frozenset({"code"}), uses=USES,
+             prepare=_want_image,
              doc="pixel pre-checks of an image the program writes: decodes, minimum size, not blank or one flat "
                  "colour, optionally resembles a reference (perceptual hash)"),
-    CheckDef("vision", VisionParams, grade_vision, shorthand="question", kinds=IMAGE_KINDS, vision=True,
+    CheckDef("vision", VisionParams, grade_vision, shorthand="question", kinds=IMAGE_KINDS, uses=USES, calls="vision",
+             markers=("slow", "vision"), fast=_fast_form, prepare=_want_image,
              doc="pixel pre-checks, then a vision model answers a yes/no question about the image (slow: the "
                  "case is also collected as <id>:judged, marked slow and vision)"),
 ]
@@ -245,7 +284,8 @@ class VisionJudge:
             return data
 
         env = self._make_env(picture)
-        outcomes = [grade_vision("", _hand_written_case(), p, env) for p in questions]
+        ctx = GradeContext("", _hand_written_case(), vision=env)
+        outcomes = [grade_vision("", ctx.case, p, ctx) for p in questions]
         self._record(env, data)
         if check:
             failed = [o for o in outcomes if not o.passed and not o.unscored and not o.skipped]

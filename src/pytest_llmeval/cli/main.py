@@ -98,12 +98,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     import json
 
+    from pytest_llmeval.checks.builtin import builtin_registry
     from pytest_llmeval.results.aggregate import merge_results, write_results
     from pytest_llmeval.run.session import _version
 
     try:
         docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.files]
-        merged = merge_results(docs, _version())
+        # The rows are re-aggregated with the built-in checks' aggregates (labels): a conftest's checks are not
+        # loaded outside pytest.
+        merged = merge_results(docs, _version(), builtin_registry().aggregates())
     except (OSError, json.JSONDecodeError, ValueError, KeyError) as exc:
         raise CommandError(str(exc)) from None
     write_results(Path(args.output), merged)

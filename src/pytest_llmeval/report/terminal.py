@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
+
+from pytest_llmeval.core.checks import CheckDef
 
 COLUMNS = [
     ("suite", "suite", "<"), ("model", "model", "<"), ("cases", "cases", ">"), ("passed", "pass", ">"),
@@ -33,8 +36,16 @@ def _cell(key: str, row: dict[str, Any]) -> str:
     return str(value)
 
 
-def summary_lines(doc: dict[str, Any]) -> list[str]:
-    """The summary table of a results document, plus one line per invalid case file entry."""
+def summary_lines(doc: dict[str, Any], checks: Iterable[CheckDef] | None = None) -> list[str]:
+    """The summary table of a results document, the lines under it (each row's details, then what each check's
+    ``summary_lines`` says about the row: the labels' report...), and one line per invalid case file entry.
+
+    ``checks``: the run's registered checks (default: the built-in ones, for a document read back from a file)."""
+    if checks is None:
+        from pytest_llmeval.checks.builtin import BUILTIN_CHECKS
+
+        checks = BUILTIN_CHECKS
+    check_lines = [c.summary_lines for c in checks if c.summary_lines is not None]
     rows = [[_cell(key, r) for key, _, _ in COLUMNS] for r in doc["suites"]]
     header = [title for _, title, _ in COLUMNS]
     widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
@@ -47,6 +58,9 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     lines += stage_lines(doc["suites"])
     for row in doc["suites"]:
         lines += _details(row)
+        name = f"{row['suite']} [{row['model']}]"
+        for check_summary in check_lines:
+            lines += check_summary(row, name)
     if doc.get("invalid"):
         lines.append(f"{len(doc['invalid'])} problem(s) in case files (shown as errors above)")
     return lines
@@ -143,7 +157,7 @@ def stage_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _details(row: dict[str, Any]) -> list[str]:
-    """Lines under the table for what only some suites have: judges, repeats, flaky cases, labels..."""
+    """Lines under the table for what only some suites have: judges, repeats, flaky cases, retrieval, vision..."""
     name = f"{row['suite']} [{row['model']}]"
     out: list[str] = []
     judge = row.get("judge")
@@ -194,12 +208,6 @@ def _details(row: dict[str, Any]) -> list[str]:
         out.append(f"{name}: judge calibration on {cal['examples']} example(s): agreement {_pct(cal['agreement'])} "
                    f"(95% CI {_pct(ci[0])}-{_pct(ci[1])}), mean abs error {mae}, verdict accuracy "
                    f"{_pct(cal['verdict_accuracy'])}, Cohen's kappa {kappa}, unscored {cal['unscored']}")
-    labels = row.get("labels")
-    if labels:
-        from pytest_llmeval.checks.labels import format_label_report
-
-        out.append(f"{name}: labels (per-label Jaccard, precision, recall):")
-        out += ["  " + line for line in format_label_report(labels)]
     return out
 
 

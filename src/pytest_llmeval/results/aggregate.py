@@ -1,14 +1,22 @@
-"""CaseResult (plain data that rides on test reports across xdist) and the per suite x model aggregate."""
+"""CaseResult (plain data that rides on test reports across xdist) and the per suite x model aggregate.
+
+What a check adds to a suite x model row (the labels' per-label report, say) is computed by the check itself:
+its ``aggregate`` reaches this module as a ``check_aggregates`` mapping (check name -> function) passed in by
+the caller, since checks sit above results in the layers (run/session.py passes the run's registered checks,
+``llmeval merge`` the built-in ones).
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pytest_llmeval.core.checks import AggregateFn
 
 SCHEMA_VERSION = 2  # 2: unscored outcome, intervals, repeats, judges, labels, metrics (later additions: additive)
 OUTCOMES = ("passed", "failed", "unscored", "error", "skipped")
@@ -145,8 +153,9 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _extras(rs: list[CaseResult], kind: str) -> dict[str, Any]:
-    """The parts of a suite row that only some suites have: repeats, metrics, judges, labels, calibration."""
+def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, AggregateFn]) -> dict[str, Any]:
+    """The parts of a suite row that only some suites have: repeats, metrics, judges, the checks' own aggregates
+    (labels), calibration."""
     graded = [r for r in rs if r.outcome in ("passed", "failed")]
     out: dict[str, Any] = {}
     unscored_checks = sum(r.unscored_checks for r in rs)
@@ -170,13 +179,8 @@ def _extras(rs: list[CaseResult], kind: str) -> dict[str, Any]:
         out["judge"] = {"models": sorted({str(r.judge["model"]) for r in judged if r.judge}),
                         "self_judging": any(r.judge.get("self_judging") for r in judged if r.judge),
                         "calls": sum(int(r.judge["calls"]) for r in judged if r.judge)}
-    labelled = [r for r in graded if r.labels]
-    if labelled:
-        from pytest_llmeval.checks.labels import label_report
-
-        allowed = list(dict.fromkeys(x for r in labelled if r.labels for x in r.labels.get("allowed", [])))
-        out["labels"] = label_report([(r.labels["expected"], r.labels["predicted"]) for r in labelled if r.labels],
-                                     allowed or None)
+    for check_aggregate in check_aggregates.values():  # each returns {} for a row without anything of its own
+        out.update(check_aggregate(rs))
     retrieved = [r.retrieval for r in rs if r.retrieval and r.retrieval.get("recall_at_k") is not None]
     if retrieved:
         out["retrieval"] = {"cases": len(retrieved), "k": max(int(x["k"]) for x in retrieved),
@@ -213,6 +217,9 @@ def _extras(rs: list[CaseResult], kind: str) -> dict[str, Any]:
     if semantic:
         out["semantic_hits"] = semantic
     calibrated = [r.calibration for r in graded if r.calibration]
+    # Kind names are compared in this module because a kind decides what a row measures (kinds are the case-file
+    # contract, fixed in cases/): a calibration row measures the judge, a choice row's pass rate is an accuracy,
+    # a code row counts programs that did not compile.
     if kind == "calibration" and calibrated:
         agree = sum(1 for c in calibrated if c["agree"])
         errors = [float(c["abs_error"]) for c in calibrated if c.get("abs_error") is not None]
@@ -229,9 +236,11 @@ def _extras(rs: list[CaseResult], kind: str) -> dict[str, Any]:
     return out
 
 
-def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
+def aggregate(results: Iterable[CaseResult], check_aggregates: Mapping[str, AggregateFn] | None = None
+              ) -> list[dict[str, Any]]:
     """One row per (suite, model), sorted. Pass rate = passed / (passed + failed), with its 95% Wilson interval:
-    unscored cases, errors and skips are not the model's doing (or not measurable) and are counted on their own."""
+    unscored cases, errors and skips are not the model's doing (or not measurable) and are counted on their own.
+    ``check_aggregates``: check name -> ``aggregate(results) -> dict``, whose entries join each row."""
     groups: dict[tuple[str, str], list[CaseResult]] = {}
     for r in results:
         groups.setdefault((r.suite, r.model), []).append(r)
@@ -269,7 +278,7 @@ def aggregate(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
             rows[-1]["retries"] = retried
         if kind == "choice":  # multiple choice: the pass rate is the accuracy
             rows[-1].update(accuracy=pass_rate, accuracy_ci=rows[-1]["pass_rate_ci"])
-        rows[-1].update(_extras(rs, kind))
+        rows[-1].update(_extras(rs, kind, check_aggregates or {}))
         with_k = [r.pass_at_k for r in rs if r.pass_at_k and r.outcome in ("passed", "failed")]
         if with_k:
             ks = sorted({k for d in with_k for k in d}, key=int)
@@ -293,9 +302,10 @@ class EncodedCase(dict):  # type: ignore[type-arg]
 
 def build_results(results: list[CaseResult], *, models: list[str], cache_mode: str, exit_status: int,
                   invalid: list[dict[str, Any]], workers: int, version: str, shard: str | None = None,
-                  encoded: dict[int, str] | None = None) -> dict[str, Any]:
+                  encoded: dict[int, str] | None = None,
+                  check_aggregates: Mapping[str, AggregateFn] | None = None) -> dict[str, Any]:
     """The results.json document (schema documented in the README). ``encoded``: ``id(result)`` -> the JSON text
-    of ``result.to_dict()``, for the results that have it already."""
+    of ``result.to_dict()``, for the results that have it already. ``check_aggregates``: see :func:`aggregate`."""
     ordered = sorted(results, key=lambda r: (r.suite, r.model, r.case_id, r.nodeid))
     if encoded:
         cases = [EncodedCase(r.to_dict(), text) if (text := encoded.get(id(r))) is not None else r.to_dict()
@@ -308,7 +318,7 @@ def build_results(results: list[CaseResult], *, models: list[str], cache_mode: s
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "run": {"models": models, "cache": cache_mode, "exit_status": exit_status, "workers": workers,
                 "shard": shard},
-        "suites": aggregate(ordered),
+        "suites": aggregate(ordered, check_aggregates),
         "cases": cases,
         "invalid": sorted(invalid, key=lambda e: (e["file"], e["line"] or 0, e.get("field") or "")),
     }
@@ -340,8 +350,10 @@ def write_results(path: Path, document: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def merge_results(documents: list[dict[str, Any]], version: str) -> dict[str, Any]:
-    """One results document from several (the shards of one run): cases concatenated, suites re-aggregated.
+def merge_results(documents: list[dict[str, Any]], version: str,
+                  check_aggregates: Mapping[str, AggregateFn] | None = None) -> dict[str, Any]:
+    """One results document from several (the shards of one run): cases concatenated, suites re-aggregated
+    (``check_aggregates``: see :func:`aggregate`).
 
     A case present in two documents with different outcomes is an error (shards must not overlap)."""
     cases: dict[str, dict[str, Any]] = {}
@@ -360,7 +372,7 @@ def merge_results(documents: list[dict[str, Any]], version: str) -> dict[str, An
     merged = build_results([CaseResult.from_dict(c) for c in cases.values()], models=models,
                            cache_mode=str(documents[0].get("run", {}).get("cache", "on")) if documents else "on",
                            exit_status=max((int(d.get("run", {}).get("exit_status", 0)) for d in documents), default=0),
-                           invalid=invalid, workers=0, version=version)
+                           invalid=invalid, workers=0, version=version, check_aggregates=check_aggregates)
     merged["run"]["merged_from"] = len(documents)
     merged["run"]["shards"] = [d.get("run", {}).get("shard") for d in documents]
     return merged

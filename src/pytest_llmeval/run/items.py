@@ -3,13 +3,21 @@
 Ids read like ``cases/geography.yaml::capital-fr[groq/llama3-70b]`` so ``-k``, ``--lf``, ``--deselect``
 and ``-n`` work as usual. An invalid case (or file) becomes an item that errors in setup with a precise
 message, instead of a collection error that would abort the whole run.
+
+Grading knows no check by name: every check gets one GradeContext (core/checks.py) whose services (judge,
+vision, code) this module builds on demand, and what a check needs beyond grading (markers, a fast form, files
+to keep, fields of the result) comes from its CheckDef. Case kinds, by contrast, are compared by name here:
+the kinds are the case-file contract (cases/), fixed and not extensible, and each one shapes the item itself:
+a calibration case has no model call (the judge grades the case's own answer), a code case's answer is a
+program (sandbox, samples, pass@k, artifacts). "judge" and "vision" are model roles (--llm-judge,
+--llm-vision), named by a check's ``calls``.
 """
 
 from __future__ import annotations
 
 import functools
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +25,7 @@ import pytest
 
 from pytest_llmeval.cases.loader import CaseError, CaseSpec, InvalidCase, load_file
 from pytest_llmeval.checks.judge import JudgeEnv
-from pytest_llmeval.core.checks import CheckOutcome
+from pytest_llmeval.core.checks import CheckOutcome, CheckSpec, GradeContext
 from pytest_llmeval.core.errors import InfrastructureError, LLMEvalError
 from pytest_llmeval.providers.runner import Completion, ModelCallError, paused_gc
 from pytest_llmeval.results.aggregate import CaseResult
@@ -69,16 +77,18 @@ class CaseFile(pytest.File):
         for case in loaded.cases:
             if case.id in groups:
                 continue
-            vision = any(c.name == "vision" for c in case.checks)
+            roles = {c.definition.calls for c in case.checks if c.definition is not None}
             # A calibration suite grades the judge: its items run once per judge (or vision) model.
             models = state.settings.models
-            if case.kind == "calibration" and vision:
+            if case.kind == "calibration" and "vision" in roles:
                 models = (state.settings.vision_model or NO_VISION_MODEL_ID,)
             elif case.kind == "calibration" and state.settings.judge_model:
                 models = (state.settings.judge_model,)
-            # A code case with vision checks is collected twice: the fast evaluation (runs, pixel pre-checks)
-            # and the judged one (slow: a vision model looks at the image), as seed 000's fast and normal evals.
-            stages: tuple[str | None, ...] = ("runs", "judged") if vision and case.kind == "code" else (None,)
+            # A code case with a slow check (a vision check: it has a fast form) is collected twice: the fast
+            # evaluation (runs, pixel pre-checks) and the judged one (slow: a vision model looks at the image), as
+            # seed 000's fast and normal evals.
+            slow = any(c.definition is not None and c.definition.fast is not None for c in case.checks)
+            stages: tuple[str | None, ...] = ("runs", "judged") if slow and case.kind == "code" else (None,)
             # A case with a robustness block gets one more item: its perturbed variants, graded for consistency.
             if case.robustness and case.kind != "calibration":
                 stages += ("robust",)
@@ -147,8 +157,9 @@ class CaseItem(pytest.Item):
         # The judged stage is its own suite in the aggregates ("render:judged"), so its pass rate, gate and
         # baseline never mix with the fast stage's.
         self.suite = f"{case.suite}:{stage}" if stage in ("judged", "robust") else case.suite
-        # The fast and the robustness stages look at images with the pixel pre-checks only (no vision model).
-        self.checks = [self._precheck_only(c) if stage in ("runs", "robust") and c.name == "vision" else c
+        # The fast and the robustness stages grade slow checks by their fast form (a vision check by its pixel
+        # pre-checks only: no vision model).
+        self.checks = [self._fast(c) if stage in ("runs", "robust") and c.definition and c.definition.fast else c
                        for c in case.checks]
         self.completion: Completion | None = None
         self.completions: list[Completion] = []
@@ -160,23 +171,22 @@ class CaseItem(pytest.Item):
         self.calibration: dict[str, Any] | None = None
         self.retrieved: list[Any] = []  # rag.Retrieved hits put into the prompt
         self.retrieval: dict[str, Any] | None = None  # index, version, recall@k, MRR
-        self.vision_records: list[dict[str, Any]] = []
         self.robustness: Any = None  # robustness.Robustness, for the robust stage
         self.add_marker("llmeval")
         if stage == "robust":
             self.add_marker("robustness")
-        if any(c.name == "vision" for c in self.checks):
-            # -m "not slow" runs the fast evaluation; the full run adds the vision judge.
-            self.add_marker("slow")
-            self.add_marker("vision")
+        # The checks' own markers (a vision check: slow, vision): -m "not slow" runs the fast evaluation; the full
+        # run adds the vision judge.
+        for marker in dict.fromkeys(m for c in self.checks if c.definition for m in c.definition.markers):
+            self.add_marker(marker)
         # -k can select by suite, kind and tag.
         self.extra_keyword_matches.update([case.suite, case.kind, *case.tags, *([stage] if stage else [])])
 
-    def _precheck_only(self, spec: Any) -> Any:
-        """A vision check's pixel pre-checks alone, as an ``image`` check (the fast stage)."""
-        from pytest_llmeval.core.checks import CheckSpec
-
-        return CheckSpec("image", spec.params.precheck_params(), spec.line, _session(self.config).registry.get("image"))
+    def _fast(self, spec: CheckSpec) -> CheckSpec:
+        """The fast form of a slow check (a vision check's pixel pre-checks alone, as an ``image`` check)."""
+        assert spec.definition is not None and spec.definition.fast is not None
+        name, params = spec.definition.fast(spec.params)
+        return CheckSpec(name, params, spec.line, _session(self.config).registry.get(name))
 
     @property
     def draws(self) -> int:
@@ -190,14 +200,18 @@ class CaseItem(pytest.Item):
         return self.case.pass_if or ("any" if self.case.kind == "code" else "all")
 
     def judge_models(self) -> set[str]:
-        """Every model this item's judge and vision checks will call."""
+        """Every model this item's checks will call (its judge and vision checks): a check's ``model`` parameter,
+        else the run's model for the role it calls."""
         models: set[str] = set()
         for c in self.checks:
-            if c.definition is not None and c.definition.judge:
-                models.add(getattr(c.params, "model", None) or self._default_judge())
-            if c.name == "vision" and (m := c.params.model or self._default_vision()):
+            role = c.definition.calls if c.definition is not None else None
+            if role and (m := getattr(c.params, "model", None) or self._default_model(role)):
                 models.add(m)
         return models
+
+    def _default_model(self, role: str) -> str | None:
+        """The model a check calling ``role`` asks when it names none ("vision": --llm-vision; else the judge)."""
+        return self._default_vision() if role == "vision" else self._default_judge()
 
     def _default_vision(self) -> str | None:
         if self.case.kind == "calibration":
@@ -291,8 +305,6 @@ class CaseItem(pytest.Item):
 
     def runtest(self) -> None:
         state = _session(self.config)
-        if any(c.definition is not None and c.definition.judge for c in self.checks):
-            self.judge_env = self._judge_env(state)
         if self.case.kind == "calibration":
             answers = [str(self.case.fields["answer"])]
         else:
@@ -377,6 +389,13 @@ class CaseItem(pytest.Item):
         self.outcomes = self.samples[0]["outcomes"]
         return "unscored" if c is None else "passed" if r.passed else "failed"
 
+    def _judge(self) -> JudgeEnv:
+        """The judge service: one JudgeEnv per item, made when a check first asks for it, so that its calls (every
+        draw's, and a robustness item's variants') are the case's judge cost."""
+        if self.judge_env is None:
+            self.judge_env = self._judge_env(_session(self.config))
+        return self.judge_env
+
     def _vision_env(self, image: Any) -> Any:
         """The VisionEnv of one draw: ``image(file)`` finds the picture, ``ask`` calls the vision model."""
         from pytest_llmeval.checks.vision import VisionEnv, vision_asker
@@ -384,59 +403,76 @@ class CaseItem(pytest.Item):
         return VisionEnv(model=self._default_vision(), image=image, ask=vision_asker(_session(self.config).runner),
                          base_dir=self.case.path.parent)
 
+    def _vision_service(self, ctx: GradeContext) -> Any:
+        """The vision service of one draw: a code case's checks look at the images its program wrote, a calibration
+        case's at its own ``image`` file."""
+        from pytest_llmeval.checks.vision import default_image, program_image
+
+        if ctx.provides("code"):
+            fallback = default_image(ctx.checks)
+            return self._vision_env(lambda file: program_image(ctx.code, file or fallback))
+        from pytest_llmeval.checks.images import load_image
+
+        picture = ctx.case.path.parent / str(ctx.case.fields.get("image"))
+        return self._vision_env(lambda file: load_image(picture))
+
+    def _code_service(self, ctx: GradeContext) -> Any:
+        """The code service of one draw: the program extracted from the answer, run (when a check asks) in the
+        sandbox; its work directories live until the draw is graded."""
+        from pytest_llmeval.checks.code import CodeContext
+        from pytest_llmeval.checks.extract import extract_code
+        from pytest_llmeval.sandbox.isolation import Limits
+
+        language = str(ctx.case.fields["language"])
+        sandbox = _session(self.config).get_sandbox()
+        return ctx.enter(CodeContext(extract_code(ctx.answer, language), language, sandbox, Limits(**ctx.case.limits)))
+
+    def _context(self, answer: str, index: int, case: CaseSpec) -> GradeContext:
+        """The grading context of one draw. Its services are built when a check first asks for them."""
+        factories: dict[str, Callable[[GradeContext], Any]] = {
+            "judge": lambda ctx: self._judge(), "vision": self._vision_service}
+        if case.kind == "code":  # a code case's answer is a program (see the module's docstring)
+            factories["code"] = self._code_service
+        return GradeContext(answer, case, self.model, draw=index, stage=self.stage, checks=self.checks,
+                            retrieved=self.retrieved, factories=factories)
+
     def _grade(self, answer: str, index: int, case: CaseSpec | None = None) -> dict[str, Any]:
         """Grade one draw: every check's outcome, the draw's status and score (and, for code, what ran).
         ``case`` is a robustness variant of this item's case (default: the case itself)."""
         case = case or self.case
-        checks = self.checks
-        env = self.judge_env
-        if case.kind != "code":
-            venv = None
-            if any(c.definition and c.definition.vision for c in checks):
-                from pytest_llmeval.checks.images import load_image
-
-                picture = case.path.parent / str(case.fields.get("image"))
-                venv = self._vision_env(lambda file: load_image(picture))
-            outcomes = [c.definition.grade(answer, case, c.params, env) if c.definition.judge
-                        else c.definition.grade(answer, case, c.params, venv) if c.definition.vision
-                        else c.definition.grade(answer, case, c.params)
-                        for c in checks if c.definition and c.definition.grade]
+        checks = [(c, c.definition) for c in self.checks if c.definition is not None and c.definition.grade is not None]
+        with self._context(answer, index, case) as ctx:
+            for c, definition in checks:
+                if definition.prepare is not None:
+                    definition.prepare(c.params, ctx)
+            outcomes = [definition.evaluate(c.params, ctx) for c, definition in checks]
             draw = _draw(outcomes, case, answer)
-            if venv is not None:
-                draw["vision"] = [{**r, "image": _relative(self.config, picture)} for r in venv.records]
-                draw["calls"] = venv.calls
-            return draw
-        from pytest_llmeval.checks.code import CodeContext, save_artifacts
-        from pytest_llmeval.checks.extract import extract_code
-        from pytest_llmeval.sandbox.isolation import Limits
+            if ctx.provides("code"):
+                draw.update(self._program_record(ctx, case, index))
+            elif (vision := ctx.built("vision")) is not None:
+                picture = case.path.parent / str(case.fields.get("image"))
+                draw.update(vision=[{**r, "image": _relative(self.config, picture)} for r in vision.records],
+                            calls=vision.calls)
+        return draw
 
-        state = _session(self.config)
-        sandbox = state.get_sandbox()
-        language = str(case.fields["language"])
-        code = extract_code(answer, language)
-        default_image = _default_image(checks)
-        with CodeContext(code, language, sandbox, Limits(**case.limits)) as ctx:
-            for c in checks:
-                if c.name == "files":
-                    ctx.want_files(list(c.params.value))
-                elif c.definition is not None and c.definition.vision:
-                    ctx.want_files([c.params.file or default_image])
-            venv = self._vision_env(lambda file: _program_image(ctx, file or default_image))
-            outcomes = []
-            for c in checks:
-                if not (c.definition and c.definition.grade):
-                    continue
-                extra = (ctx,) if c.definition.context else (env,) if c.definition.judge else \
-                    (venv,) if c.definition.vision else ()
-                outcomes.append(c.definition.grade(answer, case, c.params, *extra))
-            slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.model)
-            draw_dir = f"{self.stage}-{index}" if self.stage in ("judged", "robust") else str(index)
-            target = state.settings.artifacts_dir / case.suite / case.id / slug / draw_dir
-            artifacts = save_artifacts(ctx.files, target)
+    def _program_record(self, ctx: GradeContext, case: CaseSpec, index: int) -> dict[str, Any]:
+        """What a code case's draw keeps: the extracted code, what ran, the files it wrote (copied out of the
+        sandbox before the context closes) and the images the vision checks looked at."""
+        from pytest_llmeval.checks.code import save_artifacts
+        from pytest_llmeval.checks.vision import default_image
+
+        program = ctx.code  # made now if no check ran the program: the case still records what was extracted
+        slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.model)
+        draw_dir = f"{self.stage}-{index}" if self.stage in ("judged", "robust") else str(index)
+        target = _session(self.config).settings.artifacts_dir / case.suite / case.id / slug / draw_dir
+        artifacts = save_artifacts(program.files, target)
+        vision = ctx.built("vision")
+        fallback = default_image(self.checks)
         records = [{**r, "image": _relative(self.config, Path(artifacts[name]))
-                    if (name := r.get("file") or default_image) in artifacts else None} for r in venv.records]
-        return {**_draw(outcomes, case, answer), "code": code, "detail": ctx.detail, "runs": ctx.runs,
-                "artifacts": artifacts, "sandbox": sandbox.level, "vision": records, "calls": venv.calls}
+                    if (name := r.get("file") or fallback) in artifacts else None}
+                   for r in (vision.records if vision is not None else [])]
+        return {"code": program.code, "detail": program.detail, "runs": program.runs, "artifacts": artifacts,
+                "sandbox": program.sandbox.level, "vision": records, "calls": vision.calls if vision is not None else []}
 
     # ---- reporting
 
@@ -529,9 +565,13 @@ class CaseItem(pytest.Item):
             extra["metrics"] = {m: round(sum(s["metrics"][m] for s in self.samples if m in s["metrics"])
                                          / sum(1 for s in self.samples if m in s["metrics"]), 6)
                                 for m in metric_names}
-            labels = next((o.details for o in self.outcomes if o.name == "jaccard" and o.details), None)
-            if labels:
-                extra["labels"] = {**labels, "allowed": list(self.case.fields.get("labels") or [])}
+            # Fields a check fills from its outcome in the first draw (jaccard: labels); the first such outcome wins.
+            definitions = {c.name: c.definition for c in self.checks if c.definition is not None}
+            for o in self.outcomes:
+                definition = definitions.get(o.name)
+                if definition is not None and definition.case_fields is not None:
+                    for key, value in definition.case_fields(o, self.case).items():
+                        extra.setdefault(key, value)
             env = self.judge_env
             if env is not None and env.calls:
                 costs = [x.cost_usd for x in env.calls if x.cost_usd is not None]
@@ -633,40 +673,13 @@ def decide(samples: list[dict[str, Any]], pass_if: str) -> str:
 
 
 def _draw(outcomes: list[CheckOutcome], case: CaseSpec, answer: str) -> dict[str, Any]:
-    scores = [o.score for o in outcomes if o.score is not None and not o.unscored]
-    metrics: dict[str, float] = {}
-    reference = case.fields.get("reference")
-    if reference and case.kind == "qna":
-        from pytest_llmeval.checks.metrics import reference_metrics
+    from pytest_llmeval.checks.metrics import recorded_metrics
 
-        metrics = reference_metrics(answer, str(reference))  # cheap ones, recorded whatever the checks
-    for o in outcomes:  # what a metric check measured (similarity, say) is recorded too
-        metrics.update({k: v for k, v in o.details.items() if k in ("bleu", "rouge_l", "similarity")})
+    scores = [o.score for o in outcomes if o.score is not None and not o.unscored]
     status = draw_status(outcomes)
     return {"outcomes": outcomes, "status": status, "passed": status == "passed",
-            "score": sum(scores) / len(scores) if scores else None, "metrics": metrics}
-
-
-def _default_image(checks: list[Any]) -> str:
-    """The image an image/vision check without ``file:`` looks at: the first image the files check lists."""
-    from pytest_llmeval.checks.images import IMAGE_SUFFIXES
-
-    listed = [n for c in checks if c.name == "files" for n in c.params.value]
-    return next((n for n in listed if n.lower().endswith(IMAGE_SUFFIXES)), "out.png")
-
-
-def _program_image(ctx: Any, name: str) -> Any:
-    """The image the program wrote (runs the program first, once per draw)."""
-    from pytest_llmeval.checks.images import ImageProblem, load_image
-
-    result = ctx.run()
-    if result is None:
-        ok, why = ctx.compile()
-        raise ImageProblem(f"no image: the program did not run ({why or 'no code'})")
-    if name not in ctx.files:
-        failed = "" if result.ok else f"; the program failed ({result.reason})"
-        raise ImageProblem(f"the program did not write {name}{failed}")
-    return load_image(ctx.files[name])
+            "score": sum(scores) / len(scores) if scores else None,
+            "metrics": recorded_metrics(answer, case, outcomes)}
 
 
 def _relative(config: pytest.Config, path: Any) -> str:
