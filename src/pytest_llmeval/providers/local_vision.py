@@ -40,6 +40,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_llmeval.core.errors import InfrastructureError
+from pytest_llmeval.providers.base import Provider, Reply, Request
+from pytest_llmeval.providers.litellm_provider import bad_request, custom_complete, provider_class, register_provider
+from pytest_llmeval.providers.local_generate import positive_int
 
 if TYPE_CHECKING:
     from litellm import CustomLLM
@@ -59,6 +62,7 @@ __all__ = [
     "answer",
     "image_from_messages",
     "load",
+    "provider",
     "register",
     "resolve_vision_dir",
 ]
@@ -530,25 +534,6 @@ _NO_IMAGE = (
 )
 
 
-def _bad_request(message: str, model: str) -> Exception:
-    """A litellm BadRequestError: not retried, and classified by callers as a configuration error."""
-    import litellm
-
-    return litellm.exceptions.BadRequestError(message=message, model=f"{PROVIDER}/{model}", llm_provider=PROVIDER)
-
-
-def _positive_int(value: Any, name: str, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return number
-
-
 def _complete(
     model: str, messages: list[dict[str, Any]], model_response: ModelResponse, optional_params: dict[str, Any]
 ) -> ModelResponse:
@@ -561,7 +546,7 @@ def _complete(
         image, prompt, system = image_from_messages(messages)
         if image is None:
             raise ValueError(_NO_IMAGE)
-        max_new = _positive_int(
+        max_new = positive_int(
             params.get("max_tokens", params.get("max_completion_tokens")), "max_tokens", DEFAULT_MAX_TOKENS
         )
         if int(params.get("n") or 1) != 1:
@@ -569,9 +554,9 @@ def _complete(
         temperature = float(params.get("temperature") or 0.0)
         result = answer(load(path), image, prompt, system=system, max_new_tokens=max_new, temperature=temperature)
     except LocalVisionError as exc:  # its message already starts with local-vision/<name>
-        raise _bad_request(str(exc), model) from exc
+        raise bad_request(PROVIDER, model, str(exc)) from exc
     except ValueError as exc:  # bad messages, image or parameters
-        raise _bad_request(f"{PROVIDER}/{model}: {exc}", model) from exc
+        raise bad_request(PROVIDER, model, f"{PROVIDER}/{model}: {exc}") from exc
 
     text, finish = result.text, result.finish_reason
     stops = params.get("stop")
@@ -594,8 +579,6 @@ def _complete(
 
 @functools.lru_cache(maxsize=1)
 def _local_vision_llm_class() -> type[CustomLLM]:
-    from pytest_llmeval.providers.local import provider_class
-
     cls = provider_class("LocalVisionLLM", "litellm handler for ``local-vision/<dir>``: a vision-language model "
                                            "directory on disk.", _complete)
     cls.__module__ = __name__
@@ -613,6 +596,29 @@ def __getattr__(name: str) -> Any:
 
 def register() -> None:
     """Make ``local-vision/...`` models callable through litellm; safe to call any number of times."""
-    from pytest_llmeval.providers.local import register_provider
-
     register_provider(PROVIDER, _local_vision_llm_class)
+
+
+def provider() -> Provider:
+    """The ``local-vision/`` provider, as builtin.py registers it."""
+    return Provider(prefix=f"{PROVIDER}/", complete=_answer, offline=True, vision=True, check=_check, load=_prepare,
+                    setup=register, doc="a vision-language model directory on disk, local-vision/<dir>")
+
+
+def _check(model: str, shown: str) -> str | None:
+    try:
+        resolve_vision_dir(model[len(PROVIDER) + 1:])
+    except LocalVisionError as exc:
+        return str(exc)
+    return None
+
+
+def _prepare(model: str) -> None:
+    """Register with litellm and load the model (once per process) before the clock starts."""
+    register()
+    load(resolve_vision_dir(model[len(PROVIDER) + 1:]))
+
+
+def _answer(request: Request) -> Reply:
+    register()
+    return custom_complete(request)

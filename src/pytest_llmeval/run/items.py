@@ -274,8 +274,6 @@ class CaseItem(pytest.Item):
 
     def plan_calls(self) -> list[dict[str, Any]] | None:
         """The model calls setup will make, for the prefetcher; None when they must not be made ahead."""
-        from pytest_llmeval.providers.runner import is_local
-
         state = _session(self.config)
         if self.case.kind == "calibration" or self.case.retrieve or self.model == NO_VISION_MODEL_ID:
             return None
@@ -283,7 +281,7 @@ class CaseItem(pytest.Item):
             return None
         if any(state.unusable.get(m) for m in [self.model, *self.judge_models()]):
             return None
-        if is_local(state.settings.resolve_model(self.model)):
+        if state.runner.is_offline(self.model):  # CPU-bound in this process: one at a time is fastest
             return None
         return self._calls()
 
