@@ -12,7 +12,7 @@ _EXPORTS = {
     "CheckOutcome": "pytest_llmeval.core.checks",
     "CheckParams": "pytest_llmeval.core.checks",
     "GradeContext": "pytest_llmeval.core.checks",
-    "CaseSpec": "pytest_llmeval.cases.loader",
+    "CaseSpec": "pytest_llmeval.cases.schema",
     "Completion": "pytest_llmeval.providers.runner",
     "ModelCallError": "pytest_llmeval.providers.runner",
     "Provider": "pytest_llmeval.providers.base",

@@ -23,7 +23,7 @@ YAML_SHAPES = [
 def test_yaml_loader_builds_what_pyyaml_builds_with_the_same_lines(text: str) -> None:
     import yaml
 
-    from pytest_llmeval.cases.loader import _line_lookup, _yaml_with_lines
+    from pytest_llmeval.cases.yaml_lines import _line_lookup, _yaml_with_lines
 
     data, lines = _yaml_with_lines(text)
     assert data == yaml.safe_load(text) and repr(data) == repr(yaml.safe_load(text))
@@ -63,7 +63,7 @@ def test_yaml_loader_reports_every_repeated_key(text: str, found: list[tuple[tup
                                                  ) -> None:
     import yaml
 
-    from pytest_llmeval.cases.loader import _yaml_with_lines
+    from pytest_llmeval.cases.yaml_lines import _yaml_with_lines
 
     duplicates: list[tuple[tuple[object, ...], int, int]] = []
     _yaml_with_lines(text, duplicates=duplicates)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pytest_llmeval.cases.loader import CaseSpec
+from pytest_llmeval.cases.schema import CaseSpec
 from pytest_llmeval.checks import choice, text
 from pytest_llmeval.checks.choice import extract_choice
 from pytest_llmeval.checks.text import extract_json, normalize

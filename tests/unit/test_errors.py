@@ -15,9 +15,9 @@ FAMILIES = [
     ("pytest_llmeval.results.gate", "GateError", UsageError, ValueError),
     ("pytest_llmeval.flywheel.generate", "GenerateError", UsageError, None),
     ("pytest_llmeval.flywheel.review", "ReviewError", CommandError, None),
-    ("pytest_llmeval.cases.loader", "CaseFileError", CaseDataError, None),
-    ("pytest_llmeval.cases.loader", "InvalidCase", CaseDataError, None),
-    ("pytest_llmeval.cases.loader", "DuplicateKeyError", CaseDataError, Exception),
+    ("pytest_llmeval.cases.schema", "CaseFileError", CaseDataError, None),
+    ("pytest_llmeval.cases.schema", "InvalidCase", CaseDataError, None),
+    ("pytest_llmeval.cases.yaml_lines", "DuplicateKeyError", CaseDataError, Exception),
     ("pytest_llmeval.cases.edit", "CaseFileEditError", CaseDataError, ValueError),
     ("pytest_llmeval.providers.runner", "ModelCallError", InfrastructureError, None),
     ("pytest_llmeval.providers.runner", "MalformedResponse", InfrastructureError, None),
@@ -46,7 +46,7 @@ def test_each_error_is_in_its_family(module: str, name: str, family: type, built
 
 
 def test_the_two_invalid_case_errors_are_one() -> None:
-    from pytest_llmeval.cases.loader import CaseError, InvalidCase
+    from pytest_llmeval.cases.schema import CaseError, InvalidCase
     from pytest_llmeval.flywheel import review
     from pytest_llmeval.run import items
 

@@ -22,7 +22,8 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 
-from pytest_llmeval.cases.loader import IMPLIED_CHECK, default_prompt, load_file
+from pytest_llmeval.cases.loader import load_file
+from pytest_llmeval.cases.schema import IMPLIED_CHECK, default_prompt
 from pytest_llmeval.cases.writer import dump_suite, needs_quotes
 from pytest_llmeval.checks.builtin import builtin_registry
 from pytest_llmeval.results.aggregate import OUTCOMES, CaseResult, aggregate, build_results, merge_results, pass_at_k

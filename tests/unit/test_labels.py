@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from pytest_llmeval.cases.loader import CaseSpec
+from pytest_llmeval.cases.schema import CaseSpec
 from pytest_llmeval.checks.labels import (
     CHECKS,
     ParsedLabels,

@@ -12,7 +12,7 @@ import pytest
 
 from pytest_llmeval.cache import embeddings
 from pytest_llmeval.cache.embeddings import EmbeddingModelError, cosine, get_embedder, resolve_embedding_model
-from pytest_llmeval.cases.loader import CaseSpec
+from pytest_llmeval.cases.schema import CaseSpec
 from pytest_llmeval.checks.metrics import (
     CHECKS,
     NEEDS_REFERENCE,

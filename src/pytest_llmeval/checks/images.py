@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmeval.cases.schema import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # defined with the case schema, which checks it
 from pytest_llmeval.core.errors import LLMEvalError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 # Formats vision APIs accept as they are; others (BMP, TIFF) are re-encoded as PNG before sending.
 SENDABLE = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
 MAX_SIDE = 2048  # a larger image is downscaled (as PNG) before it is sent: providers cap sizes and charge per tile

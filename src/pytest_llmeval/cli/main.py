@@ -201,7 +201,8 @@ def _raw_cases(path: Path) -> list[Any]:
 
     import yaml
 
-    from pytest_llmeval.cases.loader import DatasetModel, _map_row
+    from pytest_llmeval.cases.loader import _map_row
+    from pytest_llmeval.cases.schema import DatasetModel
 
     def case(raw: dict[str, Any], file: Path, at: int, fmt: str, row: dict[str, Any] | None = None) -> Any:
         fields = row if row is not None else raw

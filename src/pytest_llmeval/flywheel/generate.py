@@ -38,19 +38,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pytest_llmeval.cases.loader import (
-    KINDS,
-    CaseError,
-    CaseFileError,
-    Kind,
-    _line_lookup,
-    _pydantic_errors,
-    _yaml_with_lines,
-)
+from pytest_llmeval.cases.schema import KINDS, CaseError, CaseFileError, Kind, _pydantic_errors, format_loc
+from pytest_llmeval.cases.yaml_lines import _line_lookup, _yaml_with_lines
 from pytest_llmeval.core.errors import CommandError, UsageError
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
     from pytest_llmeval.core.checks import CheckRegistry
     from pytest_llmeval.providers.runner import ModelRunner
     from pytest_llmeval.sandbox.isolation import Sandbox
@@ -234,8 +227,6 @@ def load_spec(path: Path) -> SpecFile:
         spec = GenerateSpec.model_validate(data)
     except ValidationError as exc:
         line_of = _line_lookup(lines)
-        from pytest_llmeval.cases.loader import format_loc
-
         raise CaseFileError([CaseError(path, line_of(loc), format_loc(loc) or None, msg)
                              for loc, msg in _pydantic_errors(exc)]) from None
     return SpecFile(path, spec, hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])

@@ -42,7 +42,7 @@ from pytest_llmeval.cases.edit import (
     append_yaml_cases,
     write_atomic,
 )
-from pytest_llmeval.cases.loader import InvalidCase
+from pytest_llmeval.cases.schema import InvalidCase
 from pytest_llmeval.core.errors import CommandError
 
 STATUSES = ("pending", "accepted", "rejected", "skipped")

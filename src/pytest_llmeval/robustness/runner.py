@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llmeval.cases.loader import CaseSpec
+from pytest_llmeval.cases.schema import CaseSpec
 
 # The field a case's text perturbations apply to, by kind (the first one the case has).
 MAIN_FIELDS = {"qna": ("question", "prompt"), "choice": ("question",), "labels": ("input",),

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmeval.cases.loader import CaseError, CaseSpec, InvalidCase, load_file
+from pytest_llmeval.cases.loader import load_file
+from pytest_llmeval.cases.schema import CaseError, CaseSpec, InvalidCase
 from pytest_llmeval.checks.judge import JudgeEnv
 from pytest_llmeval.core.checks import CheckOutcome, CheckSpec, GradeContext
 from pytest_llmeval.core.errors import InfrastructureError, LLMEvalError
