@@ -1,4 +1,4 @@
-"""Local vision-language models, served to litellm as the custom provider ``local-vision``.
+"""Local vision-language models: the built-in provider ``local-vision/``, served through litellm as a custom provider.
 
 ``local-vision/<dir>`` answers a question about an image with the Hugging Face model directory ``<dir>``
 that is already on disk (SmolVLM, Qwen2-VL, LLaVA, moondream2, ...); nothing is ever downloaded.  The
@@ -19,16 +19,16 @@ older transformers).  A directory whose ``config.json`` has an ``auto_map`` ship
 ``query(image, question)`` or ``answer_question`` method, that method generates the answer.  Models run in
 float32 on the CPU, or in bfloat16 on CUDA when it is available.
 
+Decoding the request's image is local_vision_images.py. :func:`provider` is what builtin.py registers through
+``pytest_llmeval_register_providers``.
+
 Importing this module is cheap: torch, transformers, litellm and Pillow are imported only when a model is
 loaded, an image decoded or the provider registered.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import io
 import json
 import logging
 import os
@@ -43,6 +43,7 @@ from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.providers.base import Provider, Reply, Request
 from pytest_llmeval.providers.litellm_provider import bad_request, custom_complete, provider_class, register_provider
 from pytest_llmeval.providers.local_generate import positive_int
+from pytest_llmeval.providers.local_vision_images import PROVIDER, image_from_messages, to_rgb
 
 if TYPE_CHECKING:
     from litellm import CustomLLM
@@ -69,8 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The litellm provider prefix: ``local-vision/<model directory>``.
-PROVIDER = "local-vision"
 #: Completion length when the caller gives no ``max_tokens``: enough for a short answer about an image.
 DEFAULT_MAX_TOKENS = 64
 
@@ -275,7 +274,7 @@ def answer(
     temperature = float(temperature or 0.0)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    image = _to_rgb(image)
+    image = to_rgb(image)
     with loaded.lock, torch.inference_mode():
         if loaded.kind == "custom":
             return _answer_custom(loaded, image, prompt, system, max_new_tokens, temperature)
@@ -422,106 +421,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if ids is None:
         return set()
     return {int(i) for i in ids} if isinstance(ids, (list, tuple)) else {int(ids)}
-
-
-# ---------------------------------------------------------------------------------------------- images
-
-
-def _to_rgb(image: Image) -> Image:
-    """``image`` as RGB; transparent areas become white rather than black."""
-    from PIL import Image as PILImage
-
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PILImage.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def _open_image(url: str) -> Image:
-    """Decode an ``image_url``: a ``data:`` URL, a ``file://`` URL or a local file path.  ValueError if not."""
-    import urllib.parse
-    import urllib.request
-
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
-
-    url = url.strip()
-    shown = url if len(url) <= 60 else url[:57] + "..."
-    if url.startswith("data:"):
-        header, sep, payload = url.partition(",")
-        if not sep:
-            raise ValueError(f"malformed data: URL {shown!r} (no ',' before the image data)")
-        try:
-            if header.endswith(";base64"):
-                data = base64.b64decode(payload, validate=False)
-            else:
-                data = urllib.parse.unquote_to_bytes(payload)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"the data: URL {shown!r} is not valid base64: {exc}") from None
-        source: Any = io.BytesIO(data)
-    elif url.startswith(("http://", "https://")):
-        raise ValueError(
-            f"image URL {shown!r} is remote; local-vision never downloads, so pass the image inline as a "
-            "data:image/...;base64 URL or as a local file path"
-        )
-    else:
-        if url.startswith("file://"):
-            path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-        else:
-            path = Path(url).expanduser()
-        if not path.is_file():
-            raise ValueError(f"image file not found: {path}")
-        source = path
-    try:
-        with PILImage.open(source) as opened:
-            opened.load()
-            return _to_rgb(opened) if opened.mode != "RGB" else opened.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the image {shown!r}: {type(exc).__name__}: {exc}") from None
-
-
-def image_from_messages(messages: Sequence[dict[str, Any]]) -> tuple[Image | None, str, str | None]:
-    """Split OpenAI chat messages into (first image, user text, system text or None).
-
-    The image is the first ``image_url`` part of any message, decoded to an RGB PIL image; the user text
-    joins the text parts of all user messages with newlines; the system text joins system (and
-    ``developer``) messages, or is None when there are none.  Assistant turns are ignored.  Raises
-    ValueError for an image that cannot be read or a content part that is neither text nor image.
-    """
-    image: Image | None = None
-    user: list[str] = []
-    system: list[str] = []
-    for message in messages:
-        role = str(message.get("role", "user"))
-        target = system if role in ("system", "developer") else user if role == "user" else None
-        content = message.get("content")
-        parts: Sequence[Any] = [content] if content is None or isinstance(content, str) else content
-        for part in parts:
-            if part is None:
-                continue
-            if isinstance(part, str):
-                text: str | None = part
-            elif isinstance(part, dict) and part.get("type", "text") == "text":
-                text = str(part.get("text") or "")
-            elif isinstance(part, dict) and part.get("type") == "image_url":
-                spec = part.get("image_url")
-                url = spec.get("url") if isinstance(spec, dict) else spec
-                if not isinstance(url, str) or not url.strip():
-                    raise ValueError("an image_url content part has no url")
-                if image is None:
-                    image = _open_image(url)
-                else:
-                    log.warning("%s answers about one image; ignoring further images in the request", PROVIDER)
-                continue
-            else:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ValueError(f"{PROVIDER} accepts text and image_url content parts, got a {kind!r} part")
-            if target is not None and text:
-                target.append(text)
-    return image, "\n".join(user), ("\n".join(system) if system else None)
 
 
 # -------------------------------------------------------------------------------------- litellm glue
