@@ -18,7 +18,7 @@ FAMILIES = [
     ("pytest_llmeval.cases.schema", "CaseFileError", CaseDataError, None),
     ("pytest_llmeval.cases.schema", "InvalidCase", CaseDataError, None),
     ("pytest_llmeval.cases.yaml_lines", "DuplicateKeyError", CaseDataError, Exception),
-    ("pytest_llmeval.cases.edit", "CaseFileEditError", CaseDataError, ValueError),
+    ("pytest_llmeval.cases.writer", "CaseFileEditError", CaseDataError, ValueError),
     ("pytest_llmeval.providers.runner", "ModelCallError", InfrastructureError, None),
     ("pytest_llmeval.providers.runner", "MalformedResponse", InfrastructureError, None),
     ("pytest_llmeval.providers.resilience", "EndpointDown", InfrastructureError, None),

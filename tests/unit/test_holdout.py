@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_llmeval.cases.edit import edit_yaml_cases
 from pytest_llmeval.cases.holdout import assign_splits, bucket, normalise
+from pytest_llmeval.cases.writer import edit_yaml_cases
 from pytest_llmeval.cli.main import main as llmeval
 
 # ------------------------------------------------------------------------------------- llmeval split

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from helpers.review import REVIEW_HEAD, candidate, expected_id, make_project, read_review, suite_cases
 
-from pytest_llmeval.cases.edit import append_yaml_cases
 from pytest_llmeval.cases.holdout import bucket, normalise
+from pytest_llmeval.cases.writer import append_yaml_cases
 from pytest_llmeval.flywheel.review import main as llmeval
 
 

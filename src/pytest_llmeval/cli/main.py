@@ -243,8 +243,8 @@ def _raw_cases(path: Path) -> list[Any]:
 def cmd_split(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from pytest_llmeval.cases.edit import CaseFileEditError, edit_jsonl, edit_yaml_cases, write_atomic
     from pytest_llmeval.cases.holdout import assign_splits
+    from pytest_llmeval.cases.writer import CaseFileEditError, edit_jsonl, edit_yaml_cases, write_atomic
 
     if not 0 < args.test < 1:
         raise CommandError(f"--test {args.test}: expected a fraction between 0 and 1, e.g. 0.2")

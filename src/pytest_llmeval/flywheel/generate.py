@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from pytest_llmeval.cases.schema import CaseFileError
+from pytest_llmeval.cases.writer import dump_yaml, write_atomic
 from pytest_llmeval.core.errors import CommandError
 from pytest_llmeval.flywheel.pipeline import generate, leaks
 from pytest_llmeval.flywheel.prompts import _seeds, generation_messages, parse_candidates
@@ -59,22 +60,6 @@ STATUSES = ("pending", "accepted", "rejected", "skipped")
 
 
 # ------------------------------------------------------------------------------------------- the review file
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block style, lists indented under their key, multi-line strings as literal blocks."""
-
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        super().increase_indent(flow, False)
-
-
-def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    if "\n" in data:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
-
-
-_Dumper.add_representer(str, _represent_str)
 
 
 def default_review_path(target: Path) -> Path:
@@ -119,8 +104,8 @@ def review_document(result: Generated, review_path: Path) -> dict[str, Any]:
 
 
 def dump_review(doc: dict[str, Any], name: str) -> str:
-    body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120, default_flow_style=False)
-    return REVIEW_HEADER.format(name=name) + body
+    """A review file's text: block style, lists indented under their key, multi-line strings as literal blocks."""
+    return REVIEW_HEADER.format(name=name) + dump_yaml(doc, width=120)
 
 
 def write_review(result: Generated, path: Path, *, force: bool = False) -> Path:
@@ -137,9 +122,7 @@ def write_review(result: Generated, path: Path, *, force: bool = False) -> Path:
                                 f"`llmeval review {path}`, or pass --force to overwrite it (or --out elsewhere)")
     text = dump_review(review_document(result, path), path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, text)
     return path
 
 

@@ -36,13 +36,17 @@ from typing import IO, Any
 
 import yaml
 
-from pytest_llmeval.cases.edit import (
+from pytest_llmeval.cases.schema import InvalidCase
+from pytest_llmeval.cases.writer import (
     CaseFileEditError,
+    Flow,
+    FlowList,
     append_jsonl_cases,
     append_yaml_cases,
+    dump_yaml,
+    new_suite_text,
     write_atomic,
 )
-from pytest_llmeval.cases.schema import InvalidCase
 from pytest_llmeval.core.errors import CommandError
 
 STATUSES = ("pending", "accepted", "rejected", "skipped")
@@ -72,42 +76,22 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
-class _Flow(dict):  # type: ignore[type-arg]
-    """A mapping written on one line (provenance, summary)."""
-
-
-class _FlowList(list):  # type: ignore[type-arg]
-    """A list written on one line (flags)."""
-
-
-class _Dumper(yaml.SafeDumper):
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        super().increase_indent(flow, False)
-
-
-_Dumper.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v,
-                                                               style="|" if "\n" in v else None))
-_Dumper.add_representer(_Flow, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))
-_Dumper.add_representer(_FlowList, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
-
-
 def dump_review(data: dict[str, Any]) -> str:
     """A review file's YAML: candidates in block style (cases readable, multi-line text as literal blocks),
     ``summary``, each ``provenance`` and ``flags`` on one line."""
     doc = dict(data)
     if isinstance(doc.get("summary"), dict):
-        doc["summary"] = _Flow(doc["summary"])
+        doc["summary"] = Flow(doc["summary"])
     cands = []
     for c in doc.get("candidates") or []:
         c = dict(c)
         if isinstance(c.get("provenance"), dict):
-            c["provenance"] = _Flow(c["provenance"])
+            c["provenance"] = Flow(c["provenance"])
         if isinstance(c.get("flags"), list):
-            c["flags"] = _FlowList(c["flags"])
+            c["flags"] = FlowList(c["flags"])
         cands.append(c)
     doc["candidates"] = cands
-    return yaml.dump(doc, Dumper=_Dumper, default_flow_style=False, sort_keys=False, allow_unicode=True,
-                     width=1 << 30)
+    return dump_yaml(doc)
 
 
 def review_header(tool: str, name: str) -> str:
@@ -242,7 +226,7 @@ class _Suite:
 
         jsonl = path.suffix == ".jsonl"
         if not path.is_file():
-            text = "" if jsonl else (f"# cases accepted with: llmeval review {review_name}\nkind: {kind}\ncases:\n")
+            text = "" if jsonl else new_suite_text(f"cases accepted with: llmeval review {review_name}", kind)
             return cls(path, kind, False, text, path.stem, [])
         text = path.read_text(encoding="utf-8")
         loaded = load_file(path, _registry())
@@ -399,8 +383,7 @@ def _summary_text(case: dict[str, Any], width: int = 60) -> str:
 
 
 def _case_yaml(case: dict[str, Any]) -> str:
-    return yaml.dump(case, Dumper=_Dumper, default_flow_style=False, sort_keys=False, allow_unicode=True,
-                     width=1 << 30)
+    return dump_yaml(case)
 
 
 def show(review: ReviewFile, index: int, out: IO[str]) -> None:
