@@ -14,7 +14,7 @@ FAMILIES = [
     ("pytest_llmeval.core.errors", "CommandError", UsageError, None),
     ("pytest_llmeval.results.gate", "GateError", UsageError, ValueError),
     ("pytest_llmeval.flywheel.generate", "GenerateError", UsageError, None),
-    ("pytest_llmeval.flywheel.review", "ReviewError", CommandError, None),
+    ("pytest_llmeval.flywheel.review_file", "ReviewError", CommandError, None),
     ("pytest_llmeval.cases.schema", "CaseFileError", CaseDataError, None),
     ("pytest_llmeval.cases.schema", "InvalidCase", CaseDataError, None),
     ("pytest_llmeval.cases.yaml_lines", "DuplicateKeyError", CaseDataError, Exception),
@@ -47,10 +47,10 @@ def test_each_error_is_in_its_family(module: str, name: str, family: type, built
 
 def test_the_two_invalid_case_errors_are_one() -> None:
     from pytest_llmeval.cases.schema import CaseError, InvalidCase
-    from pytest_llmeval.flywheel import review
+    from pytest_llmeval.flywheel import review_file
     from pytest_llmeval.run import items
 
-    assert review.InvalidCase is items.InvalidCase is InvalidCase
+    assert review_file.InvalidCase is items.InvalidCase is InvalidCase
     exc = InvalidCase([CaseError(Path("a.yaml"), 3, "cases[0].expect", "unknown check"), "the case did not load"])
     assert str(exc) == "unknown check; the case did not load"
     assert exc.problems == ["unknown check", "the case did not load"]
