@@ -263,7 +263,6 @@ def params_problems(params: Any, loc: Loc) -> list[tuple[Loc, str]]:
     return problems
 
 
-SPLITS = ("dev", "test")
 Split = Literal["dev", "test"]
 # What `robustness: {perturb: [...]}` may name: the text perturbations of pytest_llmeval.robustness.strategies (applied to
 # the case's main text) and the reordering of a multiple-choice case's options.

@@ -19,7 +19,6 @@ class _Lines:
     entry's line is its key's (the last one, if a key repeats), a sequence item's is where it starts."""
 
     def __init__(self, root: yaml.Node) -> None:
-        self._root = root
         # loc -> (node, line, found) of the locations looked up so far: the cases' locations share their prefixes.
         self._known: dict[Loc, tuple[yaml.Node, int, bool]] = {(): (root, root.start_mark.line + 1, True)}
 

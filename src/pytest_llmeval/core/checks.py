@@ -15,7 +15,7 @@ row of results.json, ``summary_lines`` prints them under the terminal summary ta
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -278,5 +278,3 @@ class CheckRegistry:
         return {c.name: c.aggregate for c in self._checks.values() if c.aggregate is not None}
 
 
-def all_passed(outcomes: Iterable[CheckOutcome]) -> bool:
-    return all(o.passed for o in outcomes)

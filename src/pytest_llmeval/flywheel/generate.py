@@ -54,9 +54,7 @@ from pytest_llmeval.flywheel.spec import (
 )
 
 REVIEW_SUFFIX = ".review.yaml"  # <suite stem>.review.yaml: not a suite, collection should skip it
-SPEC_SUFFIX = ".gen.yaml"  # the suggested name of spec files (cases/generate/*.gen.yaml): not suites either
 REVIEW_HEADER = "# written by llmeval generate; review with: llmeval review {name}\n"
-STATUSES = ("pending", "accepted", "rejected", "skipped")
 
 
 # ------------------------------------------------------------------------------------------- the review file
@@ -274,12 +272,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def is_flywheel_file(path: Path) -> bool:
-    """Spec and review files (``*.gen.yaml``, ``*.review.yaml``) live among suites but are not suites: case
-    collection should skip them."""
-    return path.name.endswith((REVIEW_SUFFIX, SPEC_SUFFIX))
-
-
 __all__ = ["GenerateError", "GenerateSpec", "Generated", "SpecFile", "Summary", "add_parser", "cmd_generate",
-           "default_review_path", "format_summary", "generate", "generation_messages", "is_flywheel_file", "leaks",
+           "default_review_path", "format_summary", "generate", "generation_messages", "leaks",
            "load_spec", "main", "parse_candidates", "read_review", "review_document", "write_review"]

@@ -196,13 +196,6 @@ class ModelRunner:
                         **({"extra": key_extra} if key_extra else {}))
         return key, resolved, api_base
 
-    def is_cached(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
-                  sample: int = 0, key_extra: dict[str, Any] | None = None, semantic: bool = True) -> bool:
-        """Whether ``complete`` with these arguments would be served by the exact cache."""
-        if self.cache is None:
-            return False
-        return self.cache.get(self._key(model, messages, dict(params or {}), sample, key_extra)[0]) is not None
-
     def cached(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None,
                sample: int = 0, key_extra: dict[str, Any] | None = None, semantic: bool = True) -> Completion | None:
         """The answer ``complete`` with these arguments would take from the exact cache, or None (a miss, a cache

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +329,6 @@ def get_index(docs: Path, *, model: str | None = None, uri: str | None = None, n
         if key not in _INDEXES:
             _INDEXES[key] = DocIndex(docs, name=name, model=model, uri=uri, base_dir=base_dir)
         return _INDEXES[key]
-
-
-def stats_dict(stats: BuildStats) -> dict[str, Any]:
-    return asdict(stats)
 
 
 class Rag:

@@ -37,7 +37,6 @@ from pytest_llmeval.cases.schema import CaseSpec
 # The field a case's text perturbations apply to, by kind (the first one the case has).
 MAIN_FIELDS = {"qna": ("question", "prompt"), "choice": ("question",), "labels": ("input",),
                "code": ("prompt", "question")}
-MAX_SHOWN_FLIPS = 5
 ANSWER_CHARS = 500
 
 
