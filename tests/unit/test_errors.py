@@ -13,6 +13,7 @@ from pytest_llmeval.core.errors import CaseDataError, CommandError, Infrastructu
 FAMILIES = [
     ("pytest_llmeval.core.errors", "CommandError", UsageError, None),
     ("pytest_llmeval.results.gate", "GateError", UsageError, ValueError),
+    ("pytest_llmeval.config.parsers", "BadItem", UsageError, ValueError),
     ("pytest_llmeval.flywheel.generate", "GenerateError", UsageError, None),
     ("pytest_llmeval.flywheel.review_file", "ReviewError", CommandError, None),
     ("pytest_llmeval.cases.schema", "CaseFileError", CaseDataError, None),

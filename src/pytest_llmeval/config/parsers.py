@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_llmeval.core.errors import UsageError
+
 Parser = Callable[[Any], Any]
 
 
-class BadItem(ValueError):
+class BadItem(UsageError, ValueError):
     """One item of a list value is invalid: ``item`` is shown instead of the whole list."""
 
     def __init__(self, item: str, problem: str) -> None:
