@@ -514,10 +514,16 @@ def _check(model: str, shown: str) -> str | None:
 
 def _prepare(model: str) -> None:
     """Register with litellm and load the model (once per process) before the clock starts."""
-    register()
+    _register_once()
     load(resolve_vision_dir(model[len(PROVIDER) + 1:]))
 
 
 def _answer(request: Request) -> Reply:
-    register()
+    _register_once()
     return custom_complete(request)
+
+
+@functools.cache
+def _register_once() -> None:
+    """register(), once per process: before every call, it would run litellm's provider setup every time."""
+    register()
