@@ -14,6 +14,7 @@ import pytest
 if TYPE_CHECKING:
     from pytest_llmeval.core.checks import CheckDef
     from pytest_llmeval.providers.base import Provider
+    from pytest_llmeval.report.base import Reporter
 
 
 @pytest.hookspec
@@ -25,6 +26,19 @@ def pytest_llmeval_register_checks(register: Callable[[CheckDef], None]) -> None
     :class:`~pytest_llmeval.core.checks.GradeContext` (a three-parameter ``grade_fn`` is called without it); a
     check's ``aggregate`` and ``summary_lines`` add to the suite rows and the summary. A later registration of a
     name replaces an earlier one, so a conftest can override a built-in check.
+    """
+
+
+@pytest.hookspec
+def pytest_llmeval_register_reporters(register: Callable[[Reporter], None]) -> None:
+    """Register reporters: what a run's results become besides the pass/fail of its tests.
+
+    Call ``register(reporter)`` with a :class:`pytest_llmeval.report.base.Reporter` subclass instance. On the
+    controller (or a plain run), each reporter's ``finish(report)`` is called once the results are final
+    (aggregated, gated, the exit status decided: write files there) and ``terminal_summary(report, tr)`` when pytest
+    writes its summary. The built-in reporters (``terminal``, ``github``, ``json`` -- results.json -- and ``html``,
+    for ``llmeval report``) register through this hook; a reporter registered under the name of an earlier one
+    replaces it.
     """
 
 

@@ -99,14 +99,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     import json
 
     from pytest_llmeval.checks.builtin import builtin_registry
+    from pytest_llmeval.core.version import package_version
     from pytest_llmeval.results.aggregate import merge_results, write_results
-    from pytest_llmeval.run.session import _version
 
     try:
         docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.files]
         # The rows are re-aggregated with the built-in checks' aggregates (labels): a conftest's checks are not
         # loaded outside pytest.
-        merged = merge_results(docs, _version(), builtin_registry().aggregates())
+        merged = merge_results(docs, package_version(), builtin_registry().aggregates())
     except (OSError, json.JSONDecodeError, ValueError, KeyError) as exc:
         raise CommandError(str(exc)) from None
     write_results(Path(args.output), merged)
@@ -176,7 +176,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from pytest_llmeval.report.html import render
+    from pytest_llmeval.report.builtin import builtin_reporters
 
     path = Path(args.results)
     try:
@@ -188,7 +188,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     root = Path(args.root) if args.root else path.resolve().parent.parent  # .llmeval/results.json -> the project
-    out.write_text(render(doc, root), encoding="utf-8")
+    html = builtin_reporters().get("html")
+    assert html is not None
+    out.write_text(html.render(doc, root) or "", encoding="utf-8")
     print(f"wrote {out} ({out.stat().st_size // 1024} KiB, self-contained)")
     return 0
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pytest_llmeval.core.checks import CheckDef
+from pytest_llmeval.report.base import Reporter, RunReport
 
 COLUMNS = [
     ("suite", "suite", "<"), ("model", "model", "<"), ("cases", "cases", ">"), ("passed", "pass", ">"),
@@ -211,58 +212,41 @@ def _details(row: dict[str, Any]) -> list[str]:
     return out
 
 
-# ------------------------------------------------------------------------------------------ GitHub Actions
+class TerminalReporter(Reporter):
+    """The ``llmeval summary`` section of pytest's terminal summary: the table, errors, budget, holdout, gate."""
 
+    name = "terminal"
 
-def _md_cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    def terminal_summary(self, report: RunReport, terminalreporter: Any) -> None:
+        from pytest_llmeval.cases.holdout import warning_lines
+        from pytest_llmeval.results.gate import format_verdicts
 
-
-def github_summary(doc: dict[str, Any]) -> str:
-    """Markdown for ``$GITHUB_STEP_SUMMARY``: per suite x model, pass rates with intervals, deltas and
-    verdicts against the baseline, then the flipped cases of failing suites."""
-    gate = doc.get("gate") or {}
-    verdicts = {(v["suite"], v["model"]): v for v in gate.get("suites", [])}
-    title = "## pytest-llmeval"
-    if gate:
-        title += " — gate " + ("**failed** :x:" if gate.get("failed") else "passed :white_check_mark:")
-    lines = [title, "", "| suite | model | cases | passed | failed | unscored | errors | pass rate (95% CI) | Δ vs baseline "
-             "| verdict |", "|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
-    for row in doc["suites"]:
-        v = verdicts.get((row["suite"], row["model"]), {})
-        ci = row.get("pass_rate_ci")
-        rate = "-" if row.get("pass_rate") is None else f"{row['pass_rate']:.1%}" + (
-            f" ({ci[0]:.0%}–{ci[1]:.0%})" if ci else "")
-        delta = "-" if v.get("delta_points") is None else f"{v['delta_points']:+.1f} pts"
-        lines.append(f"| {_md_cell(row['suite'])} | {_md_cell(row['model'])} | {row['cases']} | {row['passed']} | "
-                     f"{row['failed']} | {row.get('unscored', 0)} | {row['error']} | {rate} | {delta} | "
-                     f"{v.get('verdict', '-')} |")
-    errors = error_lines(doc)  # a down endpoint, an unusable model, the share of errors: once each
-    if errors:
-        lines.append("")
-        lines += [f"- {_md_cell(text)}" for text, _ in errors]
-    for v in gate.get("suites", []):
-        if v.get("reasons"):
-            lines += ["", f"**{_md_cell(v['suite'])} [{_md_cell(v['model'])}]**: " + "; ".join(map(_md_cell, v["reasons"]))]
-        if v.get("flipped") and v.get("verdict") in ("regression", "inconclusive"):
-            lines += ["", f"<details><summary>passed before, failed now ({len(v['flipped'])})</summary>", ""]
-            lines += [f"- `{f['case_id']}` ({f.get('file')}:{f.get('line')})" for f in v["flipped"][:50]]
-            lines += ["", "</details>"]
-    return "\n".join(lines) + "\n"
-
-
-def github_annotations(doc: dict[str, Any]) -> list[str]:
-    """Workflow commands that put an error on the case's line in its YAML file, for each flipped case of a
-    regressed suite, and one for each failing verdict."""
-    out = []
-    for v in (doc.get("gate") or {}).get("suites", []):
-        name = f"{v['suite']} [{v['model']}]"
-        if v.get("verdict") == "regression":
-            for f in v.get("flipped", []):
-                where = f"file={f['file']},line={f['line']}," if f.get("file") and f.get("line") else ""
-                out.append(f"::error {where}title=llmeval regression::{f['case_id']} passed in the baseline and "
-                           f"fails now ({name})")
-        if v.get("verdict") in ("regression", "below_floor", "over_budget", "errors"):
-            reasons = "; ".join(v.get("reasons", [])).replace("\n", " ")
-            out.append(f"::error title=llmeval gate::{name}: {v['verdict']}: {reasons}")
-    return out
+        tr, doc, settings = terminalreporter, report.doc, report.settings
+        tr.write_sep("=", "llmeval summary")
+        for line in summary_lines(doc, report.checks):
+            tr.write_line(line)
+        for line, red in error_lines(doc):
+            tr.write_line(line, red=red, yellow=not red)
+        for line in budget_lines(doc):
+            tr.write_line(line)
+        for line, loud in warning_lines(report.holdout):
+            tr.write_line(line, red=loud, bold=loud)
+        if report.held_out and settings.split == "dev":
+            tr.write_line(f"holdout: {report.held_out} test-split item(s) not run (the holdout runs only with "
+                          "--llm-split test)")
+        if report.resumed:
+            tr.write_line(f"resumed run {report.resumed_from or '?'}: {report.resumed} case(s) finished there are in "
+                          "these results")
+        if report.verdicts is not None:
+            tr.write_sep("-", "llmeval gate")
+            for line in format_verdicts(report.verdicts):
+                tr.write_line(line)
+            if doc["gate"]["failed"]:
+                tr.write_line("ERROR: llmeval gate failed: " + "; ".join(
+                    f"{v.suite} [{v.model}] {v.verdict}" for v in report.verdicts
+                    if v.verdict in ("regression", "below_floor", "over_budget", "errors")), red=True)
+            else:
+                tr.write_line("llmeval gate passed" + (" (failed cases are reported above; the gate decides the "
+                                                       "exit status)" if not settings.strict else ""), green=True)
+        if settings.update_baseline and settings.baseline is not None:
+            tr.write_line(f"baseline written: {settings.baseline}")
