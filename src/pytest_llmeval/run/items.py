@@ -4,9 +4,9 @@ Ids read like ``cases/geography.yaml::capital-fr[groq/llama3-70b]`` so ``-k``, `
 and ``-n`` work as usual. An invalid case (or file) becomes an item that errors in setup with a precise
 message, instead of a collection error that would abort the whole run.
 
-Grading knows no check by name: every check gets one GradeContext (core/checks.py) whose services (judge,
-vision, code) this module builds on demand, and what a check needs beyond grading (markers, a fast form, files
-to keep, fields of the result) comes from its CheckDef. Case kinds, by contrast, are compared by name here:
+No check is known by name here: a draw is graded by run/grading.py with one GradeContext for every check, and
+what a check needs of the item (markers, a fast form, the models it calls, fields of the result) comes from its
+CheckDef. Case kinds, by contrast, are compared by name here:
 the kinds are the case-file contract (cases/), fixed and not extensible, and each one shapes the item itself:
 a calibration case has no model call (the judge grades the case's own answer), a code case's answer is a
 program (sandbox, samples, pass@k, artifacts). "judge" and "vision" are model roles (--llm-judge,
@@ -15,10 +15,8 @@ program (sandbox, samples, pass@k, artifacts). "judge" and "vision" are model ro
 
 from __future__ import annotations
 
-import functools
 import textwrap
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -26,10 +24,11 @@ import pytest
 from pytest_llmeval.cases.loader import load_file
 from pytest_llmeval.cases.schema import CaseError, CaseSpec, InvalidCase
 from pytest_llmeval.checks.judge import JudgeEnv
-from pytest_llmeval.core.checks import CheckOutcome, CheckSpec, GradeContext
+from pytest_llmeval.core.checks import CheckOutcome, CheckSpec
 from pytest_llmeval.core.errors import InfrastructureError, LLMEvalError
 from pytest_llmeval.providers.runner import Completion, ModelCallError, paused_gc
 from pytest_llmeval.results.aggregate import CaseResult
+from pytest_llmeval.run.grading import DrawGrader, decide, relative_to
 
 if TYPE_CHECKING:
     from pytest_llmeval.run.session import LLMEvalSession
@@ -395,83 +394,12 @@ class CaseItem(pytest.Item):
             self.judge_env = self._judge_env(_session(self.config))
         return self.judge_env
 
-    def _vision_env(self, image: Any) -> Any:
-        """The VisionEnv of one draw: ``image(file)`` finds the picture, ``ask`` calls the vision model."""
-        from pytest_llmeval.checks.vision import VisionEnv, vision_asker
-
-        return VisionEnv(model=self._default_vision(), image=image, ask=vision_asker(_session(self.config).runner),
-                         base_dir=self.case.path.parent)
-
-    def _vision_service(self, ctx: GradeContext) -> Any:
-        """The vision service of one draw: a code case's checks look at the images its program wrote, a calibration
-        case's at its own ``image`` file."""
-        from pytest_llmeval.checks.vision import default_image, program_image
-
-        if ctx.provides("code"):
-            fallback = default_image(ctx.checks)
-            return self._vision_env(lambda file: program_image(ctx.code, file or fallback))
-        from pytest_llmeval.checks.images import load_image
-
-        picture = ctx.case.path.parent / str(ctx.case.fields.get("image"))
-        return self._vision_env(lambda file: load_image(picture))
-
-    def _code_service(self, ctx: GradeContext) -> Any:
-        """The code service of one draw: the program extracted from the answer, run (when a check asks) in the
-        sandbox; its work directories live until the draw is graded."""
-        from pytest_llmeval.checks.code import CodeContext
-        from pytest_llmeval.checks.extract import extract_code
-        from pytest_llmeval.sandbox.isolation import Limits
-
-        language = str(ctx.case.fields["language"])
-        sandbox = _session(self.config).get_sandbox()
-        return ctx.enter(CodeContext(extract_code(ctx.answer, language), language, sandbox, Limits(**ctx.case.limits)))
-
-    def _context(self, answer: str, index: int, case: CaseSpec) -> GradeContext:
-        """The grading context of one draw. Its services are built when a check first asks for them."""
-        factories: dict[str, Callable[[GradeContext], Any]] = {
-            "judge": lambda ctx: self._judge(), "vision": self._vision_service}
-        if case.kind == "code":  # a code case's answer is a program (see the module's docstring)
-            factories["code"] = self._code_service
-        return GradeContext(answer, case, self.model, draw=index, stage=self.stage, checks=self.checks,
-                            retrieved=self.retrieved, factories=factories)
-
     def _grade(self, answer: str, index: int, case: CaseSpec | None = None) -> dict[str, Any]:
-        """Grade one draw: every check's outcome, the draw's status and score (and, for code, what ran).
-        ``case`` is a robustness variant of this item's case (default: the case itself)."""
-        case = case or self.case
-        checks = [(c, c.definition) for c in self.checks if c.definition is not None and c.definition.grade is not None]
-        with self._context(answer, index, case) as ctx:
-            for c, definition in checks:
-                if definition.prepare is not None:
-                    definition.prepare(c.params, ctx)
-            outcomes = [definition.evaluate(c.params, ctx) for c, definition in checks]
-            draw = _draw(outcomes, case, answer)
-            if ctx.provides("code"):
-                draw.update(self._program_record(ctx, case, index))
-            elif (vision := ctx.built("vision")) is not None:
-                picture = case.path.parent / str(case.fields.get("image"))
-                draw.update(vision=[{**r, "image": _relative(self.config, picture)} for r in vision.records],
-                            calls=vision.calls)
-        return draw
-
-    def _program_record(self, ctx: GradeContext, case: CaseSpec, index: int) -> dict[str, Any]:
-        """What a code case's draw keeps: the extracted code, what ran, the files it wrote (copied out of the
-        sandbox before the context closes) and the images the vision checks looked at."""
-        from pytest_llmeval.checks.code import save_artifacts
-        from pytest_llmeval.checks.vision import default_image
-
-        program = ctx.code  # made now if no check ran the program: the case still records what was extracted
-        slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.model)
-        draw_dir = f"{self.stage}-{index}" if self.stage in ("judged", "robust") else str(index)
-        target = _session(self.config).settings.artifacts_dir / case.suite / case.id / slug / draw_dir
-        artifacts = save_artifacts(program.files, target)
-        vision = ctx.built("vision")
-        fallback = default_image(self.checks)
-        records = [{**r, "image": _relative(self.config, Path(artifacts[name]))
-                    if (name := r.get("file") or fallback) in artifacts else None}
-                   for r in (vision.records if vision is not None else [])]
-        return {"code": program.code, "detail": program.detail, "runs": program.runs, "artifacts": artifacts,
-                "sandbox": program.sandbox.level, "vision": records, "calls": vision.calls if vision is not None else []}
+        """Grade draw ``index`` (run/grading.py); ``case`` is a robustness variant of this item's case (default: the
+        case itself)."""
+        grader = DrawGrader(_session(self.config), self.config.rootpath, self.model, self.stage, self.checks,
+                            self._judge, self._default_vision(), self.case.path.parent, self.retrieved)
+        return grader.grade(answer, index, case or self.case)
 
     # ---- reporting
 
@@ -612,7 +540,7 @@ class CaseItem(pytest.Item):
         answer = c.text if c else (str(self.case.fields.get("answer")) if self.case.kind == "calibration" else None)
         return CaseResult(
             suite=self.suite, case_id=self.case.id, model=self.model, outcome=outcome, stage=self.stage,
-            kind=self.case.kind, nodeid=self.nodeid, file=_relative(self.config, self.case.path),
+            kind=self.case.kind, nodeid=self.nodeid, file=relative_to(self.config.rootpath, self.case.path),
             line=self.case.line, resolved_model=c.resolved_model if c else None,
             score=score, checks=[o.to_dict() for o in self.outcomes], prompt=self.case.prompt,
             answer=answer, latency_s=c.latency_s if c else None, ttft_s=c.ttft_s if c else None,
@@ -648,49 +576,6 @@ def _robustness_lines(r: Any) -> list[str]:
     if len(r.flips) > 5:
         lines.append(f"      ... and {len(r.flips) - 5} more (results.json has them all)")
     return lines
-
-
-def draw_status(outcomes: list[CheckOutcome]) -> str:
-    """A draw fails when a scored check failed; else it is skipped when a check could not run here (no vision
-    model), unscored when a check's output could not be scored; else it passed."""
-    if any(not o.passed and not o.unscored and not o.skipped for o in outcomes):
-        return "failed"
-    if any(o.skipped for o in outcomes):
-        return "skipped"
-    return "unscored" if any(o.unscored for o in outcomes) else "passed"
-
-
-def decide(samples: list[dict[str, Any]], pass_if: str) -> str:
-    """The case's status from its draws: unscored and skipped draws do not vote; none scored makes the case
-    skipped (when a draw was) or unscored."""
-    scored = [s for s in samples if s["status"] not in ("unscored", "skipped")]
-    if not scored:
-        return "skipped" if any(s["status"] == "skipped" for s in samples) else "unscored"
-    k, n = sum(1 for s in scored if s["status"] == "passed"), len(scored)
-    ok = k == n if pass_if == "all" else k >= 1 if pass_if == "any" else 2 * k > n
-    return "passed" if ok else "failed"
-
-
-def _draw(outcomes: list[CheckOutcome], case: CaseSpec, answer: str) -> dict[str, Any]:
-    from pytest_llmeval.checks.metrics import recorded_metrics
-
-    scores = [o.score for o in outcomes if o.score is not None and not o.unscored]
-    status = draw_status(outcomes)
-    return {"outcomes": outcomes, "status": status, "passed": status == "passed",
-            "score": sum(scores) / len(scores) if scores else None,
-            "metrics": recorded_metrics(answer, case, outcomes)}
-
-
-def _relative(config: pytest.Config, path: Any) -> str:
-    return _relative_to(config.rootpath, path)
-
-
-@functools.lru_cache(maxsize=1024)
-def _relative_to(root: Path, path: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 _PROMPT_HASHES: dict[tuple[Any, ...], str] = {}
