@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmeval.cases.loader import CaseSpec
+from pytest_llmeval.cases.schema import CaseSpec
 from pytest_llmeval.checks.builtin import BUILTIN_CHECKS, builtin_registry
 from pytest_llmeval.checks.judge import JudgeEnv, JudgeParams, grade_judge
 from pytest_llmeval.checks.labels import label_report

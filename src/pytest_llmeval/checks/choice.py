@@ -9,7 +9,7 @@ from pytest_llmeval.checks.text import normalize
 from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
 
 
 def extract_choice(answer: str, choices: dict[str, str]) -> str | None:

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
     from pytest_llmeval.sandbox.isolation import Limits, RunResult, Sandbox, WorkDir
 
 CODE = frozenset({"code"})

@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
     from pytest_llmeval.providers.runner import Completion
 
 JUDGE_PROMPT_VERSION = "1"

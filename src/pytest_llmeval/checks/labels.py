@@ -24,7 +24,7 @@ from pydantic import Field
 from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
 
 __all__ = ["CHECKS", "JaccardParams", "ParsedLabels", "aggregate_labels", "format_label_report", "jaccard",
            "label_report", "label_summary_lines", "labels_fields", "parse_labels"]

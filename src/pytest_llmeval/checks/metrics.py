@@ -16,7 +16,7 @@ from pydantic import Field
 from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
 
 NEEDS_REFERENCE = frozenset({"bleu", "rouge_l", "similarity"})
 NO_REFERENCE = "no reference answer: give the case a 'reference' field (or reference: in the check)"

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
     from pytest_llmeval.checks.code import CodeContext
     from pytest_llmeval.checks.images import ImageData, PrecheckResult
     from pytest_llmeval.providers.runner import Completion
@@ -301,7 +301,7 @@ class VisionJudge:
 
 
 def _hand_written_case() -> Any:
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
 
     return CaseSpec(suite="test", kind="code", id="vision_judge", path=Path("."), line=None, system=None, prompt="",
                     params={}, tags=(), checks=[])

@@ -21,17 +21,13 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmeval.cache.exact import ResponseCache, cache_key
 from pytest_llmeval.config.settings import Settings
 from pytest_llmeval.core.errors import InfrastructureError
-from pytest_llmeval.core.memory import gc_freeze, gc_thaw, paused_gc
 from pytest_llmeval.providers import litellm_provider
 from pytest_llmeval.providers.base import MalformedResponse, Provider, Request
 
 if TYPE_CHECKING:
     from pytest_llmeval.providers.base import ProviderRegistry
 
-# gc_freeze, gc_thaw and paused_gc (core/memory.py) and MalformedResponse (base.py) are imported from here by
-# the run's modules too.
-__all__ = ["Completion", "MalformedResponse", "ModelCallError", "ModelRunner", "gc_freeze", "gc_thaw", "paused_gc",
-           "redact"]
+__all__ = ["Completion", "MalformedResponse", "ModelCallError", "ModelRunner", "redact"]
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_llmeval.cases.loader import referenced_datasets
-from pytest_llmeval.providers.runner import paused_gc
+from pytest_llmeval.core.memory import paused_gc
 from pytest_llmeval.run.items import NO_VISION_MODEL_ID, CaseFile, CaseItem, InvalidCaseItem
 from pytest_llmeval.run.state import RunState
 

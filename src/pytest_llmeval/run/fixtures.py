@@ -98,7 +98,7 @@ def llm_judge(request: pytest.FixtureRequest, llm_model: str) -> Callable[..., A
     CheckOutcome (``passed``, ``score`` 0-1, ``reason``, ``unscored``, ``details["score"]`` 0-10). The judge is
     ``--llm-judge`` (else the model under test); calls are cached like case judges.
     """
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
     from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION, JudgeEnv, JudgeParams, grade_judge
 
     state = get_state(request.config)

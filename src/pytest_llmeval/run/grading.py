@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmeval.core.checks import CheckOutcome, CheckSpec, GradeContext
 
 if TYPE_CHECKING:
-    from pytest_llmeval.cases.loader import CaseSpec
+    from pytest_llmeval.cases.schema import CaseSpec
     from pytest_llmeval.run.state import RunState
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -26,21 +26,19 @@ from pytest_llmeval.cases.schema import CaseError, CaseSpec, InvalidCase
 from pytest_llmeval.checks.judge import JudgeEnv
 from pytest_llmeval.core.checks import CheckOutcome, CheckSpec
 from pytest_llmeval.core.errors import InfrastructureError, LLMEvalError
-from pytest_llmeval.providers.runner import Completion, ModelCallError, paused_gc
+from pytest_llmeval.core.memory import paused_gc
+from pytest_llmeval.providers.runner import Completion, ModelCallError
 from pytest_llmeval.results.aggregate import CaseResult
+from pytest_llmeval.run.calls import vision_summary
 from pytest_llmeval.run.grading import DrawGrader, decide, relative_to
-
-if TYPE_CHECKING:
-    from pytest_llmeval.run.session import LLMEvalSession
+from pytest_llmeval.run.state import RunState, get_state, import_all_modules
 
 SHOW_CHARS = 1200  # of prompt and answer in a failure report
 NO_VISION_MODEL_ID = "no-vision-model"  # the model slot of a vision calibration item when none is configured
 
 
-def _session(config: pytest.Config) -> LLMEvalSession:
-    from pytest_llmeval.run.state import STATE
-
-    return config.stash[STATE]
+def _session(config: pytest.Config) -> RunState:
+    return get_state(config)
 
 
 class ModelUnusable(InfrastructureError):
@@ -250,7 +248,7 @@ class CaseItem(pytest.Item):
             pytest.skip(str(exc))
         self.completion = self.completions[0]
 
-    def _answers(self, state: LLMEvalSession) -> list[Completion]:
+    def _answers(self, state: RunState) -> list[Completion]:
         """The model's answers: prefetched by the pool where possible, else called now."""
         if self.case.retrieve:
             messages, key_extra = self._retrieve(self.case.messages())
@@ -334,7 +332,7 @@ class CaseItem(pytest.Item):
         if self.status == "failed":
             raise CaseFailed()
 
-    def _judge_env(self, state: LLMEvalSession) -> JudgeEnv:
+    def _judge_env(self, state: RunState) -> JudgeEnv:
         """What this item's judge checks need: who judges, and how to call it (through the exact cache)."""
         from pytest_llmeval.checks.judge import JUDGE_PARAMS, JUDGE_PROMPT_VERSION
 
@@ -352,12 +350,11 @@ class CaseItem(pytest.Item):
         return JudgeEnv(judge_model=judge, self_judging=self.case.kind != "calibration" and judge == self.model,
                         ask=ask, context=context)
 
-    def _robustness(self, state: LLMEvalSession) -> str:
+    def _robustness(self, state: RunState) -> str:
         """Grade the case's perturbed variants against the original outcome; passed when consistent enough."""
         from pytest_llmeval.robustness import runner as robustness
-        from pytest_llmeval.run.session import _import_all_modules
 
-        _import_all_modules()  # before the variants' call threads start (see there)
+        import_all_modules()  # before the variants' call threads start (see there)
         original = str(self.status)
 
         def call(v: robustness.CaseVariant) -> dict[str, Any]:
@@ -527,9 +524,8 @@ class CaseItem(pytest.Item):
                          artifacts=first.get("artifacts") or {}, runs=first.get("runs") or [])
         if first.get("vision"):
             extra["vision"] = first["vision"]
-        from pytest_llmeval.run.session import _vision_summary
 
-        extra["vision_judge"] = _vision_summary([x for s in self.samples for x in s.get("calls") or []])
+        extra["vision_judge"] = vision_summary([x for s in self.samples for x in s.get("calls") or []])
         if self.robustness is not None:
             extra["robustness"] = self.robustness.to_dict()
         if self.retrieved:

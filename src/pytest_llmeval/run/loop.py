@@ -7,7 +7,7 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_llmeval.providers.runner import gc_freeze, gc_thaw
+from pytest_llmeval.core.memory import gc_freeze, gc_thaw
 from pytest_llmeval.run.items import CaseItem, InvalidCaseItem
 from pytest_llmeval.run.state import RunState
 

@@ -15,8 +15,9 @@ import pytest
 
 from pytest_llmeval.config import settings as settings_mod
 from pytest_llmeval.core.checks import CheckRegistry
+from pytest_llmeval.core.memory import gc_thaw
 from pytest_llmeval.providers.base import ProviderRegistry
-from pytest_llmeval.providers.runner import Completion, ModelRunner, gc_thaw
+from pytest_llmeval.providers.runner import Completion, ModelRunner
 
 
 class RunState:
