@@ -4,24 +4,10 @@ context and adds an entry to each suite row and a line to the summary, next to a
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
+from helpers.docs import documented_conftest
 
 from conftest import Project
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
-MARK = "<!-- tested by tests/sessions/test_check_hook.py"
-
-
-def documented_conftest() -> str:
-    """The python block right after the marker in docs/extending.md: the example is run as it is written."""
-    text = DOCS.read_text(encoding="utf-8")
-    found = re.search(re.escape(MARK) + r".*?-->\n```python\n(.*?)```", text, re.DOTALL)
-    assert found, f"{DOCS}: no python block after {MARK!r}"
-    return found.group(1)
-
 
 # The documented three-parameter form: called without the context.
 SHORT = '''
@@ -57,7 +43,8 @@ cases:
 @pytest.mark.parametrize("workers", [None, "2"], ids=["serial", "xdist"])
 def test_a_conftest_check_uses_the_context_and_reports_its_aggregate(project: Project, workers: str | None) -> None:
     # One hook in the conftest: the example's registers its check, SHORT's hook calls it and adds its own.
-    conftest = documented_conftest().replace("def pytest_llmeval_register_checks(", "def _register_tone(")
+    conftest = documented_conftest("tests/sessions/test_check_hook.py")
+    conftest = conftest.replace("def pytest_llmeval_register_checks(", "def _register_tone(")
     project.pytester.makeconftest(conftest + SHORT)
     project.write("cases/support.yaml", SUITE)
     server = project.server

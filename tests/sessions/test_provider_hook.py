@@ -4,24 +4,10 @@ and one that is not offline gets the run's retries and circuit breaker."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
+from helpers.docs import documented_conftest
 
 from conftest import Project
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
-MARK = "<!-- tested by tests/sessions/test_provider_hook.py"
-
-
-def documented_conftest() -> str:
-    """The python block right after the marker in docs/extending.md: the example is run as it is written."""
-    text = DOCS.read_text(encoding="utf-8")
-    found = re.search(re.escape(MARK) + r".*?-->\n```python\n(.*?)```", text, re.DOTALL)
-    assert found, f"{DOCS}: no python block after {MARK!r}"
-    return found.group(1)
-
 
 SUITE = """\
 suite: echo
@@ -40,7 +26,7 @@ cases:
 
 @pytest.mark.parametrize("workers", [None, "2"], ids=["serial", "xdist"])
 def test_the_documented_provider_answers_a_whole_session(project: Project, workers: str | None) -> None:
-    project.pytester.makeconftest(documented_conftest())
+    project.pytester.makeconftest(documented_conftest("tests/sessions/test_provider_hook.py"))
     project.write("cases/echo.yaml", SUITE)
     extra = ["-n", workers] if workers else []
     result = project.run(*extra, model="echo/parrot")

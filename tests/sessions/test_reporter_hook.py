@@ -5,15 +5,11 @@ the built-in reporters are registered through the hook like any other."""
 from __future__ import annotations
 
 import csv
-import re
-from pathlib import Path
 
 import pytest
+from helpers.docs import documented_conftest
 
 from conftest import Project
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
-MARK = "<!-- tested by tests/sessions/test_reporter_hook.py"
 
 SUITE = """\
 suite: geo
@@ -29,17 +25,10 @@ cases:
 """
 
 
-def documented_conftest() -> str:
-    """The python block right after the marker in docs/extending.md: the example is run as it is written."""
-    text = DOCS.read_text(encoding="utf-8")
-    found = re.search(re.escape(MARK) + r".*?-->\n```python\n(.*?)```", text, re.DOTALL)
-    assert found, f"{DOCS}: no python block after {MARK!r}"
-    return found.group(1)
-
 
 @pytest.mark.parametrize("workers", [None, "2"], ids=["serial", "xdist"])
 def test_a_conftest_reporter_writes_its_file_and_summary_line(project: Project, workers: str | None) -> None:
-    project.pytester.makeconftest(documented_conftest())
+    project.pytester.makeconftest(documented_conftest("tests/sessions/test_reporter_hook.py"))
     project.write("cases/geo.yaml", SUITE)
     project.server.answer("France", "Paris.")
     project.server.answer("Germany", "Munich.")

@@ -276,6 +276,20 @@ def register_provider(provider: str, handler_class: Callable[[], type[CustomLLM]
         setup()
 
 
+def fill_response(model_response: ModelResponse, provider: str, model: str, text: str, finish_reason: str,
+                  prompt_tokens: int, completion_tokens: int) -> ModelResponse:
+    """Put one answer of our custom provider into litellm's ``model_response`` (its one choice, the model name
+    with the provider prefix, the usage)."""
+    litellm = get_litellm()
+    choice = model_response.choices[0]
+    choice.message.content = text  # type: ignore[union-attr]
+    choice.finish_reason = finish_reason  # type: ignore[assignment]
+    model_response.model = f"{provider}/{model}"
+    model_response.usage = litellm.Usage(  # type: ignore[attr-defined]
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+    return model_response
+
+
 def bad_request(provider: str, model: str, message: str) -> Exception:
     """A litellm BadRequestError about ``<provider>/<model>``: not retried, and classified by callers as a
     configuration error."""

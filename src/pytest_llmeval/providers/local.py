@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.providers.base import Provider, Reply, Request
-from pytest_llmeval.providers.litellm_provider import bad_request, custom_complete, provider_class, register_provider
+from pytest_llmeval.providers.litellm_provider import (
+    bad_request,
+    custom_complete,
+    fill_response,
+    provider_class,
+    register_provider,
+)
 from pytest_llmeval.providers.local_cache import (
     MODEL_CACHE_ENV,
     CacheEntry,
@@ -359,8 +365,6 @@ def _complete(
     model: str, messages: list[dict[str, Any]], model_response: ModelResponse, optional_params: dict[str, Any]
 ) -> ModelResponse:
     """Body of LocalLLM.completion, kept module-level so it is defined without importing litellm."""
-    import litellm
-
     try:
         loaded = load(resolve_local_model(model))
         result = generate(loaded, messages, optional_params or {})
@@ -369,16 +373,8 @@ def _complete(
     except ValueError as exc:  # bad messages or parameters
         raise bad_request(PROVIDER, model, f"{PROVIDER}/{model}: {exc}") from exc
 
-    choice = model_response.choices[0]
-    choice.message.content = result.text  # type: ignore[union-attr]
-    choice.finish_reason = result.finish_reason
-    model_response.model = f"{PROVIDER}/{model}"
-    model_response.usage = litellm.Usage(  # type: ignore[attr-defined]
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
-    )
-    return model_response
+    return fill_response(model_response, PROVIDER, model, result.text, result.finish_reason, result.prompt_tokens,
+                         result.completion_tokens)
 
 
 @functools.lru_cache(maxsize=1)

@@ -41,7 +41,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.providers.base import Provider, Reply, Request
-from pytest_llmeval.providers.litellm_provider import bad_request, custom_complete, provider_class, register_provider
+from pytest_llmeval.providers.litellm_provider import (
+    bad_request,
+    custom_complete,
+    fill_response,
+    provider_class,
+    register_provider,
+)
 from pytest_llmeval.providers.local_generate import positive_int
 from pytest_llmeval.providers.local_vision_images import PROVIDER, image_from_messages, to_rgb
 
@@ -437,8 +443,6 @@ def _complete(
     model: str, messages: list[dict[str, Any]], model_response: ModelResponse, optional_params: dict[str, Any]
 ) -> ModelResponse:
     """Body of LocalVisionLLM.completion, kept module-level so it is defined without importing litellm."""
-    import litellm
-
     params = optional_params or {}
     try:
         path = resolve_vision_dir(model)
@@ -464,16 +468,8 @@ def _complete(
     if cut >= 0:
         text, finish = text[:cut], "stop"
 
-    choice = model_response.choices[0]
-    choice.message.content = text  # type: ignore[union-attr]
-    choice.finish_reason = finish
-    model_response.model = f"{PROVIDER}/{model}"
-    model_response.usage = litellm.Usage(  # type: ignore[attr-defined]
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
-    )
-    return model_response
+    return fill_response(model_response, PROVIDER, model, text, finish, result.prompt_tokens,
+                         result.completion_tokens)
 
 
 @functools.lru_cache(maxsize=1)
