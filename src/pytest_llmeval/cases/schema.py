@@ -549,7 +549,7 @@ def parse_check(entry: Any, loc: Loc, kind: str, registry: CheckRegistry,
     name, value = next(iter(entry.items()))
     definition = registry.get(str(name))
     if definition is None:
-        return None, [(loc + (name,), f"unknown check {name!r}; expected one of: {', '.join(registry.names())}")]
+        return None, [(loc + (name,), f"unknown check {name!r}; expected one of: {', '.join(sorted(registry.names()))}")]
     if definition.kinds is not None and kind not in definition.kinds:
         return None, [(loc + (name,), f"check {name!r} applies to {'/'.join(sorted(definition.kinds))} "
                                       f"cases, not {kind!r}")]

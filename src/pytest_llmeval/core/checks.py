@@ -15,12 +15,14 @@ row of results.json, ``summary_lines`` prints them under the terminal summary ta
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+from pytest_llmeval.core.registry import Registry
 
 T = TypeVar("T")
 
@@ -253,28 +255,12 @@ class CheckSpec:
     definition: CheckDef | None = field(default=None, compare=False, repr=False)
 
 
-class CheckRegistry:
+class CheckRegistry(Registry[CheckDef]):
     """The checks known to this run, filled by the ``pytest_llmeval_register_checks`` hook."""
-
-    def __init__(self) -> None:
-        self._checks: dict[str, CheckDef] = {}
-
-    def register(self, check: CheckDef) -> None:
-        """Add a check; a later registration under the same name replaces the earlier one."""
-        self._checks[check.name] = check
-
-    def get(self, name: str) -> CheckDef | None:
-        return self._checks.get(name)
-
-    def names(self) -> list[str]:
-        return sorted(self._checks)
-
-    def __iter__(self) -> Iterator[CheckDef]:
-        return iter(self._checks.values())
 
     def aggregates(self) -> dict[str, AggregateFn]:
         """Check name -> its ``aggregate``, for the checks that have one, in registration order (what
         ``results.aggregate.build_results`` takes as ``check_aggregates``)."""
-        return {c.name: c.aggregate for c in self._checks.values() if c.aggregate is not None}
+        return {c.name: c.aggregate for c in self if c.aggregate is not None}
 
 

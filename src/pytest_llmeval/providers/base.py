@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_llmeval.core.errors import InfrastructureError
+from pytest_llmeval.core.registry import Registry
 
 __all__ = ["MalformedResponse", "Provider", "ProviderRegistry", "Reply", "Request"]
 
@@ -128,25 +129,24 @@ class Provider:
         return reply
 
 
-class ProviderRegistry:
+class ProviderRegistry(Registry[Provider]):
     """The providers known to this run, filled by the ``pytest_llmeval_register_providers`` hook (or by
-    :func:`pytest_llmeval.providers.builtin.builtin_providers` outside a pytest run)."""
+    :func:`pytest_llmeval.providers.builtin.builtin_providers` outside a pytest run), keyed by prefix."""
 
-    def __init__(self) -> None:
-        self._providers: dict[str, Provider] = {}
+    key = "prefix"
 
     def register(self, provider: Provider) -> None:
         """Add ``provider``; one registered earlier with the same prefix is replaced (a conftest overrides a
         built-in)."""
         if not isinstance(provider, Provider):
             raise TypeError(f"register() takes a pytest_llmeval.Provider, got {type(provider).__name__}")
-        self._providers[provider.prefix] = provider
+        super().register(provider)
 
     def find(self, model: str) -> Provider:
         """The provider of ``model``: the one with the longest prefix it starts with. LookupError when none
         matches (no catch-all registered)."""
         best: Provider | None = None
-        for provider in self._providers.values():
+        for provider in self:
             if provider.serves(model) and (best is None or len(provider.prefix) > len(best.prefix)):
                 best = provider
         if best is None:
@@ -159,10 +159,5 @@ class ProviderRegistry:
         return ", ".join(parts) or "none"
 
     def __iter__(self) -> Iterator[Provider]:
-        return iter(sorted(self._providers.values(), key=lambda p: p.prefix))
-
-    def __len__(self) -> int:
-        return len(self._providers)
-
-    def __contains__(self, prefix: object) -> bool:
-        return prefix in self._providers
+        """By prefix (the catch-all first), whatever the order of registration."""
+        return iter(sorted(super().__iter__(), key=lambda p: p.prefix))

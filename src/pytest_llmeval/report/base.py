@@ -8,10 +8,12 @@ decided), and :meth:`Reporter.terminal_summary` when pytest writes its summary. 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pytest_llmeval.core.registry import Registry
 
 if TYPE_CHECKING:
     from pytest_llmeval.config.settings import Settings
@@ -58,21 +60,5 @@ class Reporter:
         return None
 
 
-class ReporterRegistry:
+class ReporterRegistry(Registry[Reporter]):
     """The reporters of this run, in registration order, filled by ``pytest_llmeval_register_reporters``."""
-
-    def __init__(self) -> None:
-        self._reporters: dict[str, Reporter] = {}
-
-    def register(self, reporter: Reporter) -> None:
-        """Add a reporter; one registered under the name of an earlier one replaces it, in its place."""
-        self._reporters[reporter.name] = reporter
-
-    def get(self, name: str) -> Reporter | None:
-        return self._reporters.get(name)
-
-    def names(self) -> list[str]:
-        return list(self._reporters)
-
-    def __iter__(self) -> Iterator[Reporter]:
-        return iter(list(self._reporters.values()))
