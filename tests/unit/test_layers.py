@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"sandbox", "cache", "results"},
     {"rag", "config"},
     {"providers"},
+    {"targets"},
     {"checks"},
     {"report"},
     {"robustness"},

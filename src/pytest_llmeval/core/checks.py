@@ -80,8 +80,11 @@ class GradeContext:
     Plain values, always there: ``answer`` (the text graded), ``case`` (the validated CaseSpec; for a robustness
     variant, the variant), ``model`` (the model under test; a calibration item's: the judge), ``draw`` (the draw's
     index with --llm-repeat/--llm-samples), ``stage`` (None, or "runs"/"judged"/"robust" for the items a case is
-    split into), ``checks`` (the item's CheckSpecs) and ``retrieved`` (the chunks put into the prompt, for
-    retrieval cases).
+    split into), ``checks`` (the item's CheckSpecs), ``retrieved`` (the chunks put into the prompt, for
+    retrieval cases), ``references`` (the :class:`~pytest_llmeval.core.answer.Reference` s an application target
+    answered with, in its order: ``[n]`` in the answer cites ``references[n-1]``), ``transcript`` (a conversation
+    case: the turns so far, ``[{"role": "user"|"assistant", "content": ..., "turn": n}, ...]``; empty otherwise)
+    and ``answer_obj`` (the application's :class:`~pytest_llmeval.core.answer.Answer`, None for a model).
 
     Services, built on first use and kept for the draw, so a check that asks for none costs nothing:
 
@@ -97,7 +100,8 @@ class GradeContext:
     """
 
     def __init__(self, answer: str, case: Any, model: str = "", *, draw: int = 0, stage: str | None = None,
-                 checks: Sequence[CheckSpec] = (), retrieved: Sequence[Any] = (),
+                 checks: Sequence[CheckSpec] = (), retrieved: Sequence[Any] = (), references: Sequence[Any] = (),
+                 transcript: Sequence[Mapping[str, Any]] = (), answer_obj: Any = None,
                  factories: Mapping[str, Callable[[GradeContext], Any]] | None = None, **services: Any) -> None:
         self.answer = answer
         self.case = case  # cases.loader.CaseSpec (core sits below cases: not imported here)
@@ -106,6 +110,9 @@ class GradeContext:
         self.stage = stage
         self.checks = checks
         self.retrieved = retrieved
+        self.references = list(references)
+        self.transcript = list(transcript)
+        self.answer_obj = answer_obj
         self._factories = dict(factories or {})
         self._services: dict[str, Any] = dict(services)
         self._stack = ExitStack()
