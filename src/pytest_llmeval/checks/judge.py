@@ -6,6 +6,9 @@ retrieved (or given) context. It must reply with a score and a reason; the reply
 if the second reply is unusable too, the check is **unscored**: counted and shown on its own, never a pass,
 a fail or a zero.
 
+In a conversation case (``GradeContext.transcript`` not empty) the judge reads the whole transcript instead of one
+question and answer, and grades the assistant's side of it; a single answer's request is unchanged.
+
 Judge prompts are versioned (:data:`JUDGE_PROMPT_VERSION`): the version and the full rubric text are part of
 every judge cache key, so editing a rubric or the prompt never serves a stale verdict.
 """
@@ -76,6 +79,20 @@ def judge_messages(criteria: str, *, question: str, answer: str, reference: str 
         parts.append(f"Reference answer:\n{reference}")
     parts.append(f"Answer to grade:\n{answer if answer.strip() else '(empty answer)'}")
     parts.append('Grade the answer on the criterion. Reply with JSON only: '
+                 '{"score": <integer 0-10>, "reason": "<one sentence>"}')
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def conversation_judge_messages(criteria: str, *, conversation: str, reference: str | None = None,
+                                context: str | None = None) -> list[dict[str, str]]:
+    """The judge's request for a whole conversation (``conversation``: ``User: ...`` / ``Assistant: ...`` lines): the
+    assistant's side of it is graded on the criterion."""
+    parts = [f"Criterion:\n{criteria}", f"Conversation:\n{conversation if conversation.strip() else '(empty)'}"]
+    if context:
+        parts.append(f"Context:\n{context}")
+    if reference:
+        parts.append(f"Reference answer:\n{reference}")
+    parts.append('Grade the assistant\'s replies over the whole conversation on the criterion. Reply with JSON only: '
                  '{"score": <integer 0-10>, "reason": "<one sentence>"}')
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
 
@@ -244,12 +261,21 @@ def grade_judge(answer: str, case: CaseSpec, params: JudgeParams, ctx: GradeCont
     name, criteria = resolve_rubric(params.rubric)
     model = params.model or env.judge_model
     context = env.context or _text(case.fields.get("context"))
-    messages = judge_messages(criteria, question=question or case.prompt, answer=answer,
-                              reference=_text(case.fields.get("reference")), context=context)
+    transcript = [] if isinstance(ctx, JudgeEnv) else list(getattr(ctx, "transcript", ()))
+    if transcript:  # a conversation: the judge grades all of it (a single answer's request is unchanged)
+        from pytest_llmeval.targets.conversation import transcript_text
+
+        messages = conversation_judge_messages(criteria, conversation=transcript_text(transcript),
+                                               reference=_text(case.fields.get("reference")), context=context)
+    else:
+        messages = judge_messages(criteria, question=question or case.prompt, answer=answer,
+                                  reference=_text(case.fields.get("reference")), context=context)
     verdict, replies = ask_twice(lambda msgs, attempt: env.ask(model, msgs, attempt), messages, parse_verdict,
                                  FIX_PROMPT, env.calls)
     details: dict[str, Any] = {"rubric": name, "judge": model, "min": params.min, "attempts": len(replies),
                                "prompt_version": JUDGE_PROMPT_VERSION}
+    if transcript:
+        details["conversation"] = True
     if model == env.judge_model and env.self_judging:
         details["self_judging"] = True
     if verdict.score is None:
