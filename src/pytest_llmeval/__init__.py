@@ -23,6 +23,15 @@ _EXPORTS = {
     "LLMEvalError": "pytest_llmeval.core.errors",
     "UsageError": "pytest_llmeval.core.errors",
     "CaseDataError": "pytest_llmeval.core.errors",
+    "Answer": "pytest_llmeval.core.answer",
+    "Reference": "pytest_llmeval.core.answer",
+    "TargetError": "pytest_llmeval.core.answer",
+    "TargetRequest": "pytest_llmeval.core.answer",
+    "Usage": "pytest_llmeval.core.answer",
+    "Target": "pytest_llmeval.core.targets",
+    "TargetEnv": "pytest_llmeval.core.targets",
+    "TargetKind": "pytest_llmeval.core.targets",
+    "TargetParams": "pytest_llmeval.core.targets",
     "InfrastructureError": "pytest_llmeval.core.errors",
 }
 

@@ -13,6 +13,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_llmeval.core.checks import CheckDef
+    from pytest_llmeval.core.targets import TargetKind
     from pytest_llmeval.providers.base import Provider
     from pytest_llmeval.report.base import Reporter
 
@@ -53,4 +54,19 @@ def pytest_llmeval_register_providers(register: Callable[[Provider], None]) -> N
     ``prefix`` it starts with. The built-in providers -- litellm (prefix ``""``: every other name), ``local/`` and
     ``local-vision/`` -- register through this hook; a later registration of a prefix replaces an earlier one, so a
     conftest can override a built-in provider. Called once per process, in ``pytest_configure``.
+    """
+
+
+@pytest.hookspec
+def pytest_llmeval_register_targets(register: Callable[[TargetKind], None]) -> None:
+    """Register target kinds: what a suite's ``target:`` (or ``--llm-target``) may name to answer its cases.
+
+    Call ``register(TargetKind(name, ParamsModel, build, shorthand=..., describe=...))`` once per kind (``from
+    pytest_llmeval import TargetKind, Target``). ``build(params, env) -> Target`` makes the target once per process
+    (per item for a kind built ``per_item``); ``Target.answer(request)`` gets a
+    :class:`~pytest_llmeval.core.answer.TargetRequest` and returns a str or an
+    :class:`~pytest_llmeval.core.answer.Answer`. The run puts the cache (under the target's declared identity), the
+    concurrency limits, the attribution of the application's own litellm calls and the error handling around it.
+    The built-in kinds -- ``model`` (the --llm model: the default), ``python``, ``fixture`` and ``http`` -- register
+    through this hook; a later registration of a name replaces an earlier one. Called once per process.
     """

@@ -61,12 +61,14 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_llmeval.run.loop import RunLoopPlugin
     from pytest_llmeval.run.session import ResultsPlugin
     from pytest_llmeval.run.state import STATE, RunState
+    from pytest_llmeval.targets import builtin as builtin_targets
 
     pm = config.pluginmanager
     # The built-in backends register through the same hooks as a conftest's or a plugin's (hookspecs.py).
     pm.register(builtin_checks, "llmeval-builtin-checks")
     pm.register(builtin_reporters, "llmeval-builtin-reporters")
     pm.register(builtin_providers, "llmeval-builtin-providers")
+    pm.register(builtin_targets, "llmeval-builtin-targets")
     state = RunState(config)
     config.stash[STATE] = state
     collection = CollectionPlugin(state)

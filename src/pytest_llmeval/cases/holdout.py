@@ -225,3 +225,23 @@ def assign_splits(cases: list[Any], *, test_fraction: float, seed: int = 0, by: 
         for i in idx:
             out[i] = Assignment(cases[i], chosen, g, not force and explicit.get(cases[i].id) == chosen)
     return out
+
+
+_PROMPT_HASHES: dict[tuple[Any, ...], str] = {}
+
+
+def cached_prompt_hash(case: Any) -> str:
+    """holdout.case_prompt_hash of the case, computed once per distinct system prompt, template and params (the
+    cases of a suite mostly share them)."""
+    try:
+        # With the types: 0, 0.0 and False are equal keys but different JSON.
+        key = (case.system, case.template, case.kind, tuple((k, type(v), v) for k, v in case.params.items()))
+        hash(key)
+    except TypeError:  # a list or mapping among the params
+        return case_prompt_hash(case)
+    found = _PROMPT_HASHES.get(key)
+    if found is None:
+        if len(_PROMPT_HASHES) >= 4096:
+            _PROMPT_HASHES.clear()
+        found = _PROMPT_HASHES[key] = case_prompt_hash(case)
+    return found

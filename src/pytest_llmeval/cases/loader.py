@@ -40,8 +40,10 @@ from pytest_llmeval.cases.schema import (
     render_prompt,
     template_fields,
 )
+from pytest_llmeval.cases.targets import parse_target
 from pytest_llmeval.cases.yaml_lines import Duplicate, _line_lookup, _yaml_with_lines
 from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
+from pytest_llmeval.core.targets import TargetRegistry, TargetSpec
 
 # Fields the plugin reads from a case of any kind without a schema field: judges the context, the holdout problem.
 READ_FIELDS = ("context", "problem")
@@ -96,11 +98,20 @@ def _image_file_problems(checks: list[CheckSpec], loc: Loc, suite_checks: int) -
 class _Loader:
     """Turns one file's raw data into CaseSpecs and CaseErrors."""
 
-    def __init__(self, path: Path, registry: CheckRegistry) -> None:
+    def __init__(self, path: Path, registry: CheckRegistry, targets: TargetRegistry | None = None,
+                 app_default: bool = False) -> None:
         self.path = path
         self.registry = registry
+        self.targets = targets
+        self.target: TargetSpec | None = None
+        self.app_default = app_default  # --llm-target names an application: its references make sources meaningful
         # Problems found before validation (keys repeated in a case), by the case's location: (line, loc, message).
         self.case_problems: dict[Loc, list[tuple[int | None, Loc, str]]] = {}
+
+    @property
+    def app_target(self) -> bool:
+        """The cases are answered by an application (which may return references)."""
+        return self.target is not None and not self.target.is_model or self.target is None and self.app_default
 
     def error(self, line: int | None, loc: Loc | str | None, message: str, case_id: str | None = None,
               path: Path | None = None) -> CaseError:
@@ -156,7 +167,8 @@ class _Loader:
                 used = []  # reported once for the file
             needs = [n for spec in checks for n in (spec.definition.needs if spec.definition else ())]
             problems += _free_field_problems(raw, loc, kind, used, needs,
-                                             retrieval=raw.get("retrieve") is not None or suite.retrieve is not None)
+                                             retrieval=raw.get("retrieve") is not None or suite.retrieve is not None
+                                             or self.app_target)
         if kind == "calibration" and not problems:
             wanted = "vision" if raw.get("image") is not None else "judge"
             if not any(c.name == wanted for c in checks):
@@ -206,9 +218,10 @@ class _Loader:
                 if not folder.is_dir():
                     problems.append((where, f"docs folder {rspec.docs!r} not found (relative to {self.path.name})"))
                 retrieve = {**rspec.model_dump(), "docs": str(folder), "prefix": rspec.docs.rstrip("/")}
-            if model.sources and rspec is None:
-                problems.append((loc + ("sources",), "sources need retrieval: add retrieve: {docs: ...} to the "
-                                                     "suite or the case"))
+            if model.sources and rspec is None and not self.app_target:
+                problems.append((loc + ("sources",), "sources need retrieval (add retrieve: {docs: ...} to the "
+                                                     "suite or the case) or an application target that returns "
+                                                     "references (target: ...)"))
             robust = model.robustness or suite.robustness
             where = loc + ("robustness", "perturb") if model.robustness else ("robustness", "perturb")
             if robust is not None and "reorder_choices" in robust.perturb and kind != "choice":
@@ -236,6 +249,7 @@ class _Loader:
             robustness=(model.robustness or suite.robustness).model_dump()  # type: ignore[union-attr]
             if (model.robustness or suite.robustness) else None,
             template=suite.prompt,
+            target=self.target,
         )
 
     # ---- files
@@ -275,6 +289,10 @@ class _Loader:
 
         suite_checks: list[CheckSpec] = []
         file_problems: list[tuple[Loc, str]] = params_problems(data.get("params"), ("params",))
+        if suite.target is not None:
+            self.target, errs = parse_target(suite.target, ("target",), self.targets, line_of, self.path)
+            file_problems += errs
+            out.target = self.target
         for j, entry in enumerate(suite.expect):
             spec, errs = parse_check(entry, ("expect", j), suite.kind, self.registry, line_of, self.path.parent)
             file_problems += errs
@@ -439,16 +457,19 @@ def _map_row(source: dict[str, Any], ds: DatasetModel, lineno: int) -> dict[str,
     return case
 
 
-_CACHE: dict[tuple[Path, int, int, int], LoadedFile] = {}
+_CACHE: dict[tuple[Any, ...], LoadedFile] = {}
 
 
-def load_file(path: Path, registry: CheckRegistry) -> LoadedFile:
-    """Load and validate one case file (memoised on path, mtime, size and registry)."""
+def load_file(path: Path, registry: CheckRegistry, targets: TargetRegistry | None = None,
+              app_default: bool = False) -> LoadedFile:
+    """Load and validate one case file (memoised on path, mtime, size and registries). ``targets``: the run's
+    target kinds, which validate a suite's ``target:`` (None, outside a run: not checked); ``app_default``:
+    ``--llm-target`` names an application, the target of the suites that name none."""
     stat = path.stat()
-    key = (path, stat.st_mtime_ns, stat.st_size, id(registry))
+    key = (path, stat.st_mtime_ns, stat.st_size, id(registry), id(targets), app_default)
     if key in _CACHE:
         return _CACHE[key]
-    loader = _Loader(path, registry)
+    loader = _Loader(path, registry, targets, app_default)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -459,9 +480,10 @@ def load_file(path: Path, registry: CheckRegistry) -> LoadedFile:
     return loaded
 
 
-def referenced_datasets(files: Iterable[Path], registry: CheckRegistry) -> set[Path]:
+def referenced_datasets(files: Iterable[Path], registry: CheckRegistry, targets: TargetRegistry | None = None,
+                        app_default: bool = False) -> set[Path]:
     """JSONL files that suite files use as datasets (they are not suites of their own)."""
     out: set[Path] = set()
     for f in files:
-        out.update(load_file(f, registry).datasets)
+        out.update(load_file(f, registry, targets, app_default).datasets)
     return out

@@ -20,6 +20,7 @@ from typing_extensions import TypedDict  # pydantic needs typing_extensions' Typ
 
 from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
 from pytest_llmeval.core.errors import CaseDataError
+from pytest_llmeval.core.targets import TargetSpec
 
 KINDS = ("qna", "choice", "code", "labels", "calibration")
 Kind = Literal["qna", "choice", "code", "labels", "calibration"]
@@ -308,6 +309,7 @@ class SuiteModel(BaseModel):
     retrieve: RetrieveModel | None = None  # RAG: top-k chunks of a docs folder in every case's prompt
     split: Split | None = None  # holdout: dev (default) or test (runs only with --llm-split test)
     robustness: RobustnessModel | None = None  # perturbed variants graded for consistency (an extra item)
+    target: Any = None  # what answers the cases (core/targets.py): {python: "bot:answer"}, {http: {...}}, model
     cases: list[Any] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -452,6 +454,7 @@ class CaseSpec:
     split: str = "dev"  # dev | test (the holdout)
     robustness: dict[str, Any] | None = None  # RobustnessModel as a dict
     template: str | None = None  # the suite's prompt template (None: the kind's default prompt)
+    target: TargetSpec | None = None  # the suite's target (None: --llm-target, else the --llm model)
 
     def render(self, fields: dict[str, Any]) -> str:
         """The prompt for other field values (a robustness variant): the same template or default prompt."""
@@ -475,6 +478,7 @@ class LoadedFile:
     cases: list[CaseSpec] = field(default_factory=list)
     errors: list[CaseError] = field(default_factory=list)
     datasets: list[Path] = field(default_factory=list)
+    target: TargetSpec | None = None  # the suite's ``target:``, validated
 
 
 # ------------------------------------------------------------------------------------------ rendering

@@ -208,6 +208,14 @@ OPTIONS: tuple[Option, ...] = (
         help="Model that grades `judge` checks and runs calibration suites (any litellm model or `local/...`).",
     ),
     Option(
+        "target", flag="--llm-target", metavar="TARGET", env="LLMEVAL_TARGET", ini="llmeval_target",
+        parse=parsers.stripped, see="[targets](targets.md)",
+        default_doc="model: the --llm model answers every suite that names no target",
+        help="What answers the suites that name no `target:`: `model` (the --llm model), `python:<module:function>` "
+        "(your application, importable from the rootdir), `fixture:<name>` (a fixture returning it) or "
+        "`http:<url>`. The application still receives the --llm model name, so --llm=a,b compares it across models.",
+    ),
+    Option(
         "vision_model", flag="--llm-vision", metavar="MODEL", env="LLMEVAL_VISION", ini="llmeval_vision",
         parse=parsers.stripped, see="[vision models](checks.md#vision-models)",
         default_doc="none (vision checks are skipped with this hint; pixel pre-checks still run)",

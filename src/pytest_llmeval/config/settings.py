@@ -39,6 +39,7 @@ class Settings:
     artifacts_dir: Path = Path(".llmeval/artifacts")
     repeat: int = 1
     judge_model: str | None = None
+    target: str | None = None  # --llm-target: the target of suites that name none (None: the --llm model)
     vision_model: str | None = None
     index_dir: Path = Path(".llmeval/index")
     rag_docs: Path | None = None  # the `rag` fixture's default docs folder (ini llmeval_rag_docs)

@@ -172,7 +172,9 @@ def to_answer(value: Any, target: str) -> Answer:
         return Answer(value)
     hint = " (an async function must be declared `async def`; a coroutine was not awaited)" \
         if type(value).__name__ == "coroutine" else ""
-    raise TargetError(f"target {target} returned a {type(value).__name__}, not a str or a pytest_llmeval.Answer"
+    kind = type(value).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    raise TargetError(f"target {target} returned {article} {kind}, not a str or a pytest_llmeval.Answer"
                       f"{hint}: {_short(value)}")
 
 

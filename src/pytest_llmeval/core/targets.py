@@ -71,7 +71,9 @@ class TargetEnv:
     ``rootdir``: imports and relative paths start here; ``suite_dir``: the suite file's folder; ``state_dir``:
     ``.llmeval/`` (service logs go to ``state_dir / "serve"``); ``worker``: the xdist worker id (``gw0``) or
     ``"main"``; ``fixture(name)``: the value of a pytest fixture for the item being set up (targets of kinds
-    built ``per_item`` only; LookupError elsewhere); ``models``: the ``--llm`` models of the run.
+    built ``per_item`` only; None elsewhere); ``has_fixture(name)``: whether a fixture of that name is visible to
+    the suite (at collection, for ``check``); ``complete(model, messages, params, sample, key_extra)``: the run's
+    model call (the ``model`` kind), through its caches, retries and budget.
     """
 
     rootdir: Path
@@ -79,7 +81,8 @@ class TargetEnv:
     state_dir: Path
     worker: str = "main"
     fixture: Callable[[str], Any] | None = None
-    models: tuple[str, ...] = ()
+    has_fixture: Callable[[str], bool] | None = None
+    complete: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)

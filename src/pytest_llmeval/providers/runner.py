@@ -56,6 +56,9 @@ class ModelCallError(InfrastructureError):
         return (type(self), (self.model, self.message, self.attempts))
 
 
+APP_FIELDS = ("references", "context", "metadata", "app_usage", "target")
+
+
 @dataclass(frozen=True)
 class Completion:
     """One answer and what it cost."""
@@ -71,6 +74,12 @@ class Completion:
     semantic: dict[str, Any] | None = None  # served by the semantic cache: similarity, the original request
     ttft_s: float | None = None  # time to the first token, when the answer was streamed (--llm-stream)
     attempts: int = 1  # calls made for this answer (retries after 429, 5xx, connection errors, timeouts)
+    # An application target's answer (targets/): what it used and what its own model calls cost
+    references: list[dict[str, Any]] | None = None  # Reference.to_dict(n), in the application's order
+    context: str | None = None
+    metadata: dict[str, Any] | None = None
+    app_usage: dict[str, Any] | None = None  # calls, tokens, cost, latency of the application's own model calls
+    target: str | None = None  # the target that answered (python:bot:answer); None: the model itself
 
 
 class ModelRunner:
@@ -312,6 +321,8 @@ class ModelRunner:
         if self.cache is not None and mode in ("on", "refresh", "semantic"):
             stored = asdict(completion)
             del stored["model"], stored["cached"], stored["semantic"]
+            for name in APP_FIELDS:  # a model's answer has none: its entry stays as before targets existed
+                del stored[name]
             self.cache.set(key, stored)
             if semantic_slot is not None:
                 partition, text, vector = semantic_slot

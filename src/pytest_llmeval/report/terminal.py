@@ -195,6 +195,12 @@ def _details(row: dict[str, Any]) -> list[str]:
                    f"{_pct(ret['recall_at_k'])}, MRR {ret['mrr']:.3f}")
     if row.get("semantic_hits"):
         out.append(f"{name}: {row['semantic_hits']} answer(s) served by the semantic cache")
+    app = row.get("app_calls")
+    if app:
+        cost = f", ${app['cost_usd']:.4f}" if app.get("cost_usd") is not None else ""
+        out.append(f"{name}: target {app['target']} made {app['calls']} model call(s) of its own for {app['cases']} "
+                   f"case(s): {app['prompt_tokens']}+{app['completion_tokens']} tokens{cost}, "
+                   f"{app['latency_s'] or 0:.2f} s")
     vision = row.get("vision")
     if vision:
         models = ", ".join(vision["models"]) or "no vision model"

@@ -79,6 +79,11 @@ class CaseResult:
     split: str = "dev"  # dev | test: the case's split (the test split runs only with --llm-split test)
     prompt_hash: str | None = None  # hash of what is tuned: system prompt, prompt template, params
     robustness: dict[str, Any] | None = None  # robust stage: consistency, flips, the minimal flipping variant
+    # application targets (targets/): what answered, what its own model calls cost, what it said besides the text
+    target: str | None = None  # python:bot:answer, fixture:docs_bot, http:<url>; None: the --llm model itself
+    app_usage: dict[str, Any] | None = None  # the application's own model calls: calls, tokens, cost, latency
+    metadata: dict[str, Any] | None = None  # the application's Answer.metadata (first draw)
+    transcript: dict[str, Any] | None = None  # a conversation: its turns, how it ended (first draw)
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow: the values are already plain JSON data (asdict's deep copy cost ~0.2 ms a case). The instance's
@@ -186,6 +191,18 @@ def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, Aggr
         out["retrieval"] = {"cases": len(retrieved), "k": max(int(x["k"]) for x in retrieved),
                             "recall_at_k": _r(_mean([float(x["recall_at_k"]) for x in retrieved])),
                             "mrr": _r(_mean([float(x["mrr"]) for x in retrieved]))}
+    targeted = [r for r in rs if r.target]
+    if targeted:  # an application answered: what its own model calls cost (every case it answered)
+        usages = [r.app_usage for r in targeted if r.app_usage]
+        costs = [float(u["cost_usd"]) for u in usages if u.get("cost_usd") is not None]
+        out["app_calls"] = {
+            "target": ", ".join(sorted({str(r.target) for r in targeted})), "cases": len(targeted),
+            "calls": sum(int(u.get("calls") or 0) for u in usages),
+            "prompt_tokens": sum(int(u.get("prompt_tokens") or 0) for u in usages),
+            "completion_tokens": sum(int(u.get("completion_tokens") or 0) for u in usages),
+            "cost_usd": _r(sum(costs)) if costs else None,
+            "latency_s": _r(sum(float(u.get("latency_s") or 0) for u in usages)),
+        }
     stages = {r.stage for r in rs}
     if "judged" in stages or "runs" in stages:  # a suite with vision checks: its fast row, or its judged row
         out["stage"] = "judged" if "judged" in stages else "runs"

@@ -338,3 +338,23 @@ def evaluate(case: CaseSpec, model: str, original: str, ask: Callable[[CaseVaria
 def replace_case(case: CaseSpec, variant: CaseVariant) -> CaseSpec:
     """The case with a variant's fields and prompt (what its checks grade against)."""
     return dataclasses.replace(case, fields=variant.fields, prompt=variant.prompt)
+
+
+def failure_lines(r: Any) -> list[str]:
+    """The variants that flipped the outcome, and the minimal one Hypothesis shrank them to."""
+    def one(run: Any) -> str:
+        reason = f" ({run.reason})" if run.reason else ""
+        return (f"[{run.variant.describe()}] {run.status}{reason}\n        prompt: {run.variant.prompt!r}\n"
+                f"        answer: {(run.answer or '')[:200]!r}")
+
+    where = (f"; {r.committed} saved flip(s) replayed" if r.committed else "") + ("; exploring" if r.explore else "")
+    lines = [f"  robustness: {len(r.flips)} of {len(r.scored)} variant(s) flipped the outcome "
+             f"(original: {r.original}; perturb: {', '.join(r.spec['perturb'])}; seed {r.spec['seed']}{where})"]
+    if r.minimal is not None:
+        saved = "; saved in .llmeval/hypothesis: commit it" if r.saved else ""
+        lines.append(f"  minimal flipping variant (shrunk by Hypothesis, {r.shrink_calls} extra call(s){saved}):"
+                     "\n      " + one(r.minimal))
+    lines += ["  flipped variants:", *(f"      {one(x)}" for x in r.flips[:5])]
+    if len(r.flips) > 5:
+        lines.append(f"      ... and {len(r.flips) - 5} more (results.json has them all)")
+    return lines

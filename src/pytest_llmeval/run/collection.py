@@ -37,7 +37,8 @@ class CollectionPlugin:
         if self._datasets is None:
             suites = [p for d in self.settings.case_dirs if d.is_dir()
                       for p in sorted(d.rglob("*")) if p.suffix in (".yaml", ".yml")]
-            self._datasets = referenced_datasets(suites, self.state.registry)
+            self._datasets = referenced_datasets(suites, self.state.registry, self.state.targets,
+                                                 self.state.default_target is not None)
         return self._datasets
 
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -87,9 +88,12 @@ class CollectionPlugin:
                 items[:] = kept
         if config.option.collectonly:
             return  # listing tests needs no key
-        item_models = [(i, item_model(i, self.settings.models)) for i in items]
+        # An application target's item does not call its --llm model itself (the application may, or may not).
+        item_models = [(i, None if isinstance(i, CaseItem) and i.target is not None else item_model(i, self.settings.models))
+                       for i in items]
         needed = sorted({m for _, m in item_models if m}
-                        | {m for i, model in item_models if model and isinstance(i, CaseItem) for m in i.judge_models()})
+                        | {m for i in items if isinstance(i, CaseItem) and item_model(i, self.settings.models)
+                           for m in i.judge_models()})
         with paused_gc():  # the answers found live on
             deferred = self._answered_from_cache(item_models, set(needed))
         problems = {m: p for m in needed if m not in deferred and (p := state.runner.check_model(m))}

@@ -11,7 +11,7 @@ are the case-file contract, fixed in cases/; see run/items.py).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,10 +38,12 @@ class DrawGrader:
     base_dir: Path  # the case file's directory: reference images are relative to it
     retrieved: list[Any]
 
-    def grade(self, answer: str, index: int, case: CaseSpec) -> dict[str, Any]:
-        """Draw ``index``: every check's outcome, the draw's status and score (and, for code, what ran)."""
+    def grade(self, answer: str, index: int, case: CaseSpec, references: Sequence[Any] = (),
+              transcript: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """Draw ``index``: every check's outcome, the draw's status and score (and, for code, what ran).
+        ``references``: what an application target answered with; ``transcript``: a conversation's turns."""
         checks = [(c, c.definition) for c in self.checks if c.definition is not None and c.definition.grade is not None]
-        with self.context(answer, index, case) as ctx:
+        with self.context(answer, index, case, references, transcript) as ctx:
             for c, definition in checks:
                 if definition.prepare is not None:
                     definition.prepare(c.params, ctx)
@@ -55,13 +57,15 @@ class DrawGrader:
                             calls=vision.calls)
         return draw
 
-    def context(self, answer: str, index: int, case: CaseSpec) -> GradeContext:
+    def context(self, answer: str, index: int, case: CaseSpec, references: Sequence[Any] = (),
+                transcript: Sequence[Mapping[str, Any]] = ()) -> GradeContext:
         """The grading context of one draw. Its services are built when a check first asks for them."""
         factories: dict[str, Callable[[GradeContext], Any]] = {"judge": lambda ctx: self.judge(), "vision": self._vision}
         if case.kind == "code":
             factories["code"] = self._code
         return GradeContext(answer, case, self.model, draw=index, stage=self.stage, checks=self.checks,
-                            retrieved=self.retrieved, factories=factories)
+                            retrieved=self.retrieved, references=references, transcript=transcript,
+                            factories=factories)
 
     def _vision_env(self, image: Callable[[str | None], Any]) -> Any:
         """A VisionEnv: ``image(file)`` finds the picture, ``ask`` calls the vision model."""

@@ -24,6 +24,7 @@ import pytest
 from pytest_llmeval.cases.loader import load_file
 from pytest_llmeval.cases.schema import CaseError, CaseSpec, InvalidCase
 from pytest_llmeval.checks.judge import JudgeEnv
+from pytest_llmeval.core.answer import TargetError
 from pytest_llmeval.core.checks import CheckOutcome, CheckSpec
 from pytest_llmeval.core.errors import InfrastructureError, LLMEvalError
 from pytest_llmeval.core.memory import paused_gc
@@ -32,6 +33,15 @@ from pytest_llmeval.results.aggregate import CaseResult
 from pytest_llmeval.run.calls import vision_summary
 from pytest_llmeval.run.grading import DrawGrader, decide, relative_to
 from pytest_llmeval.run.state import RunState, get_state, import_all_modules
+from pytest_llmeval.run.targets import (
+    TargetCalls,
+    app_fields,
+    app_retrieval,
+    grounding,
+    references_of,
+    suite_target,
+    target_problems,
+)
 
 SHOW_CHARS = 1200  # of prompt and answer in a failure report
 NO_VISION_MODEL_ID = "no-vision-model"  # the model slot of a vision calibration item when none is configured
@@ -66,7 +76,13 @@ class CaseFile(pytest.File):
 
     def _collect(self) -> Iterator[pytest.Item]:
         state = _session(self.config)
-        loaded = load_file(self.path, state.registry)
+        loaded = load_file(self.path, state.registry, state.targets, state.default_target is not None)
+        target = suite_target(loaded.target, state)
+        if target is not None and not loaded.errors:
+            problems = target_problems(target, state, self, self.path)
+            if problems:  # the suite cannot run at all: one item stands for it, naming the target's line
+                yield InvalidCaseItem.from_parent(self, name="target", errors=problems)
+                return
         groups: dict[str, list[CaseError]] = {}
         for err in loaded.errors:
             groups.setdefault(err.case_id or "invalid", []).append(err)
@@ -140,7 +156,7 @@ class InvalidCaseItem(pytest.Item):
         return self.path, (line - 1) if line else None, f"invalid: {self.name}"
 
 
-class CaseItem(pytest.Item):
+class CaseItem(TargetCalls, pytest.Item):
     """One case run against one model (for a calibration case: one judge model).
 
     With ``--llm-repeat``/``--llm-samples`` the item draws several answers (independent cache slots), grades
@@ -170,6 +186,9 @@ class CaseItem(pytest.Item):
         self.retrieved: list[Any] = []  # rag.Retrieved hits put into the prompt
         self.retrieval: dict[str, Any] | None = None  # index, version, recall@k, MRR
         self.robustness: Any = None  # robustness.Robustness, for the robust stage
+        # An application target answers (run/targets.py): None when the --llm model does.
+        self.target = suite_target(case.target, _session(self.config))
+        self._fixture_request: Any = None  # the fixture request of a fixture target
         self.add_marker("llmeval")
         if stage == "robust":
             self.add_marker("robustness")
@@ -178,7 +197,8 @@ class CaseItem(pytest.Item):
         for marker in dict.fromkeys(m for c in self.checks if c.definition for m in c.definition.markers):
             self.add_marker(marker)
         # -k can select by suite, kind and tag.
-        self.extra_keyword_matches.update([case.suite, case.kind, *case.tags, *([stage] if stage else [])])
+        self.extra_keyword_matches.update([case.suite, case.kind, *case.tags, *([stage] if stage else []),
+                                           *([self.target.kind] if self.target is not None else [])])
 
     def _fast(self, spec: CheckSpec) -> CheckSpec:
         """The fast form of a slow check (a vision check's pixel pre-checks alone, as an ``image`` check)."""
@@ -232,7 +252,8 @@ class CaseItem(pytest.Item):
 
             pytest.skip(NO_VISION_MODEL)
         state = _session(self.config)
-        for model in [self.model, *sorted(self.judge_models())]:
+        # An application is asked with the --llm model's name; whether it can use it is the application's business.
+        for model in [*([self.model] if self.target is None else []), *sorted(self.judge_models())]:
             problem = state.unusable.get(model)
             if problem:
                 raise ModelUnusable(problem)
@@ -243,10 +264,12 @@ class CaseItem(pytest.Item):
         from pytest_llmeval.providers.resilience import BudgetExhausted
 
         try:
-            self.completions = self._answers(state)
+            self.completions = self._answers(state) if self.target is None else self.app_answers(state, self.draws)
         except BudgetExhausted as exc:
             pytest.skip(str(exc))
         self.completion = self.completions[0]
+        if self.target is not None and (self.case.sources or self.completion.references):
+            self.retrieval = app_retrieval(self.completion, self.case)
 
     def _answers(self, state: RunState) -> list[Completion]:
         """The model's answers: prefetched by the pool where possible, else called now."""
@@ -277,10 +300,12 @@ class CaseItem(pytest.Item):
             return None
         if any(c.definition and c.definition.grade is None for c in self.checks):
             return None
-        if any(state.unusable.get(m) for m in [self.model, *self.judge_models()]):
+        if any(state.unusable.get(m) for m in [*([self.model] if self.target is None else []), *self.judge_models()]):
             return None
         if state.runner.is_offline(self.model):  # CPU-bound in this process: one at a time is fastest
-            return None
+            return None  # (an application given an offline model most likely runs it: the same holds)
+        if self.target is not None:
+            return self.app_plan(state, self.draws)
         return self._calls()
 
     def _retrieve(self, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, Any]]:
@@ -342,7 +367,7 @@ class CaseItem(pytest.Item):
             return state.runner.complete(model, messages, JUDGE_PARAMS, sample=attempt, semantic=False,
                                          key_extra={"purpose": "judge", "prompt_version": JUDGE_PROMPT_VERSION})
 
-        context = None
+        context = grounding(self.completion) if self.target is not None else None
         if self.retrieved:
             from pytest_llmeval.rag.index import references_block
 
@@ -396,7 +421,8 @@ class CaseItem(pytest.Item):
         case itself)."""
         grader = DrawGrader(_session(self.config), self.config.rootpath, self.model, self.stage, self.checks,
                             self._judge, self._default_vision(), self.case.path.parent, self.retrieved)
-        return grader.grade(answer, index, case or self.case)
+        completion = self.completions[index] if self.target is not None and index < len(self.completions) else None
+        return grader.grade(answer, index, case or self.case, references=references_of(completion))
 
     # ---- reporting
 
@@ -416,6 +442,9 @@ class CaseItem(pytest.Item):
             return f"model call failed for case {self.case.id} ({where}) on {self.model}:\n  {exc.message}"
         if isinstance(exc, ModelUnusable):
             return f"model {self.model} cannot be used: {exc}"
+        if isinstance(exc, TargetError):
+            shown = f"case {self.case.id} ({where}) on {self.model}: {exc.message}"
+            return shown + (f"\n{textwrap.indent(exc.details, '  ')}" if exc.details else "")
         if isinstance(exc, InfrastructureError):
             return f"case {self.case.id} ({where}) cannot run: {exc}"
         if isinstance(exc, CaseFailed):
@@ -456,7 +485,9 @@ class CaseItem(pytest.Item):
                 lines.append(f"  calibration: the judge said {cal['judge_score']:g}/10 ({cal['judge_verdict']}), "
                              f"the human label is {human} (tolerance {cal['tolerance']:g})")
         if self.robustness is not None:
-            lines += _robustness_lines(self.robustness)
+            from pytest_llmeval.robustness.runner import failure_lines
+
+            lines += failure_lines(self.robustness)
         lines.append("  checks:")
         for o in shown.get("outcomes", self.outcomes):
             mark = "ok  " if o.passed else "??  " if o.unscored else "FAIL"
@@ -470,6 +501,7 @@ class CaseItem(pytest.Item):
 
     def result(self, outcome: str, message: str | None) -> CaseResult:
         """This item's CaseResult for the given outcome."""
+        from pytest_llmeval.cases.holdout import cached_prompt_hash
         from pytest_llmeval.results.aggregate import pass_at_k
 
         if outcome == "skipped" and self.status == "unscored":
@@ -532,6 +564,8 @@ class CaseItem(pytest.Item):
             prefix = str((self.case.retrieve or {}).get("prefix", ""))
             extra["references"] = [h.reference(prefix) for h in self.retrieved]
             extra["retrieval"] = self.retrieval
+        if self.target is not None:
+            extra.update(app_fields(self))
         calls = self.completions or ([c] if c else [])
         answer = c.text if c else (str(self.case.fields.get("answer")) if self.case.kind == "calibration" else None)
         return CaseResult(
@@ -547,50 +581,8 @@ class CaseItem(pytest.Item):
             if any(x.cost_usd is not None for x in calls) else None,
             cached=all(x.cached for x in calls) if calls else None, calls=len(calls),
             tags=list(self.case.tags), message=message, split=self.case.split,
-            prompt_hash=_prompt_hash(self.case),
+            prompt_hash=cached_prompt_hash(self.case),
             cache=("semantic" if any(x.semantic for x in calls) else "exact" if all(x.cached for x in calls)
                    else None) if calls else None,
             semantic_hit=next((x.semantic for x in calls if x.semantic), None), **extra,
         )
-
-
-def _robustness_lines(r: Any) -> list[str]:
-    """The variants that flipped the outcome, and the minimal one Hypothesis shrank them to."""
-    def one(run: Any) -> str:
-        reason = f" ({run.reason})" if run.reason else ""
-        return (f"[{run.variant.describe()}] {run.status}{reason}\n        prompt: {run.variant.prompt!r}\n"
-                f"        answer: {(run.answer or '')[:200]!r}")
-
-    where = (f"; {r.committed} saved flip(s) replayed" if r.committed else "") + ("; exploring" if r.explore else "")
-    lines = [f"  robustness: {len(r.flips)} of {len(r.scored)} variant(s) flipped the outcome "
-             f"(original: {r.original}; perturb: {', '.join(r.spec['perturb'])}; seed {r.spec['seed']}{where})"]
-    if r.minimal is not None:
-        saved = "; saved in .llmeval/hypothesis: commit it" if r.saved else ""
-        lines.append(f"  minimal flipping variant (shrunk by Hypothesis, {r.shrink_calls} extra call(s){saved}):"
-                     "\n      " + one(r.minimal))
-    lines += ["  flipped variants:", *(f"      {one(x)}" for x in r.flips[:5])]
-    if len(r.flips) > 5:
-        lines.append(f"      ... and {len(r.flips) - 5} more (results.json has them all)")
-    return lines
-
-
-_PROMPT_HASHES: dict[tuple[Any, ...], str] = {}
-
-
-def _prompt_hash(case: CaseSpec) -> str:
-    """holdout.case_prompt_hash of the case, computed once per distinct system prompt, template and params (the
-    cases of a suite mostly share them)."""
-    from pytest_llmeval.cases.holdout import case_prompt_hash
-
-    try:
-        # With the types: 0, 0.0 and False are equal keys but different JSON.
-        key = (case.system, case.template, case.kind, tuple((k, type(v), v) for k, v in case.params.items()))
-        hash(key)
-    except TypeError:  # a list or mapping among the params
-        return case_prompt_hash(case)
-    found = _PROMPT_HASHES.get(key)
-    if found is None:
-        if len(_PROMPT_HASHES) >= 4096:
-            _PROMPT_HASHES.clear()
-        found = _PROMPT_HASHES[key] = case_prompt_hash(case)
-    return found

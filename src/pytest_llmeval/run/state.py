@@ -16,6 +16,7 @@ import pytest
 from pytest_llmeval.config import settings as settings_mod
 from pytest_llmeval.core.checks import CheckRegistry
 from pytest_llmeval.core.memory import gc_thaw
+from pytest_llmeval.core.targets import TargetEnv, TargetRegistry, TargetSpec
 from pytest_llmeval.providers.base import ProviderRegistry
 from pytest_llmeval.providers.runner import Completion, ModelRunner
 
@@ -31,6 +32,9 @@ class RunState:
         config.hook.pytest_llmeval_register_checks(register=self.registry.register)
         self.providers = ProviderRegistry()
         config.hook.pytest_llmeval_register_providers(register=self.providers.register)
+        self.targets = TargetRegistry()
+        config.hook.pytest_llmeval_register_targets(register=self.targets.register)
+        self.default_target = self._default_target()
         self.is_worker = hasattr(config, "workerinput")
         workerinput = getattr(config, "workerinput", {})
         self.journal_dir = self.settings.results_path.parent / "journal"
@@ -45,8 +49,10 @@ class RunState:
 
             # Every module is imported before the pool's first thread starts (see import_all_modules): when the
             # pool starts, not at session start, so a run that never calls a model (all answers cached) skips it.
-            self.prefetcher = Prefetcher(self.runner.complete, self.settings.concurrency,
-                                         before_start=import_all_modules)
+            self.prefetcher = Prefetcher(self.call, self.settings.concurrency, before_start=import_all_modules)
+        from pytest_llmeval.targets.runner import TargetRunner
+
+        self.target_runner = TargetRunner(self.runner.cache, self.settings.cache_mode)
         self._journal: Any = None
         self._done: dict[str, dict[str, Any]] | None = None
         self.answers: dict[str, list[Completion]] = {}  # nodeid -> its answers, found in the cache at collection
@@ -113,7 +119,36 @@ class RunState:
             self.prefetcher.close()
         if self._journal is not None:
             self._journal.close()
+        self.target_runner.close()
         self.runner.close()
+
+    # ------------------------------------------------------------------------------------ targets
+
+    def _default_target(self) -> TargetSpec | None:
+        """``--llm-target`` validated (None: the --llm model answers the suites that name no target)."""
+        value = self.settings.target
+        if not value:
+            return None
+        from pytest_llmeval.cases.targets import parse_target
+
+        spec, problems = parse_target(value, (), self.targets, lambda loc: None, None)
+        if problems:
+            raise pytest.UsageError(f"--llm-target={value}: {problems[0][1]}")
+        return None if spec is None or spec.is_model else spec
+
+    def target_env(self, suite_path: Path, fixture: Any = None, has_fixture: Any = None) -> TargetEnv:
+        """What a target of the suite at ``suite_path`` is built (or checked) with."""
+        worker = str(getattr(self.config, "workerinput", {}).get("workerid", "main"))
+        return TargetEnv(rootdir=Path(self.config.rootpath), suite_dir=suite_path.parent,
+                         state_dir=self.settings.results_path.parent, worker=worker, fixture=fixture,
+                         has_fixture=has_fixture, complete=self.runner.complete)
+
+    def call(self, **call: Any) -> Any:
+        """One planned call of the prefetch pool: an application target's (``target`` and ``request``), else a
+        model's (runner.complete's arguments)."""
+        if "target" in call:
+            return self.target_runner.planned(call["target"], call["request"])
+        return self.runner.complete(**call)
 
     # ------------------------------------------------------------------------------------ answers and prefetch
 
