@@ -154,8 +154,11 @@ _LOGGING_HOOKS = ("callbacks", "success_callback", "failure_callback", "input_ca
 def _quiet_logging(litellm: Any, quiet: bool) -> Iterator[None]:
     """Skip litellm's per-call success logging (a job handed to its logging thread pool after every call: ~0.5 ms
     of CPU per call, which caps how many calls one process can keep in flight) when nobody listens to it. With
-    callbacks configured (Langfuse, OpenTelemetry...), or through the Router, calls are logged as usual."""
-    if not quiet or any(getattr(litellm, name, None) for name in _LOGGING_HOOKS):
+    callbacks configured (Langfuse, OpenTelemetry...), or through the Router, calls are logged as usual. The logger
+    that measures an application target's own calls (targets/usage.py, marked ``llmeval_app_usage``) does not count:
+    it records nothing of the plugin's own calls anyway."""
+    if not quiet or any(not getattr(callback, "llmeval_app_usage", False)
+                        for name in _LOGGING_HOOKS for callback in (getattr(litellm, name, None) or ())):
         yield
         return
     try:

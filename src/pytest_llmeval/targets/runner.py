@@ -30,7 +30,7 @@ from typing import Any
 
 from pytest_llmeval.core.answer import Answer, TargetError, TargetRequest, Usage, to_answer
 from pytest_llmeval.core.targets import Target, TargetEnv, TargetSpec
-from pytest_llmeval.providers.runner import Completion
+from pytest_llmeval.providers.runner import Completion, redact
 
 __all__ = ["TargetRunner", "app_traceback", "identity_of"]
 
@@ -207,13 +207,13 @@ class TargetRunner:
             why = "no cached answer for this request" if identity is not None else \
                 "the target declares no version or hash, so its answers are never cached"
             raise TargetError(f"--llm-cache=replay: target {spec.name}: {why}")
-        if target is None:
-            target = self.target(spec, env)
         limit = self._limit(spec)
         if limit is not None:
             limit.acquire()
         try:
-            completion = self._ask(spec, target, request)
+            completion = self._ask(spec, target or self.target(spec, env), request)
+        except TargetError as exc:  # what an application says may quote its secrets: never into results or reports
+            raise TargetError(redact(exc.message), redact(exc.details) if exc.details else None) from None
         finally:
             if limit is not None:
                 limit.release()
