@@ -1,0 +1,1 @@
+"""The Orbit docs bot, an example application under test (see README.md)."""
