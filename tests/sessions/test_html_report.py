@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -77,10 +80,161 @@ def test_report_without_a_gate(project: Project) -> None:
     project.write("cases/geo.yaml", SUITE)
     project.server.answer("France", "Paris.")
     project.run()
-    import json
 
     from pytest_llmeval.report.html import render
 
     doc = json.loads((project.pytester.path / ".llmeval/results.json").read_text())
     text = render(doc, project.pytester.path)
     assert "gate-status" not in text and text.count('class="case"') == 3
+
+
+# --- application targets: references, the app's own calls, metadata, transcripts (issue 17) ---
+
+XSS_ANSWER = 'Set it [1]. </script><script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+LONG_TEXT = "Set ORBIT_OFFSCREEN=1 to render offscreen. " * 40 + "</details></li></ol><b>not bold</b>"
+
+
+def _case(case_id: str, **extra: object) -> dict[str, object]:
+    return {"suite": "bot", "case_id": case_id, "model": "openai/test-model", "outcome": "passed", "kind": "qna",
+            "file": "cases/bot.yaml", "line": 3, "score": 1.0, "checks": [], "latency_s": 0.4, "calls": 1,
+            "target": "python:bot:answer", **extra}
+
+
+def app_results() -> dict[str, object]:
+    """A results.json as a run with a Python target and a conversation suite writes it."""
+    references = [{"n": 1, "source": "docs/install.md", "text": LONG_TEXT, "score": 0.91, "title": "Install"},
+                  {"n": 2, "source": "docs/sphere.md", "text": "<img src=x onerror=\"window.__pwned = 3\">radii",
+                   "score": 0.5}]
+    usage = {"calls": 2, "prompt_tokens": 120, "completion_tokens": 30, "cost_usd": 0.00123, "latency_s": 0.8,
+             "cached": False}
+    transcript = {
+        "turns": [
+            {"turn": 0, "user": "How do I render offscreen?", "answer": "Set ORBIT_OFFSCREEN=1 [1].",
+             "references": [{"n": 1, "source": "docs/install.md", "text": "ORBIT_OFFSCREEN=1", "score": 0.9}],
+             "usage": {"calls": 1, "prompt_tokens": 50, "completion_tokens": 9, "cost_usd": None,
+                       "latency_s": 0.2}},
+            {"turn": 1, "user": "And on <b>Windows</b>?", "answer": "The same </script><script>window.__pwned = 4"
+             "</script> [1].", "references": [], "usage": None},
+        ],
+        "ended": "goal", "simulated": True, "closing": "Thanks, that works.",
+        "simulated_user": {"model": "openai/user-model", "calls": 3},
+    }
+    cases = [
+        _case("offscreen", prompt="How do I render offscreen?", answer=XSS_ANSWER, references=references,
+              retrieval={"k": 2, "recall_at_k": 0.5, "mrr": 1.0,
+                         "expected": ["docs/install.md", "docs/missing.md"]},
+              app_usage=usage, metadata={"route": "docs", "note": "</script><script>window.__pwned = 5</script>"}),
+        _case("chat", suite="chat", prompt="How do I render offscreen?", answer=transcript["turns"][1]["answer"],
+              transcript=transcript, app_usage=usage),
+        {**_case("plain"), "suite": "geo", "target": None, "answer": "Paris."},
+    ]
+    app_calls = {"target": "python:bot:answer", "cases": 1, "calls": 2, "prompt_tokens": 120,
+                 "completion_tokens": 30, "cost_usd": 0.00123, "latency_s": 0.8}
+
+    def row(suite: str, **extra: object) -> dict[str, object]:
+        return {"suite": suite, "model": "openai/test-model", "cases": 1, "passed": 1, "failed": 0, "error": 0,
+                "pass_rate": 1.0, "pass_rate_ci": [0.2, 1.0], "mean_score": 1.0, "cost_usd": None, **extra}
+
+    return {"schema_version": 2, "created_at": "2026-12-05T00:00:00Z",
+            "run": {"models": ["openai/test-model"], "cache": "off", "exit_status": 0},
+            "suites": [row("bot", app_calls=app_calls), row("chat", app_calls={**app_calls, "calls": 5}),
+                       row("geo")],
+            "cases": cases}
+
+
+def render_app_report(tmp_path: Path) -> Path:
+    results = tmp_path / ".llmeval" / "results.json"
+    results.parent.mkdir()
+    results.write_text(json.dumps(app_results()))
+    out = tmp_path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "report", str(results), "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_references_app_usage_metadata_and_transcript_are_shown_escaped(tmp_path: Path) -> None:
+    text = render_app_report(tmp_path).read_text()
+    assert "<script" not in text.lower().replace("&lt;script", "")  # no script at all, every one escaped
+    assert "<img" not in text and "window.__pwned" in text  # shown as text, never as markup
+    assert "&lt;/script&gt;&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in text
+    assert "&lt;/details&gt;&lt;/li&gt;&lt;/ol&gt;&lt;b&gt;not bold&lt;/b&gt;" in text  # a reference's text
+    assert text.count('class="case"') == 3
+    # The suite table: a target column, the application's calls per suite.
+    assert '<td class="target">python:bot:answer</td>' in text and '<td class="target">model</td>' in text
+    assert text.count('class="app-calls"') == 2
+    assert "answered 1 case(s) and made 2 model calls · 120 + 30 tokens · $0.0012 · 0.80 s of its own" in text
+    # The drill-down: the target, references numbered with their scores, the long text folded, expected marked.
+    offscreen = text.split('id="case-1"')[1].split('id="case-2"')[0]
+    assert 'target <b class="target">python:bot:answer</b>' in offscreen
+    assert '<li value="1" class="reference is-expected">[1] docs/install.md · Install' in offscreen
+    assert '<li value="2" class="reference">[2] docs/sphere.md' in offscreen and "(score 0.910)" in offscreen
+    assert '<details class="ref-text"><summary>text (' in offscreen
+    assert "recall@2 0.50 · MRR 1.00" in offscreen
+    assert '<span class="expected">docs/install.md (found)</span>' in offscreen
+    assert '<span class="missed">docs/missing.md (missed)</span>' in offscreen
+    assert "the application's own model calls: 2 model calls · 120 + 30 tokens" in offscreen
+    assert ('<pre class="metadata">{&#34;note&#34;: &#34;&lt;/script&gt;&lt;script&gt;window.__pwned = 5'
+            in offscreen)
+    # The conversation: user and assistant bubbles per turn, the turn's references, the ending.
+    chat = text.split('id="case-2"')[1].split('id="case-3"')[0]
+    assert chat.count('class="bubble user"') == 2 and chat.count('class="bubble assistant"') == 1 + 1
+    assert "And on &lt;b&gt;Windows&lt;/b&gt;?" in chat and "Thanks, that works." in chat
+    assert '<li value="1" class="reference">[1] docs/install.md' in chat and "1 model call · 50 + 9 tokens" in chat
+    assert "ended: the simulated user reached its goal" in chat
+    assert "simulated user: {&#34;calls&#34;: 3, &#34;model&#34;: &#34;openai/user-model&#34;}" in chat
+    # A bare model's case shows no target and no transcript.
+    plain = text.split('id="case-3"')[1]
+    assert 'class="target"' not in plain and 'class="chat"' not in plain
+
+
+def test_a_python_targets_references_and_usage_reach_the_report(project: Project,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_targets_sessions import _setup
+
+    _setup(project, monkeypatch)
+    project.run().assert_outcomes(passed=2)
+    from pytest_llmeval.report.html import render
+
+    text = render(project.results(), project.pytester.path)
+    assert '<td class="target">python:bot:answer</td>' in text and text.count('class="app-calls"') == 1
+    offscreen = next(part for part in text.split('<details class="case"') if "<b>offscreen</b>" in part)
+    assert '<li value="1" class="reference is-expected">[1] docs/install.md' in offscreen
+    assert "Set ORBIT_OFFSCREEN=1 to render offscreen." in offscreen  # the reference's text, folded
+    assert "the application's own model calls: 1 model call · " in offscreen
+    assert "&#34;route&#34;: &#34;docs&#34;" in offscreen
+    assert '<span class="expected">docs/install.md (found)</span>' in offscreen
+
+
+# Appended to a copy of the report: records script errors from the start, then, after the page loaded, checks that
+# the transcript is hidden until its case is expanded (a click on the summary) and visible after, and that nothing
+# injected through an answer or a reference ran or became an element.
+PROBE_HEAD = "<script>window.__errors = []; addEventListener('error', e => __errors.push(String(e.message)));</script>"
+PROBE_BODY = """<script>
+// Chromium hides a closed <details>' content with content-visibility (its boxes may keep a size): checkVisibility().
+function shown(el) { const r = el.getBoundingClientRect(); return el.checkVisibility() && r.width > 0 && r.height > 0; }
+const chat = document.querySelector('#case-2 .chat'), bubble = chat.querySelector('.bubble.assistant');
+const before = shown(bubble);
+document.querySelector('#case-2 > summary').click();
+const after = shown(bubble), open = document.querySelector('#case-2').open;
+document.body.setAttribute('data-probe', JSON.stringify({before, after, open, errors: window.__errors,
+  pwned: window.__pwned || 0, imgs: document.querySelectorAll('img').length,
+  scripts: document.querySelectorAll('script').length, bubbles: chat.querySelectorAll('.bubble').length}));
+</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_transcript_shows_when_its_case_is_expanded_in_headless_chromium(tmp_path: Path) -> None:
+    text = render_app_report(tmp_path).read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_BODY + "</body>", 1))
+    dom = subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+                          "--v=0", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, dom.stdout[-2000:]
+    result = json.loads(html.unescape(found.group(1)))
+    assert result == {"before": False, "after": True, "open": True, "errors": [], "pwned": 0, "imgs": 0,
+                      "scripts": 2, "bubbles": 5}
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console

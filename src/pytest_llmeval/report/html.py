@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +18,17 @@ IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
 MAX_IMAGE_BYTES = 2 << 20
 
 
+# A field an older (or hand-written) results.json lacks reaches these as jinja's Undefined: shown as "-".
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
+    return f"{x:.1%}" if isinstance(x, int | float) else "-"
 
 
 def _pct0(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0%}"
+    return f"{x:.0%}" if isinstance(x, int | float) else "-"
 
 
 def _num(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+    return f"{x:.{digits}f}" if isinstance(x, int | float) else "-"
 
 
 def pass_rate_chart(rows: list[dict[str, Any]], verdicts: dict[tuple[str, str], dict[str, Any]]) -> str:
@@ -101,6 +104,61 @@ def _images(case: dict[str, Any], root: Path) -> dict[str, str]:
     return out
 
 
+def _norm(source: Any) -> str:
+    # As rag.index.retrieval_scores compares sources (os.path.normpath of posix-style paths); URLs pass unchanged.
+    text = str(source)
+    return text if "://" in text else posixpath.normpath(text)
+
+
+def compact_json(value: Any) -> str:
+    """An application's metadata (or any plain data) on one line, keys sorted."""
+    return json.dumps(value, sort_keys=True, separators=(", ", ": "), ensure_ascii=False, default=str)
+
+
+def usage_line(usage: dict[str, Any] | None) -> str:
+    """``3 calls · 120 + 40 tokens · $0.0012 · 1.23 s · cached`` of a usage mapping (app_usage, app_calls, a turn's
+    usage); empty when there is none."""
+    if not usage:
+        return ""
+    calls = int(usage.get("calls") or 0)
+    parts = [f"{calls} model call{'' if calls == 1 else 's'}"]
+    tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if tokens_in is not None or tokens_out is not None:
+        parts.append(f"{tokens_in or 0} + {tokens_out or 0} tokens")
+    if usage.get("cost_usd") is not None:
+        parts.append(f"${float(usage['cost_usd']):.4f}")
+    if usage.get("latency_s") is not None:
+        parts.append(f"{float(usage['latency_s']):.2f} s")
+    if usage.get("cached"):
+        parts.append("cached")
+    return " · ".join(parts)
+
+
+def references_view(references: list[dict[str, Any]] | None, retrieval: dict[str, Any] | None = None
+                    ) -> list[dict[str, Any]]:
+    """The references in their order, numbered, each marked ``expected`` when its source is one of the case's
+    expected sources (``retrieval.expected``: the ``sources:`` it should have found)."""
+    expected = {_norm(e) for e in (retrieval or {}).get("expected") or []}
+    out = []
+    for i, r in enumerate(references or [], start=1):
+        r = dict(r) if isinstance(r, dict) else {"source": r}
+        source = str(r.get("source", ""))
+        where = source
+        if r.get("start_line") is not None:
+            where += f":{r['start_line']}-{r.get('end_line', r['start_line'])}"
+        text = r.get("text")
+        out.append({"n": r.get("n", i), "source": source, "where": where, "title": r.get("title"),
+                    "score": r.get("score"), "text": str(text) if text else None,
+                    "expected": bool(expected) and _norm(source) in expected})
+    return out
+
+
+def expected_view(references: list[dict[str, Any]] | None, retrieval: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each expected source of the case with whether the references found it."""
+    found = {_norm(r.get("source", "")) for r in references or [] if isinstance(r, dict)}
+    return [{"source": e, "found": _norm(e) in found} for e in (retrieval or {}).get("expected") or []]
+
+
 def render(doc: dict[str, Any], root: Path | None = None) -> str:
     """The report of one results document; ``root`` resolves relative artifact paths."""
     import jinja2
@@ -110,11 +168,13 @@ def render(doc: dict[str, Any], root: Path | None = None) -> str:
     gate = doc.get("gate")
     verdicts = {(v["suite"], v["model"]): v for v in (gate or {}).get("suites", [])}
     base = root or Path.cwd()
+    app_rows = [r for r in doc["suites"] if r.get("app_calls")]
     images = {i: imgs for i, c in enumerate(doc["cases"]) if (imgs := _images(c, base))}
     return env.get_template("report.html.j2").render(
-        doc=doc, gate=gate, verdicts=verdicts, images=images, pct=_pct, pct0=_pct0, num=_num,
+        doc=doc, gate=gate, verdicts=verdicts, images=images, app_rows=app_rows, pct=_pct, pct0=_pct0, num=_num,
         pass_chart=pass_rate_chart(doc["suites"], verdicts), latency_chart=latency_chart(doc["cases"]),
-        isnan=math.isnan)
+        isnan=math.isnan, compact_json=compact_json, usage_line=usage_line, references_view=references_view,
+        expected_view=expected_view)
 
 
 class HtmlReporter(Reporter):
