@@ -198,8 +198,9 @@ def _details(row: dict[str, Any]) -> list[str]:
     app = row.get("app_calls")
     if app:
         cost = f", ${app['cost_usd']:.4f}" if app.get("cost_usd") is not None else ""
+        cached = f" ({app['cached']} answer(s) from the cache)" if app.get("cached") else ""
         out.append(f"{name}: target {app['target']} made {app['calls']} model call(s) of its own for {app['cases']} "
-                   f"case(s): {app['prompt_tokens']}+{app['completion_tokens']} tokens{cost}, "
+                   f"case(s){cached}: {app['prompt_tokens']}+{app['completion_tokens']} tokens{cost}, "
                    f"{app['latency_s'] or 0:.2f} s")
     vision = row.get("vision")
     if vision:

@@ -193,10 +193,12 @@ def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, Aggr
                             "mrr": _r(_mean([float(x["mrr"]) for x in retrieved]))}
     targeted = [r for r in rs if r.target]
     if targeted:  # an application answered: what its own model calls cost (every case it answered)
-        usages = [r.app_usage for r in targeted if r.app_usage]
+        # Answers served from the cache made no call in this run: counted apart (their recorded usage is not spent).
+        usages = [r.app_usage for r in targeted if r.app_usage and not r.app_usage.get("cached")]
         costs = [float(u["cost_usd"]) for u in usages if u.get("cost_usd") is not None]
         out["app_calls"] = {
             "target": ", ".join(sorted({str(r.target) for r in targeted})), "cases": len(targeted),
+            "cached": sum(1 for r in targeted if r.app_usage and r.app_usage.get("cached")),
             "calls": sum(int(u.get("calls") or 0) for u in usages),
             "prompt_tokens": sum(int(u.get("prompt_tokens") or 0) for u in usages),
             "completion_tokens": sum(int(u.get("completion_tokens") or 0) for u in usages),
