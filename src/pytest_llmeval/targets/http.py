@@ -21,7 +21,8 @@ Design:
   ``{params.temperature}`` and ``{messages[0][content]}`` reach inside). In the URL, values are percent-encoded.
   An unknown placeholder is a :class:`TargetError` naming it and the names there are.
 - **Headers** hold no placeholders (their values are often secrets): ``${NAME}`` reads an environment variable at
-  each call; a variable that is not set is an error naming it, never an empty header.
+  each call; a variable that is not set is an error naming it, never an empty header. A value read so is hidden
+  (``***``) in the reply's body that an error shows, whatever the variable's name.
 - **Paths** into the JSON reply: dotted, integer indexes for lists (``choices.0.message.content``), and the
   JSONPath-like ``$.choices[0].message.content``; ``$`` alone is the whole reply. Every declared path must be in
   the reply (a typo must not silently give an app no references); ``null`` at a path counts as "none".
@@ -50,7 +51,7 @@ import os
 import re
 import shlex
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from string import Formatter
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ __all__ = ["KIND", "HttpParams", "HttpTarget", "ServeParams", "build", "check", 
 
 EXCERPT = 300  # characters of a body shown in a message
 DETAILS = 20_000  # characters of a body kept in an error's details
+SECRET_MIN = 6  # a header's value from the environment this long or longer is hidden from errors ("dev" is not)
 DEFAULT_JSON = {"prompt": "{prompt}"}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -232,6 +234,13 @@ def request_fields(request: TargetRequest) -> dict[str, Any]:
     return {**dict(request.case), **own, "question": request.question}
 
 
+def _hide(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every value in ``secrets`` replaced by ``***`` (the longest first: one may contain another)."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def _excerpt(text: str, limit: int = EXCERPT) -> str:
     flat = " ".join(text.split())
     return (flat if len(flat) <= limit else flat[:limit] + "…") or "(empty body)"
@@ -323,12 +332,14 @@ class HttpTarget(Target):
         query = None
         if self.params.query is not None:
             query = {key: _query_value(render.value(v, f"query.{key}")) for key, v in self.params.query.items()}
-        headers = self._headers()
+        headers, secrets = self._headers()
         reply = self._send(client, url, body, query, headers)
-        return self._parse(reply, url)
+        return self._parse(reply, url, secrets)
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self) -> tuple[dict[str, str], list[str]]:
+        """The headers with ``${NAME}`` filled in, and the values filled in (secrets, to hide from errors)."""
         out = {}
+        secrets: list[str] = []
         for key, value in self.params.headers.items():
             def env(match: re.Match[str], key: str = key) -> str:
                 name = match.group(1)
@@ -336,10 +347,12 @@ class HttpTarget(Target):
                 if found is None:
                     raise TargetError(f"{self.name}: header {key!r} needs the environment variable {name}, which is "
                                       f"not set (set it, or remove the header)")
+                if len(found) >= SECRET_MIN:
+                    secrets.append(found)
                 return found
 
             out[key] = _ENV_REF.sub(env, value)
-        return out
+        return out, secrets
 
     def _send(self, client: httpx.Client, url: str, body: Any, query: Any, headers: dict[str, str]) -> httpx.Response:
         import httpx
@@ -365,8 +378,11 @@ class HttpTarget(Target):
     def _died(self) -> str:
         return self.service.died() if self.service is not None else ""
 
-    def _parse(self, reply: httpx.Response, url: str) -> Answer:
-        text = reply.text
+    def _parse(self, reply: httpx.Response, url: str, secrets: Sequence[str] = ()) -> Answer:
+        # A reply may echo the request's headers (a debug error page lists them): a value that came from the
+        # environment into a header never reaches an error's message or details (so never the results or a
+        # report), whatever the variable's name. Hidden before the excerpt is cut, which could split it.
+        text = _hide(reply.text, secrets)
         details = text[:DETAILS]
         if reply.status_code >= 400:
             raise TargetError(f"{self.name}: HTTP {reply.status_code} {reply.reason_phrase} from "

@@ -15,7 +15,9 @@ Routes:
 
 Modes (argv[2]): ``ok``; ``never-ready`` (/health answers 503); ``exit`` (prints a fatal line and exits with
 status 3 before listening); ``ignore-term`` (SIGTERM is ignored); ``child`` (starts a sleeping child process in
-its group that ignores SIGTERM, and stops on SIGTERM itself). Each start appends a line to ``$ECHO_STARTS`` when it is set.
+its group that ignores SIGTERM, and stops on SIGTERM itself). Each start appends a line (its pid) to ``$ECHO_STARTS``
+when it is set; each request to ``/ask``, ``/error`` or ``/slow`` appends a JSON line (``path``, ``received``, ``auth``
+and ``trace``, the ``X-Trace`` header) to ``$ECHO_REQUESTS`` when it is set (how a test counts what the app was asked).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 MODE = "ok"
 CHILD: subprocess.Popen[bytes] | None = None
+LOG_LOCK = threading.Lock()  # one line per request in $ECHO_REQUESTS, whole, under concurrent requests
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -72,6 +75,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, received: Any) -> None:
         url = urlsplit(self.path)
+        if url.path in ("/ask", "/error", "/slow") and os.environ.get("ECHO_REQUESTS"):
+            with LOG_LOCK, open(os.environ["ECHO_REQUESTS"], "a") as f:
+                f.write(json.dumps({"path": url.path, "received": received, "auth": self.headers.get("Authorization"),
+                                    "trace": self.headers.get("X-Trace")}) + "\n")
         if url.path == "/health":
             self._json(503 if MODE == "never-ready" else 200, {"ok": MODE != "never-ready"})
         elif url.path == "/ask":
