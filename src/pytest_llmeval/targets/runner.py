@@ -136,12 +136,17 @@ class TargetRunner:
                 raise self._failed[key]
             found = self._targets.get(key)
             if found is None:
+                built: Target | None = None
                 try:
-                    found = self._targets[key] = self._build(spec, env)
-                    found.start()
+                    built = self._build(spec, env)
+                    built.start()
+                    found = self._targets[key] = built
                 except TargetError as exc:
-                    self._failed[key] = exc
-                    raise
+                    if built is not None:
+                        built.close()  # remembered: the suite's other cases fail at once, the same way
+                    failed = self._failed[key] = TargetError(
+                        f"{exc.message} [target: at {spec.where(env.rootdir)}]", exc.details)
+                    raise failed from None
         return found
 
     def _build(self, spec: TargetSpec, env: TargetEnv) -> Target:
