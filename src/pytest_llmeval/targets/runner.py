@@ -141,11 +141,13 @@ class TargetRunner:
                     built = self._build(spec, env)
                     built.start()
                     found = self._targets[key] = built
-                except TargetError as exc:
+                except Exception as exc:  # remembered: the suite's other cases fail at once, the same way
                     if built is not None:
-                        built.close()  # remembered: the suite's other cases fail at once, the same way
+                        built.close()
+                    message, details = (exc.message, exc.details) if isinstance(exc, TargetError) else \
+                        (f"target {spec.name} cannot start: {type(exc).__name__}: {exc}", app_traceback(exc))
                     failed = self._failed[key] = TargetError(
-                        f"{exc.message} [target: at {spec.where(env.rootdir)}]", exc.details)
+                        f"{message} [target: at {spec.where(env.rootdir)}]", details)
                     raise failed from None
         return found
 
