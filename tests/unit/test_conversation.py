@@ -10,7 +10,7 @@ import pytest
 from pydantic import ConfigDict, ValidationError
 
 from pytest_llmeval.cases.conversation import ConversationFields, SimulateModel, parse_turn_checks, turn_texts
-from pytest_llmeval.cases.schema import CaseModel, CaseSpec, _pydantic_errors, format_loc
+from pytest_llmeval.cases.schema import CaseModel, CaseSpec, _pydantic_errors, format_loc, parse_check
 from pytest_llmeval.checks.builtin import builtin_registry
 from pytest_llmeval.checks.conversation import CHECKS as CONVERSATION_CHECKS
 from pytest_llmeval.checks.conversation import GoalParams, grade_goal
@@ -96,11 +96,16 @@ def test_each_invalid_form_is_located_and_explained(raw: dict[str, Any], expecte
     assert problems({"id": "c", **raw}) == expected
 
 
+def parse(registry: CheckRegistry, line_of: Any = lambda loc: None) -> Any:
+    """schema.parse_check for a qna case, as the loader binds it."""
+    return lambda entry, loc: parse_check(entry, loc, "qna", registry, line_of)
+
+
 def test_turn_checks_are_parsed_with_their_locations() -> None:
     registry = builtin_registry()
     lines = {("cases", 3, "turns", 1, "expect", 0): 12}
     turns = ["Hi", {"user": "More?", "expect": [{"contains": "x"}, {"nope": 1}, "bare", {"regex": "("}]}]
-    per_turn, found = parse_turn_checks(turns, ("cases", 3), "qna", registry, lambda loc: lines.get(loc))
+    per_turn, found = parse_turn_checks(turns, ("cases", 3), parse(registry, lambda loc: lines.get(loc)))
     assert [[c.name for c in t] for t in per_turn] == [[], ["contains"]]
     assert per_turn[1][0].line == 12 and per_turn[1][0].params.value == "x"
     assert [(format_loc(loc), msg.split(";")[0]) for loc, msg in found] == [
@@ -110,14 +115,13 @@ def test_turn_checks_are_parsed_with_their_locations() -> None:
                                                       "subpattern at position 0"),
     ]
     # malformed turns are the schema's to report
-    assert parse_turn_checks("Hi", ("cases", 0), "qna", registry, lambda loc: None) == ([], [])
-    assert parse_turn_checks([3, {"user": "x", "expect": "no"}], (), "qna", registry, lambda loc: None) == ([[], []], [])
+    assert parse_turn_checks("Hi", ("cases", 0), parse(registry)) == ([], [])
+    assert parse_turn_checks([3, {"user": "x", "expect": "no"}], (), parse(registry)) == ([[], []], [])
 
 
 def test_a_turn_check_for_another_kind_is_refused() -> None:
     registry = builtin_registry()
-    _, found = parse_turn_checks([{"user": "x", "expect": [{"choice": True}]}], ("cases", 0), "qna", registry,
-                                 lambda loc: None)
+    _, found = parse_turn_checks([{"user": "x", "expect": [{"choice": True}]}], ("cases", 0), parse(registry))
     assert [format_loc(loc) for loc, _ in found] == ["cases[0].turns[0].expect[0].choice"]
     assert "applies to choice cases, not 'qna'" in found[0][1]
 
@@ -420,3 +424,147 @@ def test_without_a_transcript_the_judge_request_is_unchanged(server: ScriptedLLM
 def test_an_empty_conversation() -> None:
     conversation = Conversation()
     assert conversation.final is None and conversation.transcript() == [] and conversation.text() == ""
+
+
+# ------------------------------------------------------------------------------------------- in a case file
+
+
+def load(tmp_path: Path, text: str) -> Any:
+    from pytest_llmeval.cases.loader import load_file
+
+    path = tmp_path / "chat.yaml"
+    path.write_text(text)
+    return load_file(path, builtin_registry())
+
+
+def errors(loaded: Any) -> list[tuple[int | None, str | None, str]]:
+    return [(e.line, e.field, e.message) for e in loaded.errors]
+
+
+def test_a_conversation_case_loads_without_a_prompt_template(tmp_path: Path) -> None:
+    loaded = load(tmp_path, """\
+suite: chat
+prompt: "Question: {question}"
+system: Be brief.
+cases:
+  - id: q
+    question: Capital of France?
+    expect: [{contains: Paris}]
+  - id: script
+    turns:
+      - Capital of France?
+      - user: Population?
+        expect: [{contains: million}, {judge: {rubric: correctness}}]
+  - id: sim
+    simulate: {persona: A tourist., goal: Learn the capital., first_message: Hello!}
+    expect: [{goal: true}]
+""")
+    assert errors(loaded) == []
+    q, script, sim = loaded.cases
+    assert q.prompt == "Question: Capital of France?" and not q.is_conversation and q.turns == ()
+    assert script.is_conversation and script.turns == ("Capital of France?", "Population?")
+    assert script.prompt == "Capital of France?"  # the first turn, as written: no template
+    assert script.checks == [] and [[c.name for c in t] for t in script.turn_checks] == [[], ["contains", "judge"]]
+    assert "turns" not in script.fields and script.simulate is None
+    assert sim.is_conversation and sim.prompt == "Hello!" and [c.name for c in sim.checks] == ["goal"]
+    assert sim.simulate is not None and sim.simulate["goal"] == "Learn the capital." and sim.simulate["max_turns"] == 5
+    assert sim.fields["simulate"] == sim.simulate  # the goal check reads it there
+
+
+def test_what_does_not_fit_a_conversation_is_located(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    loaded = load(tmp_path, """\
+suite: chat
+robustness: {perturb: [typo]}
+cases:
+  - id: script
+    turns: [Hi]
+    expect: [{contains: x}]
+  - id: retrieving
+    turns: [Hi]
+    retrieve: {docs: docs}
+    expect: [{contains: x}]
+  - id: bare
+    turns: [Hi, Bye]
+""")
+    assert errors(loaded) == [
+        (4, "cases[0]", "the suite's robustness does not apply to a conversation case (turns, simulate): move the "
+                        "conversation to a suite of its own"),
+        (9, "cases[1].retrieve", "retrieve does not apply to a conversation case (turns, simulate)"),
+        (7, "cases[1]", "the suite's robustness does not apply to a conversation case (turns, simulate): move the "
+                        "conversation to a suite of its own"),
+        (11, "cases[2]", "the suite's robustness does not apply to a conversation case (turns, simulate): move the "
+                         "conversation to a suite of its own"),
+    ]
+    (tmp_path / "bare").mkdir()
+    assert errors(load(tmp_path / "bare", "cases:\n  - id: bare\n    turns: [Hi, Bye]\n")) == [
+        (2, "cases[0].expect", "no checks: add expect to the case (the whole conversation, e.g. [{judge: ...}]) or "
+                               "to a turn ({user: ..., expect: [{contains: ...}]})")]
+
+
+def test_a_suite_goal_check_on_a_plain_question_names_the_suite_line(tmp_path: Path) -> None:
+    loaded = load(tmp_path, """\
+suite: chat
+expect: [{goal: {goal: Learn the capital.}}]
+cases:
+  - id: plain
+    question: Capital?
+  - id: script
+    turns: [Capital?]
+""")
+    assert errors(loaded) == [(2, "expect[0].goal", "the goal check grades a conversation: this case has no turns or "
+                                                    "simulate")]
+    assert [c.id for c in loaded.cases] == ["script"]
+
+
+def test_a_goal_check_on_a_script_names_the_goal(tmp_path: Path) -> None:
+    loaded = load(tmp_path, """\
+cases:
+  - id: unnamed
+    turns: [Capital?]
+    expect: [{goal: true}]
+  - id: named
+    turns: [Capital?]
+    expect: [{goal: The user learns the capital.}]
+""")
+    assert errors(loaded) == [(4, "cases[0].expect[0].goal", "a scripted conversation has no simulate.goal: name the "
+                                                             "user's goal, e.g. {goal: <what the user wants>}")]
+    assert [c.id for c in loaded.cases] == ["named"]
+
+
+def test_a_draw_of_a_conversation_grades_each_turn_then_the_whole(tmp_path: Path) -> None:
+    from pytest_llmeval.run.grading import DrawGrader
+
+    loaded = load(tmp_path, """\
+cases:
+  - id: script
+    turns:
+      - Capital of France?
+      - user: Population?
+        expect: [{contains: million}, {judge: {rubric: correctness}}, {cites: true}]
+    expect: [{contains: welcome}, {judge: {rubric: correctness}}]
+""")
+    case = loaded.cases[0]
+    conversation = run_script(case.turns, Target(Answer("Paris."), Answer("About 2 million [1].",
+                                                                          references=[Reference("pop.md")])))
+    asked: list[list[dict[str, str]]] = []
+
+    def ask(model: str, messages: list[dict[str, str]], attempt: int) -> Completion:
+        asked.append(messages)
+        return Completion(text='{"score": 8, "reason": "fine"}', model=model, resolved_model=model, latency_s=0.1)
+
+    env = JudgeEnv(judge_model="openai/judge-model", self_judging=False, ask=ask)
+    grader = DrawGrader(None, tmp_path, "openai/test-model", None, case.checks, lambda: env,  # type: ignore[arg-type]
+                        None, tmp_path, [])
+    draw = grader.grade_conversation(conversation, 0, case)
+    assert [(o.name, o.passed) for o in draw["outcomes"]] == [
+        ("turn 2: contains", True), ("turn 2: judge", True), ("turn 2: cites", True),
+        ("contains", False), ("judge", True)]
+    assert draw["status"] == "failed"
+    # The turn's judge grades that answer, its question the user's message after the earlier turns; the case's
+    # judge grades the whole conversation.
+    turn_request, whole_request = asked[0][-1]["content"], asked[1][-1]["content"]
+    assert "Question:\nUser: Capital of France?\nAssistant: Paris.\nUser: Population?" in turn_request
+    assert "Answer to grade:\nAbout 2 million [1]." in turn_request
+    assert "Conversation:\nUser: Capital of France?\nAssistant: Paris.\nUser: Population?\n" \
+           "Assistant: About 2 million [1]." in whole_request

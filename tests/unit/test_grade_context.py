@@ -118,9 +118,9 @@ def test_every_built_in_check_takes_the_context() -> None:
 def test_the_old_flags_are_derived_from_the_services_a_check_uses() -> None:
     checks = {c.name: c for c in BUILTIN_CHECKS}
     assert [n for n, c in checks.items() if c.context] == ["compiles", "runs", "stdout", "tests", "files"]
-    assert [n for n, c in checks.items() if c.judge] == ["judge"]
+    assert [n for n, c in checks.items() if c.judge] == ["judge", "goal"]
     assert [n for n, c in checks.items() if c.vision] == ["image", "vision"]
-    assert {n: c.calls for n, c in checks.items() if c.calls} == {"judge": "judge", "vision": "vision"}
+    assert {n: c.calls for n, c in checks.items() if c.calls} == {"judge": "judge", "vision": "vision", "goal": "judge"}
 
 
 def test_the_judge_check_grades_the_same_from_a_context_or_a_bare_environment() -> None:

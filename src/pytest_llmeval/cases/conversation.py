@@ -26,15 +26,19 @@ A case has ``turns`` or ``simulate``, not both. This module only describes and v
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pytest_llmeval.cases.schema import Loc, parse_check
-from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
+from pytest_llmeval.core.checks import CheckSpec
 
-__all__ = ["DEFAULT_STOP", "ConversationFields", "SimulateModel", "TurnModel", "parse_turn_checks", "turn_texts"]
+__all__ = ["DEFAULT_STOP", "ConversationFields", "SimulateModel", "TurnModel", "conversation_prompt",
+           "parse_turn_checks", "turn_texts"]
+
+# schema.py's Loc; this module must not import schema.py, whose QnaCase takes ConversationFields from here.
+Loc = tuple[str | int, ...]
+# schema.parse_check bound to a case's kind, registry, lines and folder: (entry, loc) -> (spec, problems)
+ParseCheck = Callable[[Any, Loc], tuple[CheckSpec | None, list[tuple[Loc, str]]]]
 
 DEFAULT_STOP = "GOAL_REACHED"
 MAX_SIMULATED_TURNS = 20
@@ -122,13 +126,25 @@ def turn_texts(turns: Any) -> list[str]:
     return out
 
 
-def parse_turn_checks(turns: Any, loc: Loc, kind: str, registry: CheckRegistry,
-                      line_of: Callable[[Loc], int | None], base: Path | None = None
-                      ) -> tuple[list[list[CheckSpec]], list[tuple[Loc, str]]]:
-    """Validate each turn's ``expect`` entries (``turns`` as written, ``loc`` the case's location): the CheckSpecs of
-    every turn (one list per turn, [] for a string turn) and the problems found, located like
-    ``("cases", 3, "turns", 1, "expect", 0)``. A malformed turn (not a string or a mapping, ``expect`` not a list) is
-    left to the schema, which reports it."""
+def conversation_prompt(raw: Any) -> str:
+    """What stands for a conversation case's prompt (the id of its question in results, reports and the holdout
+    hash): the first turn of a script, else the simulated user's ``first_message``, else ""."""
+    if not isinstance(raw, dict):
+        return ""
+    texts = turn_texts(raw.get("turns")) if isinstance(raw.get("turns"), list) else []
+    if texts:
+        return texts[0]
+    simulate = raw.get("simulate")
+    first = simulate.get("first_message") if isinstance(simulate, dict) else None
+    return str(first) if first else ""
+
+
+def parse_turn_checks(turns: Any, loc: Loc, parse: ParseCheck) -> tuple[list[list[CheckSpec]], list[tuple[Loc, str]]]:
+    """Validate each turn's ``expect`` entries (``turns`` as written, ``loc`` the case's location) with ``parse``
+    (schema.parse_check for the case's kind): the CheckSpecs of every turn (one list per turn, [] for a string turn)
+    and the problems found, located like ``("cases", 3, "turns", 1, "expect", 0)``. A malformed turn (not a string
+    or a mapping, ``expect`` not a list) is left to the schema, which reports it. A conversation-level check (one
+    that reads the transcript: ``goal``) belongs in the case's ``expect``, not in a turn's."""
     per_turn: list[list[CheckSpec]] = []
     problems: list[tuple[Loc, str]] = []
     if not isinstance(turns, list):
@@ -138,9 +154,17 @@ def parse_turn_checks(turns: Any, loc: Loc, kind: str, registry: CheckRegistry,
         expect = turn.get("expect") if isinstance(turn, dict) else turn.expect if isinstance(turn, TurnModel) else None
         if isinstance(expect, list):
             for j, entry in enumerate(expect):
-                spec, errs = parse_check(entry, loc + ("turns", i, "expect", j), kind, registry, line_of, base)
+                where = loc + ("turns", i, "expect", j)
+                spec, errs = parse(entry, where)
                 problems += errs
-                if spec is not None:
+                if spec is not None and spec.name in CONVERSATION_CHECKS:
+                    problems.append((where + (spec.name,), f"the {spec.name} check grades the whole conversation: "
+                                                           "put it in the case's expect, not in a turn's"))
+                elif spec is not None:
                     specs.append(spec)
         per_turn.append(specs)
     return per_turn, problems
+
+
+# Checks that read the whole transcript: only on a conversation case, only in the case's (or suite's) expect.
+CONVERSATION_CHECKS = ("goal",)

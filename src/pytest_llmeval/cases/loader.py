@@ -17,6 +17,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pytest_llmeval.cases.conversation import (
+    CONVERSATION_CHECKS,
+    conversation_prompt,
+    parse_turn_checks,
+    turn_texts,
+)
 from pytest_llmeval.cases.schema import (
     CASE_MODELS,
     IMAGE_SUFFIXES,
@@ -95,6 +101,37 @@ def _image_file_problems(checks: list[CheckSpec], loc: Loc, suite_checks: int) -
             for i, c in enumerate(checks) if c.definition is not None and c.definition.vision and c.params.file is None]
 
 
+def _conversation_problems(raw: dict[str, Any], loc: Loc, kind: str, suite: SuiteModel, checks: list[CheckSpec],
+                           suite_checks: int, conversation: bool) -> list[tuple[Loc, str]]:
+    """What does not fit a conversation: ``turns``/``simulate`` on a case of another kind, retrieval or robustness on
+    a conversation, a conversation-level check (``goal``) on a case that is not one. ``checks`` are the suite's
+    (the first ``suite_checks``), then the case's own."""
+    problems: list[tuple[Loc, str]] = []
+    if kind != "qna":
+        problems += [(loc + (name,), f"a conversation ({name}) applies to qna cases, not {kind!r}")
+                     for name in ("turns", "simulate") if name in raw]
+        return problems
+    if conversation:
+        if raw.get("simulate") is None:  # a script has no simulate.goal: the check must name the goal
+            for i, c in enumerate(checks):
+                if c.name in CONVERSATION_CHECKS and getattr(c.params, "goal", None) is None:
+                    where = ("expect", i, c.name) if i < suite_checks else loc + ("expect", i - suite_checks, c.name)
+                    problems.append((where, f"a scripted conversation has no simulate.goal: name the user's goal, "
+                                            f"e.g. {{{c.name}: <what the user wants>}}"))
+        for name, value in (("retrieve", suite.retrieve), ("robustness", suite.robustness)):
+            if raw.get(name) is not None:
+                problems.append((loc + (name,), f"{name} does not apply to a conversation case (turns, simulate)"))
+            elif value is not None:
+                problems.append((loc, f"the suite's {name} does not apply to a conversation case (turns, "
+                                      "simulate): move the conversation to a suite of its own"))
+        return problems
+    for i, c in enumerate(checks):
+        if c.name in CONVERSATION_CHECKS:
+            where = ("expect", i, c.name) if i < suite_checks else loc + ("expect", i - suite_checks, c.name)
+            problems.append((where, f"the {c.name} check grades a conversation: this case has no turns or simulate"))
+    return problems
+
+
 class _Loader:
     """Turns one file's raw data into CaseSpecs and CaseErrors."""
 
@@ -155,7 +192,14 @@ class _Loader:
             problems += errs
             if spec:
                 checks.append(spec)
-        for spec in checks:
+        conversation = kind == "qna" and (raw.get("turns") is not None or raw.get("simulate") is not None)
+        turn_checks: list[list[CheckSpec]] = []
+        if conversation:
+            turn_checks, errs = parse_turn_checks(raw.get("turns"), loc, lambda entry, at: parse_check(
+                entry, at, kind, self.registry, line_of, path.parent))
+            problems += errs
+        problems += _conversation_problems(raw, loc, kind, suite, checks, len(suite_checks), conversation)
+        for spec in [*checks, *(c for t in turn_checks for c in t)]:
             for needed in spec.definition.needs if spec.definition else ():
                 if raw.get(needed) is None and getattr(spec.params, needed, None) is None:
                     problems.append((loc, f"check {spec.name!r} needs a {needed!r} field on the case "
@@ -180,7 +224,12 @@ class _Loader:
             problems += _image_file_problems(checks, loc, len(suite_checks))
         if kind == "calibration" and raw.get("image") is not None and not (path.parent / str(raw["image"])).is_file():
             problems.append((loc + ("image",), f"image {raw['image']!r} not found (relative to the case file)"))
-        if not checks and not problems:
+        if not checks and not problems and conversation and not any(turn_checks):
+            problems.append((loc + ("expect",), "no checks: a simulated conversation is graded as a whole, e.g. "
+                                                "expect: [{goal: true}]" if raw.get("simulate") is not None else
+                             "no checks: add expect to the case (the whole conversation, e.g. [{judge: ...}]) or "
+                             "to a turn ({user: ..., expect: [{contains: ...}]})"))
+        if not checks and not problems and not conversation:
             implied = IMPLIED_CHECK.get(kind)
             if implied is None:
                 problems.append((loc + ("expect",), "no checks: add expect, e.g. [{contains: Paris}]"))
@@ -192,7 +241,10 @@ class _Loader:
 
         prompt = ""
         dumped: dict[str, Any] = {}
-        if model is not None:
+        if model is not None and conversation:
+            dumped = model.model_dump()
+            prompt = conversation_prompt(raw)  # no template: the turns are sent as written
+        elif model is not None:
             dumped = model.model_dump()
             fields = dict(dumped)
             fields.update(derived_fields(kind, fields))
@@ -239,7 +291,8 @@ class _Loader:
             system=model.system if model.system is not None else suite.system,
             prompt=prompt, params={**suite.params, **model.params},
             tags=tuple(dict.fromkeys([*suite.tags, *model.tags])), checks=checks,
-            fields={k: v for k, v in dumped.items() if k not in ("expect", "limits", "retrieve", "split", "robustness")},
+            fields={k: v for k, v in dumped.items()
+                    if k not in ("expect", "limits", "retrieve", "split", "robustness", "turns")},
             limits={**(suite.limits.model_dump(exclude_none=True) if suite.limits else {}),
                     **(limits.model_dump(exclude_none=True) if (limits := _model_attr(model, "limits")) else {})},
             pass_if=model.pass_if or suite.pass_if,
@@ -250,6 +303,9 @@ class _Loader:
             if (model.robustness or suite.robustness) else None,
             template=suite.prompt,
             target=self.target,
+            turns=tuple(turn_texts(_model_attr(model, "turns"))),
+            turn_checks=tuple(tuple(t) for t in turn_checks),
+            simulate=simulate.model_dump() if (simulate := _model_attr(model, "simulate")) is not None else None,
         )
 
     # ---- files

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
+from pytest_llmeval.cases.conversation import ConversationFields
 from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
 from pytest_llmeval.core.errors import CaseDataError
 from pytest_llmeval.core.targets import TargetSpec
@@ -348,7 +349,9 @@ class CaseModel(BaseModel):
         return v
 
 
-class QnaCase(CaseModel):
+class QnaCase(ConversationFields, CaseModel):
+    """A question, or a conversation: ``turns`` (a script) or ``simulate`` (a simulated user), cases/conversation.py."""
+
     question: str | None = None
     prompt: str | None = None
 
@@ -455,6 +458,15 @@ class CaseSpec:
     robustness: dict[str, Any] | None = None  # RobustnessModel as a dict
     template: str | None = None  # the suite's prompt template (None: the kind's default prompt)
     target: TargetSpec | None = None  # the suite's target (None: --llm-target, else the --llm model)
+    # A conversation (cases/conversation.py): the user's messages of a script and each turn's checks, or the
+    # simulated user (SimulateModel as a dict)
+    turns: tuple[str, ...] = ()
+    turn_checks: tuple[tuple[CheckSpec, ...], ...] = ()
+    simulate: dict[str, Any] | None = None
+
+    @property
+    def is_conversation(self) -> bool:
+        return bool(self.turns) or self.simulate is not None
 
     def render(self, fields: dict[str, Any]) -> str:
         """The prompt for other field values (a robustness variant): the same template or default prompt."""

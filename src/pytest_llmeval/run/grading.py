@@ -10,6 +10,7 @@ are the case-file contract, fixed in cases/; see run/items.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,28 @@ class DrawGrader:
                 draw.update(vision=[{**r, "image": relative_to(self.root, picture)} for r in vision.records],
                             calls=vision.calls)
         return draw
+
+    def grade_conversation(self, conversation: Any, index: int, case: CaseSpec) -> dict[str, Any]:
+        """Draw ``index`` of a conversation case (``conversation``: targets.conversation.Conversation): each turn's
+        checks on that turn's answer (with its references; the question is the user's message after the earlier
+        turns), named ``turn 2: contains``; then the case's checks on the final answer with the whole transcript
+        (a judge grades the conversation, the goal check reads it). The draw's status comes from all of them."""
+        from pytest_llmeval.targets.conversation import turn_check_name
+
+        outcomes: list[CheckOutcome] = []
+        for turn, specs in enumerate(case.turn_checks):
+            if not specs or turn >= len(conversation.answers):
+                continue
+            answer = conversation.answers[turn]
+            turn_case = dataclasses.replace(case, prompt=conversation.prompt_at(turn))
+            graded = dataclasses.replace(self, checks=list(specs)).grade(answer.text, index, turn_case,
+                                                                         references=answer.references)
+            outcomes += [dataclasses.replace(o, name=turn_check_name(turn, o.name)) for o in graded["outcomes"]]
+        final = conversation.final
+        text = final.text if final is not None else ""
+        graded = self.grade(text, index, case, references=final.references if final is not None else (),
+                            transcript=conversation.transcript())
+        return _draw(outcomes + graded["outcomes"], case, text)
 
     def context(self, answer: str, index: int, case: CaseSpec, references: Sequence[Any] = (),
                 transcript: Sequence[Mapping[str, Any]] = ()) -> GradeContext:

@@ -31,10 +31,10 @@ from pytest_llmeval.core.memory import paused_gc
 from pytest_llmeval.providers.runner import Completion, ModelCallError
 from pytest_llmeval.results.aggregate import CaseResult
 from pytest_llmeval.run.calls import vision_summary
+from pytest_llmeval.run.conversation import ConversationCalls
 from pytest_llmeval.run.grading import DrawGrader, decide, relative_to
 from pytest_llmeval.run.state import RunState, get_state, import_all_modules
 from pytest_llmeval.run.targets import (
-    TargetCalls,
     app_fields,
     app_retrieval,
     grounding,
@@ -156,7 +156,7 @@ class InvalidCaseItem(pytest.Item):
         return self.path, (line - 1) if line else None, f"invalid: {self.name}"
 
 
-class CaseItem(TargetCalls, pytest.Item):
+class CaseItem(ConversationCalls, pytest.Item):
     """One case run against one model (for a calibration case: one judge model).
 
     With ``--llm-repeat``/``--llm-samples`` the item draws several answers (independent cache slots), grades
@@ -225,7 +225,7 @@ class CaseItem(TargetCalls, pytest.Item):
             role = c.definition.calls if c.definition is not None else None
             if role and (m := getattr(c.params, "model", None) or self._default_model(role)):
                 models.add(m)
-        return models
+        return models | ({m} if (m := self.simulated_user_model()) else set())  # it must be usable too
 
     def _default_model(self, role: str) -> str | None:
         """The model a check calling ``role`` asks when it names none ("vision": --llm-vision; else the judge)."""
@@ -264,7 +264,8 @@ class CaseItem(TargetCalls, pytest.Item):
         from pytest_llmeval.providers.resilience import BudgetExhausted
 
         try:
-            self.completions = self._answers(state) if self.target is None else self.app_answers(state, self.draws)
+            self.completions = self.converse(state, self.draws) if self.case.is_conversation else \
+                self._answers(state) if self.target is None else self.app_answers(state, self.draws)
         except BudgetExhausted as exc:
             pytest.skip(str(exc))
         self.completion = self.completions[0]
@@ -296,7 +297,8 @@ class CaseItem(TargetCalls, pytest.Item):
     def plan_calls(self) -> list[dict[str, Any]] | None:
         """The model calls setup will make, for the prefetcher; None when they must not be made ahead."""
         state = _session(self.config)
-        if self.case.kind == "calibration" or self.case.retrieve or self.model == NO_VISION_MODEL_ID:
+        if self.case.kind == "calibration" or self.case.retrieve or self.model == NO_VISION_MODEL_ID \
+                or self.case.is_conversation:  # each turn's call depends on the answers before it
             return None
         if any(c.definition and c.definition.grade is None for c in self.checks):
             return None
@@ -421,6 +423,8 @@ class CaseItem(TargetCalls, pytest.Item):
         case itself)."""
         grader = DrawGrader(_session(self.config), self.config.rootpath, self.model, self.stage, self.checks,
                             self._judge, self._default_vision(), self.case.path.parent, self.retrieved)
+        if case is None and index < len(self.conversations):
+            return grader.grade_conversation(self.conversations[index], index, self.case)
         completion = self.completions[index] if self.target is not None and index < len(self.completions) else None
         return grader.grade(answer, index, case or self.case, references=references_of(completion))
 
@@ -464,7 +468,8 @@ class CaseItem(TargetCalls, pytest.Item):
         lines = [f"case {self.case.id} ({where}) failed on {self.model}{judged}"]
         if self.case.system:
             lines += ["  system:", block(self.case.system)]
-        lines += ["  prompt:", block(self.case.prompt), "  answer:", block(answer)]
+        lines += self.transcript_lines(index, shown.get("outcomes", self.outcomes)) if self.case.is_conversation \
+            else ["  prompt:", block(self.case.prompt), "  answer:", block(answer)]
         if self.case.kind == "code":
             code = shown.get("code")
             lines += ["  extracted code:" if code else "  extracted code: none found", *([block(code)] if code else [])]
@@ -566,6 +571,7 @@ class CaseItem(TargetCalls, pytest.Item):
             extra["retrieval"] = self.retrieval
         if self.target is not None:
             extra.update(app_fields(self))
+        extra.update(self.conversation_fields())
         calls = self.completions or ([c] if c else [])
         answer = c.text if c else (str(self.case.fields.get("answer")) if self.case.kind == "calibration" else None)
         return CaseResult(
