@@ -30,8 +30,10 @@ os.environ.setdefault("LLMEVAL_MODEL_CACHE", os.path.join(tempfile.gettempdir(),
 # Hypothesis's pytest plugin imports hypothesis in each in-process run's terminal summary; as a pytest plugin it
 # is assertion-rewritten (ast.parse), and on CPython 3.11 that must not race another thread's ast.parse
 # (gh-106905: "AST constructor recursion depth mismatch"). Import it once, first.
-PRELOADED = ("hypothesis", "hypothesis.strategies", "imagehash", "lancedb", "litellm", "numpy", "PIL.Image", "pyarrow",
-             "rouge_score.rouge_scorer", "sacrebleu", "scipy.stats", "sentence_transformers",
+# httpx imports httpcore lazily and caches its exception map on first use: a re-imported httpcore (after a pytester
+# run) would raise exceptions that map does not know.
+PRELOADED = ("hypothesis", "hypothesis.strategies", "httpcore", "imagehash", "lancedb", "litellm", "numpy",
+             "PIL.Image", "pyarrow", "rouge_score.rouge_scorer", "sacrebleu", "scipy.stats", "sentence_transformers",
              "pytest_llmeval.providers.local")
 
 pytest_plugins = ["pytester"]

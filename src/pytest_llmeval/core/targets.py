@@ -48,11 +48,14 @@ class Target:
       ``concurrency`` key bounds the calls in flight at once;
     - ``start()``: get ready before the first call (an HTTP service started by the plugin); raise TargetError
       with what went wrong (the service's log);
-    - ``close()``: at the end of the session (stop the service).
+    - ``close()``: at the end of the session (stop the service);
+    - ``measures_usage``: its model calls happen in this process, where the plugin measures them (False for a
+      service in another process: its usage is known only when its reply reports it).
     """
 
     name: str = "target"
     threadsafe: bool = True
+    measures_usage: bool = True  # its model calls happen in this process (False: a service; usage only if reported)
 
     def answer(self, request: TargetRequest) -> Any:  # pragma: no cover - every kind overrides it
         raise NotImplementedError

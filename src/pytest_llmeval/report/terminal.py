@@ -196,7 +196,10 @@ def _details(row: dict[str, Any]) -> list[str]:
     if row.get("semantic_hits"):
         out.append(f"{name}: {row['semantic_hits']} answer(s) served by the semantic cache")
     app = row.get("app_calls")
-    if app:
+    if app and app.get("calls") is None:
+        out.append(f"{name}: target {app['target']} answered {app['cases']} case(s); its own model calls are not "
+                   "measured (another process: give the target a usage: path to its reply's usage)")
+    elif app:
         cost = f", ${app['cost_usd']:.4f}" if app.get("cost_usd") is not None else ""
         cached = f" ({app['cached']} answer(s) from the cache)" if app.get("cached") else ""
         out.append(f"{name}: target {app['target']} made {app['calls']} model call(s) of its own for {app['cases']} "

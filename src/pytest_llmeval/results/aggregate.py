@@ -195,11 +195,13 @@ def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, Aggr
     if targeted:  # an application answered: what its own model calls cost (every case it answered)
         # Answers served from the cache made no call in this run: counted apart (their recorded usage is not spent).
         usages = [r.app_usage for r in targeted if r.app_usage and not r.app_usage.get("cached")]
+        measured = any(r.app_usage for r in targeted)  # a service that reports no usage: unknown, not zero
         costs = [float(u["cost_usd"]) for u in usages if u.get("cost_usd") is not None]
         out["app_calls"] = {
             "target": ", ".join(sorted({str(r.target) for r in targeted})), "cases": len(targeted),
             "cached": sum(1 for r in targeted if r.app_usage and r.app_usage.get("cached")),
-            "calls": sum(int(u.get("calls") or 0) for u in usages),
+            "measured": measured,
+            "calls": sum(int(u.get("calls") or 0) for u in usages) if measured else None,
             "prompt_tokens": sum(int(u.get("prompt_tokens") or 0) for u in usages),
             "completion_tokens": sum(int(u.get("completion_tokens") or 0) for u in usages),
             "cost_usd": _r(sum(costs)) if costs else None,

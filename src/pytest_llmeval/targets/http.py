@@ -258,6 +258,7 @@ class HttpTarget(Target):
     """An HTTP service answering a suite's cases; see the module docstring."""
 
     threadsafe = True
+    measures_usage = False  # the service's model calls happen in its own process: known only through `usage:`
 
     def __init__(self, params: HttpParams, env: TargetEnv) -> None:
         self.params = params

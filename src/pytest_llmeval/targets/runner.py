@@ -146,9 +146,12 @@ class TargetRunner:
                         built.close()
                     message, details = (exc.message, exc.details) if isinstance(exc, TargetError) else \
                         (f"target {spec.name} cannot start: {type(exc).__name__}: {exc}", app_traceback(exc))
-                    failed = self._failed[key] = TargetError(
-                        f"{message} [target: at {spec.where(env.rootdir)}]", details)
-                    raise failed from None
+                    where = f"[target: at {spec.where(env.rootdir)}]"
+                    first_line = message.splitlines()[0] if message else spec.name
+                    # The suite's later cases say it in one line: a service's log is shown once, with the first.
+                    self._failed[key] = TargetError(f"{first_line} {where} (the same failure as the suite's first "
+                                                    "case, shown in full there)")
+                    raise TargetError(f"{message} {where}", details) from None
         return found
 
     def _build(self, spec: TargetSpec, env: TargetEnv) -> Target:
@@ -249,7 +252,8 @@ class TargetRunner:
             text=answer.text, model=request.model, resolved_model=request.model, latency_s=latency,
             prompt_tokens=spent.prompt_tokens, completion_tokens=spent.completion_tokens, cost_usd=spent.cost_usd,
             references=[r.to_dict(n) for n, r in enumerate(answer.references, start=1)], context=answer.context,
-            metadata=answer.metadata or None, app_usage=spent.to_dict(), target=name)
+            metadata=answer.metadata or None, target=name,
+            app_usage=spent.to_dict() if target.measures_usage or answer.usage is not None else None)
 
     def close(self) -> None:
         with self._lock:

@@ -188,6 +188,8 @@ def track(settle_s: float = SETTLE_S) -> Iterator[AppUsage]:
 # ------------------------------------------------------------------------------------------ the litellm side
 
 _install_lock = threading.Lock()
+_HOOK_LISTS = ("callbacks", "success_callback", "failure_callback", "input_callback", "service_callback",
+               "_async_success_callback", "_async_failure_callback", "_async_input_callback")
 _logger: Any = None
 _is_internal: Any = None  # litellm's ContextVar marking a sub-call its parent call logs and bills
 _calls: dict[str, tuple[AppUsage, ...]] = {}  # litellm call id -> the collectors current when it started
@@ -206,6 +208,12 @@ def _install() -> None:
 
             _is_internal = is_internal_call
             _logger = _logger_class()()
+        # A logger of an earlier copy of this module (a long-lived process that re-imported the plugin: pytester,
+        # an IDE) would hold the calls' ids in its own map: take it out of every list litellm copies callbacks into.
+        for name in _HOOK_LISTS:
+            hooks = getattr(litellm, name, None)
+            if isinstance(hooks, list):
+                hooks[:] = [cb for cb in hooks if cb is _logger or not getattr(cb, "llmeval_app_usage", False)]
         callbacks = litellm.callbacks
         if not any(cb is _logger for cb in callbacks):
             callbacks.append(_logger)
