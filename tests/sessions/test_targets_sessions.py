@@ -294,3 +294,23 @@ def test_the_summary_shows_the_applications_own_calls(project: Project, monkeypa
     assert row["app_calls"]["calls"] == 2
     assert row["app_calls"]["target"] == "python:bot:answer"
     result.stdout.fnmatch_lines(["*bot [[]openai/test-model[]]: target python:bot:answer made 2 model call(s)*"])
+
+
+def test_robustness_variants_are_answered_by_the_application(project: Project,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    suite = """\
+suite: bot
+target: {target}
+robustness: {perturb: [case], samples: 3, shrink: false}
+cases:
+  - id: offscreen
+    question: How do I render offscreen?
+    expect: [{contains: ORBIT_OFFSCREEN}]
+"""
+    _setup(project, monkeypatch, suite=suite)
+    result = project.run()
+    result.assert_outcomes(passed=2)
+    robust = next(c for c in project.results()["cases"] if c["stage"] == "robust")
+    assert robust["robustness"]["scored"] == 3 and robust["robustness"]["consistency"] == 1.0
+    assert len(_calls(project)) == 4, "the original and its 3 variants, all asked of the application"
+    assert not [r for r in project.server.requests if r["model"] == "test-model"], "never the bare model"

@@ -394,8 +394,13 @@ class CaseItem(ConversationCalls, pytest.Item):
             failed = next((o for o in draw["outcomes"] if not o.passed and not o.unscored), None)
             return draw["status"], (f"{failed.name}: {failed.reason}" if failed and failed.reason else None)
 
+        def answer(v: robustness.CaseVariant) -> str:  # an application answers its variants too, not the bare model
+            if self.target is not None:
+                return self.ask_variant(state, call(v)["messages"], v.prompt, v.fields)
+            return state.runner.complete(**call(v)).text
+
         self.robustness = robustness.evaluate(
-            self.case, self.model, original, lambda v: state.runner.complete(**call(v)).text, grade,
+            self.case, self.model, original, answer, grade,
             db_root=state.settings.results_path.parent / "hypothesis", concurrency=state.settings.concurrency,
             explore=state.settings.explore)
         r = self.robustness

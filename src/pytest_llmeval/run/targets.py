@@ -115,6 +115,13 @@ class TargetCalls:
                 return prefetched
         return [self.ask_target(state, self.target_request(i)) for i in range(draws)]
 
+    def ask_variant(self, state: RunState, messages: list[dict[str, Any]], prompt: str, fields: dict[str, Any]) -> str:
+        """The application's answer to a robustness variant of the case (its perturbed prompt and fields)."""
+        import dataclasses
+
+        request = dataclasses.replace(self.target_request(messages=messages, prompt=prompt), case=fields)
+        return self.ask_target(state, request).text
+
     def ask_target(self, state: RunState, request: TargetRequest) -> Completion:
         """One call of the application (through the cache, its limits and usage tracking)."""
         spec = self.target
