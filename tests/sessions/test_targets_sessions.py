@@ -8,6 +8,8 @@ server through litellm itself, as a team's bot would.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -123,6 +125,13 @@ def test_the_application_is_evaluated_once_per_llm_model(project: Project, monke
     rows = {(s["suite"], s["model"]) for s in project.results()["suites"]}
     assert rows == {("bot", "openai/a"), ("bot", "openai/b")}
     result.stdout.re_match_lines([r"bot\s+openai/a\s+2\s+2", r"bot\s+openai/b\s+2\s+2"])
+    # ... and the leaderboard ranks the application under each model.
+    board = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "leaderboard",
+                            str(project.pytester.path / ".llmeval/results.json")], capture_output=True, text=True)
+    assert board.returncode == 0, board.stderr
+    lines = board.stdout.splitlines()
+    assert lines[0].split()[:3] == ["rank", "model", "bot"]
+    assert {line.split()[1] for line in lines[1:]} == {"openai/a", "openai/b"}
 
 
 def test_application_errors_are_error_outcomes_with_its_traceback(project: Project,

@@ -210,3 +210,24 @@ def test_app_traceback_draws_no_carets() -> None:
     except ValueError as exc:
         text = app_traceback(exc)
     assert "^" not in text and 'raise ValueError("boom")' in text and text.endswith("ValueError: boom")
+
+
+def test_two_suites_naming_one_callable_keep_their_own_identity(app: Path, tmp_path: Path) -> None:
+    """Planned calls find their own spec: an unversioned suite never borrows a versioned one's cache identity."""
+    cache = ResponseCache(tmp_path / "cache")
+    try:
+        runner = TargetRunner(cache, "on")
+        versioned = _spec(app, {"python": "myapp:answer", "version": "1", "name": "bot-v1"})
+        plain = _spec(app, {"python": "myapp:answer"})
+        keys = [runner.remember(versioned, _env(app)), runner.remember(plain, _env(app))]
+        assert keys[0] != keys[1]
+        module = __import__("myapp")
+        module.CALLS.clear()
+        for _ in range(2):
+            for key in keys:
+                runner.planned(key, _request().to_dict())
+        assert module.CALLS == ["c1", "c1", "c1"], "versioned: asked once, then cached; plain: asked both times"
+        assert runner.planned(keys[1], _request().to_dict()).target == "python:myapp:answer"
+        assert runner.planned(keys[0], _request().to_dict()).target == "bot-v1"
+    finally:
+        cache.close()

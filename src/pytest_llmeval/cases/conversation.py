@@ -17,7 +17,7 @@ or::
       model: openai/gpt-4o-mini              # default: --llm-judge, else the --llm model
       first_message: Hi, how do I export?    # optional: the user's first message as written
       stop: GOAL_REACHED                     # what the simulated user writes when done
-    expect: [goal]                           # did the user reach the goal? (an LLM judge over the transcript)
+    expect: [{goal: true}]                   # did the user reach the goal? (an LLM judge over the transcript)
 
 A case has ``turns`` or ``simulate``, not both. This module only describes and validates; the conversation runs in
 :mod:`pytest_llmeval.targets.conversation`.

@@ -101,6 +101,12 @@ def identity_of(spec: TargetSpec, roots: list[Path]) -> str | None:
     return digest.hexdigest()[:24]
 
 
+def _call_key(spec: TargetSpec) -> str:
+    """Tells apart specs of one built target (same kind, parameters, folder) that call it differently: two suites
+    naming one callable, one with a ``version`` and one without, must not share an identity, a name or a limit."""
+    return spec.key() + repr((spec.version, spec.hash, spec.label, spec.concurrency))
+
+
 class TargetRunner:
     """This process's targets: built once, started on first use, called with the cache, the limits, the usage
     tracking and the error handling around them, closed at the end of the session."""
@@ -119,7 +125,7 @@ class TargetRunner:
 
     def remember(self, spec: TargetSpec, env: TargetEnv) -> str:
         """Note ``spec`` (and the env to build it in) under its key, for calls planned ahead by the prefetcher."""
-        key = spec.key()
+        key = _call_key(spec)
         with self._lock:
             self._specs.setdefault(key, (spec, env))
         return key
@@ -180,7 +186,7 @@ class TargetRunner:
     def _limit(self, spec: TargetSpec) -> threading.Semaphore | None:
         if spec.concurrency is None:
             return None
-        key = spec.key()
+        key = _call_key(spec)
         with self._lock:
             if key not in self._limits:
                 self._limits[key] = threading.BoundedSemaphore(spec.concurrency)
