@@ -453,9 +453,10 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
     (fresh calls each time, separate caches) give identical aggregates apart from timing."""
     import shutil
 
-    # The suites only (and the flywheel's spec files, which collection must skip): not the hand-written example.
+    # The suites only (and the flywheel's spec files, which collection must skip): not the hand-written example, nor
+    # the docs bot's suites (an application beside the checkout: tests/sessions/test_docs_bot_example.py runs them).
     shutil.copytree(Path(__file__).parents[2] / "cases", project.pytester.path / "cases",
-                    ignore=shutil.ignore_patterns("test_*.py"))
+                    ignore=shutil.ignore_patterns("test_*.py", "docs_bot_app.yaml", "docs_bot_chat.yaml"))
     server = project.server
     server.answer("Answer to grade", '{"score": 8, "reason": "Good."}')  # judge requests (self-judging)
     for question, reply in [("background colour of a scene", "Call Scene.background with an (r, g, b) tuple [3]."),
