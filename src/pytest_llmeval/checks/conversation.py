@@ -16,13 +16,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from pytest_llmeval.checks.judge import (
-    FIX_PROMPT,
-    JUDGE_PROMPT_VERSION,
     JudgeEnv,
-    ask_twice,
     conversation_judge_messages,
-    parse_verdict,
-    shown_reply,
+    judged,
 )
 from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 
@@ -68,22 +64,8 @@ def grade_goal(answer: str, case: CaseSpec, params: GoalParams, ctx: GradeContex
     model = params.model or env.judge_model
     messages = conversation_judge_messages(GOAL_CRITERIA.format(goal=goal.strip()),
                                            conversation=transcript_text(transcript))
-    verdict, replies = ask_twice(lambda msgs, attempt: env.ask(model, msgs, attempt), messages, parse_verdict,
-                                 FIX_PROMPT, env.calls)
-    details: dict[str, Any] = {"goal": goal, "judge": model, "min": params.min, "attempts": len(replies),
-                               "prompt_version": JUDGE_PROMPT_VERSION,
-                               "answers": sum(1 for m in transcript if m.get("role") == "assistant")}
-    if model == env.judge_model and env.self_judging:
-        details["self_judging"] = True
-    if verdict.score is None:
-        return CheckOutcome.unscorable(
-            "goal", f"judge {model} gave no usable score in {len(replies)} tries ({verdict.problem}; last reply: "
-                    f"{shown_reply(replies[-1])!r})", **details, replies=replies)
-    details.update(score=verdict.score, reason=verdict.reason)
-    passed = verdict.score >= params.min
-    reason = f"goal {verdict.score:g}/10 {'>=' if passed else '<'} min {params.min:g}"
-    return CheckOutcome("goal", passed, verdict.score / 10, reason + (f": {verdict.reason}" if verdict.reason else ""),
-                        details=details)
+    details: dict[str, Any] = {"goal": goal, "answers": sum(1 for m in transcript if m.get("role") == "assistant")}
+    return judged("goal", "goal", env, model, messages, params.min, details)
 
 
 CHECKS = [

@@ -270,22 +270,28 @@ def grade_judge(answer: str, case: CaseSpec, params: JudgeParams, ctx: GradeCont
     else:
         messages = judge_messages(criteria, question=question or case.prompt, answer=answer,
                                   reference=_text(case.fields.get("reference")), context=context)
+    details: dict[str, Any] = {"rubric": name, **({"conversation": True} if transcript else {})}
+    return judged("judge", name, env, model, messages, params.min, details, unscored_prefix=f"{name}: ")
+
+
+def judged(check: str, label: str, env: JudgeEnv, model: str, messages: list[dict[str, str]], minimum: float,
+           details: dict[str, Any], unscored_prefix: str = "") -> CheckOutcome:
+    """Ask the judge ``model`` (retrying once on an unusable reply) and turn its 0-10 score into the outcome of
+    ``check``: passed at ``minimum`` or above, unscored when no reply held a score. ``details`` gets the judge's
+    model, attempts, score and reason."""
     verdict, replies = ask_twice(lambda msgs, attempt: env.ask(model, msgs, attempt), messages, parse_verdict,
                                  FIX_PROMPT, env.calls)
-    details: dict[str, Any] = {"rubric": name, "judge": model, "min": params.min, "attempts": len(replies),
-                               "prompt_version": JUDGE_PROMPT_VERSION}
-    if transcript:
-        details["conversation"] = True
+    details.update(judge=model, min=minimum, attempts=len(replies), prompt_version=JUDGE_PROMPT_VERSION)
     if model == env.judge_model and env.self_judging:
         details["self_judging"] = True
     if verdict.score is None:
         return CheckOutcome.unscorable(
-            "judge", f"{name}: judge {model} gave no usable score in {len(replies)} tries "
-                     f"({verdict.problem}; last reply: {shown_reply(replies[-1])!r})", **details, replies=replies)
+            check, f"{unscored_prefix}judge {model} gave no usable score in {len(replies)} tries "
+                   f"({verdict.problem}; last reply: {shown_reply(replies[-1])!r})", **details, replies=replies)
     details.update(score=verdict.score, reason=verdict.reason)
-    passed = verdict.score >= params.min
-    reason = f"{name} {verdict.score:g}/10 {'>=' if passed else '<'} min {params.min:g}"
-    return CheckOutcome("judge", passed, verdict.score / 10, reason + (f": {verdict.reason}" if verdict.reason else ""),
+    passed = verdict.score >= minimum
+    reason = f"{label} {verdict.score:g}/10 {'>=' if passed else '<'} min {minimum:g}"
+    return CheckOutcome(check, passed, verdict.score / 10, reason + (f": {verdict.reason}" if verdict.reason else ""),
                         details=details)
 
 
