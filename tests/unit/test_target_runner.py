@@ -4,8 +4,10 @@ secrets, async callables and the per-target limit."""
 from __future__ import annotations
 
 import contextvars
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,19 @@ async def aanswer(request):
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Path:
+def app(tmp_path: Path) -> Iterator[Path]:
+    """A fresh ``myapp`` module in this test's folder (never one an earlier test imported from another folder)."""
     (tmp_path / "myapp.py").write_text(APP)
-    return tmp_path
+    sys.modules.pop("myapp", None)
+    yield tmp_path
+    sys.modules.pop("myapp", None)
+    while str(tmp_path) in sys.path:
+        sys.path.remove(str(tmp_path))
+
+
+def _module(app: Path) -> Any:
+    """The app's module, imported the way the python target imports it."""
+    return sys.modules[load_callable("myapp:answer", [app]).__module__]
 
 
 def _spec(app: Path, target: Any) -> TargetSpec:
@@ -122,7 +134,7 @@ def test_cached_only_under_an_identity(app: Path, tmp_path: Path) -> None:
     try:
         runner = TargetRunner(cache, "on")
         plain = _spec(app, {"python": "myapp:answer"})
-        module = __import__("myapp")
+        module = _module(app)
         module.CALLS.clear()
         first = runner.call(plain, _env(app), _request())
         again = runner.call(plain, _env(app), _request())
@@ -166,7 +178,7 @@ def test_to_answer_accepts_str_and_answer_only() -> None:
 def test_async_callables_run_on_one_loop_with_the_callers_context(app: Path) -> None:
     runner = TargetRunner(None, "off")
     spec = _spec(app, {"python": "myapp:aanswer"})
-    module = __import__("myapp")
+    module = _module(app)
     results: dict[str, str] = {}
 
     def one(name: str) -> None:
@@ -183,7 +195,7 @@ def test_async_callables_run_on_one_loop_with_the_callers_context(app: Path) -> 
 
 
 def test_a_concurrency_limit_bounds_calls_in_flight(app: Path) -> None:
-    module = __import__("myapp")
+    module = _module(app)
     for limit, expected_max in ((1, 1), (None, 2)):
         module.LIVE["max"] = 0
         runner = TargetRunner(None, "off")
@@ -221,7 +233,7 @@ def test_two_suites_naming_one_callable_keep_their_own_identity(app: Path, tmp_p
         plain = _spec(app, {"python": "myapp:answer"})
         keys = [runner.remember(versioned, _env(app)), runner.remember(plain, _env(app))]
         assert keys[0] != keys[1]
-        module = __import__("myapp")
+        module = _module(app)
         module.CALLS.clear()
         for _ in range(2):
             for key in keys:
