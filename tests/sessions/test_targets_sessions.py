@@ -173,13 +173,16 @@ def test_bad_targets_are_errors_at_the_target_line_and_other_suites_run(project:
                   "cases:\n  - {id: a, question: q, expect: [{contains: x}]}\n")
     project.write("cases/attr.yaml", "suite: a\ntarget: {python: \"bot:nothing\"}\n"
                   "cases:\n  - {id: a, question: q, expect: [{contains: x}]}\n")
+    project.write("cases/hash.yaml", "suite: h\ntarget: {python: \"bot:answer\", hash: [bot.py, nope]}\n"
+                  "cases:\n  - {id: a, question: q, expect: [{contains: x}]}\n")
     result = project.run()
-    result.assert_outcomes(passed=2, errors=4)
+    result.assert_outcomes(passed=2, errors=5)
     out = result.stdout.str()
     assert "cases/missing.yaml:3: target.python: cannot load 'nobot:answer': ModuleNotFoundError" in out
     assert "cases/nofixture.yaml:2: target.fixture: no fixture named 'no_such_bot'" in out
     assert "cases/kind.yaml:2: target.pythn: unknown target kind 'pythn'; did you mean 'python'?" in out
     assert "cases/attr.yaml:2: target.python: cannot load 'bot:nothing': AttributeError: bot has no attribute" in out
+    assert "cases/hash.yaml:2: target.hash: 'nope' is neither a file or folder" in out
 
 
 def test_a_fixture_target_is_built_with_the_users_fixtures(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,16 +42,10 @@ def target_problems(spec: TargetSpec, state: RunState, node: pytest.Collector, p
             problems += definition.check(spec.params, env)
         except Exception as exc:  # a third-party kind's check failing is its problem, reported the same way
             problems.append((spec.kind, f"{type(exc).__name__}: {exc}"))
-    if not problems:
-        from pytest_llmeval.core.answer import TargetError
-
-        try:
-            state.target_runner.identity(spec, env)
-        except TargetError as exc:
-            problems.append(("hash", str(exc).rpartition("): ")[2] or str(exc)))
+    if not problems and (problem := state.target_runner.identity_problem(spec, env)) is not None:
+        problems.append(("hash", problem))
     label = "target" if spec.path is not None else "--llm-target"
-    return [CaseError(where, spec.line, f"{label}.{field}" if field != spec.kind or spec.path else label, message)
-            for field, message in problems]
+    return [CaseError(where, spec.line, f"{label}.{field}", message) for field, message in problems]
 
 
 class TargetCalls:

@@ -94,7 +94,7 @@ def identity_of(spec: TargetSpec, roots: list[Path]) -> str | None:
         if found is None:
             found = _package_path(entry)
         if found is None:
-            raise ValueError(f"hash: {entry!r} is neither a file or folder (relative to the rootdir or the suite's "
+            raise ValueError(f"{entry!r} is neither a file or folder (relative to the rootdir or the suite's "
                              "folder) nor an importable package")
         digest.update(f"entry={entry}".encode())
         _hash_path(digest, found)
@@ -175,13 +175,21 @@ class TargetRunner:
         return target
 
     def identity(self, spec: TargetSpec, env: TargetEnv) -> str | None:
+        """The spec's cache identity (computed once per process: hashing a package reads all of it)."""
+        problem = self.identity_problem(spec, env)
+        if problem is not None:
+            raise TargetError(f"target {spec.name} ({spec.where(env.rootdir)}): hash: {problem}")
+        return self._identities[spec.key() + repr((spec.version, spec.hash))]
+
+    def identity_problem(self, spec: TargetSpec, env: TargetEnv) -> str | None:
+        """Why the spec's ``hash:`` cannot be computed (an entry that names nothing), or None."""
         key = spec.key() + repr((spec.version, spec.hash))
         if key not in self._identities:
             try:
                 self._identities[key] = identity_of(spec, [env.rootdir, env.suite_dir])
             except (OSError, ValueError) as exc:
-                raise TargetError(f"target {spec.name} ({spec.where(env.rootdir)}): {exc}") from None
-        return self._identities[key]
+                return str(exc)
+        return None
 
     def _limit(self, spec: TargetSpec) -> threading.Semaphore | None:
         if spec.concurrency is None:
