@@ -141,7 +141,6 @@ def app_retrieval(completion: Completion, case: CaseSpec) -> dict[str, Any] | No
         from pytest_llmeval.rag.index import retrieval_scores
 
         out.update(retrieval_scores(refs, list(case.sources)))  # type: ignore[arg-type]
-        out["k"] = len(refs)
     return out
 
 

@@ -278,9 +278,3 @@ class TargetRunner:
                 target.close()
             except Exception:  # noqa: S112 - closing the others matters more than one failure to close
                 continue
-
-
-def answer_of(completion: Completion) -> Answer:
-    """The Answer a completion of an application target carries (references back as Reference objects)."""
-    return Answer(completion.text, list(completion.references or []), completion.context,
-                  dict(completion.metadata or {}), None)
