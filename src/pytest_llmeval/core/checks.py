@@ -84,7 +84,8 @@ class GradeContext:
     retrieval cases), ``references`` (the :class:`~pytest_llmeval.core.answer.Reference` s an application target
     answered with, in its order: ``[n]`` in the answer cites ``references[n-1]``), ``transcript`` (a conversation
     case: the turns so far, ``[{"role": "user"|"assistant", "content": ..., "turn": n}, ...]``; empty otherwise)
-    and ``answer_obj`` (the application's :class:`~pytest_llmeval.core.answer.Answer`, None for a model).
+    ``answer_obj`` (the application's :class:`~pytest_llmeval.core.answer.Answer`, None for a model) and
+    ``trajectory`` (a :class:`~pytest_llmeval.core.tools.Trajectory`: the tool calls of an agent run, or None).
 
     Services, built on first use and kept for the draw, so a check that asks for none costs nothing:
 
@@ -101,7 +102,7 @@ class GradeContext:
 
     def __init__(self, answer: str, case: Any, model: str = "", *, draw: int = 0, stage: str | None = None,
                  checks: Sequence[CheckSpec] = (), retrieved: Sequence[Any] = (), references: Sequence[Any] = (),
-                 transcript: Sequence[Mapping[str, Any]] = (), answer_obj: Any = None,
+                 transcript: Sequence[Mapping[str, Any]] = (), answer_obj: Any = None, trajectory: Any = None,
                  factories: Mapping[str, Callable[[GradeContext], Any]] | None = None, **services: Any) -> None:
         self.answer = answer
         self.case = case  # cases.loader.CaseSpec (core sits below cases: not imported here)
@@ -113,6 +114,7 @@ class GradeContext:
         self.references = list(references)
         self.transcript = list(transcript)
         self.answer_obj = answer_obj
+        self.trajectory = trajectory  # core.tools.Trajectory of an agent run (tool calls), None otherwise
         self._factories = dict(factories or {})
         self._services: dict[str, Any] = dict(services)
         self._stack = ExitStack()
