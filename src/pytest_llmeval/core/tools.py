@@ -49,7 +49,8 @@ class ToolCall:
             return value
         if not isinstance(value, Mapping):
             raise TypeError(f"a tool call must be a mapping with a name, got {type(value).__name__}")
-        function = value.get("function") if isinstance(value.get("function"), Mapping) else value
+        nested = value.get("function")
+        function: Mapping[str, Any] = nested if isinstance(nested, Mapping) else value
         name = function.get("name")
         if not isinstance(name, str) or not name:
             raise ValueError(f"a tool call needs a name, got keys {sorted(map(str, value))}")
