@@ -20,6 +20,15 @@ Endpoints:
 * ``POST {/v1,}/chat/completions`` -- scripted answers, faults, streaming (SSE)
 * ``GET {/v1,}/models`` -- a model list (``test-model`` plus any scripted model)
 
+Tool calls (issue 18): :meth:`ScriptedLLMServer.tool_call` / :meth:`~ScriptedLLMServer.tool_calls` reply with a
+real OpenAI ``tool_calls`` message (``finish_reason: "tool_calls"``), and :meth:`~ScriptedLLMServer.sequence` serves
+a list of replies (text or :class:`ToolReply`) in order, one per request, for a multi-step agent conversation::
+
+    server.sequence("weather in paris", [
+        ToolReply.call("get_weather", {"city": "Paris"}),
+        "It is sunny in Paris.",
+    ])
+
 Request processing order: the JSON body is recorded in :attr:`requests`,
 the configured latency is slept, then the first matching *fault* (``fail`` /
 ``malformed``, insertion order, skipping exhausted ones) wins; otherwise the
@@ -39,7 +48,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["ScriptedLLMServer", "serve"]
+__all__ = ["ScriptedLLMServer", "ToolReply", "serve"]
 
 #: Body served by :meth:`ScriptedLLMServer.malformed`: truncated JSON.
 MALFORMED_BODY = b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{"mess'
@@ -116,28 +125,73 @@ def _model_matches(rule_model: str | None, request_model: Any) -> bool:
     return "/" in rule_model and rule_model.split("/", 1)[1] == request_model
 
 
+@dataclass(frozen=True)
+class ToolReply:
+    """A scripted assistant message asking for tool calls: ``calls`` are ``(name, arguments)`` pairs (arguments a
+    mapping, sent as JSON, or a string sent verbatim -- e.g. malformed JSON), ``content`` the text beside them."""
+
+    calls: tuple[tuple[str, Any], ...]
+    content: str | None = None
+
+    @classmethod
+    def call(cls, name: str, arguments: Any = None, *, content: str | None = None) -> ToolReply:
+        """One tool call."""
+        return cls(((name, {} if arguments is None else arguments),), content)
+
+    @classmethod
+    def parallel(cls, calls: list[tuple[str, Any]], *, content: str | None = None) -> ToolReply:
+        """Several tool calls in one turn."""
+        return cls(tuple((name, {} if args is None else args) for name, args in calls), content)
+
+    def message(self) -> dict[str, Any]:
+        """The ``choices[i].message`` payload, with fresh call ids."""
+        tool_calls = [
+            {"id": f"call_{uuid.uuid4().hex[:16]}", "type": "function",
+             "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}}
+            for name, args in self.calls
+        ]
+        return {"role": "assistant", "content": self.content, "tool_calls": tool_calls}
+
+    def words(self) -> int:
+        return sum(_word_count(m["function"]["arguments"]) + 1 for m in self.message()["tool_calls"]) + _word_count(
+            self.content or "")
+
+
+def _last_message(body: dict[str, Any]) -> dict[str, Any] | None:
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return messages[-1]
+    return None
+
+
 @dataclass
 class _Rule:
     """A scripted answer."""
 
     when: str
-    reply: str | list[str]
+    reply: str | list[str] | ToolReply | list[str | ToolReply]
     model: str | None = None
     delay: float | None = None
     served: int = 0
     case_sensitive: bool = False
+    in_order: bool = False  # a list is served once in order, its last reply repeating (else it cycles)
+    after_tool: str | None = None  # only when the last message is a tool message containing this ("" for any)
 
-    def matches(self, prompt: str, model: Any) -> bool:
+    def matches(self, prompt: str, model: Any, last: dict[str, Any] | None = None) -> bool:
         found = self.when in prompt if self.case_sensitive else self.when.lower() in prompt.lower()
+        if found and self.after_tool is not None:
+            found = (last is not None and last.get("role") == "tool"
+                     and self.after_tool.lower() in _content_text(last.get("content")).lower())
         return found and _model_matches(self.model, model)
 
-    def next_reply(self) -> str:
-        """The reply; a list of replies is served in turn, cycling (different samples of one prompt)."""
-        if isinstance(self.reply, str):
+    def next_reply(self) -> str | ToolReply:
+        """The reply; a list of replies is served in turn, cycling (different samples of one prompt), or once in
+        order with the last repeating (``in_order``: the turns of one conversation)."""
+        if not isinstance(self.reply, list):
             return self.reply
-        reply = self.reply[self.served % len(self.reply)]
+        index = min(self.served, len(self.reply) - 1) if self.in_order else self.served % len(self.reply)
         self.served += 1
-        return reply
+        return self.reply[index]
 
 
 @dataclass
@@ -375,6 +429,33 @@ class ScriptedLLMServer:
         with self._lock:
             self._rules.append(_Rule(when=when, reply=reply, model=model, delay=delay, case_sensitive=case_sensitive))
 
+    def tool_call(self, when: str, name: str, arguments: Any = None, *, model: str | None = None,
+                  content: str | None = None, after_tool: str | None = None) -> None:
+        """Reply with a real OpenAI ``tool_calls`` message asking for one call of ``name`` with ``arguments`` (a
+        mapping sent as JSON, or a string sent verbatim) when ``when`` occurs in the last user message.
+
+        ``after_tool``, when given, also requires the last message to be a ``tool`` message whose content contains
+        it (``""``: any tool message), so one conversation can be scripted turn by turn.
+        """
+        self.tool_calls(when, [(name, arguments)], model=model, content=content, after_tool=after_tool)
+
+    def tool_calls(self, when: str, calls: list[tuple[str, Any]], *, model: str | None = None,
+                   content: str | None = None, after_tool: str | None = None) -> None:
+        """Like :meth:`tool_call`, with several calls in one turn (parallel tool calls)."""
+        with self._lock:
+            self._rules.append(_Rule(when=when, reply=ToolReply.parallel(calls, content=content), model=model,
+                                     after_tool=after_tool))
+
+    def sequence(self, when: str, replies: list[str | ToolReply], *, model: str | None = None,
+                 after_tool: str | None = None) -> None:
+        """Serve ``replies`` (text or :class:`ToolReply`) one per matching request, in order; the last one repeats
+        once they are used up. The turns of an agent conversation, whose last user message stays the same."""
+        if not replies:
+            raise ValueError("sequence() needs at least one reply")
+        with self._lock:
+            self._rules.append(_Rule(when=when, reply=list(replies), model=model, in_order=True,
+                                     after_tool=after_tool))
+
     def fail(
         self,
         when: str | None,
@@ -446,10 +527,11 @@ class ScriptedLLMServer:
             "data": [{"id": n, "object": "model", "created": created, "owned_by": "scripted"} for n in names],
         }
 
-    def _decide(self, body: dict[str, Any]) -> tuple[_Fault | None, str, float]:
+    def _decide(self, body: dict[str, Any]) -> tuple[_Fault | None, str | ToolReply, float]:
         """Record ``body`` and pick (fault, reply, delay) atomically."""
         prompt = _last_user_message(body)
         model = body.get("model")
+        last = _last_message(body)
         with self._lock:
             self.requests.append(body)
             self.request_times.append(time.monotonic())
@@ -459,7 +541,7 @@ class ScriptedLLMServer:
                         fault.remaining -= 1
                     return fault, "", self.latency
             for rule in self._rules:
-                if rule.matches(prompt, model):
+                if rule.matches(prompt, model, last):
                     return None, rule.next_reply(), self.latency if rule.delay is None else rule.delay
             return None, self.default, self.latency
 
@@ -474,7 +556,9 @@ class ScriptedLLMServer:
                 self.in_flight -= 1
 
     def _answer_chat(self, handler: _Handler, body: dict[str, Any]) -> None:
-        fault, reply, delay = self._decide(body)
+        fault, decided, delay = self._decide(body)
+        tool_reply = decided if isinstance(decided, ToolReply) else None
+        reply = decided if isinstance(decided, str) else (decided.content or "")
         if delay and delay > 0:
             time.sleep(delay)
 
@@ -506,7 +590,7 @@ class ScriptedLLMServer:
         except (TypeError, ValueError):
             n = 1
         prompt_tokens = _prompt_tokens(body)
-        completion_tokens = _word_count(reply) * n
+        completion_tokens = (tool_reply.words() if tool_reply else _word_count(reply)) * n
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -515,7 +599,7 @@ class ScriptedLLMServer:
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
 
-        if body.get("stream"):
+        if body.get("stream") and tool_reply is None:  # a tool reply is answered whole, never streamed
             stream_options = body.get("stream_options") or {}
             include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
             self._stream(handler, completion_id, created, model, reply, n, usage if include_usage else None)
@@ -532,9 +616,9 @@ class ScriptedLLMServer:
                 "choices": [
                     {
                         "index": i,
-                        "message": {"role": "assistant", "content": reply},
+                        "message": tool_reply.message() if tool_reply else {"role": "assistant", "content": reply},
                         "logprobs": None,
-                        "finish_reason": "stop",
+                        "finish_reason": "tool_calls" if tool_reply else "stop",
                     }
                     for i in range(n)
                 ],
