@@ -28,9 +28,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 from pytest_llmeval.core.tools import Step, ToolCall, Trajectory
@@ -65,23 +65,25 @@ def _check_regexes(expected: Mapping[str, Any]) -> None:
             raise ValueError(f"invalid regular expression for argument {key!r}: {exc}") from None
 
 
+def _tool_name(v: str) -> str:
+    if not v.strip():
+        raise ValueError("expected a tool name")
+    return v
+
+
+ToolName = Annotated[str, AfterValidator(_tool_name)]  # a tool name that is not blank
+
+
 class ToolPattern(CheckParams):
     """An expected call: a tool's name, and optionally arguments it must have (subset match)."""
 
-    name: str
+    name: ToolName
     arguments: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _named(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
-
-    @field_validator("name")
-    @classmethod
-    def _non_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("expected a tool name")
-        return v
 
     def show(self) -> str:
         return _show(self.name, self.arguments)
@@ -92,17 +94,10 @@ _NEEDS = {"exact": "the call's arguments, {} for a call without any", "schema": 
 
 
 class ToolCalledParams(CheckParams):
-    name: str
+    name: ToolName
     arguments: dict[str, Any] | None = None  # what the arguments must match (a JSON Schema with match: schema)
     match: Literal["exact", "subset", "schema", "regex"] = "subset"
     times: int | None = Field(default=None, ge=0)  # exactly this many matching calls (default: at least one)
-
-    @field_validator("name")
-    @classmethod
-    def _non_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("expected a tool name")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> ToolCalledParams:
@@ -130,7 +125,7 @@ class ToolSequenceParams(CheckParams):
 
 
 class ToolNotCalledParams(CheckParams):
-    name: list[str] = Field(min_length=1)
+    name: list[ToolName] = Field(min_length=1)
     arguments: dict[str, Any] | None = None  # forbidden only with these arguments (subset match)
 
     @field_validator("name", mode="before")
@@ -138,12 +133,6 @@ class ToolNotCalledParams(CheckParams):
     def _listed(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    @field_validator("name")
-    @classmethod
-    def _non_empty(cls, v: list[str]) -> list[str]:
-        if any(not n.strip() for n in v):
-            raise ValueError("expected tool names")
-        return v
 
 
 class MaxStepsParams(CheckParams):
