@@ -454,10 +454,64 @@ def grade_tool_f1(answer: str, case: CaseSpec, p: ToolF1Params, ctx: GradeContex
                                  "unexpected_steps": _steps(extra, trajectory)})
 
 
+# ------------------------------------------------------------------------------------------------ reporting
+
+
+def _agent_cases(results: Sequence[Any]) -> list[Any]:
+    """The row's agent cases: those with a trajectory or a tool accuracy (an application case whose answer carried
+    no tool calls has the second without the first: its trajectory checks all failed, and that must show)."""
+    return [r for r in results if getattr(r, "trajectory", None) is not None
+            or getattr(r, "tool_accuracy", None) is not None]
+
+
+def aggregate_tools(results: list[Any]) -> dict[str, Any]:
+    """A suite x model row's agent entries (CaseResults in): ``tool_accuracy`` (the mean of the cases' tool
+    accuracy, None when no case has trajectory checks), ``mean_steps`` (over the cases with a trajectory, None
+    without any) and ``agent``: those two with the number of agent cases, how many had a tool accuracy
+    (``scored``), the steps whose tool answered with an error, and the runs stopped at the loop's max_steps.
+    {} for a row without agent cases."""
+    agents = _agent_cases(results)
+    if not agents:
+        return {}
+    accuracies = [float(r.tool_accuracy) for r in agents if r.tool_accuracy is not None]
+    trajectories = [r.trajectory for r in agents if isinstance(r.trajectory, Mapping)]
+    steps = [len(t.get("steps") or []) for t in trajectories]
+    accuracy = round(sum(accuracies) / len(accuracies), 6) if accuracies else None
+    mean_steps = round(sum(steps) / len(steps), 6) if steps else None
+    return {"tool_accuracy": accuracy, "mean_steps": mean_steps,
+            "agent": {"cases": len(agents), "scored": len(accuracies), "tool_accuracy": accuracy,
+                      "mean_steps": mean_steps,
+                      "tool_errors": sum(1 for t in trajectories for s in t.get("steps") or []
+                                         if isinstance(s, Mapping) and s.get("error")),
+                      "stopped_at_limit": sum(1 for t in trajectories if t.get("ended") == "max_steps")}}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def tool_summary_lines(row: Mapping[str, Any], name: str) -> list[str]:
+    """One line under the terminal summary table for a row with agent cases: ``assistant [gpt-4o-mini]: tool-call
+    accuracy 83% over 6 cases, mean 1.8 steps, 2 tool errors, 1 stopped at max_steps``."""
+    agent = row.get("agent")
+    if not isinstance(agent, Mapping):
+        return []
+    accuracy, scored = agent.get("tool_accuracy"), int(agent.get("scored") or 0)
+    parts = [f"tool-call accuracy {accuracy:.0%} over {_plural(scored, 'case')}" if accuracy is not None
+             else f"no trajectory checks ({_plural(int(agent.get('cases') or 0), 'agent case')})"]
+    if agent.get("mean_steps") is not None:
+        parts.append(f"mean {float(agent['mean_steps']):.1f} steps")
+    parts.append(_plural(int(agent.get("tool_errors") or 0), "tool error"))
+    parts.append(f"{int(agent.get('stopped_at_limit') or 0)} stopped at max_steps")
+    return [f"{name}: {', '.join(parts)}"]
+
+
 CHECKS = [
     CheckDef("tool_called", ToolCalledParams, grade_tool_called, shorthand="name", kinds=KINDS,
              doc="the agent called this tool, with arguments matching (subset, exact, schema or regex); with times: "
-                 "exactly that many matching calls"),
+                 "exactly that many matching calls",
+             # the row's agent entries, reported once (on the first trajectory check, as jaccard does for labels)
+             aggregate=aggregate_tools, summary_lines=tool_summary_lines),
     CheckDef("tool_sequence", ToolSequenceParams, grade_tool_sequence, shorthand="tools", kinds=KINDS,
              doc="these tool calls happened in order (in_order), as the whole sequence (exact) or all in any order "
                  "(any_order); score = share matched"),
@@ -470,3 +524,6 @@ CHECKS = [
              doc="precision, recall and F1 of the tool calls made against the expected ones (multiset; arguments "
                  "by subset); score = F1, passes at min (default 1.0)"),
 ]
+
+# The names of the trajectory checks: a case's tool accuracy is the mean score of these.
+TRAJECTORY_CHECKS = frozenset(c.name for c in CHECKS)
