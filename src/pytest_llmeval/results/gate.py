@@ -6,7 +6,9 @@ cases went from pass to fail than the other way. A drop counts as a ``regression
 than the allowed drop *and* significant at the configured level; a larger drop that the suite is too small
 to confirm is ``inconclusive``, printed with the smallest drop the suite could confirm. Mean scores get a
 paired bootstrap interval. Floors (``pass_rate>=0.8``) and budgets (``latency_p95<=2``, ``cost<=1``) are
-absolute. Infrastructure errors never count as regressions; too many of them fail the gate as such.
+absolute. Agent suites (issue 18) have a tool-call accuracy per case: ``tool_accuracy:-0.05`` compares it like the
+score (paired bootstrap over the cases that have it in both runs), ``tool_accuracy>=0.9`` and ``mean_steps<=3`` are
+limits on the suite row. Infrastructure errors never count as regressions; too many of them fail the gate as such.
 
 Rules are small parsed objects (``--llm-gate "pass_rate:-5%"``), in the spirit of pytest-benchmark.
 """
@@ -37,10 +39,11 @@ class GateError(UsageError, ValueError):
 
 @dataclass(frozen=True)
 class DropRule:
-    """``pass_rate:-5%`` (points) or ``score:-0.05``: the largest allowed significant drop vs the baseline."""
+    """``pass_rate:-5%`` (points), ``score:-0.05`` or ``tool_accuracy:-0.05``: the largest allowed significant drop
+    vs the baseline."""
 
-    metric: str  # pass_rate | score
-    max_drop: float  # pass_rate: points (0-100); score: absolute (0-1)
+    metric: str  # pass_rate | score | tool_accuracy
+    max_drop: float  # pass_rate: points (0-100); score, tool_accuracy: absolute (0-1)
 
     def describe(self) -> str:
         return f"{self.metric}:-{self.max_drop:g}{'%' if self.metric == 'pass_rate' else ''}"
@@ -48,7 +51,8 @@ class DropRule:
 
 @dataclass(frozen=True)
 class LimitRule:
-    """``pass_rate>=0.8``, ``latency_p95<=2.5``, ``cost<=1``, ``errors<=10%``: an absolute floor or budget."""
+    """``pass_rate>=0.8``, ``latency_p95<=2.5``, ``cost<=1``, ``errors<=10%``, ``tool_accuracy>=0.9``,
+    ``mean_steps<=3``: an absolute floor or budget."""
 
     metric: str
     op: str  # >= or <=
@@ -64,8 +68,12 @@ class LimitRule:
 
 
 LIMIT_METRICS = {"pass_rate": "pass_rate", "score": "mean_score", "latency_p95": "latency_p95_s",
-                 "latency_p50": "latency_p50_s", "cost": "cost_usd", "errors": "errors"}
-_DROP = re.compile(r"^(pass_rate|score)\s*:\s*-?\s*(\d+(?:\.\d+)?)\s*(%?)$")
+                 "latency_p50": "latency_p50_s", "cost": "cost_usd", "errors": "errors",
+                 "tool_accuracy": "tool_accuracy", "mean_steps": "mean_steps"}  # rule metric -> suite row key
+FRACTIONS = ("pass_rate", "score", "errors", "tool_accuracy")  # limits given as 0.9, 90 or 90%
+FORMS = ("'pass_rate:-5%', 'score:-0.05', 'tool_accuracy:-0.05', 'pass_rate>=0.8', 'latency_p95<=2.5', "
+         "'cost<=1.00', 'errors<=10%', 'tool_accuracy>=0.9', 'mean_steps<=3' or 'suite:pass_rate>=0.9'")
+_DROP = re.compile(r"^(pass_rate|score|tool_accuracy)\s*:\s*-?\s*(\d+(?:\.\d+)?)\s*(%?)$")
 _LIMIT = re.compile(r"^(?:([\w.\-]+):)?(\w+)\s*(>=|<=)\s*(\d+(?:\.\d+)?)\s*(%?)$")
 
 
@@ -77,16 +85,20 @@ def parse_rule(text: str) -> DropRule | LimitRule:
         metric, amount, pct = m.group(1), float(m.group(2)), m.group(3)
         if metric == "score":
             return DropRule("score", amount / 100 if pct else amount)
+        if metric == "tool_accuracy":  # a fraction like the pass rate: -5% and -5 are 0.05 too
+            return DropRule("tool_accuracy", amount / 100 if pct or amount > 1 else amount)
         return DropRule("pass_rate", amount if pct or amount > 1 else amount * 100)
     m = _LIMIT.match(t)
     if m and m.group(2) in LIMIT_METRICS:
         suite, metric, op, number, pct = m.groups()
         v = float(number)
-        if metric in ("pass_rate", "score", "errors") and (pct or v > 1):
+        if metric == "mean_steps" and pct:
+            raise GateError(f"cannot read gate rule {text!r}: mean_steps is a number of steps, not a percentage "
+                            "(e.g. 'mean_steps<=3')")
+        if metric in FRACTIONS and (pct or v > 1):
             v /= 100
         return LimitRule(metric, op, v, suite)
-    raise GateError(f"cannot read gate rule {text!r}: expected e.g. 'pass_rate:-5%', 'score:-0.05', "
-                    f"'pass_rate>=0.8', 'latency_p95<=2.5', 'cost<=1.00', 'errors<=10%' or 'suite:pass_rate>=0.9'")
+    raise GateError(f"cannot read gate rule {text!r}: expected e.g. {FORMS}")
 
 
 # ---------------------------------------------------------------------------------------------- baselines
@@ -97,7 +109,8 @@ def _key(case: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def load_baseline(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Per (suite, model, case): outcome and score, from a results file or a slim baseline file."""
+    """Per (suite, model, case): outcome and score (and tool_accuracy, for an agent case that has one), from a
+    results file or a slim baseline file."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -105,14 +118,26 @@ def load_baseline(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
     cases = doc.get("cases") if isinstance(doc, dict) else None
     if not isinstance(cases, list):
         raise GateError(f"{path} is neither a results file nor a baseline (no 'cases' list)")
-    return {_key(c): {"outcome": c.get("outcome"), "score": c.get("score")} for c in cases}
+    return {_key(c): _entry(c) for c in cases}
+
+
+def _entry(case: dict[str, Any]) -> dict[str, Any]:
+    out = {"outcome": case.get("outcome"), "score": case.get("score")}
+    if case.get("tool_accuracy") is not None:
+        out["tool_accuracy"] = case["tool_accuracy"]
+    return out
 
 
 def baseline_document(results: dict[str, Any]) -> dict[str, Any]:
-    """The slim baseline written by --llm-update-baseline: per-case outcomes and scores, sorted, stable."""
-    cases = [{"suite": c["suite"], "model": c["model"], "case": c["case_id"], "outcome": c["outcome"],
-              "score": None if c.get("score") is None else round(float(c["score"]), 6)}
-             for c in results["cases"]]
+    """The slim baseline written by --llm-update-baseline: per-case outcomes and scores (and the tool accuracy of
+    the agent cases that have one: a baseline without agent cases is what it always was), sorted, stable."""
+    cases = []
+    for c in results["cases"]:
+        case = {"suite": c["suite"], "model": c["model"], "case": c["case_id"], "outcome": c["outcome"],
+                "score": None if c.get("score") is None else round(float(c["score"]), 6)}
+        if c.get("tool_accuracy") is not None:
+            case["tool_accuracy"] = round(float(c["tool_accuracy"]), 6)
+        cases.append(case)
     cases.sort(key=lambda c: (c["suite"], c["model"], c["case"]))
     return {"baseline_version": BASELINE_VERSION, "tool": results.get("tool"), "created_at": results.get("created_at"),
             "cases": cases}
@@ -179,6 +204,11 @@ class SuiteVerdict:
     min_detectable_drop: float | None = None
     score_delta: float | None = None
     score_interval: tuple[float, float] | None = None
+    tool_paired: int = 0  # cases with a tool accuracy in both runs
+    base_tool_accuracy: float | None = None  # their mean tool accuracy, before and now
+    tool_accuracy: float | None = None
+    tool_accuracy_delta: float | None = None  # mean per-case change (0-1)
+    tool_accuracy_interval: tuple[float, float] | None = None  # its paired bootstrap 95% interval
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     flipped: list[dict[str, Any]] = field(default_factory=list)  # passed before, failed now: worst first
@@ -187,6 +217,7 @@ class SuiteVerdict:
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["score_interval"] = list(self.score_interval) if self.score_interval else None
+        d["tool_accuracy_interval"] = list(self.tool_accuracy_interval) if self.tool_accuracy_interval else None
         return d
 
 
@@ -243,6 +274,7 @@ class Gate:
         before = {k[2]: b for k, b in baseline.items() if k[0] == v.suite and k[1] == v.model}
         v.added = sorted(set(now) - set(before))
         v.removed = sorted(set(before) - set(now))
+        self._tool_deltas(v, now, before)
         graded = ("passed", "failed")
         pairs = [(cid, before[cid], now[cid]) for cid in sorted(set(now) & set(before))
                  if before[cid]["outcome"] in graded and now[cid]["outcome"] in graded]
@@ -250,6 +282,8 @@ class Gate:
         if not pairs:
             if not before and v.verdict == "ok":
                 v.verdict = "new"
+            elif v.verdict not in FAILING:  # nothing graded in both (all unscored, say): the tool calls still tell
+                self._tool_rule(v)
             return
         base_pass = sum(1 for _, b, _ in pairs if b["outcome"] == "passed")
         cur_pass = sum(1 for _, _, c in pairs if c["outcome"] == "passed")
@@ -294,6 +328,37 @@ class Gate:
                 v.verdict = "regression"
                 v.reasons.append(f"mean score fell {-v.score_delta:.3f} (> {score_rule.max_drop:g}); 95% interval "
                                  f"[{lo:.3f}, {hi:.3f}] excludes 0")
+        self._tool_rule(v)
+
+    @staticmethod
+    def _tool_deltas(v: SuiteVerdict, now: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> None:
+        """The tool accuracy of the cases that have one in both runs (agent cases with trajectory checks), paired:
+        mean before and now, the mean per-case change and its bootstrap interval."""
+        pairs = [(float(before[cid]["tool_accuracy"]), float(now[cid]["tool_accuracy"]))
+                 for cid in sorted(set(now) & set(before))
+                 if before[cid].get("tool_accuracy") is not None and now[cid].get("tool_accuracy") is not None]
+        v.tool_paired = len(pairs)
+        if not pairs:
+            return
+        v.base_tool_accuracy = sum(b for b, _ in pairs) / len(pairs)
+        v.tool_accuracy = sum(c for _, c in pairs) / len(pairs)
+        deltas = [c - b for b, c in pairs]
+        v.tool_accuracy_delta = sum(deltas) / len(deltas)
+        v.tool_accuracy_interval = bootstrap_interval(deltas)
+
+    def _tool_rule(self, v: SuiteVerdict) -> None:
+        """A ``tool_accuracy:-X`` rule: a regression when the mean tool accuracy fell by more than X and its 95%
+        interval lies below 0 (past an inconclusive pass rate too, as for the score)."""
+        rule = self.drop_rule("tool_accuracy")
+        if not rule or not v.tool_accuracy_interval or v.tool_accuracy_delta is None:
+            return
+        if v.verdict not in ("ok", "inconclusive"):
+            return
+        lo, hi = v.tool_accuracy_interval
+        if -v.tool_accuracy_delta > rule.max_drop and hi < 0:
+            v.verdict = "regression"
+            v.reasons.append(f"tool-call accuracy fell {-v.tool_accuracy_delta:.3f} (> {rule.max_drop:g}) over "
+                             f"{v.tool_paired} paired agent case(s); 95% interval [{lo:.3f}, {hi:.3f}] excludes 0")
 
 
 def gate_failed(verdicts: list[SuiteVerdict]) -> bool:
@@ -311,6 +376,11 @@ def format_verdicts(verdicts: list[SuiteVerdict], show_flipped: int = 10) -> lis
         lines.append(f"{v.suite:<20} {v.model:<24} {v.paired:>6} {pct(v.base_pass_rate):>7} {pct(v.pass_rate):>7} "
                      f"{delta:>7} {p:>7}  {v.verdict}")
     for v in verdicts:
+        if v.tool_accuracy_delta is not None and v.base_tool_accuracy is not None and v.tool_accuracy is not None:
+            lo, hi = v.tool_accuracy_interval or (v.tool_accuracy_delta, v.tool_accuracy_delta)
+            lines.append(f"  {v.suite} [{v.model}]: tool-call accuracy {v.base_tool_accuracy:.1%} -> "
+                         f"{v.tool_accuracy:.1%} ({100 * v.tool_accuracy_delta:+.1f} pts, 95% interval "
+                         f"[{100 * lo:+.1f}, {100 * hi:+.1f}]) over {v.tool_paired} paired agent case(s)")
         for reason in v.reasons:
             lines.append(f"  {v.suite} [{v.model}]: {reason}")
         if v.added or v.removed:
