@@ -159,6 +159,42 @@ def expected_view(references: list[dict[str, Any]] | None, retrieval: dict[str, 
     return [{"source": e, "found": _norm(e) in found} for e in (retrieval or {}).get("expected") or []]
 
 
+TRAJECTORY_ENDED = {"answer": "ended with a final answer", "max_steps": "stopped at the agent loop's max_steps",
+                    "error": "stopped: the agent loop could not go on"}
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else compact_json(value)
+
+
+def trajectory_view(trajectory: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An agent case's trajectory (results.json's ``trajectory``) as the drill-down shows it: per step its number
+    (1-based, as the failure report and the checks' reasons count), tool, arguments, result or error, latency and
+    tokens; the final answer, how the run ended, the mode. None without a trajectory."""
+    if not isinstance(trajectory, dict):
+        return None
+    steps = []
+    for i, raw in enumerate(trajectory.get("steps") or []):
+        if not isinstance(raw, dict):
+            continue
+        arguments = raw.get("arguments")
+        if raw.get("raw_arguments") is not None:  # the model wrote arguments that are not JSON: show what it wrote
+            arguments = raw["raw_arguments"]
+        error = raw.get("error")
+        steps.append({"n": int(raw.get("step", i)) + 1, "name": str(raw.get("name", "?")),
+                      "arguments": _shown(arguments if arguments is not None else {}),
+                      "error": None if error is None else str(error),
+                      "result": None if error is not None else _shown(raw.get("result")),
+                      "latency_s": raw.get("latency_s"), "text": raw.get("text"),
+                      "tokens": (f"{raw.get('prompt_tokens') or 0} + {raw.get('completion_tokens') or 0}"
+                                 if raw.get("prompt_tokens") is not None or raw.get("completion_tokens") is not None
+                                 else None)})
+    ended = str(trajectory.get("ended") or "answer")
+    return {"steps": steps, "final": trajectory.get("final"), "ended": ended,
+            "ended_text": TRAJECTORY_ENDED.get(ended, f"ended: {ended}"), "mode": trajectory.get("mode"),
+            "errors": sum(1 for s in steps if s["error"] is not None)}
+
+
 def render(doc: dict[str, Any], root: Path | None = None) -> str:
     """The report of one results document; ``root`` resolves relative artifact paths."""
     import jinja2
@@ -169,9 +205,11 @@ def render(doc: dict[str, Any], root: Path | None = None) -> str:
     verdicts = {(v["suite"], v["model"]): v for v in (gate or {}).get("suites", [])}
     base = root or Path.cwd()
     app_rows = [r for r in doc["suites"] if r.get("app_calls")]
+    agent_rows = [r for r in doc["suites"] if r.get("agent")]
     images = {i: imgs for i, c in enumerate(doc["cases"]) if (imgs := _images(c, base))}
     return env.get_template("report.html.j2").render(
-        doc=doc, gate=gate, verdicts=verdicts, images=images, app_rows=app_rows, pct=_pct, pct0=_pct0, num=_num,
+        doc=doc, gate=gate, verdicts=verdicts, images=images, app_rows=app_rows, agent_rows=agent_rows, pct=_pct,
+        pct0=_pct0, num=_num, trajectory_view=trajectory_view,
         pass_chart=pass_rate_chart(doc["suites"], verdicts), latency_chart=latency_chart(doc["cases"]),
         isnan=math.isnan, compact_json=compact_json, usage_line=usage_line, references_view=references_view,
         expected_view=expected_view)
