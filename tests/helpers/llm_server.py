@@ -415,19 +415,21 @@ class ScriptedLLMServer:
     # -- scripting --------------------------------------------------------
 
     def answer(self, when: str, reply: str | list[str], *, model: str | None = None,
-               delay: float | None = None, case_sensitive: bool = False) -> None:
+               delay: float | None = None, case_sensitive: bool = False, after_tool: str | None = None) -> None:
         """Reply ``reply`` when ``when`` occurs (case-insensitive substring) in
         the last user message and, if given, ``model`` matches the request's
         ``model`` (a ``provider/`` prefix on ``model`` is ignored).
 
         A list of replies is served one after the other, cycling.
         ``case_sensitive=True`` matches ``when`` exactly as written (a model that
-        stumbles over letter case, for robustness tests).
+        stumbles over letter case, for robustness tests). ``after_tool``: see :meth:`tool_call` (the answer an
+        agent gets once a tool's result came back).
         Rules are tried in insertion order; the first match wins.  ``delay``,
         when given, replaces :attr:`latency` for requests answered by this rule.
         """
         with self._lock:
-            self._rules.append(_Rule(when=when, reply=reply, model=model, delay=delay, case_sensitive=case_sensitive))
+            self._rules.append(_Rule(when=when, reply=reply, model=model, delay=delay, case_sensitive=case_sensitive,
+                                     after_tool=after_tool))
 
     def tool_call(self, when: str, name: str, arguments: Any = None, *, model: str | None = None,
                   content: str | None = None, after_tool: str | None = None) -> None:

@@ -171,7 +171,7 @@ def test_a_registered_checks_aggregate_and_summary_lines_are_used() -> None:
 
     registry = builtin_registry()
     registry.register(CheckDef("counted", NoParams, None, aggregate=count, summary_lines=line))
-    assert list(registry.aggregates()) == ["jaccard", "counted"]
+    assert list(registry.aggregates()) == ["jaccard", "tool_called", "counted"]
     doc = build_results(RESULTS, models=["m"], cache_mode="on", exit_status=0, invalid=[], workers=0,
                         version="test", check_aggregates=registry.aggregates())
     assert doc["suites"][0]["graded"] == 2
@@ -187,4 +187,5 @@ def test_a_replaced_check_takes_its_aggregate_with_it() -> None:
     for check in BUILTIN_CHECKS:
         registry.register(check)
     registry.register(CheckDef("jaccard", NoParams, None))
+    registry.register(CheckDef("tool_called", NoParams, None))
     assert registry.aggregates() == {}

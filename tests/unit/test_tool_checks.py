@@ -41,6 +41,7 @@ def load_errors(tmp_path: Path, expect: str, kind: str = "") -> list[str]:
 def case_with(tmp_path: Path, expect: str) -> CaseSpec:
     path = tmp_path / "suite.yaml"
     path.write_text(textwrap.dedent("""\
+        tools: [{name: search}, {name: book}]
         cases:
           - id: c
             question: Book a table for two tomorrow

@@ -267,14 +267,15 @@ def test_execute_function_and_canned() -> None:
 def test_execute_error_paths() -> None:
     rt = _runtime()
     assert rt.execute(ToolCall("delete_account", {})) == (
-        None, "unknown tool 'delete_account'; available: add, book_meeting, norm, opaque, shout, lookup")
-    assert rt.execute(ToolCall("add", {"a": 1})) == (None, "invalid arguments for add: 'b' is a required property")
+        None, "unknown tool 'delete_account'; available tools: add, book_meeting, norm, opaque, shout, lookup")
+    assert rt.execute(ToolCall("add", {"a": 1})) == (
+        None, "arguments do not match the schema of add: 'b' is a required property")
     assert rt.execute(ToolCall("add", {"a": "1", "b": 2})) == (
-        None, "invalid arguments for add: '1' is not of type 'integer' (at a)")
+        None, "arguments do not match the schema of add: '1' is not of type 'integer' (at a)")
     assert rt.execute(ToolCall("add", {"a": 1, "b": 2, "c": 3}))[1] == (
-        "invalid arguments for add: Additional properties are not allowed ('c' was unexpected)")
+        "arguments do not match the schema of add: Additional properties are not allowed ('c' was unexpected)")
     assert rt.execute(ToolCall("book_meeting", {"room": "r", "kind": "party"}))[1] == (
-        "invalid arguments for book_meeting: 'party' is not one of ['call', 'visit'] (at kind)")
+        "arguments do not match the schema of book_meeting: 'party' is not one of ['call', 'visit'] (at kind)")
     assert rt.execute(ToolCall.coerce({"function": {"name": "add", "arguments": "{a: 1"}})) == (
         None, "invalid arguments for add: not a JSON object: {a: 1")
     assert rt.execute(ToolCall("book_meeting", {"room": "r"})) == (

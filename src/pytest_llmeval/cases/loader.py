@@ -47,6 +47,7 @@ from pytest_llmeval.cases.schema import (
     template_fields,
 )
 from pytest_llmeval.cases.targets import parse_target
+from pytest_llmeval.cases.tools import SuiteTools, case_tools, suite_tools
 from pytest_llmeval.cases.yaml_lines import Duplicate, _line_lookup, _yaml_with_lines
 from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
 from pytest_llmeval.core.targets import TargetRegistry, TargetSpec
@@ -141,6 +142,7 @@ class _Loader:
         self.registry = registry
         self.targets = targets
         self.target: TargetSpec | None = None
+        self.suite_tools = SuiteTools()  # the suite's tools, returns and agent options (cases/tools.py)
         self.app_default = app_default  # --llm-target names an application: its references make sources meaningful
         # Problems found before validation (keys repeated in a case), by the case's location: (line, loc, message).
         self.case_problems: dict[Loc, list[tuple[int | None, Loc, str]]] = {}
@@ -199,6 +201,11 @@ class _Loader:
                 entry, at, kind, self.registry, line_of, path.parent))
             problems += errs
         problems += _conversation_problems(raw, loc, kind, suite, checks, len(suite_checks), conversation)
+        check_locs = [(c.name, ("expect", i, c.name) if i < len(suite_checks) else
+                       loc + ("expect", i - len(suite_checks), c.name)) for i, c in enumerate(checks)]
+        agent, errs = case_tools(raw, loc, kind, conversation, self.suite_tools, _model_attr(model, "agent")
+                                 if model is not None else None, line_of, check_locs, self.app_target)
+        problems += errs
         for spec in [*checks, *(c for t in turn_checks for c in t)]:
             for needed in spec.definition.needs if spec.definition else ():
                 if raw.get(needed) is None and getattr(spec.params, needed, None) is None:
@@ -292,7 +299,8 @@ class _Loader:
             prompt=prompt, params={**suite.params, **model.params},
             tags=tuple(dict.fromkeys([*suite.tags, *model.tags])), checks=checks,
             fields={k: v for k, v in dumped.items()
-                    if k not in ("expect", "limits", "retrieve", "split", "robustness", "turns")},
+                    if k not in ("expect", "limits", "retrieve", "split", "robustness", "turns", "tools", "returns",
+                                 "agent")},
             limits={**(suite.limits.model_dump(exclude_none=True) if suite.limits else {}),
                     **(limits.model_dump(exclude_none=True) if (limits := _model_attr(model, "limits")) else {})},
             pass_if=model.pass_if or suite.pass_if,
@@ -306,6 +314,7 @@ class _Loader:
             turns=tuple(turn_texts(_model_attr(model, "turns"))),
             turn_checks=tuple(tuple(t) for t in turn_checks),
             simulate=simulate.model_dump() if (simulate := _model_attr(model, "simulate")) is not None else None,
+            tools=agent.tools, returns=agent.returns, agent=agent.agent,
         )
 
     # ---- files
@@ -349,6 +358,8 @@ class _Loader:
             self.target, errs = parse_target(suite.target, ("target",), self.targets, line_of, self.path)
             file_problems += errs
             out.target = self.target
+        self.suite_tools, errs = suite_tools(suite, line_of)
+        file_problems += errs
         for j, entry in enumerate(suite.expect):
             spec, errs = parse_check(entry, ("expect", j), suite.kind, self.registry, line_of, self.path.parent)
             file_problems += errs

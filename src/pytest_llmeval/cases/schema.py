@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
+from pytest_llmeval.cases.agent import ToolFields
 from pytest_llmeval.cases.conversation import ConversationFields
 from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
 from pytest_llmeval.core.errors import CaseDataError
@@ -293,7 +294,7 @@ class RobustnessModel(BaseModel):
         return list(dict.fromkeys(v))
 
 
-class SuiteModel(BaseModel):
+class SuiteModel(ToolFields):  # tools, returns, agent: cases/agent.py
     model_config = ConfigDict(extra="forbid")
     suite: str | None = None
     kind: Kind = "qna"
@@ -349,8 +350,9 @@ class CaseModel(BaseModel):
         return v
 
 
-class QnaCase(ConversationFields, CaseModel):
-    """A question, or a conversation: ``turns`` (a script) or ``simulate`` (a simulated user), cases/conversation.py."""
+class QnaCase(ConversationFields, ToolFields, CaseModel):
+    """A question, or a conversation: ``turns`` (a script) or ``simulate`` (a simulated user), cases/conversation.py;
+    an agent case has ``tools`` (cases/agent.py)."""
 
     question: str | None = None
     prompt: str | None = None
@@ -463,6 +465,10 @@ class CaseSpec:
     turns: tuple[str, ...] = ()
     turn_checks: tuple[tuple[CheckSpec, ...], ...] = ()
     simulate: dict[str, Any] | None = None
+    # An agent case (cases/agent.py): its tools (cases.tools.ToolSpec), canned results by tool, agent options
+    tools: tuple[Any, ...] = ()
+    returns: dict[str, Any] = field(default_factory=dict)
+    agent: dict[str, Any] | None = None
 
     @property
     def is_conversation(self) -> bool:

@@ -27,9 +27,10 @@ function that cannot be imported is reported when the tools are loaded (targets/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +57,7 @@ class ToolSpec:
     python: str | None = None
     description: str | None = None
     parameters: Mapping[str, Any] | None = None
+    line: int | None = field(default=None, compare=False)  # where the case file lists it
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -203,8 +205,10 @@ def _one_tool(item: Any, loc: Loc) -> tuple[ToolSpec | None, list[tuple[Loc, str
     return ToolSpec(function.name, None, function.description, function.parameters), []
 
 
-def parse_tools(value: Any, loc: Loc) -> tuple[list[ToolSpec], list[tuple[Loc, str]]]:
-    """A ``tools:`` list validated: the tools, and the problems at their locations (a duplicate name included)."""
+def parse_tools(value: Any, loc: Loc, line_of: Callable[[Loc], int | None] | None = None
+                ) -> tuple[list[ToolSpec], list[tuple[Loc, str]]]:
+    """A ``tools:`` list validated: the tools (with their lines, given ``line_of``), and the problems at their
+    locations (a duplicate name included)."""
     if value is None:
         return [], []
     if not isinstance(value, list):
@@ -222,7 +226,7 @@ def parse_tools(value: Any, loc: Loc) -> tuple[list[ToolSpec], list[tuple[Loc, s
                                          "give one of them another name"))
             continue
         first[spec.name] = i
-        tools.append(spec)
+        tools.append(dataclasses.replace(spec, line=line_of(loc + (i,))) if line_of is not None else spec)
     return tools, problems
 
 
@@ -298,3 +302,93 @@ def merge_tools(suite: Sequence[ToolSpec], case: Sequence[ToolSpec]) -> list[Too
 def merge_returns(suite: Mapping[str, list[CannedRule]], case: Mapping[str, list[CannedRule]]) -> Canned:
     """The suite's canned results, with the case's replacing them tool by tool."""
     return {**suite, **case}
+
+
+# --------------------------------------------------------------------------------------------- a file's agent cases
+
+# The checks that grade a trajectory (checks/tools.py): a case they grade needs tools, or an application target
+# whose answers carry tool calls.
+TRAJECTORY_CHECKS = frozenset({"tool_called", "tool_sequence", "tool_not_called", "max_steps", "tool_f1"})
+AGENT_FIELDS = ("tools", "returns", "agent")
+_CHOICES = ("auto", "required", "none")
+
+
+@dataclass
+class SuiteTools:
+    """A suite's own ``tools``/``returns``/``agent`` (validated once per file), which its cases build on."""
+
+    tools: list[ToolSpec] = field(default_factory=list)
+    returns: Canned = field(default_factory=dict)
+    agent: Any = None  # cases.agent.AgentModel
+
+
+def suite_tools(suite: Any, line_of: Callable[[Loc], int | None]) -> tuple[SuiteTools, list[tuple[Loc, str]]]:
+    """The suite's tools and canned results (``suite``: the validated SuiteModel); a suite's ``returns`` names
+    the suite's own tools."""
+    tools, problems = parse_tools(suite.tools, ("tools",), line_of)
+    returns, found = parse_returns(suite.returns, ("returns",), [t.name for t in tools] if tools or
+                                   suite.returns else None)
+    return SuiteTools(tools, returns, suite.agent), problems + found
+
+
+@dataclass
+class CaseTools:
+    """What a case's agent run needs: its tools (the suite's and its own), canned results and options."""
+
+    tools: tuple[ToolSpec, ...] = ()
+    returns: Canned = field(default_factory=dict)
+    agent: dict[str, Any] | None = None
+
+
+def case_tools(raw: Mapping[str, Any], loc: Loc, kind: str, conversation: bool, suite: SuiteTools,
+               case_agent: Any, line_of: Callable[[Loc], int | None], check_locs: Sequence[tuple[str, Loc]],
+               app_target: bool) -> tuple[CaseTools, list[tuple[Loc, str]]]:
+    """A case's agent part and its problems. ``case_agent``: the case's validated AgentModel (None without
+    ``agent:``); ``check_locs``: (name, location) of each of the case's checks, its suite's included;
+    ``app_target``: an application answers (its answers may carry tool calls)."""
+    from pytest_llmeval.cases.agent import merge_agent
+
+    problems: list[tuple[Loc, str]] = []
+    own = [name for name in AGENT_FIELDS if raw.get(name) is not None]
+    if kind != "qna":
+        problems += [(loc + (name,), f"{name} applies to qna cases, not {kind!r}") for name in own]
+        if suite.tools or suite.agent is not None:
+            problems.append((loc, f"the suite's tools apply to qna cases, not {kind!r}"))
+        return CaseTools(), problems
+    case_specs, found = parse_tools(raw.get("tools"), loc + ("tools",), line_of)
+    problems += found
+    tools = merge_tools(suite.tools, case_specs)
+    names = [t.name for t in tools]
+    case_returns, found = parse_returns(raw.get("returns"), loc + ("returns",), names)
+    problems += found
+    if not tools:
+        problems += [(loc + (name,), f"{name} needs tools: list them on the case or the suite (tools: [...])")
+                     for name in ("returns", "agent") if raw.get(name) is not None]
+        if not app_target:
+            problems += [(where, f"the {name} check grades an agent's tool calls: this case has no tools (add "
+                                 "tools: to the case or the suite) and no application target")
+                         for name, where in check_locs if name in TRAJECTORY_CHECKS]
+        return CaseTools(), problems
+    if conversation:
+        problems.append((loc + ("tools",) if "tools" in raw else loc,
+                         "tools do not apply to a conversation case (turns, simulate): an agent case is one "
+                         "question, answered with tool calls"))
+    agent = merge_agent(suite.agent, case_agent)
+    choice = agent["tool_choice"]
+    where = loc + ("agent", "tool_choice") if case_agent is not None and case_agent.tool_choice is not None \
+        else ("agent", "tool_choice")
+    if isinstance(choice, str) and choice not in _CHOICES:
+        if choice not in names:
+            problems.append((where, f"tool_choice {choice!r} is neither auto, required, none nor a listed tool "
+                                    f"(listed: {', '.join(names)})"))
+        agent["tool_choice"] = {"type": "function", "function": {"name": choice}}
+    elif isinstance(choice, Mapping):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if choice.get("type") != "function" or not isinstance(name, str):
+            problems.append((where, "expected auto, required, none, a tool's name, or "
+                                    "{type: function, function: {name: <tool>}}"))
+        elif name not in names:
+            problems.append((where, f"tool_choice names {name!r}, which is not a listed tool "
+                                    f"(listed: {', '.join(names)})"))
+    return CaseTools(tuple(tools), merge_returns(suite.returns, case_returns), agent), problems

@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import pytest
 
-from pytest_llmeval.checks import choice, citations, code, conversation, judge, labels, metrics, text, vision
+from pytest_llmeval.checks import choice, citations, code, conversation, judge, labels, metrics, text, tools, vision
 from pytest_llmeval.core.checks import CheckDef, CheckRegistry
 
 BUILTIN_CHECKS: tuple[CheckDef, ...] = (*text.CHECKS, *choice.CHECKS, *code.CHECKS, *labels.CHECKS, *metrics.CHECKS,
                                         *judge.CHECKS, *vision.CHECKS, *citations.CHECKS,
-                                        *conversation.CHECKS)
+                                        *conversation.CHECKS, *tools.CHECKS)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from pytest_llmeval.cases.tools import TRAJECTORY_CHECKS
 from pytest_llmeval.core.checks import CheckDef, CheckOutcome, CheckParams, GradeContext
 from pytest_llmeval.core.tools import Step, ToolCall, Trajectory
 
@@ -526,4 +527,4 @@ CHECKS = [
 ]
 
 # The names of the trajectory checks: a case's tool accuracy is the mean score of these.
-TRAJECTORY_CHECKS = frozenset(c.name for c in CHECKS)
+assert TRAJECTORY_CHECKS == {c.name for c in CHECKS}, "cases/tools.py's TRAJECTORY_CHECKS names these checks"

@@ -128,7 +128,11 @@ class Answer:
       texts, numbered);
     - ``metadata``: anything else worth keeping in results.json (JSON-friendly);
     - ``usage``: what its own model calls cost, when it knows (calls it makes through litellm in this process are
-      measured by the plugin anyway).
+      measured by the plugin anyway);
+    - ``tool_calls``: the tool calls its agent made, for the trajectory checks (``tool_called``...): a list of
+      :class:`~pytest_llmeval.core.tools.ToolCall`, of ``{name, arguments, result?, error?}`` mappings or of
+      OpenAI-shaped calls (``{function: {name, arguments}}``), or a whole
+      :class:`~pytest_llmeval.core.tools.Trajectory`; kept as a Trajectory.
     """
 
     text: str
@@ -136,6 +140,7 @@ class Answer:
     context: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     usage: Any = None
+    tool_calls: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -149,6 +154,10 @@ class Answer:
         self.metadata = dict(self.metadata)
         if self.usage is not None:
             self.usage = Usage.coerce(self.usage)
+        if self.tool_calls is not None:
+            from pytest_llmeval.core.tools import Trajectory
+
+            self.tool_calls = Trajectory.coerce(self.tool_calls, self.text)
 
     def references_text(self) -> str:
         """The references, numbered as the answer cites them (``[1] source\\ntext``), for a judge's context."""

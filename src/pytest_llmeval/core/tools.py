@@ -122,6 +122,29 @@ class Trajectory:
                               raw.get("text")))
         return cls(steps, data.get("final"), str(data.get("ended") or "answer"))
 
+    @classmethod
+    def coerce(cls, value: Any, final: str | None = None) -> Trajectory:
+        """A Trajectory from one, from its dict form (``{"steps": [...]}``), or from a list of tool calls (each a
+        :class:`ToolCall`, a mapping ``{name, arguments, result?, error?}`` or OpenAI's ``{function: {...}}``),
+        whose answer is ``final``. TypeError/ValueError naming the call that cannot be read."""
+        if isinstance(value, Trajectory):
+            return value
+        if isinstance(value, Mapping) and "steps" in value:
+            return cls.from_dict(value)
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise TypeError(f"tool calls must be a list of calls or a Trajectory, got {type(value).__name__}")
+        steps = []
+        for i, raw in enumerate(value):
+            try:
+                call = ToolCall.coerce(raw)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"tool call {i + 1}: {exc}") from None
+            extra = raw if isinstance(raw, Mapping) else {}
+            error = extra.get("error")
+            steps.append(Step(i, call, extra.get("result"), None if error is None else str(error),
+                              extra.get("latency_s")))
+        return cls(steps, final)
+
     def excerpt(self, limit: int = 8) -> str:
         """The compact form a check's reason and the failure report show: ``1. search(q="x") -> "..."``."""
         import json

@@ -68,7 +68,9 @@ class Reply:
     """A provider's answer to a :class:`Request`: the text and, where known, what it cost.
 
     ``cost_usd`` None means the price is unknown (not zero); an offline provider's None counts as 0.
-    ``ttft_s``: the time to the first token of a streamed answer.
+    ``ttft_s``: the time to the first token of a streamed answer. ``tool_calls``: the calls the model asked for
+    when the request offered tools (``params["tools"]``), in OpenAI's shape
+    ``[{"id", "type": "function", "function": {"name", "arguments": "<json text>"}}]``.
     """
 
     text: str
@@ -76,6 +78,7 @@ class Reply:
     completion_tokens: int | None = None
     cost_usd: float | None = None
     ttft_s: float | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ class Provider:
     - ``doc``: one line saying which models it serves (listed in the "unknown provider" error and the docs).
     - ``offline``: served in this process (no key, no network, no price; see the module docstring).
     - ``vision``: its models take images (``image_url`` content parts), so it can serve ``--llm-vision``.
+    - ``tools``: its models do function calling (``params["tools"]``, ``tool_choice``; ``Reply.tool_calls``). An
+      agent case (``tools:``) on a model without it runs in prompt-and-parse mode (targets/agent.py).
     - ``check(model, shown) -> str | None``: why ``model`` cannot be used in this run (a missing key, a missing
       file), or None; found once per model before anything runs, so a broken setup is one usage error. ``shown``
       is how the run names the model (``small (= openai/gpt-4o-mini)`` for an alias), for the message.
@@ -106,6 +111,7 @@ class Provider:
     doc: str = ""
     offline: bool = False
     vision: bool = False
+    tools: bool = True
     check: Callable[[str, str], str | None] | None = None
     load: Callable[[str], None] | None = None
     endpoint: Callable[[str, str | None], str] | None = None
@@ -125,7 +131,7 @@ class Provider:
             raise MalformedResponse(f"malformed response: the {self.prefix or 'catch-all'} provider returned a "
                                     f"{type(reply).__name__}, not a Reply or a str")
         if self.offline and reply.cost_usd is None:
-            reply = Reply(reply.text, reply.prompt_tokens, reply.completion_tokens, 0.0, reply.ttft_s)
+            reply = Reply(reply.text, reply.prompt_tokens, reply.completion_tokens, 0.0, reply.ttft_s, reply.tool_calls)
         return reply
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import threading
 import time
@@ -126,7 +127,21 @@ def call(litellm: Any, completion: Callable[..., Any], request: Request, kwargs:
     usage = getattr(response, "usage", None)
     return Reply(text=text, prompt_tokens=getattr(usage, "prompt_tokens", None),
                  completion_tokens=getattr(usage, "completion_tokens", None),
-                 cost_usd=_response_cost(litellm, response), ttft_s=ttft)
+                 cost_usd=_response_cost(litellm, response), ttft_s=ttft,
+                 tool_calls=_tool_calls(response) if "tools" in request.params else None)
+
+
+def _tool_calls(response: Any) -> list[dict[str, Any]]:
+    """The first choice's tool calls as plain OpenAI-shaped dicts (JSON data: cached, sent across workers)."""
+    message = response.choices[0].message
+    calls = []
+    for tc in getattr(message, "tool_calls", None) or []:
+        function = getattr(tc, "function", None)
+        arguments = getattr(function, "arguments", None)
+        calls.append({"id": getattr(tc, "id", None), "type": "function",
+                      "function": {"name": getattr(function, "name", None),
+                                   "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}})
+    return calls
 
 
 def _answer_text(response: Any) -> str:

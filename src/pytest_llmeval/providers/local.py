@@ -401,8 +401,9 @@ def register() -> None:
 
 def provider() -> Provider:
     """The ``local/`` provider, as builtin.py registers it."""
-    return Provider(prefix=f"{PROVIDER}/", complete=_answer, offline=True, check=_check, load=_prepare,
-                    setup=register, doc="the embedded offline model local/smollm2, or local/<.gguf file or HF model dir>")
+    return Provider(prefix=f"{PROVIDER}/", complete=_answer, offline=True, tools=False, check=_check,
+                    load=_prepare, setup=register,
+                    doc="the embedded offline model local/smollm2, or local/<.gguf file or HF model dir>")
 
 
 def _check(model: str, shown: str) -> str | None:

@@ -496,8 +496,9 @@ def register() -> None:
 
 def provider() -> Provider:
     """The ``local-vision/`` provider, as builtin.py registers it."""
-    return Provider(prefix=f"{PROVIDER}/", complete=_answer, offline=True, vision=True, check=_check, load=_prepare,
-                    setup=register, doc="a vision-language model directory on disk, local-vision/<dir>")
+    return Provider(prefix=f"{PROVIDER}/", complete=_answer, offline=True, vision=True, tools=False,
+                    check=_check, load=_prepare, setup=register,
+                    doc="a vision-language model directory on disk, local-vision/<dir>")
 
 
 def _check(model: str, shown: str) -> str | None:

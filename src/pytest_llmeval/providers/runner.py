@@ -56,7 +56,7 @@ class ModelCallError(InfrastructureError):
         return (type(self), (self.model, self.message, self.attempts))
 
 
-APP_FIELDS = ("references", "context", "metadata", "app_usage", "target")
+APP_FIELDS = ("references", "context", "metadata", "app_usage", "target", "trajectory")
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,16 @@ class Completion:
     semantic: dict[str, Any] | None = None  # served by the semantic cache: similarity, the original request
     ttft_s: float | None = None  # time to the first token, when the answer was streamed (--llm-stream)
     attempts: int = 1  # calls made for this answer (retries after 429, 5xx, connection errors, timeouts)
+    tool_calls: list[dict[str, Any]] | None = None  # the calls a model offered tools asked for (OpenAI's shape)
     # An application target's answer (targets/): what it used and what its own model calls cost
     references: list[dict[str, Any]] | None = None  # Reference.to_dict(n), in the application's order
     context: str | None = None
     metadata: dict[str, Any] | None = None
     app_usage: dict[str, Any] | None = None  # calls, tokens, cost, latency of the application's own model calls
     target: str | None = None  # the target that answered (python:bot:answer); None: the model itself
+    # The tool calls behind the answer (core.tools.Trajectory.to_dict() and its "mode": native | prompt | app): an
+    # agent run's (run/agent.py), or those an application's answer carried
+    trajectory: dict[str, Any] | None = None
 
 
 class ModelRunner:
@@ -132,6 +136,14 @@ class ModelRunner:
         with no key, no network and no price; such calls are not prefetched in threads (CPU-bound) and have no
         circuit breaker."""
         return self._is_offline(self.settings.resolve_model(model))
+
+    def supports_tools(self, model: str) -> bool:
+        """Whether ``model``'s provider does native function calling (``Provider.tools``; the ``local/`` models do
+        not: their agent cases run in prompt-and-parse mode)."""
+        try:
+            return self.provider(self.settings.resolve_model(model)).tools
+        except LookupError:
+            return True  # reported by check_model where the item runs
 
     def _is_offline(self, resolved: str) -> bool:
         if resolved not in self._offline:
@@ -268,6 +280,9 @@ class ModelRunner:
         if problem:
             raise ModelCallError(model, problem)
         provider = self.provider(resolved)
+        if "tools" in params and not provider.tools:
+            raise ModelCallError(model, f"{resolved} has no native function calling: run its agent cases in "
+                                        "prompt-and-parse mode (agent: {mode: prompt}, or mode: auto)")
         if provider.load is not None:
             # Get ready (import litellm; load a local model's weights, once per process, ~15-20 s) before the clock
             # starts: latency is the answer's, not the load's.
@@ -294,7 +309,8 @@ class ModelRunner:
         self.budget.reserve()  # raises BudgetExhausted past --llm-max-calls / --llm-max-cost (the item is skipped)
         self.limiter.acquire(model, resolved, estimate_tokens(messages, params))
         request = Request(model=resolved, messages=messages, params=params, timeout=self.settings.timeout,
-                          api_base=api_base, stream=self.settings.stream and not provider.offline)
+                          api_base=api_base,
+                          stream=self.settings.stream and not provider.offline and "tools" not in params)
         while True:
             if attempt:
                 not_sent()  # another call (thread, worker) found the endpoint down while this one waited to retry
@@ -316,13 +332,15 @@ class ModelRunner:
         completion = Completion(
             text=reply.text, model=model, resolved_model=resolved, latency_s=latency,
             prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-            cost_usd=reply.cost_usd, ttft_s=reply.ttft_s, attempts=attempt + 1,
+            cost_usd=reply.cost_usd, ttft_s=reply.ttft_s, attempts=attempt + 1, tool_calls=reply.tool_calls,
         )
         if self.cache is not None and mode in ("on", "refresh", "semantic"):
             stored = asdict(completion)
             del stored["model"], stored["cached"], stored["semantic"]
             for name in APP_FIELDS:  # a model's answer has none: its entry stays as before targets existed
                 del stored[name]
+            if stored["tool_calls"] is None:  # nor, unless it was offered tools, tool calls
+                del stored["tool_calls"]
             self.cache.set(key, stored)
             if semantic_slot is not None:
                 partition, text, vector = semantic_slot

@@ -84,6 +84,10 @@ class CaseResult:
     app_usage: dict[str, Any] | None = None  # the application's own model calls: calls, tokens, cost, latency
     metadata: dict[str, Any] | None = None  # the application's Answer.metadata (first draw)
     transcript: dict[str, Any] | None = None  # a conversation: its turns, how it ended (first draw)
+    # agents (issue 18): the tool calls of an agent run (core.tools.Trajectory.to_dict() of the first draw, with its
+    # "mode": native | prompt | app) and the mean score of the trajectory checks over every draw (None: no such check)
+    trajectory: dict[str, Any] | None = None
+    tool_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow: the values are already plain JSON data (asdict's deep copy cost ~0.2 ms a case). The instance's

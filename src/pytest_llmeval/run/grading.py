@@ -40,11 +40,12 @@ class DrawGrader:
     retrieved: list[Any]
 
     def grade(self, answer: str, index: int, case: CaseSpec, references: Sequence[Any] = (),
-              transcript: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+              transcript: Sequence[Mapping[str, Any]] = (), trajectory: Any = None) -> dict[str, Any]:
         """Draw ``index``: every check's outcome, the draw's status and score (and, for code, what ran).
-        ``references``: what an application target answered with; ``transcript``: a conversation's turns."""
+        ``references``: what an application target answered with; ``transcript``: a conversation's turns;
+        ``trajectory``: the tool calls of an agent run (core.tools.Trajectory)."""
         checks = [(c, c.definition) for c in self.checks if c.definition is not None and c.definition.grade is not None]
-        with self.context(answer, index, case, references, transcript) as ctx:
+        with self.context(answer, index, case, references, transcript, trajectory) as ctx:
             for c, definition in checks:
                 if definition.prepare is not None:
                     definition.prepare(c.params, ctx)
@@ -81,14 +82,14 @@ class DrawGrader:
         return _draw(outcomes + graded["outcomes"], case, text)
 
     def context(self, answer: str, index: int, case: CaseSpec, references: Sequence[Any] = (),
-                transcript: Sequence[Mapping[str, Any]] = ()) -> GradeContext:
+                transcript: Sequence[Mapping[str, Any]] = (), trajectory: Any = None) -> GradeContext:
         """The grading context of one draw. Its services are built when a check first asks for them."""
         factories: dict[str, Callable[[GradeContext], Any]] = {"judge": lambda ctx: self.judge(), "vision": self._vision}
         if case.kind == "code":
             factories["code"] = self._code
         return GradeContext(answer, case, self.model, draw=index, stage=self.stage, checks=self.checks,
                             retrieved=self.retrieved, references=references, transcript=transcript,
-                            factories=factories)
+                            trajectory=trajectory, factories=factories)
 
     def _vision_env(self, image: Callable[[str | None], Any]) -> Any:
         """A VisionEnv: ``image(file)`` finds the picture, ``ask`` calls the vision model."""

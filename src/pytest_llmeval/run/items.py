@@ -30,6 +30,7 @@ from pytest_llmeval.core.errors import InfrastructureError, LLMEvalError
 from pytest_llmeval.core.memory import paused_gc
 from pytest_llmeval.providers.runner import Completion, ModelCallError
 from pytest_llmeval.results.aggregate import CaseResult
+from pytest_llmeval.run.agent import AgentCalls, tool_problems
 from pytest_llmeval.run.calls import vision_summary
 from pytest_llmeval.run.conversation import ConversationCalls
 from pytest_llmeval.run.grading import DrawGrader, decide, relative_to
@@ -43,7 +44,6 @@ from pytest_llmeval.run.targets import (
     target_problems,
 )
 
-SHOW_CHARS = 1200  # of prompt and answer in a failure report
 NO_VISION_MODEL_ID = "no-vision-model"  # the model slot of a vision calibration item when none is configured
 
 
@@ -90,6 +90,9 @@ class CaseFile(pytest.File):
             yield InvalidCaseItem.from_parent(self, name=name, errors=errors)
         for case in loaded.cases:
             if case.id in groups:
+                continue
+            if case.tools and (problems := tool_problems(state, case)):  # a tool that cannot be imported
+                yield InvalidCaseItem.from_parent(self, name=case.id, errors=problems)
                 continue
             roles = {c.definition.calls for c in case.checks if c.definition is not None}
             # A calibration suite grades the judge: its items run once per judge (or vision) model.
@@ -156,7 +159,7 @@ class InvalidCaseItem(pytest.Item):
         return self.path, (line - 1) if line else None, f"invalid: {self.name}"
 
 
-class CaseItem(ConversationCalls, pytest.Item):
+class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
     """One case run against one model (for a calibration case: one judge model).
 
     With ``--llm-repeat``/``--llm-samples`` the item draws several answers (independent cache slots), grades
@@ -265,7 +268,8 @@ class CaseItem(ConversationCalls, pytest.Item):
 
         try:
             self.completions = self.converse(state, self.draws) if self.case.is_conversation else \
-                self._answers(state) if self.target is None else self.app_answers(state, self.draws)
+                self.app_answers(state, self.draws) if self.target is not None else \
+                self.agent_answers(state, self.draws) if self.case.tools else self._answers(state)
         except BudgetExhausted as exc:
             pytest.skip(str(exc))
         self.completion = self.completions[0]
@@ -298,8 +302,8 @@ class CaseItem(ConversationCalls, pytest.Item):
         """The model calls setup will make, for the prefetcher; None when they must not be made ahead."""
         state = _session(self.config)
         if self.case.kind == "calibration" or self.case.retrieve or self.model == NO_VISION_MODEL_ID \
-                or self.case.is_conversation:  # each turn's call depends on the answers before it
-            return None
+                or self.case.is_conversation or self.case.tools and self.target is None:
+            return None  # each turn's (an agent's step's) call depends on the answers before it
         if any(c.definition and c.definition.grade is None for c in self.checks):
             return None
         if any(state.unusable.get(m) for m in [*([self.model] if self.target is None else []), *self.judge_models()]):
@@ -431,7 +435,8 @@ class CaseItem(ConversationCalls, pytest.Item):
         if case is None and index < len(self.conversations):
             return grader.grade_conversation(self.conversations[index], index, self.case)
         completion = self.completions[index] if self.target is not None and index < len(self.completions) else None
-        return grader.grade(answer, index, case or self.case, references=references_of(completion))
+        return grader.grade(answer, index, case or self.case, references=references_of(completion),
+                            trajectory=self.trajectory_of(index) if case is None else None)
 
     # ---- reporting
 
@@ -461,49 +466,9 @@ class CaseItem(ConversationCalls, pytest.Item):
         return str(super().repr_failure(excinfo))
 
     def _format_failure(self, where: str) -> str:
-        def block(text: str) -> str:
-            text = text if len(text) <= SHOW_CHARS else text[:SHOW_CHARS] + f"… [{len(text)} chars]"
-            return textwrap.indent(text or "(empty)", "    ")
+        from pytest_llmeval.run.failure import format_failure
 
-        # Show the first draw that failed (with repeats, the first one may have passed).
-        index = next((i for i, s in enumerate(self.samples) if s["status"] == "failed"), 0)
-        shown = self.samples[index] if self.samples else {}
-        answer = self.completions[index].text if self.completions else str(self.case.fields.get("answer", ""))
-        judged = " (judge)" if self.case.kind == "calibration" else ""
-        lines = [f"case {self.case.id} ({where}) failed on {self.model}{judged}"]
-        if self.case.system:
-            lines += ["  system:", block(self.case.system)]
-        lines += self.transcript_lines(index, shown.get("outcomes", self.outcomes)) if self.case.is_conversation \
-            else ["  prompt:", block(self.case.prompt), "  answer:", block(answer)]
-        if self.case.kind == "code":
-            code = shown.get("code")
-            lines += ["  extracted code:" if code else "  extracted code: none found", *([block(code)] if code else [])]
-            if shown.get("detail"):
-                lines.append(f"  detail: {shown['detail']}")
-        if len(self.samples) > 1:
-            passed = sum(1 for s in self.samples if s["status"] == "passed")
-            lines.append(f"  draws: {passed} of {len(self.samples)} passed (pass_if: {self.pass_if}); "
-                         f"draw {index}'s checks:")
-        if self.calibration:
-            cal = self.calibration
-            human = f"score {cal['human_score']:g}" if cal.get("human_score") is not None else cal["human_verdict"]
-            if cal.get("judge_score") is None:  # a labelled image
-                lines.append(f"  calibration: asked {cal.get('question')!r} about {cal.get('image')}, the vision "
-                             f"pipeline said {cal['judge_verdict']}, the human label is {cal['human_verdict']}"
-                             + (f" (pre-check: {cal['precheck']})" if cal.get("precheck") else ""))
-            else:
-                lines.append(f"  calibration: the judge said {cal['judge_score']:g}/10 ({cal['judge_verdict']}), "
-                             f"the human label is {human} (tolerance {cal['tolerance']:g})")
-        if self.robustness is not None:
-            from pytest_llmeval.robustness.runner import failure_lines
-
-            lines += failure_lines(self.robustness)
-        lines.append("  checks:")
-        for o in shown.get("outcomes", self.outcomes):
-            mark = "ok  " if o.passed else "??  " if o.unscored else "FAIL"
-            score = "unscored" if o.score is None else f"score {o.score:.2f}"
-            lines.append(f"    {mark} {o.name} ({score})" + (f": {o.reason}" if o.reason else ""))
-        return "\n".join(lines)
+        return format_failure(self, where)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         line = self.case.line
@@ -559,7 +524,7 @@ class CaseItem(ConversationCalls, pytest.Item):
                  "detail": s.get("detail"), "answer": self.completions[i].text[:2000] if self.completions else None,
                  "cached": self.completions[i].cached if self.completions else None,
                  "checks": [o.to_dict() for o in s["outcomes"]], "artifacts": s.get("artifacts") or {},
-                 **({"vision": s["vision"]} if s.get("vision") else {})}
+                 **({"vision": s["vision"]} if s.get("vision") else {}), **self.sample_trajectory(i)}
                 for i, s in enumerate(self.samples)]
         if self.case.kind == "code" and (graded or outcome == "skipped" and self.samples):
             extra.update(code=first.get("code"), detail=first.get("detail"), sandbox=first.get("sandbox"),
@@ -577,6 +542,7 @@ class CaseItem(ConversationCalls, pytest.Item):
         if self.target is not None:
             extra.update(app_fields(self))
         extra.update(self.conversation_fields())
+        extra.update(self.agent_fields())
         calls = self.completions or ([c] if c else [])
         answer = c.text if c else (str(self.case.fields.get("answer")) if self.case.kind == "calibration" else None)
         return CaseResult(

@@ -63,6 +63,7 @@ class RunState:
         self._sandbox: Any = None
         self._sandbox_error: Exception | None = None
         self._indexes: dict[tuple[Any, ...], Any] = {}
+        self.tool_defs: dict[Any, Any] = {}  # an agent suite's tools, made once (run/agent.py)
         from pytest_llmeval.robustness import context
 
         context.HYPOTHESIS_DIR[:] = [self.hypothesis_dir]  # where llm_settings' database goes (read at first use)

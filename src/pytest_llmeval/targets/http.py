@@ -90,6 +90,7 @@ class HttpParams(TargetParams):
     context: str | None = None
     usage: str | None = None
     metadata: str | None = None
+    tool_calls: str | None = None  # the path of the tool calls its agent made (a list, or {steps: [...]})
     timeout_s: float = Field(60.0, gt=0)
     serve: ServeParams | None = None
 
@@ -426,6 +427,12 @@ class HttpTarget(Target):
                 if metadata is not None and not isinstance(metadata, Mapping):
                     raise ValueError(f"metadata must be an object, got a {type(metadata).__name__}")
                 answer.metadata = dict(metadata or {})
+            if p.tool_calls is not None:
+                calls = get("tool_calls", p.tool_calls)
+                if calls is not None:
+                    from pytest_llmeval.core.tools import Trajectory
+
+                    answer.tool_calls = Trajectory.coerce(calls, answer.text)
         except (TypeError, ValueError) as exc:
             raise TargetError(f"{self.name}: cannot read the reply: {exc}: {_excerpt(text)}", details) from None
         return answer
@@ -458,7 +465,7 @@ def check(params: HttpParams, env: TargetEnv) -> list[tuple[str, str]]:
                 _check_template(text)
             except ValueError as exc:
                 problems.append((field, f"malformed template {text!r}: {exc}"))
-    for field in ("answer", "references", "context", "usage", "metadata"):
+    for field in ("answer", "references", "context", "usage", "metadata", "tool_calls"):
         path = getattr(params, field)
         if path is not None:
             try:
@@ -493,5 +500,5 @@ def check(params: HttpParams, env: TargetEnv) -> list[tuple[str, str]]:
 KIND = TargetKind(
     "http", HttpParams, build, shorthand="url", describe=describe, check=check,
     doc="an HTTP service: url, method, json/query templates over the case's fields, headers (${ENV}), paths to "
-        "answer/references/context/usage/metadata in the JSON reply; serve: {command, ready} starts it on {port}",
+        "answer/references/context/usage/metadata/tool_calls in the JSON reply; serve: {command, ready} starts it on {port}",
 )

@@ -267,6 +267,7 @@ class TargetRunner:
             prompt_tokens=spent.prompt_tokens, completion_tokens=spent.completion_tokens, cost_usd=spent.cost_usd,
             references=[r.to_dict(n) for n, r in enumerate(answer.references, start=1)], context=answer.context,
             metadata=answer.metadata or None, target=name,
+            trajectory={"mode": "app", **answer.tool_calls.to_dict()} if answer.tool_calls is not None else None,
             app_usage=spent.to_dict() if target.measures_usage or answer.usage is not None else None)
 
     def close(self) -> None:

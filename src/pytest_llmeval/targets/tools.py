@@ -298,7 +298,7 @@ class ToolRuntime:
         not JSON or fail the tool's schema); None when it may run."""
         tool = self.tools.get(call.name)
         if tool is None:
-            return f"unknown tool {call.name!r}; available: {', '.join(self.tools) or 'none'}"
+            return f"unknown tool {call.name!r}; available tools: {', '.join(self.tools) or 'none'}"
         if call.raw_arguments is not None:
             return f"invalid arguments for {call.name}: not a JSON object: {call.raw_arguments[:200]}"
         from jsonschema.exceptions import best_match
@@ -307,7 +307,8 @@ class ToolRuntime:
         if error is None:
             return None
         where = "/".join(map(str, error.absolute_path))
-        return f"invalid arguments for {call.name}: {error.message}" + (f" (at {where})" if where else "")
+        return f"arguments do not match the schema of {call.name}: {error.message}" + (f" (at {where})" if where
+                                                                                        else "")
 
     def execute(self, call: ToolCall) -> tuple[Any, str | None]:
         """(result, None), or (None, the error fed back to the model): validation first, then the first canned

@@ -1,0 +1,250 @@
+"""Agent cases (``tools:``) in whole sessions: real litellm function calling against the scripted server's real
+``tool_calls`` payloads, the tools run (Python functions, canned results), trajectories graded, reported and cached
+per step; the offline provider's prompt-and-parse mode; application targets whose answers carry tool calls."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from helpers.llm_server import ToolReply
+
+from conftest import Project
+
+TOOLS_PY = '''\
+CALLS = []
+
+
+def calculator(expression: str) -> float:
+    """Evaluate an arithmetic expression.
+
+    Args:
+        expression: digits and + - * / ( ), e.g. "17 * 23".
+    """
+    CALLS.append(expression)
+    allowed = set("0123456789+-*/(). ")
+    if not set(expression) <= allowed:
+        raise ValueError(f"not arithmetic: {expression!r}")
+    return eval(expression)  # the test's own tool: only digits and operators reach it
+'''
+
+SUITE = """\
+suite: assistant
+system: Use the tools.
+tools:
+  - python: mytools:calculator
+  - type: function
+    function:
+      name: book_meeting
+      description: Book a meeting room.
+      parameters:
+        type: object
+        properties: {room: {type: string}, confirmed: {type: boolean}}
+        required: [room]
+returns:
+  book_meeting:
+    - when: {room: /^blue/i}
+      result: {booked: true, room: blue}
+    - default: {booked: false}
+agent: {max_steps: 4}
+cases:
+  - id: multiply
+    prompt: What is 17 * 23?
+    expect:
+      - tool_called: {name: calculator, arguments: {expression: "17 * 23"}}
+      - contains: "391"
+  - id: no-booking
+    prompt: Book the blue room for me.
+    expect:
+      - tool_not_called: book_meeting
+"""
+
+
+def script_assistant(project: Project, *, books: bool) -> None:
+    server = project.server
+    server.answer("17 * 23", "17 * 23 is 391.", after_tool="391")
+    server.tool_call("17 * 23", "calculator", {"expression": "17 * 23"})
+    server.answer("Book the blue room", "Booked.", after_tool="booked")
+    if books:
+        server.tool_call("Book the blue room", "book_meeting", {"room": "blue"})
+    else:
+        server.answer("Book the blue room", "Shall I book it? Please confirm.")
+
+
+def write_assistant(project: Project) -> None:
+    project.write("mytools.py", TOOLS_PY)
+    project.write("cases/assistant.yaml", SUITE)
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_agent_cases_run_tools_and_grade_the_trajectory(project: Project, workers: str | None) -> None:
+    write_assistant(project)
+    script_assistant(project, books=True)
+    result = project.run(*(["-n", workers] if workers else []))
+    result.assert_outcomes(passed=1, failed=1)
+    doc = project.results()
+    cases = {c["case_id"]: c for c in doc["cases"]}
+    multiply = cases["multiply"]
+    assert multiply["outcome"] == "passed" and multiply["answer"] == "17 * 23 is 391."
+    steps = multiply["trajectory"]["steps"]
+    assert multiply["trajectory"]["mode"] == "native" and multiply["trajectory"]["ended"] == "answer"
+    assert [(s["name"], s["arguments"], s["result"]) for s in steps] == [("calculator", {"expression": "17 * 23"},
+                                                                          391)]
+    assert multiply["tool_accuracy"] == 1.0
+    assert multiply["prompt_tokens"] and multiply["calls"] == 1
+    booking = cases["no-booking"]
+    assert booking["outcome"] == "failed" and booking["tool_accuracy"] == 0.0
+    assert booking["trajectory"]["steps"][0]["result"] == {"booked": True, "room": "blue"}  # the canned result
+    # the failure report shows what the agent did, step by step
+    out = result.stdout.str()
+    assert "tool calls (native, 1 step(s), ended: answer):" in out
+    assert '1. book_meeting(room="blue") -> {"booked": true, "room": "blue"}' in out
+    # the model was offered the tools in OpenAI's format, and got the tool's result back
+    first = next(r for r in project.server.requests if "17 * 23" in json.dumps(r["messages"]))
+    assert {t["function"]["name"] for t in first["tools"]} == {"calculator", "book_meeting"}
+    calc = next(t for t in first["tools"] if t["function"]["name"] == "calculator")["function"]
+    assert calc["parameters"]["properties"]["expression"]["type"] == "string"
+    assert "digits and" in calc["parameters"]["properties"]["expression"]["description"]
+    fed = [m for r in project.server.requests for m in r["messages"] if m.get("role") == "tool"]
+    assert any(m["content"] == "391" for m in fed)
+
+
+def test_rerun_replays_every_step_from_the_cache(project: Project) -> None:
+    write_assistant(project)
+    script_assistant(project, books=False)
+    project.run().assert_outcomes(passed=2)
+    sent = len(project.server.requests)
+    assert sent == 3  # multiply: the call, then the answer; no-booking: one answer
+    again = project.run()
+    again.assert_outcomes(passed=2)
+    assert len(project.server.requests) == sent  # no model call: each step came from the cache
+    doc = project.results()
+    assert all(c["cached"] for c in doc["cases"])
+    assert doc["cases"][0]["trajectory"]["steps"][0]["result"] == 391  # the tool ran again, the model did not
+
+
+def test_bad_calls_are_fed_back_as_errors(project: Project) -> None:
+    write_assistant(project)
+    server = project.server
+    server.answer("17 * 23", "Sorry, I could not compute it.", after_tool="do not match the schema")
+    server.sequence("17 * 23", [ToolReply.call("calculate", {"expression": "17 * 23"}),
+                                ToolReply.call("calculator", {"expr": "17 * 23"})])
+    server.answer("Book the blue room", "Please confirm.")
+    project.run().assert_outcomes(passed=1, failed=1)
+    steps = project.results()["cases"][0]["trajectory"]["steps"]
+    assert [s["name"] for s in steps] == ["calculate", "calculator"]
+    assert "unknown tool 'calculate'" in steps[0]["error"] and "calculator" in steps[0]["error"]
+    assert "arguments do not match the schema of calculator" in steps[1]["error"]
+    fed = [m["content"] for r in server.requests for m in r["messages"] if m.get("role") == "tool"]
+    assert any(c.startswith("Error: unknown tool") for c in fed)
+
+
+def test_max_steps_stops_a_loop(project: Project) -> None:
+    write_assistant(project)
+    project.server.tool_call("17 * 23", "calculator", {"expression": "17 * 23"})  # forever
+    project.server.answer("Book the blue room", "Please confirm.")
+    project.write("cases/assistant.yaml", SUITE.replace("  - id: multiply\n", "  - id: multiply\n"
+                                                        "    agent: {max_steps: 2}\n"))
+    project.run().assert_outcomes(passed=1, failed=1)
+    multiply = project.results()["cases"][0]
+    assert multiply["trajectory"]["ended"] == "max_steps" and len(multiply["trajectory"]["steps"]) == 2
+
+
+def test_provider_error_mid_loop_is_an_error_outcome(project: Project) -> None:
+    write_assistant(project)
+    server = project.server
+    server.fail("17 * 23", status=400, message="bad request")
+    server.answer("Book the blue room", "Please confirm.")
+    project.run().assert_outcomes(passed=1, errors=1)
+
+
+BAD_TOOLS = {  # the suite's head, where the error is (line: field), what it says
+    "unimportable": ("tools:\n  - python: nowhere_module:fn\n", "2: tools", "tool 'fn': cannot import nowhere_module:fn"),
+    "schema": ("tools:\n  - name: t\n    parameters: {type: object, properties: {a: {type: 12}}}\n",
+               "3: tools[0].parameters.properties.a.type", "not a valid JSON Schema: 12 is not valid"),
+    "unlisted": ("tools:\n  - name: t\nreturns:\n  other: 1\n", "4: returns.other",
+                 "canned results for tool 'other', which is not listed in tools (listed: t)"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_TOOLS))
+def test_bad_tools_are_errors_at_their_line_and_other_suites_run(project: Project, bad: str) -> None:
+    head, where, message = BAD_TOOLS[bad]
+    project.write("cases/broken.yaml", head + "cases:\n  - id: a\n    prompt: hi\n    expect: [{contains: x}]\n")
+    project.write("cases/fine.yaml", "cases:\n  - id: ok\n    prompt: capital of France?\n"
+                                     "    expect: [{contains: Paris}]\n")
+    project.server.answer("capital of France", "Paris.")
+    result = project.run()
+    result.assert_outcomes(passed=1, errors=1)
+    assert f"cases/broken.yaml:{where}: {message}" in result.stdout.str()
+
+
+def test_offline_provider_runs_in_prompt_mode(project: Project) -> None:
+    """A provider without function calling (a conftest's, as ``local/`` is) gets the tools in the prompt and a
+    JSON call parsed from its answer."""
+    project.write("conftest.py", '''
+from pytest_llmeval import Provider
+
+def answer(request):
+    last = request.messages[-1]["content"]
+    if last.startswith("Tool result for calculator:"):
+        return "It is " + last.split(":", 1)[1].strip() + "."
+    assert "You can use these tools" in request.messages[0]["content"]
+    return '{"tool": "calculator", "arguments": {"expression": "2 + 2"}}'
+
+def pytest_llmeval_register_providers(register):
+    register(Provider(prefix="toy/", complete=answer, offline=True, tools=False))
+''')
+    project.write("mytools.py", TOOLS_PY)
+    project.write("cases/toy.yaml", "tools:\n  - python: mytools:calculator\ncases:\n  - id: add\n"
+                                    "    prompt: What is 2 + 2?\n    expect:\n      - tool_called: calculator\n"
+                                    "      - contains: '4'\n")
+    project.run(model="toy/model").assert_outcomes(passed=1)
+    case = project.results()["cases"][0]
+    assert case["trajectory"]["mode"] == "prompt" and case["answer"] == "It is 4."
+    assert case["trajectory"]["steps"][0]["result"] == 4
+
+
+APP = '''\
+from pytest_llmeval import Answer
+
+def answer(request):
+    if "delete" in request.prompt:
+        return Answer("Deleted.", tool_calls=[{"name": "delete_account", "arguments": {"user": "bob"},
+                                               "result": {"ok": True}}])
+    return Answer("The weather is sunny.", tool_calls=[{"function": {"name": "weather",
+                                                                   "arguments": '{"city": "Paris"}'}}])
+'''
+
+
+def test_application_answers_carry_their_tool_calls(project: Project) -> None:
+    project.write("app.py", APP)
+    project.write("cases/app.yaml", """\
+target: {python: app:answer}
+cases:
+  - id: weather
+    prompt: weather in Paris?
+    expect: [{tool_called: {name: weather, arguments: {city: Paris}}}]
+  - id: delete
+    prompt: please delete my account
+    expect: [{tool_not_called: delete_account}]
+""")
+    result = project.run()
+    result.assert_outcomes(passed=1, failed=1)
+    cases = {c["case_id"]: c for c in project.results()["cases"]}
+    assert cases["weather"]["trajectory"]["mode"] == "app"
+    assert cases["weather"]["trajectory"]["steps"][0]["arguments"] == {"city": "Paris"}
+    assert "delete_account" in result.stdout.str() and "tool calls (app, 1 step(s)" in result.stdout.str()
+
+
+def test_a_trajectory_check_needs_tools_or_an_app(project: Project) -> None:
+    project.write("cases/a.yaml", "cases:\n  - id: a\n    prompt: hi\n    expect: [{tool_called: search}]\n")
+    result = project.run()
+    result.assert_outcomes(errors=1)
+    assert "a.yaml:4: cases[0].expect[0].tool_called: the tool_called check grades an agent's tool calls" \
+        in result.stdout.str()
+
+
+def results_of(doc: dict[str, Any], case_id: str) -> dict[str, Any]:
+    return next(c for c in doc["cases"] if c["case_id"] == case_id)
