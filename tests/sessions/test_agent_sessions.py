@@ -248,3 +248,33 @@ def test_a_trajectory_check_needs_tools_or_an_app(project: Project) -> None:
 
 def results_of(doc: dict[str, Any], case_id: str) -> dict[str, Any]:
     return next(c for c in doc["cases"] if c["case_id"] == case_id)
+
+
+def test_run_python_runs_the_models_program_in_the_sandbox(project: Project, monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The built-in run_python tool: the program the model wrote runs in the real bwrap sandbox, without the
+    run's secrets nor the project's files."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-123")
+    project.write("secret.txt", "top secret")
+    project.write("cases/code.yaml", """\
+tools:
+  - builtin: run_python
+limits: {timeout_s: 20}
+cases:
+  - id: power
+    prompt: What is 2 to the 10th?
+    expect:
+      - tool_called: run_python
+      - contains: "1024"
+""")
+    program = ("import os, pathlib\nprint(2 ** 10)\nprint(os.environ.get('OPENAI_API_KEY'))\n"
+               f"print(pathlib.Path({str(project.pytester.path / 'secret.txt')!r}).exists())\n")
+    project.server.answer("2 to the 10th", "It is 1024.", after_tool="1024")
+    project.server.tool_call("2 to the 10th", "run_python", {"code": program})
+    project.run().assert_outcomes(passed=1)
+    case = project.results()["cases"][0]
+    result = case["trajectory"]["steps"][0]["result"]
+    assert result["exit_code"] == 0 and result["stdout"].split() == ["1024", "None", "False"]
+    offered = project.server.requests[0]["tools"][0]["function"]
+    assert offered["name"] == "run_python" and offered["parameters"]["required"] == ["code"]
+    assert "sk-secret-value-123" not in json.dumps(project.results())

@@ -58,10 +58,11 @@ class ToolSpec:
     description: str | None = None
     parameters: Mapping[str, Any] | None = None
     line: int | None = field(default=None, compare=False)  # where the case file lists it
+    builtin: str | None = None  # a tool the plugin provides (BUILTIN_TOOLS), bound where the case runs
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
-        for key in ("python", "description", "parameters"):
+        for key in ("python", "builtin", "description", "parameters"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = dict(value) if isinstance(value, Mapping) else value
@@ -120,6 +121,20 @@ class _Named(BaseModel):
         if v is not None and not _NAME.match(v):
             raise ValueError("a tool name is 1-64 letters, digits, '_' or '-'")
         return v
+
+
+# The tools the plugin provides: ``{builtin: run_python}`` runs the program the model wrote in the run's sandbox
+# (run/agent.py binds it), under the suite's ``limits:``.
+BUILTIN_TOOLS = ("run_python",)
+
+
+class BuiltinToolModel(_Named):
+    """``{builtin: run_python, name?, description?}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    builtin: Literal["run_python"]
+    name: str | None = None
+    description: str | None = None
 
 
 class PythonToolModel(_Named):
@@ -185,6 +200,9 @@ def _one_tool(item: Any, loc: Loc) -> tuple[ToolSpec | None, list[tuple[Loc, str
         return None, [(loc, 'expected {python: "module:function"} or a function schema {type: function, function: '
                             f"{{name, description, parameters}}}} (got {type(item).__name__} {item!r})")]
     try:
+        if "builtin" in item:
+            built = BuiltinToolModel.model_validate(item)
+            return ToolSpec(built.name or built.builtin, None, built.description, builtin=built.builtin), []
         if "python" in item:
             model = PythonToolModel.model_validate(item)
             default = model.python.rpartition(":")[2].rpartition(".")[2]
@@ -196,7 +214,7 @@ def _one_tool(item: Any, loc: Loc) -> tuple[ToolSpec | None, list[tuple[Loc, str
             function = FunctionModel.model_validate(item)
             where = loc
     except ValidationError as exc:
-        chosen: type[BaseModel] = PythonToolModel if "python" in item else \
+        chosen: type[BaseModel] = BuiltinToolModel if "builtin" in item else PythonToolModel if "python" in item else \
             OpenAIToolModel if "type" in item or "function" in item else FunctionModel
         return None, _pydantic_errors(exc, loc, chosen)
     problems = _schema_problems(function.parameters, where + ("parameters",))

@@ -39,17 +39,42 @@ def tool_defs(state: RunState, case: CaseSpec) -> list[ToolDef]:
     :func:`tool_problems`)."""
     from pytest_llmeval.targets.tools import load_tools
 
-    key = (case.path.parent, tuple((t.name, t.python, t.description, repr(t.parameters)) for t in case.tools))
+    key = (case.path.parent, tuple((t.name, t.python, t.builtin, t.description, repr(t.parameters))
+                                   for t in case.tools), tuple(sorted(case.limits.items())))
     cache: dict[Any, Any] = state.tool_defs
     if key not in cache:
         try:
-            cache[key] = load_tools(case.tools, [Path(state.config.rootpath), case.path.parent])
+            cache[key] = load_tools(case.tools, [Path(state.config.rootpath), case.path.parent],
+                                    builtins=builtin_tools(state, case.limits))
         except Exception as exc:  # ToolLoadError; kept, so that every case of the suite reports it the same way
             cache[key] = exc
     found = cache[key]
     if isinstance(found, Exception):
         raise found
     return list(found)
+
+
+def builtin_tools(state: RunState, limits: dict[str, Any]) -> dict[str, Any]:
+    """The functions of the built-in tools (cases/tools.py BUILTIN_TOOLS), bound to this run: ``run_python`` runs
+    the model's program in the run's sandbox under the suite's ``limits``."""
+
+    def run_python(code: str) -> dict[str, Any]:
+        """Run a Python program in an isolated sandbox (no network, no access to the host's files) and return its
+        exit code, standard output and standard error.
+
+        Args:
+            code: the whole program, as a file; print what you want to see.
+        """
+        from pytest_llmeval.sandbox.isolation import Limits
+
+        result = state.get_sandbox().run_python(code, limits=Limits(**limits))
+        out: dict[str, Any] = {"exit_code": result.exit_code, "stdout": result.stdout[-4000:],
+                               "stderr": result.stderr[-2000:]}
+        if result.reason:
+            out["error"] = result.reason
+        return out
+
+    return {"run_python": run_python}
 
 
 def tool_problems(state: RunState, case: CaseSpec) -> list[CaseError]:
@@ -84,6 +109,8 @@ class AgentCalls:
         case = self.case
         options = dict(case.agent or {})
         tools = tool_defs(state, case)
+        if any(t.builtin == "run_python" for t in case.tools):
+            state.get_sandbox()  # no isolation on this machine: an error before any model call
         runtime = ToolRuntime(tools, case.returns)
         mode = options.get("mode") or "auto"
         if mode == "auto":

@@ -208,12 +208,21 @@ def tool_from_function(fn: Callable[..., Any], name: str | None = None, descript
                    f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', tool_name)}", model)
 
 
-def load_tools(specs: Sequence[ToolSpec], paths: Sequence[Path] = ()) -> list[ToolDef]:
+def load_tools(specs: Sequence[ToolSpec], paths: Sequence[Path] = (),
+               builtins: Mapping[str, Callable[..., Any]] | None = None) -> list[ToolDef]:
     """The ToolDefs of a case file's tools: ``module:function`` imported with ``paths`` first on sys.path (the
-    rootdir, the suite's folder). ToolLoadError naming every tool that cannot be imported or described."""
+    rootdir, the suite's folder); a ``builtin`` tool is the function of that name in ``builtins``. ToolLoadError
+    naming every tool that cannot be imported or described."""
     tools: list[ToolDef] = []
     problems: list[tuple[str, str]] = []
     for spec in specs:
+        if spec.builtin is not None:
+            function = (builtins or {}).get(spec.builtin)
+            if function is None:
+                problems.append((spec.name, f"the built-in tool {spec.builtin} is not available here"))
+            else:
+                tools.append(tool_from_function(function, spec.name, spec.description))
+            continue
         if spec.python is None:
             tools.append(ToolDef(spec.name, spec.description or "",
                                  dict(spec.parameters or {"type": "object", "properties": {}})))
