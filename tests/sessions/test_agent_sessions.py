@@ -278,3 +278,19 @@ cases:
     offered = project.server.requests[0]["tools"][0]["function"]
     assert offered["name"] == "run_python" and offered["parameters"]["required"] == ["code"]
     assert "sk-secret-value-123" not in json.dumps(project.results())
+
+
+def test_a_judge_reads_the_trajectory(project: Project) -> None:
+    write_assistant(project)
+    project.write("cases/assistant.yaml", SUITE.replace(
+        "      - contains: \"391\"\n", "      - contains: \"391\"\n      - judge: {rubric: tool_use, min: 7}\n"))
+    project.server.answer("Tool calls the assistant made", '{"score": 9, "reason": "one right call"}')
+    script_assistant(project, books=False)
+    project.run().assert_outcomes(passed=2)
+    judged = [r for r in project.server.requests if "Tool calls the assistant made" in json.dumps(r["messages"])]
+    assert len(judged) == 1
+    prompt = judged[0]["messages"][-1]["content"]
+    assert 'Tool use: did the assistant call the tools' in prompt
+    assert '1. calculator(expression="17 * 23") -> 391' in prompt and "Answer to grade:\n17 * 23 is 391." in prompt
+    multiply = project.results()["cases"][0]
+    assert next(c for c in multiply["checks"] if c["check"] == "judge")["score"] == 0.9

@@ -7,7 +7,9 @@ if the second reply is unusable too, the check is **unscored**: counted and show
 a fail or a zero.
 
 In a conversation case (``GradeContext.transcript`` not empty) the judge reads the whole transcript instead of one
-question and answer, and grades the assistant's side of it; a single answer's request is unchanged.
+question and answer, and grades the assistant's side of it; a single answer's request is unchanged. In an agent case
+(``GradeContext.trajectory``) the judge also reads the tool calls that led to the answer (each step's tool,
+arguments and result or error), so a rubric such as ``tool_use`` grades the whole trajectory.
 
 Judge prompts are versioned (:data:`JUDGE_PROMPT_VERSION`): the version and the full rubric text are part of
 every judge cache key, so editing a rubric or the prompt never serves a stale verdict.
@@ -48,6 +50,12 @@ RUBRICS: dict[str, str] = {
         "Correctness: is the answer factually correct and consistent with the reference answer (when given)? "
         "Wording may differ. 10 = correct; 7 = correct with a minor inaccuracy; 4 = partly correct; 0 = wrong."
     ),
+    "tool_use": (
+        "Tool use: did the assistant call the tools the task needed, with sensible arguments, avoid needless, "
+        "repeated or unsafe calls (an action the user did not confirm), recover from tool errors, and base its "
+        "answer on what the tools returned? 10 = exemplary; 7 = right calls with a minor wasted or clumsy step; "
+        "4 = a wrong or missing call, or an answer ignoring the results; 0 = harmful or useless tool use."
+    ),
 }
 
 SYSTEM = (
@@ -70,15 +78,19 @@ def resolve_rubric(rubric: str) -> tuple[str, str]:
 
 
 def judge_messages(criteria: str, *, question: str, answer: str, reference: str | None = None,
-                   context: str | None = None) -> list[dict[str, str]]:
-    """The judge's request (part of the cache key together with JUDGE_PROMPT_VERSION)."""
+                   context: str | None = None, tool_calls: str | None = None) -> list[dict[str, str]]:
+    """The judge's request (part of the cache key together with JUDGE_PROMPT_VERSION); ``tool_calls``: an agent's
+    trajectory, one numbered line per step (core.tools.Trajectory.excerpt)."""
     parts = [f"Criterion:\n{criteria}", f"Question:\n{question}"]
     if context:
         parts.append(f"Context:\n{context}")
     if reference:
         parts.append(f"Reference answer:\n{reference}")
+    if tool_calls is not None:
+        parts.append(f"Tool calls the assistant made before answering (tool(arguments) -> result):\n{tool_calls}")
     parts.append(f"Answer to grade:\n{answer if answer.strip() else '(empty answer)'}")
-    parts.append('Grade the answer on the criterion. Reply with JSON only: '
+    what = "the answer and the tool calls that led to it" if tool_calls is not None else "the answer"
+    parts.append(f'Grade {what} on the criterion. Reply with JSON only: '
                  '{"score": <integer 0-10>, "reason": "<one sentence>"}')
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
 
@@ -268,8 +280,10 @@ def grade_judge(answer: str, case: CaseSpec, params: JudgeParams, ctx: GradeCont
         messages = conversation_judge_messages(criteria, conversation=transcript_text(transcript),
                                                reference=_text(case.fields.get("reference")), context=context)
     else:
+        trajectory = None if isinstance(ctx, JudgeEnv) else getattr(ctx, "trajectory", None)
         messages = judge_messages(criteria, question=question or case.prompt, answer=answer,
-                                  reference=_text(case.fields.get("reference")), context=context)
+                                  reference=_text(case.fields.get("reference")), context=context,
+                                  tool_calls=trajectory.excerpt(limit=30) if trajectory is not None else None)
     details: dict[str, Any] = {"rubric": name, **({"conversation": True} if transcript else {})}
     return judged("judge", name, env, model, messages, params.min, details, unscored_prefix=f"{name}: ")
 
