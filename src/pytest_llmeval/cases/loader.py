@@ -285,6 +285,9 @@ class _Loader:
             where = loc + ("robustness", "perturb") if model.robustness else ("robustness", "perturb")
             if robust is not None and "reorder_choices" in robust.perturb and kind != "choice":
                 problems.append((where, f"reorder_choices applies to choice cases, not {kind!r}"))
+            if robust is not None and agent.tools:
+                problems.append((where, "robustness does not apply to agent cases (tools) yet: give them a suite of "
+                                        "their own"))
             if robust is not None and kind == "calibration":
                 problems.append((where, "calibration cases grade a judge, not a model: robustness does not apply"))
 

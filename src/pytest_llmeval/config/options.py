@@ -326,9 +326,9 @@ OPTIONS: tuple[Option, ...] = (
         "gate", flag="--llm-gate", metavar="RULE", repeat=True, ini="llmeval_gate", linelist=True,
         parse=parsers.gate_rules, combine=True, message="Invalid {label}: {problem} (from {source}).",
         see="[gate options](gate.md#gate-options)",
-        help="A gate rule (repeatable): `pass_rate:-5%`, `score:-0.05`, `pass_rate>=0.8`, `latency_p95<=2.5`, "
-        "`latency_p50<=1`, `cost<=1.00`, `errors<=10%`, or `suite:rule` for one suite. The rules of the command "
-        "line and of the ini add up.",
+        help="A gate rule (repeatable): `pass_rate:-5%`, `score:-0.05`, `tool_accuracy:-0.05`, `pass_rate>=0.8`, "
+        "`latency_p95<=2.5`, `latency_p50<=1`, `cost<=1.00`, `errors<=10%`, `tool_accuracy>=0.9`, `mean_steps<=3`, "
+        "or `suite:rule` for one suite. The rules of the command line and of the ini add up.",
     ),
     Option(
         "gate_alpha", flag="--llm-gate-alpha", metavar="ALPHA", env="LLMEVAL_GATE_ALPHA", ini="llmeval_gate_alpha",
