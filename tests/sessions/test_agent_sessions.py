@@ -294,3 +294,14 @@ def test_a_judge_reads_the_trajectory(project: Project) -> None:
     assert '1. calculator(expression="17 * 23") -> 391' in prompt and "Answer to grade:\n17 * 23 is 391." in prompt
     multiply = project.results()["cases"][0]
     assert next(c for c in multiply["checks"] if c["check"] == "judge")["score"] == 0.9
+
+
+def test_repeats_run_one_agent_loop_per_draw(project: Project) -> None:
+    write_assistant(project)
+    script_assistant(project, books=False)
+    project.run("--llm-repeat=2").assert_outcomes(passed=2)
+    multiply = results_of(project.results(), "multiply")
+    assert [len(s["trajectory"]["steps"]) for s in multiply["samples"]] == [1, 1]
+    assert multiply["tool_accuracy"] == 1.0 and multiply["calls"] == 2
+    # each draw has its own cache slot: 2 draws x 2 steps for multiply, 2 x 1 for no-booking
+    assert len(project.server.requests) == 6

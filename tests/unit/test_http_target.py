@@ -289,3 +289,22 @@ def test_eight_threads_share_one_service(make: Any, tmp_path: Path) -> None:
     assert [a.text for a in answers] == [f"echo: {q}" for q in questions]
     assert len({a.metadata["pid"] for a in answers}) == 1
     assert len(starts.read_text().splitlines()) == 1
+
+
+def test_tool_calls_path_carries_the_services_trajectory(make: Any, base: str) -> None:
+    calls = [{"name": "search", "arguments": {"q": "radius"}, "result": ["docs/sphere.md"]},
+             {"function": {"name": "book", "arguments": '{{"room": "blue"}}'},  # {{ }}: literal braces
+              "error": "not confirmed"}]
+    target = make(url=f"{base}/ask", answer="data.answer", json={"question": "{question}", "calls": calls},
+                  tool_calls="received.calls")
+    answer = target.answer(req())
+    trajectory = answer.tool_calls
+    assert trajectory.names() == ["search", "book"] and trajectory.final == answer.text
+    assert trajectory.steps[0].result == ["docs/sphere.md"]
+    assert trajectory.steps[1].call.arguments == {"room": "blue"} and trajectory.steps[1].error == "not confirmed"
+    # a null at the path: no trajectory; a value that is not a list of calls: an error naming the reply
+    assert make(url=f"{base}/ask", answer="data.answer", tool_calls="data.none").answer(req()).tool_calls is None
+    bad = make(url=f"{base}/ask", answer="data.answer", json={"calls": [{"arguments": {}}]},
+               tool_calls="received.calls")
+    with pytest.raises(TargetError, match="cannot read the reply: tool call 1: a tool call needs a name"):
+        bad.answer(req())
