@@ -454,9 +454,11 @@ def test_repository_examples_same_aggregates_with_n4(project: Project) -> None:
     import shutil
 
     # The suites only (and the flywheel's spec files, which collection must skip): not the hand-written example, nor
-    # the docs bot's suites (an application beside the checkout: tests/sessions/test_docs_bot_example.py runs them).
+    # the docs bot's suites (an application beside the checkout: tests/sessions/test_docs_bot_example.py runs them),
+    # nor the assistant's offline suite (its tools live in examples/assistant: test_assistant_realmodel.py runs it).
     shutil.copytree(Path(__file__).parents[2] / "cases", project.pytester.path / "cases",
-                    ignore=shutil.ignore_patterns("test_*.py", "docs_bot_app.yaml", "docs_bot_chat.yaml"))
+                    ignore=shutil.ignore_patterns("test_*.py", "docs_bot_app.yaml", "docs_bot_chat.yaml",
+                                                  "assistant_offline.yaml"))
     server = project.server
     server.answer("Answer to grade", '{"score": 8, "reason": "Good."}')  # judge requests (self-judging)
     for question, reply in [("background colour of a scene", "Call Scene.background with an (r, g, b) tuple [3]."),
