@@ -160,7 +160,8 @@ def test_provider_error_mid_loop_is_an_error_outcome(project: Project) -> None:
 
 
 BAD_TOOLS = {  # the suite's head, where the error is (line: field), what it says
-    "unimportable": ("tools:\n  - python: nowhere_module:fn\n", "2: tools", "tool 'fn': cannot import nowhere_module:fn"),
+    "unimportable": ("tools:\n  - python: nowhere_module:fn\n", "2: tools[0].python",
+                     "tool 'fn': cannot import nowhere_module:fn"),
     "schema": ("tools:\n  - name: t\n    parameters: {type: object, properties: {a: {type: 12}}}\n",
                "3: tools[0].parameters.properties.a.type", "not a valid JSON Schema: 12 is not valid"),
     "unlisted": ("tools:\n  - name: t\nreturns:\n  other: 1\n", "4: returns.other",

@@ -314,7 +314,7 @@ cases:
   - id: a
     prompt: What is 2 + 2?
     expect: [{contains: "4"}]
-""", r"cases/bad_import\.yaml:4: tools(\[1\])?: tool 'search': cannot import no_such_module_xyz:search: "
+""", r"cases/bad_import\.yaml:4: tools\[1\]\.python: tool 'search': cannot import no_such_module_xyz:search: "
      r"ModuleNotFoundError"),
     "cases/bad_schema.yaml": ("""\
 suite: bad-schema

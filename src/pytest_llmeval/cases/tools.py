@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pytest_llmeval.cases.schema import Loc, _pydantic_errors
+from pytest_llmeval.cases.schema import Loc, _pydantic_errors, format_loc
 
 __all__ = ["CannedRule", "Canned", "ToolSpec", "match_canned", "merge_returns", "merge_tools", "parse_returns",
            "parse_tools"]
@@ -57,7 +57,8 @@ class ToolSpec:
     python: str | None = None
     description: str | None = None
     parameters: Mapping[str, Any] | None = None
-    line: int | None = field(default=None, compare=False)  # where the case file lists it
+    line: int | None = field(default=None, compare=False)  # where the case file lists it (line, field)
+    where: str | None = field(default=None, compare=False)
     builtin: str | None = None  # a tool the plugin provides (BUILTIN_TOOLS), bound where the case runs
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,7 +245,9 @@ def parse_tools(value: Any, loc: Loc, line_of: Callable[[Loc], int | None] | Non
                                          "give one of them another name"))
             continue
         first[spec.name] = i
-        tools.append(dataclasses.replace(spec, line=line_of(loc + (i,))) if line_of is not None else spec)
+        at = loc + (i,) + (("python",) if spec.python else ())
+        tools.append(dataclasses.replace(spec, line=line_of(at), where=format_loc(at)) if line_of is not None
+                     else spec)
     return tools, problems
 
 

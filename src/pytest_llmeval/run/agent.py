@@ -85,8 +85,9 @@ def tool_problems(state: RunState, case: CaseSpec) -> list[CaseError]:
     try:
         tool_defs(state, case)
     except ToolLoadError as exc:
-        lines = {t.name: t.line for t in case.tools}
-        return [CaseError(case.path, lines.get(name) or case.line, "tools", f"tool {name!r}: {message}", case.id)
+        listed = {t.name: t for t in case.tools}
+        return [CaseError(case.path, getattr(listed.get(name), "line", None) or case.line,
+                          getattr(listed.get(name), "where", None) or "tools", f"tool {name!r}: {message}", case.id)
                 for name, message in exc.problems]
     return []
 
