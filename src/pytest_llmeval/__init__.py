@@ -33,6 +33,9 @@ _EXPORTS = {
     "TargetKind": "pytest_llmeval.core.targets",
     "TargetParams": "pytest_llmeval.core.targets",
     "InfrastructureError": "pytest_llmeval.core.errors",
+    "Step": "pytest_llmeval.core.tools",
+    "ToolCall": "pytest_llmeval.core.tools",
+    "Trajectory": "pytest_llmeval.core.tools",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -260,23 +260,31 @@ def test_run_python_runs_the_models_program_in_the_sandbox(project: Project, mon
     project.write("cases/code.yaml", """\
 tools:
   - builtin: run_python
-limits: {timeout_s: 20}
+limits: {timeout_s: 3}
 cases:
   - id: power
     prompt: What is 2 to the 10th?
     expect:
       - tool_called: run_python
       - contains: "1024"
+  - id: slow
+    prompt: Run a slow program.
+    expect:
+      - tool_called: run_python
 """)
     program = ("import os, pathlib\nprint(2 ** 10)\nprint(os.environ.get('OPENAI_API_KEY'))\n"
                f"print(pathlib.Path({str(project.pytester.path / 'secret.txt')!r}).exists())\n")
     project.server.answer("2 to the 10th", "It is 1024.", after_tool="1024")
     project.server.tool_call("2 to the 10th", "run_python", {"code": program})
-    project.run().assert_outcomes(passed=1)
-    case = project.results()["cases"][0]
+    project.server.answer("slow program", "It timed out.", after_tool="timed out")
+    project.server.tool_call("slow program", "run_python", {"code": "import time\nprint('started')\ntime.sleep(60)\n"})
+    project.run().assert_outcomes(passed=2)
+    case = results_of(project.results(), "power")
+    slow = results_of(project.results(), "slow")["trajectory"]["steps"][0]["result"]
+    assert "timed out" in slow["error"] and slow["stdout"] == "started\n"  # unbuffered: printed before the kill
     result = case["trajectory"]["steps"][0]["result"]
     assert result["exit_code"] == 0 and result["stdout"].split() == ["1024", "None", "False"]
-    offered = project.server.requests[0]["tools"][0]["function"]
+    offered = next(r for r in project.server.requests if "2 to the 10th" in json.dumps(r))["tools"][0]["function"]
     assert offered["name"] == "run_python" and offered["parameters"]["required"] == ["code"]
     assert "sk-secret-value-123" not in json.dumps(project.results())
 
@@ -306,3 +314,13 @@ def test_repeats_run_one_agent_loop_per_draw(project: Project) -> None:
     assert multiply["tool_accuracy"] == 1.0 and multiply["calls"] == 2
     # each draw has its own cache slot: 2 draws x 2 steps for multiply, 2 x 1 for no-booking
     assert len(project.server.requests) == 6
+
+
+def test_tools_with_an_application_target_are_an_error(project: Project) -> None:
+    project.write("app.py", APP)
+    project.write("cases/app.yaml", "target: {python: app:answer}\ntools: [{name: search}]\ncases:\n  - id: a\n"
+                                    "    prompt: hi\n    expect: [{tool_called: search}]\n")
+    result = project.run()
+    result.assert_outcomes(errors=1)
+    assert "app.yaml:2: tools: tools are offered to the --llm model; an application target runs its own agent" \
+        in result.stdout.str()

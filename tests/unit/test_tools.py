@@ -277,7 +277,8 @@ def test_execute_error_paths() -> None:
     assert rt.execute(ToolCall("book_meeting", {"room": "r", "kind": "party"}))[1] == (
         "arguments do not match the schema of book_meeting: 'party' is not one of ['call', 'visit'] (at kind)")
     assert rt.execute(ToolCall.coerce({"function": {"name": "add", "arguments": "{a: 1"}})) == (
-        None, "invalid arguments for add: not a JSON object: {a: 1")
+        None, "arguments are not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 "
+              "(char 1)")
     assert rt.execute(ToolCall("book_meeting", {"room": "r"})) == (
         None, "ToolError: PermissionError: booking needs confirm=true")
     assert rt.execute(ToolCall("lookup", {"room": "red"})) == (

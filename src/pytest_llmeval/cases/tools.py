@@ -372,7 +372,7 @@ def case_tools(raw: Mapping[str, Any], loc: Loc, kind: str, conversation: bool, 
     problems: list[tuple[Loc, str]] = []
     own = [name for name in AGENT_FIELDS if raw.get(name) is not None]
     if kind != "qna":
-        problems += [(loc + (name,), f"{name} applies to qna cases, not {kind!r}") for name in own]
+        problems += [(loc + (name,), f"{name}: only qna cases are agent cases, not {kind!r}") for name in own]
         if suite.tools or suite.agent is not None:
             problems.append((loc, f"the suite's tools apply to qna cases, not {kind!r}"))
         return CaseTools(), problems
@@ -380,8 +380,12 @@ def case_tools(raw: Mapping[str, Any], loc: Loc, kind: str, conversation: bool, 
     problems += found
     tools = merge_tools(suite.tools, case_specs)
     names = [t.name for t in tools]
-    case_returns, found = parse_returns(raw.get("returns"), loc + ("returns",), names)
+    case_returns, found = parse_returns(raw.get("returns"), loc + ("returns",), names) if tools else ({}, [])
     problems += found
+    if tools and app_target:
+        problems.append((loc + ("tools",) if "tools" in raw else ("tools",),
+                         "tools are offered to the --llm model; an application target runs its own agent and "
+                         "returns the calls it made (Answer.tool_calls): drop tools here, or the target"))
     if not tools:
         problems += [(loc + (name,), f"{name} needs tools: list them on the case or the suite (tools: [...])")
                      for name in ("returns", "agent") if raw.get(name) is not None]

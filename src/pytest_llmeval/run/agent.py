@@ -67,7 +67,8 @@ def builtin_tools(state: RunState, limits: dict[str, Any]) -> dict[str, Any]:
         """
         from pytest_llmeval.sandbox.isolation import Limits
 
-        result = state.get_sandbox().run_python(code, limits=Limits(**limits))
+        sandbox = state.get_sandbox()  # -u: what it printed before a timeout or a kill is kept
+        result = sandbox.run([sandbox.python, "-I", "-u", "main.py"], {"main.py": code}, limits=Limits(**limits))
         out: dict[str, Any] = {"exit_code": result.exit_code, "stdout": result.stdout[-4000:],
                                "stderr": result.stderr[-2000:]}
         if result.reason:
@@ -137,7 +138,7 @@ class AgentCalls:
                         "usage": {"prompt_tokens": completion.prompt_tokens,
                                   "completion_tokens": completion.completion_tokens}}
 
-            trajectory = run_agent(complete, case.messages(), to_openai(tools), runtime.execute,
+            trajectory = run_agent(complete, case.messages(), to_openai(tools), runtime.run, check=runtime.validate,
                                    max_steps=int(options.get("max_steps") or 8),
                                    tool_choice=options.get("tool_choice"),
                                    parallel_tool_calls=options.get("parallel_tool_calls"), mode=mode,

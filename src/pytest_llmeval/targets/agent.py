@@ -34,6 +34,9 @@ __all__ = ["CompleteFn", "ExecuteFn", "litellm_complete", "parse_call", "prompt_
 CompleteFn = Callable[[list[dict[str, Any]], "list[dict[str, Any]] | None", Any, "bool | None"], dict[str, Any]]
 #: ``execute(call)`` -> ``(result, error)``: the tool's result, or the error text to feed back instead.
 ExecuteFn = Callable[[ToolCall], "tuple[Any, str | None]"]
+#: ``check(call)`` -> the error a runtime returns before running the call (unknown tool, arguments that are not JSON or
+#: fail the schema), or None.
+CheckFn = Callable[[ToolCall], "str | None"]
 
 MODES = ("native", "prompt")
 
@@ -78,10 +81,9 @@ def _check_call(call: ToolCall, functions: Mapping[str, Mapping[str, Any]]) -> s
     return None
 
 
-def _run_tool(call: ToolCall, functions: Mapping[str, Mapping[str, Any]], execute: ExecuteFn
-              ) -> tuple[Any, str | None, float | None]:
+def _run_tool(call: ToolCall, check: CheckFn, execute: ExecuteFn) -> tuple[Any, str | None, float | None]:
     """(result, error, latency of the tool); a call that fails the checks is not run (latency None)."""
-    error = _check_call(call, functions)
+    error = check(call)
     if error is not None:
         return None, error, None
     start = time.perf_counter()
@@ -103,7 +105,7 @@ def _as_text(result: Any) -> str:
 def run_agent(complete: CompleteFn, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
               execute: ExecuteFn, *, max_steps: int = 8, tool_choice: Any = None,
               parallel_tool_calls: bool | None = None, mode: str = "native",
-              examples: Sequence[Mapping[str, Any]] | None = None) -> Trajectory:
+              examples: Sequence[Mapping[str, Any]] | None = None, check: CheckFn | None = None) -> Trajectory:
     """Run the agent loop until the model answers without a tool call, or ``max_steps`` tool calls were made.
 
     ``tool_choice`` is sent on the first model call only when it forces a call (``"required"`` or a named
@@ -115,16 +117,20 @@ def run_agent(complete: CompleteFn, messages: Sequence[Mapping[str, Any]], tools
     mode's format (a user question, the assistant's JSON call, ``Tool result for <name>: ...`` as a user message, the
     assistant's answer). A small model follows them far more often than the description alone
     (bench/bench_tool_calls.py).
+
+    ``check`` validates each call before ``execute`` runs it (default: the tool is one of ``tools`` and its arguments
+    are a JSON object that validates against its ``parameters``); its error is recorded and fed back instead.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
     if mode == "prompt":
-        return _run_prompt(complete, messages, tools, execute, max_steps, examples or ())
+        return _run_prompt(complete, messages, tools, execute, max_steps, examples or (), check)
     if examples:
         raise ValueError("examples are for mode='prompt'; in native mode put them in the messages")
     functions = _functions(tools)
+    checked: CheckFn = check or (lambda call: _check_call(call, functions))
     history = [dict(m) for m in messages]
     trajectory = Trajectory()
     last_text: str | None = None
@@ -145,7 +151,7 @@ def run_agent(complete: CompleteFn, messages: Sequence[Mapping[str, Any]], tools
             if len(trajectory.steps) >= max_steps:
                 break
             call, error = _coerce_call(raw, len(trajectory.steps))
-            result, run_error, latency = (None, error, None) if error else _run_tool(call, functions, execute)
+            result, run_error, latency = (None, error, None) if error else _run_tool(call, checked, execute)
             first = i == 0
             trajectory.steps.append(Step(len(trajectory.steps), call, result, run_error, latency,
                                          usage.get("prompt_tokens") if first else None,
@@ -312,8 +318,10 @@ def _call_from(obj: Mapping[str, Any]) -> ToolCall | None:
 
 
 def _run_prompt(complete: CompleteFn, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
-                execute: ExecuteFn, max_steps: int, examples: Sequence[Mapping[str, Any]]) -> Trajectory:
+                execute: ExecuteFn, max_steps: int, examples: Sequence[Mapping[str, Any]],
+                check: CheckFn | None) -> Trajectory:
     functions = _functions(tools)
+    checked: CheckFn = check or (lambda call: _check_call(call, functions))
     history = [dict(m) for m in messages]
     block = prompt_tools(tools)
     if history and history[0].get("role") == "system":
@@ -335,7 +343,7 @@ def _run_prompt(complete: CompleteFn, messages: Sequence[Mapping[str, Any]], too
         last_text = beside or last_text
         index = len(trajectory.steps)
         call = ToolCall(call.name, call.arguments, f"call_{index}", call.raw_arguments)
-        result, error, latency = _run_tool(call, functions, execute)
+        result, error, latency = _run_tool(call, checked, execute)
         usage = reply.get("usage") or {}
         trajectory.steps.append(Step(index, call, result, error, latency, usage.get("prompt_tokens"),
                                      usage.get("completion_tokens"), beside))

@@ -309,7 +309,11 @@ class ToolRuntime:
         if tool is None:
             return f"unknown tool {call.name!r}; available tools: {', '.join(self.tools) or 'none'}"
         if call.raw_arguments is not None:
-            return f"invalid arguments for {call.name}: not a JSON object: {call.raw_arguments[:200]}"
+            try:
+                parsed = json.loads(call.raw_arguments)
+            except ValueError as exc:
+                return f"arguments are not valid JSON: {exc}"
+            return f"arguments must be a JSON object, got {type(parsed).__name__}"
         from jsonschema.exceptions import best_match
 
         error = best_match(self._validators[call.name].iter_errors(dict(call.arguments)))
@@ -325,6 +329,10 @@ class ToolRuntime:
         problem = self.validate(call)
         if problem is not None:
             return None, problem
+        return self.run(call)
+
+    def run(self, call: ToolCall) -> tuple[Any, str | None]:
+        """:meth:`execute` for a call :meth:`validate` let through (the agent loop validates first)."""
         tool = self.tools[call.name]
         found, result = match_canned(self.canned, call.name, call.arguments)
         if found:
