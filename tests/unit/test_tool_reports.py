@@ -383,3 +383,19 @@ def test_a_report_without_agents_has_no_tool_columns(tmp_path: Path) -> None:
     text = render(json.loads(json.dumps(results_doc([case("q", suite="geo")]))), tmp_path)
     assert "tool-call accuracy" not in text and 'class="trajectory"' not in text
     assert len(_suite_rows(text)[0][1]) == 14  # the table as it was
+
+
+def test_the_github_summary_has_an_agent_table_with_the_baseline_change(tmp_path: Path) -> None:
+    from pytest_llmeval.report.github import github_summary
+
+    baseline = baseline_from(agent_run([1.0] * 12), tmp_path)
+    now = agent_run([1.0] * 4 + [0.5] * 8)
+    now["gate"] = {"failed": True, "suites": [v.to_dict() for v in Gate([parse_rule("tool_accuracy:-0.05")])
+                                                .evaluate(now, baseline)]}
+    text = github_summary(now)
+    row = next(line for line in text.splitlines() if line.startswith("| assistant | gpt-4o-mini | 12 |") and
+               "pts" in line and "%" in line.split("|")[4])
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:] == ["66.7%", "-33.3 pts", "1.0", "0", "0"]
+    assert "tool-call accuracy fell 0.333" in text  # the verdict's reason
+    assert "tool-call accuracy" not in github_summary(results_doc([case("q", suite="geo")]))

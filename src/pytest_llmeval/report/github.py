@@ -32,6 +32,7 @@ def github_summary(doc: dict[str, Any]) -> str:
         lines.append(f"| {_md_cell(row['suite'])} | {_md_cell(row['model'])} | {row['cases']} | {row['passed']} | "
                      f"{row['failed']} | {row.get('unscored', 0)} | {row['error']} | {rate} | {delta} | "
                      f"{v.get('verdict', '-')} |")
+    lines += _agent_lines(doc["suites"], verdicts)
     errors = error_lines(doc)  # a down endpoint, an unusable model, the share of errors: once each
     if errors:
         lines.append("")
@@ -44,6 +45,24 @@ def github_summary(doc: dict[str, Any]) -> str:
             lines += [f"- `{f['case_id']}` ({f.get('file')}:{f.get('line')})" for f in v["flipped"][:50]]
             lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def _agent_lines(rows: list[dict[str, Any]], verdicts: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """A table of the agent rows (issue 18): tool-call accuracy (and its change against the baseline), mean steps,
+    tool errors and runs stopped at max_steps; nothing without agent cases."""
+    agents = [r for r in rows if isinstance(r.get("agent"), dict)]
+    if not agents:
+        return []
+    out = ["", "| suite | model | agent cases | tool-call accuracy | Δ vs baseline | mean steps | tool errors "
+               "| stopped at max_steps |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in agents:
+        agent, v = row["agent"], verdicts.get((row["suite"], row["model"]), {})
+        accuracy = "-" if agent.get("tool_accuracy") is None else f"{agent['tool_accuracy']:.1%}"
+        delta = "-" if v.get("tool_accuracy_delta") is None else f"{100 * v['tool_accuracy_delta']:+.1f} pts"
+        steps = "-" if agent.get("mean_steps") is None else f"{agent['mean_steps']:.1f}"
+        out.append(f"| {_md_cell(row['suite'])} | {_md_cell(row['model'])} | {agent.get('cases', 0)} | {accuracy} | "
+                   f"{delta} | {steps} | {agent.get('tool_errors', 0)} | {agent.get('stopped_at_limit', 0)} |")
+    return out
 
 
 def github_annotations(doc: dict[str, Any]) -> list[str]:
