@@ -324,3 +324,20 @@ def test_tools_with_an_application_target_are_an_error(project: Project) -> None
     result.assert_outcomes(errors=1)
     assert "app.yaml:2: tools: tools are offered to the --llm model; an application target runs its own agent" \
         in result.stdout.str()
+
+
+def test_a_fully_cached_agent_run_never_imports_litellm(project: Project) -> None:
+    write_assistant(project)
+    script_assistant(project, books=False)
+    project.write("conftest.py", "import sys\n\ndef pytest_sessionfinish():\n"
+                                 "    open('litellm-loaded.txt', 'w').write(str('litellm' in sys.modules))\n")
+    project.run(subprocess=True).assert_outcomes(passed=2)
+    loaded = project.pytester.path / "litellm-loaded.txt"
+    assert loaded.read_text() == "True"
+    project.run(subprocess=True).assert_outcomes(passed=2)
+    assert loaded.read_text() == "False"  # every first step found in the cache at collection: no key check
+    # A changed tool (its schema is in every step's key): the first step misses, the model is checked and called.
+    project.write("mytools.py", TOOLS_PY.replace('"17 * 23"', '"2 * 3"'))
+    sent = len(project.server.requests)
+    project.run(subprocess=True).assert_outcomes(passed=2)
+    assert loaded.read_text() == "True" and len(project.server.requests) == sent + 3

@@ -125,6 +125,7 @@ class CollectionPlugin:
             return set()
         verdict: dict[str, bool] = {}
         pending: list[tuple[pytest.Item, str, list[dict[str, Any]]]] = []
+        probes: set[str] = set()  # agent items: only their first steps are looked up, and not kept
 
         def settle() -> None:
             """Look up the pending items' calls (one batch) and record which models stay all-cached."""
@@ -135,7 +136,7 @@ class CollectionPlugin:
                 if verdict.get(model) is False:
                     continue
                 verdict[model] = all(a is not None for a in answers)
-                if verdict[model] and answers:
+                if verdict[model] and answers and item.nodeid not in probes:
                     state.answers[item.nodeid] = [a for a in answers if a is not None]
             pending.clear()
 
@@ -144,6 +145,10 @@ class CollectionPlugin:
             if model is None or verdict.get(model) is False:
                 continue
             plan = item.plan_calls() if isinstance(item, CaseItem) and not item.judge_models() else None
+            if plan is None and isinstance(item, CaseItem) and item.case.tools and item.target is None \
+                    and not item.judge_models():
+                plan = item.first_steps(state, item.draws)  # the later steps are looked up when the loop runs
+                probes.add(item.nodeid)
             if plan is None:
                 verdict[model] = False
                 continue

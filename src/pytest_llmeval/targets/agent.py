@@ -56,29 +56,43 @@ def _functions(tools: Sequence[Mapping[str, Any]] | None) -> dict[str, Mapping[s
     return out
 
 
-def _check_call(call: ToolCall, functions: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The error a runtime would return for this call, or None when it can run."""
-    if call.raw_arguments is not None:
-        try:
-            parsed = json.loads(call.raw_arguments)
-        except ValueError as exc:
-            return f"arguments are not valid JSON: {exc}"
-        return f"arguments must be a JSON object, got {type(parsed).__name__}"
-    if functions and call.name not in functions:
-        return f"unknown tool {call.name!r}; available tools: {', '.join(functions)}"
-    schema = functions.get(call.name, {}).get("parameters")
-    if isinstance(schema, Mapping) and schema:
-        import jsonschema
+def _default_check(functions: Mapping[str, Mapping[str, Any]]) -> CheckFn:
+    """The check a runtime makes before running a call: the tool is one of ``functions`` and the arguments are a JSON
+    object that validates against its ``parameters`` (each schema compiled once per loop)."""
+    import jsonschema
 
-        try:
-            jsonschema.validate(dict(call.arguments), dict(schema))
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path)
-            return f"arguments do not match the schema of {call.name}: {exc.message}" + (f" (at {where})" if where
-                                                                                          else "")
-        except jsonschema.SchemaError as exc:  # the tool's own schema is broken: not the model's fault, still fed back
-            return f"tool {call.name} has an invalid JSON schema: {exc.message}"
-    return None
+    validators: dict[str, Any] = {}
+    broken: dict[str, str] = {}
+    for name, function in functions.items():
+        schema = function.get("parameters")
+        if isinstance(schema, Mapping) and schema:
+            try:
+                cls = jsonschema.validators.validator_for(schema)
+                cls.check_schema(schema)
+                validators[name] = cls(dict(schema))
+            except jsonschema.SchemaError as exc:  # the tool's own schema is broken: not the model's fault
+                broken[name] = f"tool {name} has an invalid JSON schema: {exc.message}"
+
+    def check(call: ToolCall) -> str | None:
+        if call.raw_arguments is not None:
+            try:
+                parsed = json.loads(call.raw_arguments)
+            except ValueError as exc:
+                return f"arguments are not valid JSON: {exc}"
+            return f"arguments must be a JSON object, got {type(parsed).__name__}"
+        if functions and call.name not in functions:
+            return f"unknown tool {call.name!r}; available tools: {', '.join(functions)}"
+        if call.name in broken:
+            return broken[call.name]
+        validator = validators.get(call.name)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(dict(call.arguments))) if validator else None
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path)
+        return f"arguments do not match the schema of {call.name}: {error.message}" + (f" (at {where})" if where
+                                                                                        else "")
+
+    return check
 
 
 def _run_tool(call: ToolCall, check: CheckFn, execute: ExecuteFn) -> tuple[Any, str | None, float | None]:
@@ -130,7 +144,7 @@ def run_agent(complete: CompleteFn, messages: Sequence[Mapping[str, Any]], tools
     if examples:
         raise ValueError("examples are for mode='prompt'; in native mode put them in the messages")
     functions = _functions(tools)
-    checked: CheckFn = check or (lambda call: _check_call(call, functions))
+    checked: CheckFn = check or _default_check(functions)
     history = [dict(m) for m in messages]
     trajectory = Trajectory()
     last_text: str | None = None
@@ -321,7 +335,7 @@ def _run_prompt(complete: CompleteFn, messages: Sequence[Mapping[str, Any]], too
                 execute: ExecuteFn, max_steps: int, examples: Sequence[Mapping[str, Any]],
                 check: CheckFn | None) -> Trajectory:
     functions = _functions(tools)
-    checked: CheckFn = check or (lambda call: _check_call(call, functions))
+    checked: CheckFn = check or _default_check(functions)
     history = [dict(m) for m in messages]
     block = prompt_tools(tools)
     if history and history[0].get("role") == "system":
