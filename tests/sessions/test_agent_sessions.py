@@ -341,3 +341,21 @@ def test_a_fully_cached_agent_run_never_imports_litellm(project: Project) -> Non
     sent = len(project.server.requests)
     project.run(subprocess=True).assert_outcomes(passed=2)
     assert loaded.read_text() == "True" and len(project.server.requests) == sent + 3
+
+
+@pytest.mark.parametrize("concurrency", ["1", "8"])
+def test_agent_runs_are_prefetched_concurrently(project: Project, concurrency: str) -> None:
+    """Each draw's agent run is one unit of the prefetch pool: runs of upcoming cases overlap (their steps stay in
+    order), unless --llm-concurrency=1."""
+    write_assistant(project)
+    cases = "".join(f"  - id: m{i}\n    prompt: What is 17 * 23 (#{i})?\n    expect:\n"
+                    "      - tool_called: calculator\n      - contains: '391'\n" for i in range(4))
+    project.write("cases/assistant.yaml", SUITE.split("cases:\n")[0] + "cases:\n" + cases)
+    script_assistant(project, books=False)
+    project.server.latency = 0.2
+    project.run(f"--llm-concurrency={concurrency}").assert_outcomes(passed=4)
+    assert len(project.server.requests) == 8
+    assert (project.server.max_in_flight > 1) == (concurrency == "8")
+    doc = project.results()
+    assert [c["case_id"] for c in doc["cases"]] == ["m0", "m1", "m2", "m3"]
+    assert all(len(c["trajectory"]["steps"]) == 1 for c in doc["cases"])

@@ -99,46 +99,58 @@ class AgentCalls:
     # Set by CaseItem
     case: CaseSpec
     model: str
+    nodeid: str
     completions: list[Completion]
     samples: list[dict[str, Any]]
 
     def agent_answers(self, state: RunState, draws: int) -> list[Completion]:
-        """Run the agent loop of every draw against the ``--llm`` model; each draw's Completion is its final
-        answer, with its trajectory and what every step cost."""
+        """Run the agent loop of every draw against the ``--llm`` model (in the prefetch pool when it ran them
+        ahead); each draw's Completion is its final answer, with its trajectory and what every step cost."""
+        if any(t.builtin == "run_python" for t in self.case.tools):
+            state.get_sandbox()  # no isolation on this machine: an error before any model call
+        if state.prefetcher is not None:
+            state.prefetch_from(self)  # type: ignore[arg-type]
+            prefetched = state.prefetcher.take(self)
+            if prefetched is not None:
+                return list(prefetched)
+        return [self.agent_draw(state, i) for i in range(draws)]
+
+    def agent_plan(self, state: RunState, draws: int) -> list[dict[str, Any]]:
+        """The prefetcher's plan for this item: one whole agent run per draw (``state.call(agent=..., sample=i)``
+        runs it in a pool thread; the steps of one run stay in order)."""
+        state.agent_items[self.nodeid] = self
+        return [{"agent": self.nodeid, "sample": i} for i in range(draws)]
+
+    def agent_draw(self, state: RunState, sample: int) -> Completion:
+        """One draw's agent run (safe in a pool thread: the runner is thread-safe, each run has its own runtime)."""
         from pytest_llmeval.targets.agent import run_agent
         from pytest_llmeval.targets.tools import ToolRuntime, to_openai
 
         case = self.case
         options = dict(case.agent or {})
         tools = tool_defs(state, case)
-        if any(t.builtin == "run_python" for t in case.tools):
-            state.get_sandbox()  # no isolation on this machine: an error before any model call
         runtime = ToolRuntime(tools, case.returns)
         mode = options.get("mode") or "auto"
         if mode == "auto":
             mode = "native" if state.runner.supports_tools(self.model) else "prompt"
-        out: list[Completion] = []
-        for sample in range(draws):
-            calls: list[Completion] = []
+        calls: list[Completion] = []
 
-            def complete(messages: list[dict[str, Any]], offered: Any, choice: Any, parallel: bool | None,
-                         sample: int = sample, calls: list[Completion] = calls) -> dict[str, Any]:
-                params = step_params(case.params, offered, choice, parallel)
-                # Every step is its own exact-cache entry (the history and the tools are in the key); never the
-                # semantic cache: a near-duplicate question may need other arguments.
-                completion = state.runner.complete(self.model, messages, params, sample=sample, semantic=False)
-                calls.append(completion)
-                return {"content": completion.text, "tool_calls": list(completion.tool_calls or []),
-                        "usage": {"prompt_tokens": completion.prompt_tokens,
-                                  "completion_tokens": completion.completion_tokens}}
+        def complete(messages: list[dict[str, Any]], offered: Any, choice: Any, parallel: bool | None
+                     ) -> dict[str, Any]:
+            params = step_params(case.params, offered, choice, parallel)
+            # Every step is its own exact-cache entry (the history and the tools are in the key); never the
+            # semantic cache: a near-duplicate question may need other arguments.
+            completion = state.runner.complete(self.model, messages, params, sample=sample, semantic=False)
+            calls.append(completion)
+            return {"content": completion.text, "tool_calls": list(completion.tool_calls or []),
+                    "usage": {"prompt_tokens": completion.prompt_tokens,
+                              "completion_tokens": completion.completion_tokens}}
 
-            trajectory = run_agent(complete, case.messages(), to_openai(tools), runtime.run, check=runtime.validate,
-                                   max_steps=int(options.get("max_steps") or 8),
-                                   tool_choice=options.get("tool_choice"),
-                                   parallel_tool_calls=options.get("parallel_tool_calls"), mode=mode,
-                                   examples=options.get("examples") if mode == "prompt" else None)
-            out.append(_summed(calls, self.model, trajectory, mode))
-        return out
+        trajectory = run_agent(complete, case.messages(), to_openai(tools), runtime.run, check=runtime.validate,
+                               max_steps=int(options.get("max_steps") or 8), tool_choice=options.get("tool_choice"),
+                               parallel_tool_calls=options.get("parallel_tool_calls"), mode=mode,
+                               examples=options.get("examples") if mode == "prompt" else None)
+        return _summed(calls, self.model, trajectory, mode)
 
     def first_steps(self, state: RunState, draws: int) -> list[dict[str, Any]] | None:
         """The first model call of each draw's agent loop (runner.complete's arguments), for the collection-time

@@ -144,10 +144,10 @@ class CollectionPlugin:
         for item, model in items:
             if model is None or verdict.get(model) is False:
                 continue
-            plan = item.plan_calls() if isinstance(item, CaseItem) and not item.judge_models() else None
-            if plan is None and isinstance(item, CaseItem) and item.case.tools and item.target is None \
-                    and not item.judge_models():
-                plan = item.first_steps(state, item.draws)  # the later steps are looked up when the loop runs
+            agent = isinstance(item, CaseItem) and bool(item.case.tools) and item.target is None
+            plan = None if not isinstance(item, CaseItem) or item.judge_models() else \
+                item.first_steps(state, item.draws) if agent else item.plan_calls()
+            if agent:  # only the first steps are looked up (the later ones when the loop runs), and not kept
                 probes.add(item.nodeid)
             if plan is None:
                 verdict[model] = False

@@ -302,8 +302,8 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         """The model calls setup will make, for the prefetcher; None when they must not be made ahead."""
         state = _session(self.config)
         if self.case.kind == "calibration" or self.case.retrieve or self.model == NO_VISION_MODEL_ID \
-                or self.case.is_conversation or self.case.tools and self.target is None:
-            return None  # each turn's (an agent's step's) call depends on the answers before it
+                or self.case.is_conversation:  # each turn's call depends on the answers before it
+            return None
         if any(c.definition and c.definition.grade is None for c in self.checks):
             return None
         if any(state.unusable.get(m) for m in [*([self.model] if self.target is None else []), *self.judge_models()]):
@@ -312,7 +312,7 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
             return None  # (an application given an offline model most likely runs it: the same holds)
         if self.target is not None:
             return self.app_plan(state, self.draws)
-        return self._calls()
+        return self.agent_plan(state, self.draws) if self.case.tools else self._calls()
 
     def _retrieve(self, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, Any]]:
         """Search the case's index and put the top-k chunks, numbered, in front of the user prompt."""
