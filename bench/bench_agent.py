@@ -79,28 +79,38 @@ agent: {max_steps: 4}
 cases:
 """
 
-# One plain test per case running the same two-call loop itself: what a team writes without the plugin.
-BARE_TEST = '''\
-import json, os
-import pytest, litellm
-from benchtools import calculator
-from bench_agent_cases import CASES, TOOLS, CANNED
+# The hand-written two-call loop of one case (what a team writes without the plugin): run in this process by
+# bare_loop, and by one plain pytest test per case (BARE_TEST), the same source both times.
+LOOP = '''\
+import json
+import litellm
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_agent(case):
+def run_case(case, kw, calculator, canned):
     messages = [{"role": "system", "content": "Use the tools."}, {"role": "user", "content": case["prompt"]}]
-    kw = dict(model="openai/test-model", api_base=os.environ["BENCH_URL"], api_key="sk-bench", tools=TOOLS)
     first = litellm.completion(messages=messages, **kw).choices[0].message
     call = first.tool_calls[0]
     args = json.loads(call.function.arguments)
-    result = calculator(**args) if call.function.name == "calculator" else CANNED
+    result = calculator(**args) if call.function.name == "calculator" else canned
     messages += [{"role": "assistant", "content": first.content, "tool_calls": [
         {"id": call.id, "type": "function",
          "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)}]
-    answer = litellm.completion(messages=messages, **kw).choices[0].message.content
-    assert case["expect"] in answer
+    return litellm.completion(messages=messages, **kw).choices[0].message.content
+'''
+
+BARE_TEST = '''\
+import os
+import pytest
+from benchtools import calculator
+from bench_agent_cases import CASES, TOOLS, CANNED
+from bench_agent_loop import run_case
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_agent(case):
+    kw = dict(model="openai/test-model", api_base=os.environ["BENCH_URL"], api_key="sk-bench", tools=TOOLS)
+    assert case["expect"] in run_case(case, kw, calculator, CANNED)
 '''
 
 CALC_TOOL = {"type": "function", "function": {
@@ -143,31 +153,20 @@ def write_project(root: Path, cases: list[dict[str, Any]]) -> None:
     (root / "bare").mkdir()
     (root / "bare" / "bench_agent_cases.py").write_text(
         f"CASES = {cases!r}\nTOOLS = {[CALC_TOOL, WEATHER]!r}\nCANNED = {CANNED!r}\n")
+    (root / "bare" / "bench_agent_loop.py").write_text(LOOP)
     (root / "bare" / "test_bare.py").write_text(BARE_TEST)
     (root / "pytest.ini").write_text("[pytest]\n")
 
 
 def bare_loop(url: str, cases: list[dict[str, Any]]) -> None:
     """The hand-written baseline: the 2N calls, serially, in this process."""
-    import litellm
-
     namespace: dict[str, Any] = {}
     exec(TOOLS_PY, namespace)  # noqa: S102  # the same calculator the suite uses
-    calculator = namespace["calculator"]
+    exec(LOOP, namespace)  # noqa: S102  # the same loop the bare pytest tests run
     kw: dict[str, Any] = {"model": "openai/test-model", "api_base": url, "api_key": "sk-bench",
                           "tools": [CALC_TOOL, WEATHER]}
     for case in cases:
-        messages: list[dict[str, Any]] = [{"role": "system", "content": "Use the tools."},
-                                          {"role": "user", "content": case["prompt"]}]
-        first = litellm.completion(messages=messages, **kw).choices[0].message
-        call = first.tool_calls[0]
-        args = json.loads(call.function.arguments)
-        result = calculator(**args) if call.function.name == "calculator" else CANNED
-        messages += [{"role": "assistant", "content": first.content, "tool_calls": [
-            {"id": call.id, "type": "function",
-             "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
-            {"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)}]
-        answer = litellm.completion(messages=messages, **kw).choices[0].message.content
+        answer = namespace["run_case"](case, kw, namespace["calculator"], CANNED)
         if case["expect"] not in answer:
             raise SystemExit(f"baseline: unexpected answer {answer!r} for {case['id']}")
 

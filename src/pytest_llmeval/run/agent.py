@@ -123,7 +123,7 @@ class AgentCalls:
 
     def agent_draw(self, state: RunState, sample: int) -> Completion:
         """One draw's agent run (safe in a pool thread: the runner is thread-safe, each run has its own runtime)."""
-        from pytest_llmeval.targets.agent import run_agent
+        from pytest_llmeval.targets.agent import run_agent, tool_params
         from pytest_llmeval.targets.tools import ToolRuntime, to_openai
 
         case = self.case
@@ -137,7 +137,7 @@ class AgentCalls:
 
         def complete(messages: list[dict[str, Any]], offered: Any, choice: Any, parallel: bool | None
                      ) -> dict[str, Any]:
-            params = step_params(case.params, offered, choice, parallel)
+            params = tool_params(case.params, offered, choice, parallel)
             # Every step is its own exact-cache entry (the history and the tools are in the key); never the
             # semantic cache: a near-duplicate question may need other arguments.
             completion = state.runner.complete(self.model, messages, params, sample=sample, semantic=False)
@@ -156,6 +156,7 @@ class AgentCalls:
         """The first model call of each draw's agent loop (runner.complete's arguments), for the collection-time
         check that a rerun is served from the cache (without importing litellm); None in prompt mode, whose first
         request the loop builds itself."""
+        from pytest_llmeval.targets.agent import tool_params
         from pytest_llmeval.targets.tools import to_openai
 
         options = dict(self.case.agent or {})
@@ -165,7 +166,7 @@ class AgentCalls:
             offered = to_openai(tool_defs(state, self.case))
         except Exception:  # reported by the item
             return None
-        params = step_params(self.case.params, offered, options.get("tool_choice"),
+        params = tool_params(self.case.params, offered, options.get("tool_choice"),
                              options.get("parallel_tool_calls"))
         return [{"model": self.model, "messages": self.case.messages(), "params": params, "sample": i}
                 for i in range(draws)]
@@ -220,19 +221,6 @@ def indent_reason(outcome: CheckOutcome, first: str, trajectory_shown: bool = Fa
     head, _, rest = reason.partition("\n")
     line = first + (f": {head}" if head else "")
     return line + ("\n" + textwrap.indent(rest, " " * 10) if rest else "")
-
-
-def step_params(params: dict[str, Any], offered: Any, choice: Any, parallel: bool | None) -> dict[str, Any]:
-    """The sampling parameters of one step of the loop: the case's, with the tools offered (and, when set, the tool
-    choice and parallel calls): part of each step's cache key."""
-    out = dict(params)
-    if offered:
-        out["tools"] = offered
-        if choice is not None:
-            out["tool_choice"] = choice
-        if parallel is not None:
-            out["parallel_tool_calls"] = parallel
-    return out
 
 
 def _summed(calls: list[Completion], model: str, trajectory: Trajectory, mode: str) -> Completion:

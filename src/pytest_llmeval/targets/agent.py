@@ -27,7 +27,8 @@ from typing import Any
 
 from ..core.tools import Step, ToolCall, Trajectory
 
-__all__ = ["CompleteFn", "ExecuteFn", "litellm_complete", "parse_call", "prompt_tools", "run_agent"]
+__all__ = ["CheckFn", "CompleteFn", "ExecuteFn", "litellm_complete", "parse_call", "prompt_tools", "raw_arguments_error",
+           "run_agent", "tool_params"]
 
 #: ``complete(messages, tools, tool_choice, parallel_tool_calls)`` -> the assistant message as
 #: ``{"content": str | None, "tool_calls": [OpenAI tool calls], "usage": {"prompt_tokens", "completion_tokens"}}``.
@@ -56,6 +57,29 @@ def _functions(tools: Sequence[Mapping[str, Any]] | None) -> dict[str, Mapping[s
     return out
 
 
+def raw_arguments_error(raw: str) -> str:
+    """What a runtime answers to arguments that are not a JSON object (``ToolCall.raw_arguments``)."""
+    try:
+        parsed = json.loads(raw)
+    except ValueError as exc:
+        return f"arguments are not valid JSON: {exc}"
+    return f"arguments must be a JSON object, got {type(parsed).__name__}"
+
+
+def tool_params(params: Mapping[str, Any] | None, tools: Any, tool_choice: Any, parallel_tool_calls: bool | None
+                ) -> dict[str, Any]:
+    """``params`` with the tools offered (and, when set, ``tool_choice`` and ``parallel_tool_calls``): the arguments
+    of one step's model call beside the messages (part of its cache key in a run)."""
+    out = dict(params or {})
+    if tools:
+        out["tools"] = tools
+        if tool_choice is not None:
+            out["tool_choice"] = tool_choice
+        if parallel_tool_calls is not None:
+            out["parallel_tool_calls"] = parallel_tool_calls
+    return out
+
+
 def _default_check(functions: Mapping[str, Mapping[str, Any]]) -> CheckFn:
     """The check a runtime makes before running a call: the tool is one of ``functions`` and the arguments are a JSON
     object that validates against its ``parameters`` (each schema compiled once per loop)."""
@@ -75,11 +99,7 @@ def _default_check(functions: Mapping[str, Mapping[str, Any]]) -> CheckFn:
 
     def check(call: ToolCall) -> str | None:
         if call.raw_arguments is not None:
-            try:
-                parsed = json.loads(call.raw_arguments)
-            except ValueError as exc:
-                return f"arguments are not valid JSON: {exc}"
-            return f"arguments must be a JSON object, got {type(parsed).__name__}"
+            return raw_arguments_error(call.raw_arguments)
         if functions and call.name not in functions:
             return f"unknown tool {call.name!r}; available tools: {', '.join(functions)}"
         if call.name in broken:
@@ -380,15 +400,10 @@ def litellm_complete(model: str, api_base: str | None = None, params: Mapping[st
                  parallel_tool_calls: bool | None) -> dict[str, Any]:
         import litellm
 
-        kwargs: dict[str, Any] = {**(params or {}), "model": model, "messages": messages}
+        kwargs: dict[str, Any] = {**tool_params(params, tools, tool_choice, parallel_tool_calls), "model": model,
+                                  "messages": messages}
         if api_base:
             kwargs["api_base"] = api_base
-        if tools:
-            kwargs["tools"] = tools
-            if tool_choice is not None:
-                kwargs["tool_choice"] = tool_choice
-            if parallel_tool_calls is not None:
-                kwargs["parallel_tool_calls"] = parallel_tool_calls
         response = litellm.completion(**kwargs)
         return assistant_message(response)
 

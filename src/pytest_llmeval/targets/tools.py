@@ -309,11 +309,9 @@ class ToolRuntime:
         if tool is None:
             return f"unknown tool {call.name!r}; available tools: {', '.join(self.tools) or 'none'}"
         if call.raw_arguments is not None:
-            try:
-                parsed = json.loads(call.raw_arguments)
-            except ValueError as exc:
-                return f"arguments are not valid JSON: {exc}"
-            return f"arguments must be a JSON object, got {type(parsed).__name__}"
+            from pytest_llmeval.targets.agent import raw_arguments_error
+
+            return raw_arguments_error(call.raw_arguments)
         from jsonschema.exceptions import best_match
 
         error = best_match(self._validators[call.name].iter_errors(dict(call.arguments)))
