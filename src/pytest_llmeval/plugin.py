@@ -84,7 +84,8 @@ _RUN_PLUGINS = ("llmeval-fixtures", "llmeval-collection", "llmeval-loop", "llmev
 
 class _XdistController:
     """xdist-only hooks (registered only when xdist is present), pytest-randomly style: the controller decides
-    the run id once and hands it to every worker through workerinput."""
+    the run id once and hands it to every worker through workerinput, with the address of the call server that
+    makes the workers' litellm calls."""
 
     def __init__(self, state: Any) -> None:
         self.state = state
@@ -92,6 +93,8 @@ class _XdistController:
     def pytest_configure_node(self, node: Any) -> None:
         if not self.state.config.option.collectonly:
             node.workerinput["llmeval_run"] = self.state.run
+            # The workers' litellm calls are made here, once imported (providers/callserver.py).
+            node.workerinput["llmeval_calls"] = self.state.serve_calls()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

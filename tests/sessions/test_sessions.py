@@ -527,3 +527,20 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
                    "--llm-vision=MODEL"):
         assert option in text, option
     assert "'pass_rate:-5%'" in text and "llmeval_gate" in text
+
+
+def test_xdist_workers_leave_litellm_to_the_controller(project: Project) -> None:
+    """Under -n, the controller makes the workers' litellm calls (providers/callserver.py): no worker imports
+    litellm, every case is answered, and a rerun is served from the cache the controller wrote."""
+    project.write("cases/geo.yaml", GEO)
+    project.write("conftest.py", "import os, sys\n\ndef pytest_sessionfinish(session):\n"
+                                 "    who = os.environ.get('PYTEST_XDIST_WORKER', 'controller')\n"
+                                 "    open(f'litellm-{who}.txt', 'w').write(str('litellm' in sys.modules))\n")
+    script_geo(project.server)
+    result = project.run("-n", "2")
+    result.assert_outcomes(passed=2, failed=1)  # Japan answered wrong
+    seen = {p.stem: p.read_text() for p in project.pytester.path.glob("litellm-*.txt")}
+    assert seen == {"litellm-controller": "True", "litellm-gw0": "False", "litellm-gw1": "False"}
+    assert len(project.server.requests) == 3
+    project.run("-n", "2").assert_outcomes(passed=2, failed=1)
+    assert len(project.server.requests) == 3  # the second run: every answer from the cache

@@ -124,6 +124,22 @@ class ModelRunner:
             self.semantic = SemanticCache(settings.cache_dir / "semantic", threshold=settings.semantic_threshold,
                                           model=settings.embedding_model)
         self._checked: dict[str, str | None] = {}
+        # In an xdist worker: the controller's call server (callserver.py), which makes this worker's litellm calls
+        self.remote: Any = None
+
+    def remote_serves(self, model: str) -> bool:
+        """Whether this runner hands ``model``'s calls to the controller's call server: in an xdist worker, for the
+        models litellm serves (the catch-all provider, the router); offline and prefixed providers run here."""
+        if self.remote is None:
+            return False
+        resolved = self.settings.resolve_model(model)
+        if resolved in self.router_models():
+            return True
+        try:
+            provider = self.providers.find(resolved)
+        except LookupError:
+            return True  # the controller reports it, with the same registry
+        return provider.prefix == "" and not provider.offline
 
     def check_model(self, model: str) -> str | None:
         """Why ``model`` cannot be used in this run (missing key, unknown provider), or None."""
@@ -179,6 +195,9 @@ class ModelRunner:
                 provider.setup()
 
     def _check(self, model: str) -> str | None:
+        if self.remote_serves(model):
+            problem: str | None = self.remote.request("check_model", model=model)
+            return problem
         resolved = self.settings.resolve_model(model)
         if resolved in self.router_models() or model in self.router_models():
             return None
@@ -258,6 +277,10 @@ class ModelRunner:
             hit = self.cache.get(key)
             if hit is not None:
                 return Completion(**{**hit, "model": model, "cached": True})
+        if self.remote_serves(model):  # an xdist worker: the controller calls litellm (and the semantic cache)
+            completion: Completion = self.remote.request("complete", model=model, messages=messages, params=params,
+                                                         sample=sample, key_extra=key_extra, semantic=semantic)
+            return completion
         semantic_slot = None
         if (self.semantic is not None and semantic and sample == 0 and messages
                 and messages[-1].get("role") == "user" and isinstance(messages[-1].get("content"), str)):

@@ -43,6 +43,12 @@ class RunState:
                                   workers=int(workerinput.get("workercount", 1) or 1))
         if self._run is not None:
             self._use_run(self._run)
+        from pytest_llmeval.providers.callserver import CallClient, ServerAddress
+
+        address = ServerAddress.from_dict(workerinput.get("llmeval_calls"))
+        if address is not None:  # an xdist worker: litellm's calls go through the controller (callserver.py)
+            self.runner.remote = CallClient(address)
+        self._call_server: Any = None
         self.prefetcher: Any = None
         if self.settings.concurrency > 1:
             from pytest_llmeval.providers.prefetch import Prefetcher
@@ -115,8 +121,20 @@ class RunState:
             self._journal = Journal(self.journal_dir, str(self.run["run_id"]), writer)
         return str(self._journal.append(data))
 
+    def serve_calls(self) -> dict[str, str]:
+        """In the xdist controller: start the call server that makes the workers' litellm calls (once), and say
+        where it is, for ``workerinput``."""
+        if self._call_server is None:
+            from pytest_llmeval.providers.callserver import CallServer
+
+            import_all_modules()  # before the server's threads start (see there)
+            self._call_server = CallServer(self.runner)
+        return dict(self._call_server.address.to_dict())
+
     def close(self) -> None:
         """The end of this process's run: no more calls, the journal flushed, the runner's resources freed."""
+        if self._call_server is not None:
+            self._call_server.close()
         if self.prefetcher is not None:
             self.prefetcher.close()
         if self._journal is not None:
