@@ -66,7 +66,8 @@ import pytest
 
 from pytest_llmeval.sandbox.isolation import UID_BASE, UID_RANGE, Limits, Sandbox, SandboxUnavailable, _UidPool
 
-LEVELS = ["bwrap", "unshare"]
+# "bwrap-per-run": the bwrap level without its fork server (one bwrap per run, as when the server cannot start).
+LEVELS = ["bwrap", "bwrap-per-run", "unshare"]
 SHORT = Limits(timeout_s=8, cpu_s=5)
 ROOT = os.geteuid() == 0
 
@@ -77,9 +78,12 @@ def sandbox(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     (secret_dir / ".env").write_text("OPENAI_API_KEY=sk-project-secret-123456\n")
     os.chmod(secret_dir / ".env", 0o644)
     try:
-        sb = Sandbox(request.param, hide=[secret_dir])
+        sb = Sandbox(request.param.removesuffix("-per-run"), hide=[secret_dir],
+                     fork_server=request.param == "bwrap")
     except SandboxUnavailable as exc:
         pytest.skip(f"{request.param} is not usable here: {exc}")
+    if request.param == "bwrap" and ROOT:
+        assert sb.fork_server() is not None, "the fork server did not start: the attacks would test the other path"
     sb.secret_dir = secret_dir  # type: ignore[attr-defined]
     return sb
 
@@ -854,7 +858,7 @@ def test_hard_links_to_host_files_are_refused(sandbox: Sandbox) -> None:
 
 
 def test_runs_leave_nothing_in_the_temporary_directory(sandbox: Sandbox, tmp_path: Path) -> None:
-    sb = Sandbox(sandbox.level, base_dir=tmp_path)
+    sb = Sandbox(sandbox.level, base_dir=tmp_path, fork_server=sandbox.uses_fork_server)
     code = ("import os\nos.makedirs('a/b')\nopen('a/b/f', 'w').write('x')\nos.chmod('a/b', 0)\nos.chmod('a', 0)\n"
             "open('/tmp/t', 'w').write('x')\nprint('out')\nimport sys\nprint('err', file=sys.stderr)\n")
     for _ in range(2):
@@ -887,7 +891,8 @@ def test_nothing_is_left_after_the_parent_is_killed(sandbox: Sandbox, tmp_path: 
     base.mkdir()
     with measuring_alone():
         shmem0 = shmem_mb()
-        parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, sandbox.level, str(base), marker])
+        env = dict(os.environ, LLMEVAL_SANDBOX_FORK_SERVER="1" if sandbox.uses_fork_server else "0")
+        parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, sandbox.level, str(base), marker], env=env)
         try:
             deadline = time.monotonic() + 15
             while not sandbox_processes(marker) and time.monotonic() < deadline:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import atexit
 import errno
 import fcntl
+import itertools
 import os
 import re
 import shutil
@@ -47,14 +48,19 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.sandbox.seccomp import SECCOMP_TRAMPOLINE, seccomp_program
+
+if TYPE_CHECKING:
+    from pytest_llmeval.sandbox.zygote import Zygote
 
 LEVELS = ("auto", "bwrap", "unshare", "none")
 UID_BASE = 61000  # sandbox uids: UID_BASE .. UID_BASE + UID_RANGE - 1, each leased to one run at a time
@@ -62,6 +68,7 @@ UID_RANGE = 2048
 UIDS_PER_PROCESS = 64  # where a worker starts looking for a free uid
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 HIDDEN_TMPFS_BYTES = 1 << 20  # the tmpfs over each hidden directory: mount points only
+ZYGOTE_WORK = "/run/pytest-llmeval-box/work"  # the work directory inside the fork server (zygote_server.WORK)
 
 
 class SandboxUnavailable(InfrastructureError):
@@ -176,10 +183,12 @@ class Sandbox:
 
     ``python`` is the interpreter for Python code (default: the running one, so generated code sees the
     same installed packages, read-only). ``hide`` adds directories to hide (the pytest rootdir, say).
+    ``fork_server``: at the bwrap level as root, run everything in one bwrap with a fork server in it (zygote.py),
+    started on first use; None (the default) unless the environment has ``LLMEVAL_SANDBOX_FORK_SERVER=0``.
     """
 
     def __init__(self, level: str = "auto", *, python: str | None = None, hide: Sequence[Path] = (),
-                 base_dir: Path | None = None) -> None:
+                 base_dir: Path | None = None, fork_server: bool | None = None) -> None:
         if level not in LEVELS:
             raise ValueError(f"unknown sandbox level {level!r}; expected one of {', '.join(LEVELS)}")
         self.python = python or sys.executable
@@ -188,6 +197,12 @@ class Sandbox:
         self.level = self._choose(level)
         self.is_root = os.geteuid() == 0
         self._bwrap_mounts: tuple[list[Path], list[Path]] | None = None
+        if fork_server is None:
+            fork_server = os.environ.get("LLMEVAL_SANDBOX_FORK_SERVER", "1") != "0"
+        # The server's storage lives under /run, which bwrap hides behind a tmpfs of its own.
+        self._use_zygote = fork_server and self.level == "bwrap" and self.is_root and os.path.isdir("/run")
+        self._zygote: Zygote | None = None
+        self._zygote_lock = threading.Lock()
         _sweep(base_dir)
         _sweep(None)  # collected files always go to the default temporary directory
 
@@ -227,6 +242,30 @@ class Sandbox:
         for needed in back:
             args += _mkdirs(needed) + ["--ro-bind", str(needed), str(needed)]
         return args
+
+    @property
+    def uses_fork_server(self) -> bool:
+        """Whether runs go through the fork server (as root at the bwrap level, unless turned off)."""
+        return bool(getattr(self, "_use_zygote", False))
+
+    def fork_server(self) -> Zygote | None:
+        """This sandbox's fork server, started on first use (None: runs take the one-bwrap-per-run path)."""
+        if not getattr(self, "_use_zygote", False):  # _probe's sandboxes have no __init__
+            return None
+        with self._zygote_lock:
+            if self._zygote is None or not self._zygote.alive():
+                from pytest_llmeval.sandbox.zygote import Zygote, ZygoteGone
+
+                args = [*self.bwrap_mounts(("--perms", "0755", "--size", "65536", "--tmpfs", "/tmp")),
+                        "--remount-ro", "/dev", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                        "--die-with-parent", "--new-session", "--cap-add", "ALL"]
+                try:
+                    self._zygote = Zygote(self.python, args, seccomp_program())
+                except ZygoteGone:
+                    self._use_zygote = False  # the classic path, which isolates as well, only slower
+                    return None
+                weakref.finalize(self, self._zygote.close)
+            return self._zygote
 
     # ------------------------------------------------------------------------------------------ runs
 
@@ -275,7 +314,15 @@ class _Storage:
 
     def __init__(self, sandbox: Sandbox, uid: int, limits: Limits) -> None:
         self.helper: subprocess.Popen[bytes] | None = None
-        if sandbox.is_root and sandbox.level != "none":
+        self.zygote = sandbox.fork_server()
+        self.box = 0
+        if self.zygote is not None:  # a tmpfs in the fork server's mount namespace (zygote_server.open_box)
+            try:
+                self.box, self.host = self.zygote.open_box(limits.disk_mb, limits.max_file_mb, uid)
+            except OSError as exc:
+                raise SandboxUnavailable(str(exc)) from None
+            self.inside = Path(ZYGOTE_WORK).parent
+        elif sandbox.is_root and sandbox.level != "none":
             self._start_helper(sandbox, uid, limits.disk_mb, limits.max_file_mb)
         else:
             self.host = Path(tempfile.mkdtemp(prefix=f"llmeval-sbx-{_process_tag()}-", dir=sandbox.base_dir))
@@ -335,6 +382,12 @@ class _Storage:
         return [] if self.helper is None else ["nsenter", f"--mount=/proc/{self.helper.pid}/ns/mnt"]
 
     def close(self) -> None:
+        if self.zygote is not None:
+            try:
+                self.zygote.close_box(self.box)
+            except OSError:
+                pass  # the server is gone, and its boxes with it
+            return
         if self.helper is None:
             shutil.rmtree(self.host, ignore_errors=True)
             return
@@ -361,7 +414,7 @@ class WorkDir:
         self.uid = uid
         self._runs = 0
         self._chown = sandbox.is_root and sandbox.level != "none"
-        if self._chown and storage.helper is None:
+        if self._chown and storage.helper is None and storage.zygote is None:
             os.chown(storage.host / "work", uid, uid)
 
     def write(self, name: str, content: str | bytes) -> Path:
@@ -443,6 +496,9 @@ class WorkDir:
         env = {"PATH": SAFE_PATH, "HOME": str(self.path), "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
         drop_uid = self.sandbox.is_root and self.sandbox.level != "none"
+        if self.storage.zygote is not None:
+            env["PWD"] = str(self.path)  # as bwrap's --chdir sets it
+            return self._run_forked(cmd, limits, stdin, collect, env, out_path, err_path)
 
         # Limits are set by util-linux prlimit just before the sandbox starts, instead of a preexec_fn: with
         # no Python code between fork and exec, subprocess can use vfork, which stays fast in a big process.
@@ -498,12 +554,68 @@ class WorkDir:
             _kill_group(proc)  # a daemon left behind in the (non-namespaced) group dies too
             if drop_uid:
                 _reap_uid(self.uid)
-        duration = time.perf_counter() - start
+        return self._result(proc.returncode, timed_out, time.perf_counter() - start, limits, collect, out_path,
+                            err_path)
+
+    def _run_forked(self, cmd: Sequence[str], limits: Limits, stdin: str | None, collect: Sequence[str],
+                    env: dict[str, str], out_path: Path, err_path: Path) -> RunResult:
+        """One run forked by the fork server: the same limits, uid, namespaces and filter as a bwrap of its own."""
+        zygote = self.storage.zygote
+        assert zygote is not None
+        soft_cpu = max(1, int(limits.cpu_s))
+        rlimits = [("RLIMIT_AS", limits.memory_mb << 20, limits.memory_mb << 20),
+                   ("RLIMIT_CPU", soft_cpu, soft_cpu + 1),
+                   ("RLIMIT_FSIZE", limits.max_file_mb << 20, limits.max_file_mb << 20),
+                   ("RLIMIT_NOFILE", limits.max_open_files, limits.max_open_files), ("RLIMIT_CORE", 0, 0),
+                   ("RLIMIT_NPROC", limits.max_processes, limits.max_processes)]
+        # ``python -I [-u] script ...`` with the server's own interpreter runs in a fork of it: no start-up.
+        flags = list(itertools.takewhile(lambda a: a.startswith("-"), cmd[1:]))
+        in_process = (cmd[0] == self.sandbox.python and "-I" in flags and set(flags) <= {"-I", "-u"}
+                      and len(cmd) > len(flags) + 1)
+        stdin_r, stdin_w = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY), -1)
+        start = time.perf_counter()
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                status_r = zygote.run(self.storage.box, self.uid, cmd, env, rlimits,
+                                      (stdin_r, out.fileno(), err.fileno()), in_process=in_process)
+        except OSError as exc:
+            if stdin_w >= 0:
+                os.close(stdin_w)
+            raise SandboxUnavailable(str(exc) if zygote.alive() else f"the sandbox's fork server is gone ({exc})") \
+                from None
+        finally:
+            os.close(stdin_r)
+        expired = threading.Event()
+
+        def on_deadline() -> None:  # kill the run's processes: its pid 1 (root) then reports the signal
+            expired.set()
+            _reap_uid(self.uid, 1.0)
+
+        timer = threading.Timer(limits.timeout_s, on_deadline)
+        timer.daemon = True
+        timer.start()
+        try:
+            if stdin is not None:
+                try:
+                    with open(stdin_w, "wb") as pipe:
+                        pipe.write(stdin.encode())
+                except BrokenPipeError:
+                    pass
+            code = zygote.status(status_r)
+        finally:
+            timer.cancel()
+            _reap_uid(self.uid)
+        if code is None:
+            raise SandboxUnavailable("the sandbox's fork server stopped during a run")
+        return self._result(code, expired.is_set(), time.perf_counter() - start, limits, collect, out_path,
+                            err_path)
+
+    def _result(self, code: int | None, timed_out: bool, duration: float, limits: Limits, collect: Sequence[str],
+                out_path: Path, err_path: Path) -> RunResult:
         stdout = _read(out_path, limits.max_output_bytes)
         stderr = _read(err_path, limits.max_output_bytes)
         out_path.unlink()
         err_path.unlink()
-        code = proc.returncode
         reason = _reason(code, timed_out, stderr, limits)
         files = {}
         for name in collect:

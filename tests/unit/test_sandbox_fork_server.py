@@ -1,0 +1,167 @@
+"""The bwrap level's fork server (sandbox/zygote.py): runs forked in one long-lived bwrap behave like a bwrap of
+their own and cannot reach the server or a later run. The attack battery of test_sandbox.py runs against it too
+(its ``bwrap`` parameter; ``bwrap-per-run`` is the path without the server)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_llmeval.core.errors import InfrastructureError
+from pytest_llmeval.sandbox.isolation import Limits, Sandbox, SandboxUnavailable
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fork server is the bwrap level's path as root")
+SHORT = Limits(timeout_s=8, cpu_s=5)
+
+
+def sandboxes() -> tuple[Sandbox, Sandbox]:
+    try:
+        forked, per_run = Sandbox("bwrap", fork_server=True), Sandbox("bwrap", fork_server=False)
+    except SandboxUnavailable as exc:
+        pytest.skip(f"bwrap is not usable here: {exc}")
+    assert forked.fork_server() is not None and per_run.fork_server() is None
+    return forked, per_run
+
+
+PROBE = """\
+import atexit, os, sys, threading, time
+print(sys.argv, __file__, __name__, sorted(globals()), sys.path, sys.flags.isolated, sys.flags.safe_path)
+print(sorted(os.environ.items()), os.getcwd(), sys.stdout.encoding, sys.stdin.read())
+print(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[1:])
+atexit.register(lambda: print('atexit ran'))
+threading.Thread(target=lambda: (time.sleep(0.2), print('thread finished', flush=True))).start()
+"""
+
+ENDINGS = {
+    "return": ("", 0),
+    "exit 3": ("sys.exit(3)", 3),
+    "exit with a message": ("sys.exit('bad input')", 1),
+    "uncaught exception": ("def f():\n    return 1 / 0\nf()", 1),
+    "os._exit": ("sys.stdout.flush()\nos._exit(5)", 5),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_in_process_runs_behave_like_a_fresh_interpreter(ending: str) -> None:
+    """``python -I main.py`` forked from the server: same argv, globals, path, environment, stdin, exit status,
+    traceback, atexit and thread shutdown as the interpreter started afresh in a bwrap of its own."""
+    forked, per_run = sandboxes()
+    tail, status = ENDINGS[ending]
+    code = PROBE + tail + "\n"
+    results = [sb.run([sb.python, "-I", "main.py", "arg"], {"main.py": code}, stdin="from stdin", limits=SHORT)
+               for sb in (forked, per_run)]
+    assert results[0].exit_code == results[1].exit_code == status
+    assert results[0].stdout == results[1].stdout
+    assert results[0].stderr == results[1].stderr
+    if ending == "uncaught exception":
+        assert 'File "/run/pytest-llmeval-box/work/main.py", line 9, in <module>' in results[0].stderr
+        assert "<string>" not in results[0].stderr  # the server's own frame is not shown
+    if ending != "os._exit":
+        assert "thread finished" in results[0].stdout and "atexit ran" in results[0].stdout
+
+
+def test_unbuffered_flag_and_other_commands() -> None:
+    forked, _ = sandboxes()
+    code = "import sys, time\nprint('before', flush=False)\nsys.stdout.write('partial')\ntime.sleep(30)\n"
+    result = forked.run([forked.python, "-I", "-u", "main.py"], {"main.py": code}, limits=Limits(timeout_s=2))
+    assert result.timed_out and result.stdout == "before\npartial"  # written as it went, then killed
+    shell = forked.run(["sh", "-c", "echo $0 $1; exit 4", "sh", "x"])
+    assert (shell.stdout, shell.exit_code) == ("sh x\n", 4)
+    other = forked.run([forked.python, "-I", "-S", "-c", "import sys; print(sys.flags.no_site)"])  # executed
+    assert other.stdout == "1\n"
+
+
+ATTACK = """\
+import ctypes, os, signal, sys, time
+print('pids', sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))
+for pid in range(1, 40):
+    try:
+        os.kill(pid, signal.SIGKILL if pid != os.getpid() else 0)
+    except OSError:
+        pass
+os.X_LEFT_BY_THE_FIRST_RUN = 1
+open('/tmp/left', 'w').write('x')
+open('/dev/shm/left', 'w').write('x')
+print('boxes', os.listdir('/run/llmeval-boxes'), sorted(os.listdir('/run')))
+status = dict(line.split(':\\t') for line in open('/proc/self/status').read().splitlines() if ':\\t' in line)
+print('caps', status['CapEff'], status['CapBnd'], status['NoNewPrivs'], status['Seccomp'])
+sys.stdout.flush()
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(30)
+    os._exit(0)
+ctypes.string_at(0)  # and die of SIGSEGV
+"""
+
+LATER = """\
+import os
+print(hasattr(os, 'X_LEFT_BY_THE_FIRST_RUN'), os.listdir('/tmp'), os.listdir('/dev/shm'), os.listdir('.'))
+print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))
+"""
+
+
+def test_a_run_cannot_reach_the_server_or_a_later_run() -> None:
+    forked, _ = sandboxes()
+    server = forked.fork_server()
+    assert server is not None
+    first = forked.run([forked.python, "-I", "main.py"], {"main.py": ATTACK}, limits=SHORT)
+    assert first.reason == "killed by signal SIGSEGV"
+    lines = dict(line.split(" ", 1) for line in first.stdout.splitlines())
+    assert lines["pids"] == "[1, 2]"  # its pid 1 (root) and itself: no server, no other run
+    assert lines["boxes"] == "[] ['llmeval-boxes', 'pytest-llmeval-box']"  # no other run's storage
+    assert lines["caps"] == "0000000000000000 0000000000000000 1 2"  # no capability, no new privileges, filtered
+    assert forked.fork_server() is server and server.alive()
+    later = forked.run([forked.python, "-I", "main.py"], {"main.py": LATER}, limits=SHORT)
+    assert later.stdout == "False [] [] ['main.py']\n[1, 2]\n", later.stderr
+
+
+def test_in_process_runs_get_fresh_limits() -> None:
+    forked, _ = sandboxes()
+    code = "import resource\nprint([resource.getrlimit(getattr(resource, 'RLIMIT_' + n)) for n in " \
+           "('AS', 'CPU', 'FSIZE', 'NOFILE', 'CORE', 'NPROC')])\n"
+    limits = Limits(cpu_s=3, memory_mb=512, max_file_mb=4, max_open_files=64, max_processes=8)
+    result = forked.run_python(code, limits=limits)
+    mib = 1 << 20
+    assert result.stdout == f"[{(512 * mib,) * 2}, (3, 4), {(4 * mib,) * 2}, (64, 64), (0, 0), (8, 8)]\n"
+    assert forked.run_python("x = bytearray(600 << 20)", limits=limits).reason == "killed: memory limit 512 MiB"
+
+
+def test_the_server_ends_with_its_sandbox_and_is_replaced_when_gone() -> None:
+    forked, _ = sandboxes()
+    server = forked.fork_server()
+    assert server is not None
+    with forked.workdir(SHORT) as wd:
+        server.proc.kill()  # the server is gone mid-work-directory: its runs are an infrastructure error
+        server.proc.wait(5)
+        with pytest.raises(InfrastructureError, match="fork server"):
+            wd.run([forked.python, "-I", "-c", "print(1)"], limits=SHORT)
+    assert forked.run_python("print(2)", limits=SHORT).stdout == "2\n"  # a new server for the next one
+    replacement = forked.fork_server()
+    assert replacement is not None and replacement is not server
+    proc = replacement.proc
+    del forked, replacement, server, wd
+    gc.collect()
+    assert proc.wait(5) is not None  # the Sandbox collected, its server exits
+
+
+def test_a_forked_host_process_starts_its_own_server(tmp_path: Path) -> None:
+    forked, _ = sandboxes()
+    forked.run_python("print(1)", limits=SHORT)
+    pid = os.fork()
+    if pid == 0:  # a child of a process holding a server (multiprocessing's fork) never uses the parent's
+        try:
+            ok = forked.run_python("print(3)", limits=SHORT).stdout == "3\n"
+            ok = ok and forked.fork_server() is not None and forked.fork_server().owner == os.getpid()  # type: ignore[union-attr]
+        except BaseException:  # noqa: BLE001
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert forked.run_python("print(4)", limits=SHORT).stdout == "4\n"  # and the parent's is still there
+    time.sleep(0)
+    assert sys.executable
