@@ -46,7 +46,7 @@ from pytest_llmeval.providers.local_cache import (
     cache_entry,
     model_cache_dir,
 )
-from pytest_llmeval.providers.local_generate import DEFAULT_MAX_TOKENS, Generation, generate
+from pytest_llmeval.providers.local_generate import DEFAULT_MAX_TOKENS, Generation, generate, report
 
 if TYPE_CHECKING:
     from litellm import CustomLLM
@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "MODEL_CACHE_ENV",
     "PROVIDER",
+    "batched",
     "Generation",
     "LoadedModel",
     "LocalLLM",
@@ -265,6 +266,8 @@ def _load_uncached(spec: LocalModelSpec) -> LoadedModel:
 
     started = time.perf_counter()
     entry = _cache_entry(spec) if spec.kind == "gguf" else None  # HF directories load fast as they are
+    report(f"loading {label}" + (" (the first load converts the GGUF file, ~20 s)"
+                                 if entry is not None and not entry.marker.is_file() else ""))
     if entry is not None:
         hit = entry.read(repair=False)  # the common, warm case: no lock, no waiting on other processes
         if hit is None:
@@ -309,6 +312,7 @@ def _loaded(spec: LocalModelSpec, tokenizer: Any, model: Any, seconds: float, la
     model.to("cpu")  # explicit, in case accelerate or a config would place it elsewhere
     model.eval()  # no dropout: greedy answers must be deterministic
     log.info("loaded %s from %s in %.1f s", label, "the converted-model cache" if from_cache else spec.path, seconds)
+    report(f"loaded {label} in {seconds:.1f} s")
     return LoadedModel(spec=spec, tokenizer=tokenizer, model=model, load_seconds=seconds, from_cache=from_cache)
 
 
@@ -397,6 +401,12 @@ def __getattr__(name: str) -> Any:
 def register() -> None:
     """Make ``local/...`` models callable through litellm; safe to call any number of times."""
     register_provider(PROVIDER, _local_llm_class)
+
+
+def batched(resolved: str) -> bool:
+    """Whether calls to the model ``resolved`` are generated in batches, so the prefetch pool should plan them
+    (its threads' greedy requests are generated together, see local_generate.Batcher): the ``local/`` models."""
+    return resolved.startswith(f"{PROVIDER}/")
 
 
 def provider() -> Provider:

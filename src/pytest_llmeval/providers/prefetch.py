@@ -8,7 +8,10 @@ are submitted, up to twice ``--llm-concurrency`` calls waiting or in flight; the
 so outcomes, ids and output order are exactly those of a serial run.
 
 Only plain model calls are prefetched: not calibration items (no model call), not retrieval items (the index
-is searched on the main thread), not ``local/`` models (CPU-bound: one at a time is fastest). Identical
+is searched on the main thread), not offline models other than ``local/`` ones (CPU-bound: threads would take
+turns). The ``local/`` calls that the pool's threads make at once are generated as one batch
+(local_generate.Batcher), far faster per answer than one at a time; while they run, the model's load and a long
+batch's progress are reported through pytest's terminal reporter (not in xdist workers, nor under ``-qq``). Identical
 requests in flight are issued once. Deselected items are never in the order, so they never cause a request;
 after ``-x``/``--maxfail`` stops the run, queued calls are cancelled and no new ones are issued.
 """
@@ -43,6 +46,7 @@ class Prefetcher:
         # while fill() still holds the lock.
         self._lock = threading.RLock()
         self.stopped = False
+        self._reporting: tuple[Any, ...] | None = None  # (the previous progress reporter,) once installed
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -63,6 +67,8 @@ class Prefetcher:
         if self.stopped:
             return
         for item in upcoming:
+            if self._reporting is None:
+                self._report_progress(getattr(item, "config", None))
             if len(self._inflight) >= self.window:  # _inflight: the calls not done yet
                 break
             nodeid = item.nodeid
@@ -83,6 +89,18 @@ class Prefetcher:
                         future.add_done_callback(functools.partial(self._forget, key))
                     futures.append(future)
             self._items[nodeid] = futures
+
+    def _report_progress(self, config: Any) -> None:
+        """Send the local model's progress lines (its load, a long batch) to the terminal while this pool runs:
+        not from an xdist worker (its output is not the user's terminal), not under -qq."""
+        from pytest_llmeval.providers import local_generate
+
+        reporter = None
+        terminal = None if config is None else config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None and not hasattr(config, "workerinput") and config.get_verbosity() > -2:
+            def reporter(message: str) -> None:
+                terminal.write_line(f"llmeval: {message}")
+        self._reporting = (local_generate.set_reporter(reporter),)
 
     def _forget(self, key: str, future: Future[Any]) -> None:
         with self._lock:
@@ -114,3 +132,8 @@ class Prefetcher:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._reporting is not None:
+            from pytest_llmeval.providers import local_generate
+
+            local_generate.set_reporter(self._reporting[0])
+            self._reporting = None

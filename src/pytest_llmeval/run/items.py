@@ -308,7 +308,11 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
             return None
         if any(state.unusable.get(m) for m in [*([self.model] if self.target is None else []), *self.judge_models()]):
             return None
-        if state.runner.is_offline(self.model):  # CPU-bound in this process: one at a time is fastest
+        # Offline models are CPU-bound in this process: threads would only take turns, except for local/ models,
+        # whose greedy calls from the pool's threads are generated together as one batch (local_generate.Batcher).
+        from pytest_llmeval.providers.local import batched
+
+        if state.runner.is_offline(self.model) and not batched(state.settings.resolve_model(self.model)):
             return None  # (an application given an offline model most likely runs it: the same holds)
         if self.target is not None:
             return self.app_plan(state, self.draws)
