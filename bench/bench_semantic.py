@@ -47,6 +47,74 @@ def clustered(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return data / np.linalg.norm(data, axis=1, keepdims=True)
 
 
+class OldVectorSet:
+    """The VectorSet before issue 19 (kept here as the baseline): rows appended as blocks and stacked into a new
+    matrix at the next search (a copy of the whole set after every add), the IVF index rebuilt from scratch
+    by a search once the unindexed tail passed max(4096, a quarter of the indexed rows)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim, self.keys, self._blocks, self._matrix, self._ivf = dim, [], [], None, None
+
+    def add(self, vector: np.ndarray, text: str, key: str) -> None:
+        self._blocks.append(vector.reshape(1, -1))
+        self.keys.append(key)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        if self._blocks:
+            parts = ([self._matrix] if self._matrix is not None else []) + self._blocks
+            self._matrix = np.vstack(parts).astype(np.float32, copy=False)
+            self._blocks = []
+        return self._matrix
+
+    def search(self, query: np.ndarray, k: int = 8) -> list[tuple[float, int]]:
+        matrix = self.matrix
+        n = len(matrix)
+        if n <= semantic.BRUTE_FORCE_MAX:
+            ids, scores = np.arange(n), matrix @ query
+        else:
+            if self._ivf is None or n - self._ivf[3] > max(semantic.BRUTE_FORCE_MAX // 2, self._ivf[3] // 4):
+                lists = semantic._Lists(matrix)  # the same k-means training as today's index
+                order = np.concatenate([lists.ids[c][:lists.counts[c]] for c in range(len(lists.counts))])
+                offsets = np.concatenate([[0], np.cumsum(lists.counts)])
+                self._ivf = (lists.centroids, order, offsets, n, np.ascontiguousarray(matrix[order]))
+            centroids, order, offsets, indexed, grouped = self._ivf
+            lists_ = np.argpartition(-(centroids @ query), min(semantic.PROBES, len(centroids) - 1))[:semantic.PROBES]
+            parts = [(grouped[offsets[c]:offsets[c + 1]] @ query, order[offsets[c]:offsets[c + 1]]) for c in lists_]
+            if indexed < n:
+                parts.append((matrix[indexed:] @ query, np.arange(indexed, n)))
+            scores = np.concatenate([p[0] for p in parts])
+            ids = np.concatenate([p[1] for p in parts])
+        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
+        top = top[np.argsort(-scores[top])]
+        return [(float(scores[i]), int(ids[i])) for i in top]
+
+
+def bench_growing(n: int, rounds: int = 300) -> None:
+    """A cache in use: every lookup is followed by an add (a miss recorded), as in a run of new requests."""
+    print(f"\n(a2) lookup then add, {rounds} rounds on a {n}-entry partition (embedding excluded): before -> now")
+    rng = np.random.default_rng(3)
+    data = clustered(n + rounds, 384, rng)
+    results = {}
+    for name, cls in (("before (stack + rebuild)", OldVectorSet), ("now (preallocated + lists)", VectorSet)):
+        vs = cls(dim=384)
+        for i in range(n):
+            vs.add(data[i], "", str(i))
+        vs.search(data[0])  # the first search builds the index, once per process, in both
+        times = []
+        for j in range(rounds):
+            q = data[n + j]
+            t = time.perf_counter()
+            vs.search(q)
+            times.append(time.perf_counter() - t)
+            vs.add(q, "", str(n + j))
+        results[name] = times
+        print(f"  {name:28} {ms(times)}")
+    (b, nb), (a, na) = results.items()
+    print(f"  now / before: p50 x{statistics.median(na) / statistics.median(nb):.3f}  "
+          f"p95 x{np.percentile(na, 95) / np.percentile(nb, 95):.3f}")
+
+
 def bench_lookup(sizes: list[int], queries: int = 300) -> None:
     print("\n(a) semantic-cache lookup latency, embedding excluded (384-dim, one partition)")
     rng = np.random.default_rng(0)
@@ -79,19 +147,32 @@ def bench_lookup(sizes: list[int], queries: int = 300) -> None:
               f"  nearest found {found}/{queries}   index build {setup:.2f} s")
 
 
-def bench_pairs(path: Path, threshold: float) -> None:
-    print(f"\n(b) hits on {path.name} at cosine >= {threshold} (real model, real diskcache)")
+def bench_pairs(path: Path, threshold: float, fill: int = 0) -> None:
+    print(f"\n(b) hits on {path.name} at cosine >= {threshold} (real model, real diskcache)"
+          + (f", each pair's partition holding {fill} other entries" if fill else ""))
     pairs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     embedder = get_embedder()
-    va = embedder.encode([p["a"] for p in pairs])
-    vb = embedder.encode([p["b"] for p in pairs])
+    embedder.encode(["warm up"])
     tmp = Path(tempfile.mkdtemp())
     try:
         cache = SemanticCache(tmp / "sem", threshold=threshold)
+        alone, embed_s, va, vb = [], [], [], []
+        for p in pairs:
+            t = time.perf_counter()
+            embedder.encode([p["b"]])
+            alone.append(time.perf_counter() - t)
+            va.append(cache.embed(p["a"]))
+            t = time.perf_counter()
+            vb.append(cache.embed(p["b"]))  # the request and its words, as the runner does before a lookup
+            embed_s.append(time.perf_counter() - t)
         t0 = time.perf_counter()
         for i, (p, v) in enumerate(zip(pairs, va, strict=True)):
             cache.add(partition_key(pair=i), p["a"], f"k{i}", vector=v)
         add_s = (time.perf_counter() - t0) / len(pairs)
+        cache._words.clear()  # lookups must find the cached requests' words in the store, as another process would
+        for p in pairs:  # the lookup's own words: embedded with it (the runner calls embed first)
+            cache._words.update({w: embedder.encode([w])[0] for w in semantic._content_words(p["b"])
+                                 if w not in cache._words})
         rows: dict[str, list[int]] = {}
         lookups = []
         for i, (p, v, w) in enumerate(zip(pairs, vb, va, strict=True)):
@@ -103,6 +184,20 @@ def bench_pairs(path: Path, threshold: float) -> None:
             r[0] += 1
             r[1] += ours
             r[2] += plain
+        if fill:  # one partition: `fill` entries far from any request (random directions) plus every pair's first text
+            shared = partition_key(pair="all")
+            cache._sync()
+            big = cache._sets[shared] = VectorSet(dim=embedder.dim)
+            for i, v in enumerate(clustered(fill, embedder.dim, np.random.default_rng(4))):
+                big.add(v, "", f"fill{i}")
+            for i, (p, v) in enumerate(zip(pairs, va, strict=True)):
+                big.add(v, p["a"], f"k{i}")
+            big.search(vb[0])  # builds the index once, outside the timing
+            filled = []
+            for p, v in zip(pairs, vb, strict=True):
+                t = time.perf_counter()
+                cache.lookup(shared, p["b"], vector=v)
+                filled.append(time.perf_counter() - t)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     para = rows.pop("paraphrase")
@@ -114,6 +209,10 @@ def bench_pairs(path: Path, threshold: float) -> None:
     print(f"  {'all meaning changes':28} {changed[0]:>4}  {changed[1] / changed[0]:>13.1%}  "
           f"{changed[2] / changed[0]:>21.1%}")
     print(f"  lookup incl. guard, embedding excluded: {ms(lookups)}; add {add_s * 1000:.2f} ms")
+    if fill:
+        print(f"  lookup incl. guard in one partition of {fill + len(pairs)} entries: {ms(filled)}")
+    print(f"  embedding the request with its words: {ms(embed_s)}  (the request alone: {ms(alone)}; "
+          f"x{statistics.median(embed_s) / statistics.median(alone):.2f})")
 
 
 def bench_index(chunks: int) -> None:
@@ -173,12 +272,15 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=10000)
     parser.add_argument("--pairs", type=Path, default=HERE / "semantic_pairs.jsonl")
     parser.add_argument("--threshold", type=float, default=semantic.DEFAULT_THRESHOLD)
+    parser.add_argument("--fill", type=int, default=0, help="(b): other entries in each pair's partition")
+    parser.add_argument("--grow", type=int, default=100000, help="(a2): entries before the lookup+add rounds")
     parser.add_argument("--only", choices=["lookup", "pairs", "index"], default=None)
     args = parser.parse_args()
     if args.only in (None, "lookup"):
         bench_lookup(args.sizes)
+        bench_growing(args.grow)
     if args.only in (None, "pairs"):
-        bench_pairs(args.pairs, args.threshold)
+        bench_pairs(args.pairs, args.threshold, args.fill)
     if args.only in (None, "index"):
         bench_index(args.chunks)
 

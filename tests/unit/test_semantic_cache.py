@@ -77,3 +77,40 @@ def test_ivf_search_finds_near_duplicates_like_brute_force(monkeypatch: pytest.M
         assert best[0] > 0.8
     assert found >= 196  # near-duplicates: the IVF probe finds what brute force finds
     assert vs._ivf is not None
+
+
+def test_rows_added_after_the_index_is_built_are_found_without_a_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(semantic, "BRUTE_FORCE_MAX", 500)
+    rng = np.random.default_rng(2)
+    data = rng.standard_normal((3000, 32)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    vs = VectorSet(dim=32)
+    for i in range(1000):
+        vs.add(data[i], f"t{i}", f"k{i}")
+    vs.search(data[0])
+    index = vs._ivf
+    assert index is not None and index.trained == 1000
+    for i in range(1000, 3000):  # past the old matrix's capacity, into the lists
+        vs.add(data[i], f"t{i}", f"k{i}")
+        if i % 97 == 0:
+            assert vs.search(data[i], k=1)[0][1] == i  # the exact row, just added, is its own nearest
+    assert vs._ivf is index  # grown 3x: no retraining yet
+    assert np.array_equal(vs.matrix, data) and sum(index.counts) == 3000
+    vs.add(data[0], "again", "k-again")  # past 4x the trained rows... not yet: 3001 <= 4000
+    monkeypatch.setattr(semantic, "RETRAIN_GROWTH", 2)
+    vs.search(data[5])
+    assert vs._ivf is not index and vs._ivf.trained == 3001
+
+
+def test_word_vectors_travel_through_the_store(tmp_path: Path) -> None:
+    writer = SemanticCache(tmp_path / "sem")
+    writer.add(P, "How do I book a flight to Lisbon?", "k-book")
+    reader = SemanticCache(tmp_path / "sem")
+    assert reader._open().get(("word", "book")) is not None
+    vector = reader.embed("How do I reserve a flight to Lisbon?")  # embeds its own words in the same call
+    assert "reserve" in reader._words and "book" not in reader._words
+    hit = reader.lookup(P, "How do I reserve a flight to Lisbon?", vector)
+    assert "book" in reader._words  # read from the store, not re-embedded
+    similar = reader.word_similarity("book", "reserve")
+    assert abs(similar - writer.word_similarity("book", "reserve")) < 1e-2  # float16 in the store
+    assert (hit is not None) == (similar >= 0.75)

@@ -185,6 +185,13 @@ def _features(text: str) -> dict[str, object]:
             "names": tuple(names), "words": frozenset(lowered), "polarity": frozenset(polarity), "roles": roles}
 
 
+def content_words(text: str) -> tuple[str, ...]:
+    """The words of ``text`` that :func:`guard` may compare by word similarity (lowercase, in order)."""
+    content = _features(text)["content"]
+    assert isinstance(content, tuple)
+    return content
+
+
 def _show(values: object) -> str:
     items = sorted(values) if isinstance(values, set | frozenset) else list(values)  # type: ignore[call-overload]
     return ", ".join(str(v).lstrip("#") for v in items) or "none"

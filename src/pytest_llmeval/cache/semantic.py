@@ -10,9 +10,13 @@ from "is not" (their pairs are as similar as paraphrases).
 
 Storage: every entry (partition, request text, exact-cache key, embedding) is appended to a diskcache store
 under ``<cache dir>/semantic`` in one SQLite transaction, so any number of processes (``-n 8``) can append and
-read at once. Each process keeps an in-memory copy of the vectors, synchronised incrementally before a
-lookup, and searches it by brute force up to :data:`BRUTE_FORCE_MAX` entries per partition and with an
-inverted-file index (k-means centroids from scipy, a few lists probed) beyond that.
+read at once; so are the vectors of the request's content words (``("word", w)``, float16), which the
+guard's synonym test reads instead of calling the model during a lookup. Each process keeps an in-memory
+copy of the vectors, synchronised incrementally before a lookup, in a preallocated matrix per partition that
+doubles when full; it is searched by brute force up to :data:`BRUTE_FORCE_MAX` entries per partition and
+with an inverted-file index (k-means centroids from scipy, a few lists probed, new rows appended to their
+list) beyond that. Nothing is rebuilt per lookup: the index is retrained only when the partition has grown
+:data:`RETRAIN_GROWTH` times past its training (bench/bench_semantic.py (a2)).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import math
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ DEFAULT_THRESHOLD = 0.75  # by measurement (bench/bench_semantic.py): with the g
 BRUTE_FORCE_MAX = 8192  # entries per partition searched exhaustively (~0.3 ms); an IVF index beyond
 PROBES = 12  # IVF lists searched per lookup (of about 2 * sqrt(n))
 CANDIDATES = 8  # nearest requests offered to the guard, best first
+RETRAIN_GROWTH = 4  # retrain the IVF centroids once the set has grown this many times past their training
 
 
 def partition_key(**parts: Any) -> str:
@@ -51,69 +56,19 @@ class SemanticHit:
         return {"similarity": round(self.similarity, 6), "request": self.request, "rejected": self.rejected}
 
 
-@dataclass
-class VectorSet:
-    """The vectors of one partition, searchable by cosine similarity (rows are L2-normalised)."""
+class _Lists:
+    """An inverted-file index: k-means centroids and, per centroid, a growable block of its rows.
 
-    dim: int
-    texts: list[str] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    _blocks: list[Any] = field(default_factory=list)
-    _matrix: Any = None
-    _ivf: Any = None  # (centroids, order, offsets, indexed count, rows grouped by list)
+    Trained once on the rows present at build time; rows added later are appended to their nearest
+    centroid's block (amortised doubling), so a lookup never rebuilds anything. The owner retrains when the
+    set has grown :data:`RETRAIN_GROWTH` times past the rows it was trained on (amortised: once per 4x).
+    """
 
-    def add(self, vector: Any, text: str, key: str) -> None:
-        self._blocks.append(vector.reshape(1, -1))
-        self.texts.append(text)
-        self.keys.append(key)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    @property
-    def matrix(self) -> Any:
-        import numpy as np
-
-        if self._blocks:
-            parts = ([self._matrix] if self._matrix is not None else []) + self._blocks
-            self._matrix = np.vstack(parts).astype(np.float32, copy=False)
-            self._blocks = []
-        return self._matrix
-
-    def search(self, query: Any, k: int = CANDIDATES) -> list[tuple[float, int]]:
-        """The ``k`` most similar entries as (similarity, index), best first."""
-        import numpy as np
-
-        matrix = self.matrix
-        n = 0 if matrix is None else len(matrix)
-        if n == 0:
-            return []
-        if n <= BRUTE_FORCE_MAX:
-            ids = np.arange(n)
-            scores = matrix @ query
-        else:
-            self._maybe_index()
-            centroids, order, offsets, indexed, grouped = self._ivf
-            lists = np.argpartition(-(centroids @ query), min(PROBES, len(centroids) - 1))[:PROBES]
-            # Each list is a contiguous block of `grouped`: slices, no gather of scattered rows.
-            parts = [(grouped[offsets[c]:offsets[c + 1]] @ query, order[offsets[c]:offsets[c + 1]]) for c in lists]
-            if indexed < n:  # entries added since the index was built
-                parts.append((matrix[indexed:] @ query, np.arange(indexed, n)))
-            scores = np.concatenate([p[0] for p in parts])
-            ids = np.concatenate([p[1] for p in parts])
-        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
-        top = top[np.argsort(-scores[top])]
-        return [(float(scores[i]), int(ids[i])) for i in top]
-
-    def _maybe_index(self) -> None:
-        """(Re)build the IVF index when there is none or when the unindexed tail has grown large."""
+    def __init__(self, matrix: Any) -> None:
         import numpy as np
         from scipy.cluster.vq import kmeans2
 
-        matrix = self.matrix
         n = len(matrix)
-        if self._ivf is not None and n - self._ivf[3] <= max(BRUTE_FORCE_MAX // 2, self._ivf[3] // 4):
-            return
         nlist = max(16, int(2 * math.sqrt(n)))
         rng = np.random.default_rng(0)
         sample = matrix[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
@@ -121,12 +76,108 @@ class VectorSet:
             warnings.simplefilter("ignore", UserWarning)
             centroids, _ = kmeans2(sample, nlist, iter=8, minit="points", seed=0)
         centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.trained = n
         assign = np.empty(n, dtype=np.int64)
         for i in range(0, n, 16384):  # nearest centroid by cosine, in blocks (bounded memory)
-            assign[i:i + 16384] = np.argmax(matrix[i:i + 16384] @ centroids.T, axis=1)
+            assign[i:i + 16384] = np.argmax(matrix[i:i + 16384] @ self.centroids.T, axis=1)
         order = np.argsort(assign, kind="stable")
         offsets = np.searchsorted(assign[order], np.arange(nlist + 1))
-        self._ivf = (centroids.astype(np.float32), order, offsets, n, np.ascontiguousarray(matrix[order]))
+        self.rows: list[Any] = []
+        self.ids: list[Any] = []
+        self.counts = [0] * nlist
+        for c in range(nlist):
+            members = order[offsets[c]:offsets[c + 1]]
+            cap = max(16, 2 * len(members))
+            rows = np.empty((cap, matrix.shape[1]), dtype=np.float32)
+            rows[:len(members)] = matrix[members]
+            ids = np.empty(cap, dtype=np.int64)
+            ids[:len(members)] = members
+            self.rows.append(rows)
+            self.ids.append(ids)
+            self.counts[c] = len(members)
+
+    def add(self, vector: Any, index: int) -> None:
+        import numpy as np
+
+        c = int(np.argmax(self.centroids @ vector))
+        n = self.counts[c]
+        if n == len(self.ids[c]):  # full: double this list's block
+            self.rows[c] = np.concatenate([self.rows[c], np.empty_like(self.rows[c])])
+            self.ids[c] = np.concatenate([self.ids[c], np.empty_like(self.ids[c])])
+        self.rows[c][n] = vector
+        self.ids[c][n] = index
+        self.counts[c] = n + 1
+
+    def search(self, query: Any) -> tuple[Any, Any]:
+        import numpy as np
+
+        lists = np.argpartition(-(self.centroids @ query), min(PROBES, len(self.centroids) - 1))[:PROBES]
+        parts = [(self.rows[c][:self.counts[c]] @ query, self.ids[c][:self.counts[c]]) for c in lists]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+class VectorSet:
+    """The vectors of one partition, searchable by cosine similarity (rows are L2-normalised).
+
+    Rows live in one preallocated float32 matrix that doubles when full, so adding a row is a copy of 384
+    floats, never a copy of the whole set; past :data:`BRUTE_FORCE_MAX` rows an inverted-file index
+    (:class:`_Lists`) is kept up to date on every add. A lookup is therefore a matrix-vector product over
+    the matrix (or over the probed lists) and nothing else.
+    """
+
+    def __init__(self, dim: int) -> None:
+        import numpy as np
+
+        self.dim = dim
+        self.texts: list[str] = []
+        self.keys: list[str] = []
+        self._data = np.empty((0, dim), dtype=np.float32)
+        self._ivf: _Lists | None = None
+
+    def add(self, vector: Any, text: str, key: str) -> None:
+        import numpy as np
+
+        n = len(self.keys)
+        if n == len(self._data):
+            grown = np.empty((max(1024, 2 * n), self.dim), dtype=np.float32)
+            grown[:n] = self._data
+            self._data = grown
+        self._data[n] = vector
+        self.texts.append(text)
+        self.keys.append(key)
+        if self._ivf is not None:
+            self._ivf.add(self._data[n], n)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def matrix(self) -> Any:
+        """The rows added so far (a view, not a copy)."""
+        return self._data[:len(self.keys)]
+
+    def search(self, query: Any, k: int = CANDIDATES) -> list[tuple[float, int]]:
+        """The ``k`` most similar entries as (similarity, index), best first."""
+        import numpy as np
+
+        n = len(self.keys)
+        if n == 0:
+            return []
+        if n <= BRUTE_FORCE_MAX:
+            scores = self._data[:n] @ query
+            ids = None
+        else:
+            if self._ivf is None or n > RETRAIN_GROWTH * self._ivf.trained:
+                self._ivf = _Lists(self._data[:n])
+            scores, ids = self._ivf.search(query)
+            if len(scores) == 0:
+                return []
+        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
+        top = top[np.argsort(-scores[top])]
+        if ids is None:
+            return [(float(scores[i]), int(i)) for i in top]
+        return [(float(scores[i]), int(ids[i])) for i in top]
 
 
 class SemanticCache:
@@ -156,12 +207,36 @@ class SemanticCache:
         return get_embedder(self.model)
 
     def embed(self, text: str) -> Any:
-        return self._embedder().encode([text])[0]
+        """The request's vector; the vectors of its content words come in the same model call.
+
+        The guard compares substituted words by their embeddings (its synonym test). Encoding them here,
+        in one batch with the request, keeps model calls out of :meth:`lookup` (one batch costs about what
+        the request alone costs; a separate call per word pair cost 5-80 ms at lookup time).
+        """
+        import numpy as np
+
+        words = [w for w in dict.fromkeys(_content_words(text)) if w not in self._words]
+        vectors = self._embedder().encode([text, *words])
+        for w, v in zip(words, vectors[1:], strict=True):
+            self._words[w] = np.asarray(v, dtype=np.float32)
+        return vectors[0]
 
     def word_similarity(self, x: str, y: str) -> float:
-        """Cosine similarity of two single words (the guard's synonym test), with memoised vectors."""
-        vectors = [self._words.get(w) for w in (x, y)]
-        missing = [w for w, v in zip((x, y), vectors, strict=True) if v is None]
+        """Cosine similarity of two single words (the guard's synonym test), with memoised vectors.
+
+        A word not seen in this process is read from the shared store (where :meth:`add` leaves the words
+        of every cached request) and encoded only when it is not there either.
+        """
+        import numpy as np
+
+        missing = [w for w in dict.fromkeys((x, y)) if w not in self._words]
+        if missing:
+            store = self._open()
+            for w in missing:
+                raw = store.get(("word", w))
+                if raw is not None:
+                    self._words[w] = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+            missing = [w for w in missing if w not in self._words]
         if missing:
             for w, v in zip(missing, self._embedder().encode(missing), strict=True):
                 self._words[w] = v
@@ -206,14 +281,26 @@ class SemanticCache:
         import numpy as np
 
         vec = np.asarray(self.embed(text) if vector is None else vector, dtype=np.float32)
+        # The request's word vectors, for other processes' guards (float16: words repeat, the table stays small).
+        words = {w: self._words[w].astype(np.float16).tobytes()
+                 for w in dict.fromkeys(_content_words(text)) if w in self._words}
         store = self._open()
         with store.transact():  # one SQLite transaction: the count and the entry appear together
             index = int(store.get("count", 0))
             store.set(("entry", index), {"partition": partition, "text": text, "key": key,
                                          "vector": vec.tobytes()})
             store.set("count", index + 1)
+            for w, raw in words.items():
+                store.add(("word", w), raw)  # add: only if absent
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _content_words(text: str) -> tuple[str, ...]:
+    """The words the guard may compare by embedding (see :func:`pytest_llmeval.cache.guard.guard`)."""
+    from pytest_llmeval.cache.guard import content_words
+
+    return content_words(text)
