@@ -260,7 +260,8 @@ def import_all_modules() -> None:
 
     package_dir = Path(__file__).resolve().parents[1]  # the pytest_llmeval package
     for info in pkgutil.walk_packages([str(package_dir)], "pytest_llmeval."):
-        # These import hypothesis (slow); they are only ever imported on the main thread.
+        # These import hypothesis (slow); they are only ever imported on the main thread. The sandbox's fork server
+        # is not a module of this process: its source runs inside the sandbox.
         if info.name not in ("pytest_llmeval.strategies", "pytest_llmeval.robustness.strategies",
-                             "pytest_llmeval.robustness.hypothesis"):
+                             "pytest_llmeval.robustness.hypothesis", "pytest_llmeval.sandbox.zygote_server"):
             importlib.import_module(info.name)
