@@ -45,6 +45,7 @@ the storage bound is ``disk_mb`` (64 MiB in these tests).
 | work directory swapped for a link between two runs        | x (parent not writable)       | x                           |
 | leftovers in the temporary directory after runs           | x (nothing on the host)       | x (nothing on the host)     |
 | processes, files, memory left after SIGKILL of the parent | x (helper exits on EOF)       | x (death signal after drop) |
+| the fork server or a later run (signals, files, /tmp)     | x (fresh process, uid, ns)    | x (nothing shared)          |
 """
 
 from __future__ import annotations
