@@ -60,19 +60,43 @@ def test_synonym_substitutions_pass_with_word_similarity() -> None:
     assert guard("Which ocean is the largest?", "Which ocean is the biggest?") is not None
 
 
+def test_moved_words_abbreviations_and_close_sentences() -> None:
+    def similar(x: str, y: str) -> float:
+        return {frozenset(("beat", "defeat")): 0.68}.get(frozenset((x, y)), 0.2)
+
+    # "chromebook" moved to the front is not a substitution of "possible" by "chromebook".
+    assert guard("Can a Chromebook run Linux?", "Is it possible to run Linux on a Chromebook?", similar) is None
+    # dicts / dictionaries share a stem prefix.
+    assert guard("How do I merge two dicts in Python?", "How do I merge two dictionaries in Python?") is None
+    # A near-synonym passes only when the sentences are very close.
+    new, old = "In 2014, did Germany defeat Brazil?", "Did Germany beat Brazil in 2014?"
+    assert guard(new, old, similar, 0.95) is None
+    assert guard(new, old, similar, 0.85) == "word replaced: defeat vs beat"
+    # ...and an unrelated word never does.
+    assert guard("How many legs does an ant have?", "How many legs does a spider have?", similar, 0.95)
+
+
+def test_roman_numerals_are_numbers_and_titles_are_not_names() -> None:
+    assert guard("When did World War III end?", "When did World War II end?") == "numbers differ: 3 vs 2"
+    assert guard("Is Everest higher than K2?", "Is Mount Everest higher than K2?") is None
+
+
 def test_labelled_pairs_never_serve_a_meaning_change() -> None:
     """Over the development set (the holdout set is measured by bench/bench_semantic.py only)."""
     from pytest_llmeval.cache.semantic import SemanticCache
 
-    similar = SemanticCache(Path("unused")).word_similarity
+    cache = SemanticCache(Path("unused"))
     rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+    vectors = cache._embedder().encode([t for r in rows for t in (r["a"], r["b"])])
+    for r, va, vb in zip(rows, vectors[0::2], vectors[1::2], strict=True):
+        r["cos"] = float(va @ vb)
     paraphrases = [r for r in rows if r["label"] == "paraphrase"]
     changes = [r for r in rows if r["label"] != "paraphrase"]
     assert len(paraphrases) >= 120 and len(changes) >= 120
-    served = [r for r in changes if guard(r["b"], r["a"], similar) is None]
-    passed = sum(1 for r in paraphrases if guard(r["b"], r["a"], similar) is None)
+    served = [r for r in changes if guard(r["b"], r["a"], cache.word_similarity, r["cos"]) is None]
+    passed = sum(1 for r in paraphrases if guard(r["b"], r["a"], cache.word_similarity, r["cos"]) is None)
     assert served == []  # a false hit serves a wrong answer: none on this set
-    assert passed / len(paraphrases) >= 0.75  # measured 79.8%; misses cost only a model call
+    assert passed / len(paraphrases) >= 0.85  # measured 88.4%; misses cost only a model call
 
 
 def test_guard_is_fast() -> None:

@@ -271,7 +271,7 @@ class SemanticCache:
             for score, i in vs.search(query):
                 if score < self.threshold:
                     break
-                if guard(text, vs.texts[i], self.word_similarity) is None:
+                if guard(text, vs.texts[i], self.word_similarity, score) is None:
                     return SemanticHit(vs.keys[i], score, vs.texts[i], rejected)
                 rejected += 1
             return None
