@@ -251,6 +251,14 @@ def _finish(tokenizer: Any, prepared: _Prepared, generated: list[int], eos_ids: 
         elif pad_id is not None:
             while generated and generated[-1] == pad_id:
                 generated.pop()
+        if prepared.stops:
+            # A row ended by a stop string was padded from the next token on, and the padding may be the
+            # end-of-sequence token: alone, it would have ended at the token that completed the stop string.
+            end = next((k for k in range(1, len(generated) + 1)
+                        if any(stop in tokenizer.decode(generated[:k], skip_special_tokens=True)
+                               for stop in prepared.stops)), None)
+            if end is not None:
+                generated = generated[:end]
     text = tokenizer.decode(generated, skip_special_tokens=True)
     stops = prepared.stops
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
