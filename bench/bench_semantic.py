@@ -2,13 +2,18 @@
 
     python bench/bench_semantic.py                 # all three parts
     python bench/bench_semantic.py --sizes 1000 10000 100000 --chunks 10000
+    python bench/bench_semantic.py --only pairs --pairs bench/semantic_pairs_holdout2.jsonl --fill 100000
 
 (a) semantic-cache lookup latency, embedding excluded, at 1k/10k/100k entries in one partition: our
     VectorSet (brute force up to 8192 entries, IVF beyond) against a plain numpy brute-force scan; recall of
     the IVF probe on near-duplicate queries. Goal: p50 <= 1 ms at 100k.
+(a2) a cache in use: lookup then add, 300 rounds at 100k entries, against the pre-issue-19 VectorSet (kept
+    here as OldVectorSet) in the same process. Goal: p95 <= 5 ms.
 (b) hit rate on paraphrases and false-hit rate on meaning changes over bench/semantic_pairs.jsonl, through
     the real SemanticCache (embedding + threshold + guard) against a plain cosine cache at the same threshold.
-    Goal: >= 90% hits, <= 1% false hits.
+    Goal: >= 90% hits, <= 1% false hits. Also times the whole lookup (guard included, embedding excluded),
+    with ``--fill N`` in one partition of N more entries, and embedding a request with its words.
+    Sets: semantic_pairs.jsonl (tune here), _holdout, _independent (another author), _holdout2 (written last).
 (c) index build throughput (chunks/s, real model, real lancedb) and query p50 including embedding at
     ``--chunks`` chunks. Goal: <= 15 ms at 10k chunks.
 """

@@ -81,11 +81,11 @@ def test_roman_numerals_are_numbers_and_titles_are_not_names() -> None:
     assert guard("Is Everest higher than K2?", "Is Mount Everest higher than K2?") is None
 
 
-def test_labelled_pairs_never_serve_a_meaning_change() -> None:
+def test_labelled_pairs_never_serve_a_meaning_change(tmp_path: Path) -> None:
     """Over the development set (the holdout set is measured by bench/bench_semantic.py only)."""
     from pytest_llmeval.cache.semantic import SemanticCache
 
-    cache = SemanticCache(Path("unused"))
+    cache = SemanticCache(tmp_path / "sem")
     rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
     vectors = cache._embedder().encode([t for r in rows for t in (r["a"], r["b"])])
     for r, va, vb in zip(rows, vectors[0::2], vectors[1::2], strict=True):
