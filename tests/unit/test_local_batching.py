@@ -147,10 +147,12 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_session(pytester: pytest.Pytester, model_dir: Path, *extra: str) -> tuple[pytest.RunResult, dict[str, Any]]:
+def run_session(pytester: pytest.Pytester, model_dir: Path, *extra: str, subprocess: bool = False
+                ) -> tuple[pytest.RunResult, dict[str, Any]]:
     (pytester.path / "cases").mkdir(exist_ok=True)
     (pytester.path / "cases" / "tiny.yaml").write_text(SUITE)
-    result = pytester.runpytest(f"--llm=local/{model_dir}", "--llm-cache=off", "-p", "no:cacheprovider", *extra)
+    run = pytester.runpytest_subprocess if subprocess else pytester.runpytest
+    result = run(f"--llm=local/{model_dir}", "--llm-cache=off", "-p", "no:cacheprovider", *extra)
     data = json.loads((pytester.path / ".llmeval" / "results.json").read_text())
     return result, data
 
@@ -178,7 +180,8 @@ def test_batched_session_equals_the_serial_one(pytester: pytest.Pytester, tiny_d
 
 
 def test_session_reports_the_load_and_is_quiet_under_qq(pytester: pytest.Pytester, tiny_dir: Path) -> None:
-    shown, _ = run_session(pytester, tiny_dir, "-v")
+    # A real process, so pytest's capture of the running test is the one a user has: the lines still show.
+    shown, _ = run_session(pytester, tiny_dir, "-q", subprocess=True)
     shown.stdout.fnmatch_lines([f"llmeval: loading local/{tiny_dir}", f"llmeval: loaded local/{tiny_dir} in *s"])
-    quiet, _ = run_session(pytester, tiny_dir, "-qq")
+    quiet, _ = run_session(pytester, tiny_dir, "-qq", subprocess=True)
     assert not [line for line in quiet.outlines if line.startswith("llmeval: ")]

@@ -18,12 +18,17 @@ after ``-x``/``--maxfail`` stops the run, queued calls are cancelled and no new 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import queue
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
+
+#: How often the main thread, waiting for an answer, writes the progress lines the pool's threads queued.
+PROGRESS_POLL_S = 0.5
 
 
 def _key(call: dict[str, Any]) -> str:
@@ -47,6 +52,8 @@ class Prefetcher:
         self._lock = threading.RLock()
         self.stopped = False
         self._reporting: tuple[Any, ...] | None = None  # (the previous progress reporter,) once installed
+        self._terminal: tuple[Any, Any] | None = None  # (terminal reporter, capture manager) when lines are shown
+        self._messages: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -91,16 +98,30 @@ class Prefetcher:
             self._items[nodeid] = futures
 
     def _report_progress(self, config: Any) -> None:
-        """Send the local model's progress lines (its load, a long batch) to the terminal while this pool runs:
-        not from an xdist worker (its output is not the user's terminal), not under -qq."""
+        """Show the local model's progress lines (its load, a long batch) while this pool runs: not from an xdist
+        worker (its output is not the user's terminal), not under -qq. The pool's threads only queue them; the
+        main thread writes them while it waits for an answer (take), with pytest's capture suspended, as pdb does:
+        a line written from another thread would land in the running test's captured output."""
         from pytest_llmeval.providers import local_generate
 
         reporter = None
         terminal = None if config is None else config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None and not hasattr(config, "workerinput") and config.get_verbosity() > -2:
-            def reporter(message: str) -> None:
-                terminal.write_line(f"llmeval: {message}")
+            self._terminal = (terminal, config.pluginmanager.get_plugin("capturemanager"))
+            reporter = self._messages.put
         self._reporting = (local_generate.set_reporter(reporter),)
+
+    def _show_progress(self) -> None:
+        """Write the queued progress lines (main thread only)."""
+        if self._terminal is None or self._messages.empty():
+            return
+        terminal, capture = self._terminal
+        lines = []
+        while not self._messages.empty():
+            lines.append(self._messages.get_nowait())
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            for line in lines:
+                terminal.write_line(f"llmeval: {line}")
 
     def _forget(self, key: str, future: Future[Any]) -> None:
         with self._lock:
@@ -115,6 +136,10 @@ class Prefetcher:
             return None
         if any(f.cancelled() for f in futures):
             return None
+        if self._terminal is not None:  # wait in steps, showing the progress the pool's threads queued meanwhile
+            while wait(futures, timeout=PROGRESS_POLL_S).not_done:
+                self._show_progress()
+            self._show_progress()
         return [f.result() for f in futures]
 
     def stop(self) -> None:
@@ -137,3 +162,4 @@ class Prefetcher:
 
             local_generate.set_reporter(self._reporting[0])
             self._reporting = None
+            self._terminal = None
