@@ -120,6 +120,8 @@ class Prefetcher:
         while not self._messages.empty():
             lines.append(self._messages.get_nowait())
         with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            if getattr(getattr(terminal, "_tw", None), "width_of_current_line", 0):
+                terminal.write("\n")  # after -q's progress dots: write_line() starts a line only after a file name
             for line in lines:
                 terminal.write_line(f"llmeval: {line}")
 
