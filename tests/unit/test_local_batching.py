@@ -185,3 +185,11 @@ def test_session_reports_the_load_and_is_quiet_under_qq(pytester: pytest.Pyteste
     shown.stdout.fnmatch_lines([f"llmeval: loading local/{tiny_dir}", f"llmeval: loaded local/{tiny_dir} in *s"])
     quiet, _ = run_session(pytester, tiny_dir, "-qq", subprocess=True)
     assert not [line for line in quiet.outlines if line.startswith("llmeval: ")]
+
+
+def test_xdist_workers_batch_too_and_print_no_progress(pytester: pytest.Pytester, tiny_dir: Path) -> None:
+    serial, serial_data = run_session(pytester, tiny_dir, "--llm-concurrency=1")
+    workers, workers_data = run_session(pytester, tiny_dir, "-n", "2", "-q", subprocess=True)
+    assert sorted(answers(workers_data)) == sorted(answers(serial_data))
+    assert workers.ret == serial.ret
+    assert not [line for line in workers.outlines if line.startswith("llmeval: ")]
