@@ -544,3 +544,11 @@ def test_xdist_workers_leave_litellm_to_the_controller(project: Project) -> None
     assert len(project.server.requests) == 3
     project.run("-n", "2").assert_outcomes(passed=2, failed=1)
     assert len(project.server.requests) == 3  # the second run: every answer from the cache
+
+
+def test_a_case_tagged_slow_is_marked_slow(project: Project) -> None:
+    project.write("cases/geo.yaml", GEO.replace("  - id: ocean\n", "  - id: ocean\n    tags: [slow]\n"))
+    script_geo(project.server)
+    result = project.run("-m", "not slow")
+    result.assert_outcomes(passed=1, failed=1, deselected=1)
+    assert [c["case_id"] for c in project.results()["cases"]] == ["capital-fr", "capital-jp"]

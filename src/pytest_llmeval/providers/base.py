@@ -8,8 +8,9 @@ the circuit breaker). Everything around the call -- the response caches, retries
 breaker, the Completion with its latency -- is the runner's, the same for every provider.
 
 Whether a provider is ``offline`` (served in this process: no API key, no network, no price) decides what the run
-does around it: offline models are not prefetched in threads (CPU-bound, one at a time is fastest), have no
-circuit breaker, are not sent ``--llm-api-base`` nor streamed, and cost nothing.
+does around it: offline models are not prefetched in threads (CPU-bound; ``local/``'s greedy calls are, to be
+generated as one batch: local_generate.py), have no circuit breaker, are not sent ``--llm-api-base`` nor streamed, and
+cost nothing.
 
 Built-in and third-party providers are peers: the built-ins (builtin.py) register through the same hook, and a
 later registration of a prefix replaces an earlier one, so a conftest can replace ``local/``.

@@ -149,8 +149,8 @@ class ModelRunner:
 
     def is_offline(self, model: str) -> bool:
         """Whether ``model`` (aliases resolved) is served by an offline provider (``local/...``): in this process,
-        with no key, no network and no price; such calls are not prefetched in threads (CPU-bound) and have no
-        circuit breaker."""
+        with no key, no network and no price; such calls are not prefetched in threads (CPU-bound; but ``local/``
+        batches what the pool asks at once) and have no circuit breaker."""
         return self._is_offline(self.settings.resolve_model(model))
 
     def supports_tools(self, model: str) -> bool:
