@@ -197,9 +197,7 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
             self.add_marker("robustness")
         # The checks' own markers (a vision check: slow, vision): -m "not slow" runs the fast evaluation; the full
         # run adds the vision judge.
-        # A case tagged slow is marked slow too: -m "not slow" leaves it out, as -k "not slow" does.
-        for marker in dict.fromkeys([*(m for c in self.checks if c.definition for m in c.definition.markers),
-                                     *(["slow"] if "slow" in case.tags else [])]):
+        for marker in dict.fromkeys(m for c in self.checks if c.definition for m in c.definition.markers):
             self.add_marker(marker)
         # -k can select by suite, kind and tag.
         self.extra_keyword_matches.update([case.suite, case.kind, *case.tags, *([stage] if stage else []),
