@@ -93,8 +93,12 @@ class _XdistController:
     def pytest_configure_node(self, node: Any) -> None:
         if not self.state.config.option.collectonly:
             node.workerinput["llmeval_run"] = self.state.run
-            # The workers' litellm calls are made here, once imported (providers/callserver.py).
-            node.workerinput["llmeval_calls"] = self.state.serve_calls()
+            # The workers' litellm calls are made here, once imported (providers/callserver.py); where no Unix
+            # socket can be made (Windows), each worker calls litellm itself, as before.
+            try:
+                node.workerinput["llmeval_calls"] = self.state.serve_calls()
+            except (OSError, ValueError):  # ValueError: no AF_UNIX family on this platform
+                pass
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
