@@ -290,10 +290,6 @@ def _steps(indices: Sequence[int], trajectory: Trajectory) -> list[int]:
     return [trajectory.steps[i].index + 1 for i in indices]
 
 
-def _times(n: int) -> str:
-    return f"{n} time{'' if n == 1 else 's'}"
-
-
 def grade_tool_called(answer: str, case: CaseSpec, p: ToolCalledParams, ctx: GradeContext | None = None
                       ) -> CheckOutcome:
     name = "tool_called"
@@ -310,14 +306,14 @@ def grade_tool_called(answer: str, case: CaseSpec, p: ToolCalledParams, ctx: Gra
     off = [f"step {trajectory.steps[i].index + 1}: {mismatches[i]}" for i in named if mismatches[i]]
     if passed:
         where = f" (step {', '.join(map(str, _steps(matched, trajectory)))})" if matched else ""
-        summary = f"{wanted} called" + (f" {_times(p.times)}" if p.times is not None else "") + where
+        summary = f"{wanted} called" + (f" {_plural(p.times, 'time')}" if p.times is not None else "") + where
     elif not named:
         summary = f"{p.name} was never called" + (f" (called: {', '.join(dict.fromkeys(trajectory.names()))})"
                                                   if calls else " (no tool was called)")
     elif p.times is None:
         summary = f"no call of {wanted}: {'; '.join(off)}"
     else:
-        summary = f"expected {wanted} called {_times(p.times)}, got {len(matched)}" + (f" ({'; '.join(off)})"
+        summary = f"expected {wanted} called {_plural(p.times, 'time')}, got {len(matched)}" + (f" ({'; '.join(off)})"
                                                                                       if off else "")
     return CheckOutcome(name, passed, float(passed), explain(summary, trajectory),
                         details={"matched_steps": _steps(matched, trajectory), "calls": len(named),

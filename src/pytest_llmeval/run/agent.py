@@ -130,9 +130,7 @@ class AgentCalls:
         options = dict(case.agent or {})
         tools = tool_defs(state, case)
         runtime = ToolRuntime(tools, case.returns)
-        mode = options.get("mode") or "auto"
-        if mode == "auto":
-            mode = "native" if state.runner.supports_tools(self.model) else "prompt"
+        mode = self.agent_mode(state)
         calls: list[Completion] = []
 
         def complete(messages: list[dict[str, Any]], offered: Any, choice: Any, parallel: bool | None
@@ -152,6 +150,14 @@ class AgentCalls:
                                examples=options.get("examples") if mode == "prompt" else None)
         return _summed(calls, self.model, trajectory, mode)
 
+    def agent_mode(self, state: RunState) -> str:
+        """``native`` or ``prompt``: the case's ``agent.mode``; ``auto`` is native function calling where the
+        model's provider has it (Provider.tools), else prompt-and-parse."""
+        mode = str((self.case.agent or {}).get("mode") or "auto")
+        if mode == "auto":
+            return "native" if state.runner.supports_tools(self.model) else "prompt"
+        return mode
+
     def first_steps(self, state: RunState, draws: int) -> list[dict[str, Any]] | None:
         """The first model call of each draw's agent loop (runner.complete's arguments), for the collection-time
         check that a rerun is served from the cache (without importing litellm); None in prompt mode, whose first
@@ -160,7 +166,7 @@ class AgentCalls:
         from pytest_llmeval.targets.tools import to_openai
 
         options = dict(self.case.agent or {})
-        if options.get("mode") == "prompt" or not state.runner.supports_tools(self.model):
+        if self.agent_mode(state) != "native":
             return None
         try:
             offered = to_openai(tool_defs(state, self.case))
