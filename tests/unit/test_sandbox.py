@@ -67,11 +67,9 @@ import pytest
 
 from pytest_llmeval.sandbox.isolation import UID_BASE, UID_RANGE, Limits, Sandbox, SandboxUnavailable, _UidPool
 
-# "bwrap-per-run": the bwrap level without its fork server (one bwrap per run, as when the server cannot start).
-# The fork server is opt-in until a race is found (docs/sandbox.md): its attack runs too, with
-# LLMEVAL_SANDBOX_FORK_SERVER=1.
-FORK_SERVER = os.environ.get("LLMEVAL_SANDBOX_FORK_SERVER") == "1"
-LEVELS = [*(["bwrap"] if FORK_SERVER else []), "bwrap-per-run", "unshare"]
+# "bwrap": the bwrap level with its fork server (as root, the default); "bwrap-per-run": without it (one bwrap per
+# run, as with LLMEVAL_SANDBOX_FORK_SERVER=0 or when the server cannot start).
+LEVELS = ["bwrap", "bwrap-per-run", "unshare"]
 SHORT = Limits(timeout_s=8, cpu_s=5)
 ROOT = os.geteuid() == 0
 

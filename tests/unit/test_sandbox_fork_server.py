@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +19,6 @@ from pytest_llmeval.sandbox.isolation import Limits, Sandbox, SandboxUnavailable
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the fork server is the bwrap level's path as root"),
-    # Opt-in until the race that loses a run's output or kills it (about one run in three under -n 2) is found:
-    # docs/sandbox.md. These tests run, and show it, with LLMEVAL_SANDBOX_FORK_SERVER=1.
-    pytest.mark.skipif(os.environ.get("LLMEVAL_SANDBOX_FORK_SERVER") != "1",
-                       reason="the fork server is opt-in (LLMEVAL_SANDBOX_FORK_SERVER=1): a known race"),
 ]
 SHORT = Limits(timeout_s=8, cpu_s=5)
 
@@ -177,3 +177,78 @@ def test_a_program_that_signals_itself_dies_of_that_signal(how: str) -> None:
     forked, per_run = sandboxes()
     reasons = [sb.run_python(how, limits=SHORT).reason for sb in (forked, per_run)]
     assert reasons[0] == reasons[1] and reasons[0] is not None and reasons[0].startswith("killed by signal SIG")
+
+
+def test_a_server_outlives_the_thread_that_started_it() -> None:
+    """bwrap's --die-with-parent fires when the *thread* that started it ends: a server started by a grading thread
+    that then finished was SIGKILLed with the runs of other threads in flight (their output lost)."""
+    forked = Sandbox("bwrap", fork_server=True)  # its server not started yet: the first thread below starts it
+    started = threading.Event()
+    results: list[object] = []
+
+    def slow() -> None:
+        started.wait(10)
+        results.append(forked.run_python("import time\ntime.sleep(1)\nprint('slow done')", limits=SHORT))
+
+    other = threading.Thread(target=slow)
+    other.start()
+    def first_run() -> None:  # starts the server, and ends while the slow run is under way
+        forked.run_python("print(1)", limits=SHORT)
+        started.set()
+        time.sleep(0.3)
+
+    first = threading.Thread(target=first_run)
+    first.start()
+    first.join()
+    other.join()
+    assert [getattr(r, "stdout", r) for r in results] == ["slow done\n"]
+
+
+STRESS = """\
+import os, sys, threading
+from pytest_llmeval.sandbox.isolation import Limits, Sandbox
+sb = Sandbox("bwrap", fork_server=True)
+problems = []
+
+def worker(t):
+    for i in range(int(sys.argv[1]) - 6 * (int(sys.argv[2]) - 1 - t)):  # the first thread, which starts the
+                                                                       # server, ends first
+        token = f"{os.getpid()}-{t}-{i}"
+        try:
+            if i % 3 == 0:  # a run killed at its deadline, and at once the next run with the same uid
+                r = sb.run_python("while True: pass", limits=Limits(timeout_s=0.2, cpu_s=5))
+                if not r.timed_out:
+                    problems.append(f"{token}: not timed out: {r}")
+                continue
+            if i % 3 == 1:
+                r = sb.run(["sh", "-c", "read x; echo $x; echo $x >&2"], stdin=token + "\\n",
+                           limits=Limits(timeout_s=20))
+                want = (token + "\\n", token + "\\n", 0)
+            else:
+                r = sb.run_python(f"import time\\ntime.sleep(0.02)\\nprint({token!r})", limits=Limits(timeout_s=20))
+                want = (token + "\\n", "", 0)
+            if (r.stdout, r.stderr, r.exit_code) != want:
+                problems.append(f"{token}: {r}")
+        except Exception as exc:
+            problems.append(f"{token}: {exc!r}")
+
+threads = [threading.Thread(target=worker, args=(t,)) for t in range(int(sys.argv[2]))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("\\n".join(problems) or "all good")
+"""
+
+
+def test_many_concurrent_runs_each_get_their_own_output() -> None:
+    """Runs from threads of one Sandbox and from two processes at once, a third of them killed at their deadline:
+    every run's output is its own and complete, none is killed by another run's end (a deadline's kill reached the
+    next run of the same uid; a server died with the thread that started it)."""
+    if Sandbox("bwrap", fork_server=True).fork_server() is None:
+        pytest.skip("the fork server cannot start here")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+    procs = [subprocess.Popen([sys.executable, "-c", STRESS, "36", "4"], stdout=subprocess.PIPE,  # noqa: S603
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [out for out, _err in outputs] == ["all good\n", "all good\n"], outputs

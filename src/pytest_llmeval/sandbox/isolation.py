@@ -184,7 +184,7 @@ class Sandbox:
     ``python`` is the interpreter for Python code (default: the running one, so generated code sees the
     same installed packages, read-only). ``hide`` adds directories to hide (the pytest rootdir, say).
     ``fork_server``: at the bwrap level as root, run everything in one bwrap with a fork server in it (zygote.py),
-    started on first use; None (the default): only when the environment has ``LLMEVAL_SANDBOX_FORK_SERVER=1``.
+    started on first use; None (the default): unless the environment has ``LLMEVAL_SANDBOX_FORK_SERVER=0``.
     """
 
     def __init__(self, level: str = "auto", *, python: str | None = None, hide: Sequence[Path] = (),
@@ -198,9 +198,7 @@ class Sandbox:
         self.is_root = os.geteuid() == 0
         self._bwrap_mounts: tuple[list[Path], list[Path]] | None = None
         if fork_server is None:
-            # Opt-in for now: under -n 2 a run was SIGKILLed about one time in three (a race between a run's end and
-            # the next one, not yet found); one bwrap per run is the default until it is.
-            fork_server = os.environ.get("LLMEVAL_SANDBOX_FORK_SERVER", "0") == "1"
+            fork_server = os.environ.get("LLMEVAL_SANDBOX_FORK_SERVER", "1") != "0"
         # The server's storage lives under /run, which bwrap hides behind a tmpfs of its own.
         self._use_zygote = fork_server and self.level == "bwrap" and self.is_root and os.path.isdir("/run")
         self._zygote: Zygote | None = None
@@ -256,13 +254,13 @@ class Sandbox:
             return None
         with self._zygote_lock:
             if self._zygote is None or not self._zygote.alive():
-                from pytest_llmeval.sandbox.zygote import Zygote, ZygoteGone
+                from pytest_llmeval.sandbox.zygote import ZygoteGone, start
 
                 args = [*self.bwrap_mounts(("--perms", "0755", "--size", "65536", "--tmpfs", "/tmp")),
                         "--remount-ro", "/dev", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                         "--die-with-parent", "--new-session", "--cap-add", "ALL"]
                 try:
-                    self._zygote = Zygote(self.python, args, seccomp_program())
+                    self._zygote = start(self.python, args, seccomp_program())
                 except ZygoteGone:
                     self._use_zygote = False  # the classic path, which isolates as well, only slower
                     return None
@@ -587,30 +585,13 @@ class WorkDir:
                 from None
         finally:
             os.close(stdin_r)
-        expired = threading.Event()
-
-        def on_deadline() -> None:  # kill the run's processes: its pid 1 (root) then reports the signal
-            expired.set()
-            _reap_uid(self.uid, 1.0)
-
-        timer = threading.Timer(limits.timeout_s, on_deadline)
-        timer.daemon = True
-        timer.start()
-        try:
-            if stdin is not None:
-                try:
-                    with open(stdin_w, "wb") as pipe:
-                        pipe.write(stdin.encode())
-                except BrokenPipeError:
-                    pass
-            code = zygote.status(status_r)
-        finally:
-            timer.cancel()
-            _reap_uid(self.uid)
+        # The deadline is kept by this thread, polling the status descriptor: no timer thread to start, and none
+        # that could still be killing the run's uid after the run (it may be the next run's uid at once).
+        code, timed_out = zygote.wait(status_r, stdin_w, stdin.encode() if stdin is not None else b"",
+                                      limits.timeout_s, lambda: _kill_uid(self.uid))
         if code is None:
             raise SandboxUnavailable("the sandbox's fork server stopped during a run")
-        return self._result(code, expired.is_set(), time.perf_counter() - start, limits, collect, out_path,
-                            err_path)
+        return self._result(code, timed_out, time.perf_counter() - start, limits, collect, out_path, err_path)
 
     def _result(self, code: int | None, timed_out: bool, duration: float, limits: Limits, collect: Sequence[str],
                 out_path: Path, err_path: Path) -> RunResult:
@@ -709,6 +690,17 @@ def _uid_pids(uid: int) -> list[int]:
     return pids
 
 
+def _kill_uid(uid: int) -> list[int]:
+    """SIGKILL every process of the sandbox uid; returns the pids found."""
+    pids = _uid_pids(uid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return pids
+
+
 def _reap_uid(uid: int, wait_s: float = 3.0) -> None:
     """Make sure nothing of the sandbox uid outlives its run.
 
@@ -716,12 +708,7 @@ def _reap_uid(uid: int, wait_s: float = 3.0) -> None:
     are zombies) still count against RLIMIT_NPROC for the next run with this uid: kill what is left and wait.
     """
     deadline = time.monotonic() + wait_s
-    while pids := _uid_pids(uid):
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    while _kill_uid(uid):
         if time.monotonic() > deadline:
             return
         time.sleep(0.01)

@@ -11,12 +11,17 @@ network namespace (no interface but a loopback that is down, and no ``socket()``
 from __future__ import annotations
 
 import json
+import math
 import os
+import queue
+import select
 import socket
 import struct
 import subprocess
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 SERVER_SOURCE = Path(__file__).with_name("zygote_server.py")
@@ -29,9 +34,41 @@ class ZygoteGone(OSError):
     """The fork server is not running (any more): its runs cannot go on."""
 
 
+def start(python: str, bwrap_args: Sequence[str], seccomp: bytes | None) -> Zygote:
+    """A new fork server, its bwrap started from a thread that lives as long as this process.
+
+    bwrap's ``--die-with-parent`` (``PR_SET_PDEATHSIG``) fires when the *thread* that started it ends, not the
+    process: a server started from a worker thread (a grading or prefetch thread, a thread pool's) was SIGKILLed,
+    and every run in flight with it, as soon as that thread finished, while other threads still used it.
+    """
+    global _STARTER
+    with _STARTER_LOCK:
+        if _STARTER is None or _STARTER[0] != os.getpid():  # a forked child has none of its parent's threads
+            requests: queue.SimpleQueue[tuple[Callable[[], Zygote], Future[Zygote]]] = queue.SimpleQueue()
+            threading.Thread(target=_starter, args=(requests,), name="llmeval-sandbox-starter", daemon=True).start()
+            _STARTER = (os.getpid(), requests)
+        requests = _STARTER[1]
+    future: Future[Zygote] = Future()
+    requests.put((lambda: Zygote(python, bwrap_args, seccomp), future))
+    return future.result()
+
+
+def _starter(requests: queue.SimpleQueue[tuple[Callable[[], Zygote], Future[Zygote]]]) -> None:
+    while True:  # never ends: the servers it started die with the process, not with a thread
+        make, future = requests.get()
+        try:
+            future.set_result(make())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            future.set_exception(exc)
+
+
+_STARTER: tuple[int, queue.SimpleQueue[tuple[Callable[[], Zygote], Future[Zygote]]]] | None = None
+_STARTER_LOCK = threading.Lock()
+
+
 class Zygote:
     """One fork server in one bwrap; thread-safe. ``close()`` (or our exit, even by SIGKILL) ends it and with it
-    every run and every box."""
+    every run and every box. Start one with :func:`start`."""
 
     def __init__(self, python: str, bwrap_args: Sequence[str], seccomp: bytes | None) -> None:
         self.owner = os.getpid()
@@ -109,18 +146,55 @@ class Zygote:
         return status_r
 
     @staticmethod
-    def status(status_r: int) -> int | None:
-        """Wait for a run's status (None: it was never reported)."""
+    def wait(status_r: int, stdin_w: int, stdin: bytes, timeout_s: float, kill: Callable[[], object]) -> \
+            tuple[int | None, bool]:
+        """Feed a run its stdin and wait for its status (None: it was never reported); True if it timed out.
+
+        Both descriptors are closed. At the deadline, and every 10 ms after it until the status comes, ``kill()``
+        is called, from this thread: a kill never outlives its run (the run's uid may be the next run's at once).
+        """
+        deadline = time.monotonic() + timeout_s
+        expired = False
+        data = memoryview(stdin)
+        poller = select.poll()
+        poller.register(status_r, select.POLLIN)
+        if stdin_w >= 0:
+            if data:
+                os.set_blocking(stdin_w, False)  # a program that reads nothing must not hold us past the deadline
+                poller.register(stdin_w, select.POLLOUT)
+            else:
+                os.close(stdin_w)
+                stdin_w = -1
+        status = b""
         try:
-            data = b""
-            while len(data) < 4:
-                chunk = os.read(status_r, 4 - len(data))
-                if not chunk:
-                    return None
-                data += chunk
-            return int(struct.unpack("i", data)[0])
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    expired = True
+                    kill()
+                for fd, _event in poller.poll(10 if expired else max(1, math.ceil(left * 1000))):
+                    if fd == status_r:
+                        chunk = os.read(status_r, 4 - len(status))
+                        if not chunk:
+                            return None, expired
+                        status += chunk
+                        if len(status) == 4:
+                            return int(struct.unpack("i", status)[0]), expired
+                        continue
+                    try:
+                        data = data[os.write(stdin_w, data):]
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # the program closed its stdin, or is gone: the rest is not read
+                        data = data[:0]
+                    if not data:
+                        poller.unregister(stdin_w)
+                        os.close(stdin_w)
+                        stdin_w = -1
         finally:
             os.close(status_r)
+            if stdin_w >= 0:
+                os.close(stdin_w)
 
     def alive(self) -> bool:
         return self.proc.poll() is None and os.getpid() == self.owner

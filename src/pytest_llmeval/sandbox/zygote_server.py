@@ -18,8 +18,8 @@ SCM_RIGHTS) and exits when the host closes it:
           no new privileges, the seccomp filter, then ``execve`` -- or, for ``python -I [-u] script args`` with
           this same interpreter, the script compiled and executed in this already-started interpreter (the
           start-up a run would repeat; its command line is set to the one asked for). pid 1 writes the exit
-          status (or 128 + signal) to the status descriptor and exits, which kills whatever the program left in
-          its pid namespace; the host then kills and waits for every process of the run's uid.
+          status (or 128 + signal) to the status descriptor once it has killed and reaped whatever the program
+          left in its pid namespace, and exits: when the host reads the status, nothing of the run is alive.
 
 Nothing a run does reaches us or a later run: it has another uid (no signal, no ptrace, no /proc of ours: its pid
 namespace holds only its own processes), its own mount namespace (the boxes of other runs are covered), its own
@@ -254,10 +254,32 @@ def _init(req: dict, fds: list[int], status_w: int) -> None:
             if got == pid:
                 code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
                 break
+        _end_namespace()
     except BaseException as exc:  # noqa: BLE001
-        os.write(fds[2], f"sandbox: {exc}\n".encode())
+        _say(fds[2], f"sandbox: {exc}\n".encode())  # (closed if the program was started: then it is not said)
+        _end_namespace()
     os.write(status_w, struct.pack("i", code))
-    os._exit(0)  # and the kernel kills what is left in the pid namespace
+    os._exit(0)
+
+
+def _end_namespace() -> None:
+    """Kill and reap every other process of the run's pid namespace (all of them ours: orphans come to pid 1).
+
+    Before the status goes out: once the host has it, nothing of the run is left (not even a zombie counting
+    against RLIMIT_NPROC), so the run's uid can go to the next run at once and nobody has to scan for it.
+    Waiting for the kernel's own clean-up at our exit would not do: the status descriptor closes before it.
+    A fork under way when the signal comes fails (the kernel checks for a fatal signal at the end of fork)."""
+    try:
+        os.kill(-1, signal.SIGKILL)  # pid 1's -1: every process of its namespace but itself
+    except ProcessLookupError:
+        return  # no one left
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
@@ -285,24 +307,31 @@ def _clone_into_new_namespaces() -> int:
     return pid
 
 
-def _start(req: dict, fds: list[int]) -> None:
+def _say(fd: int, data: bytes) -> None:
+    try:
+        os.write(fd, data)
+    except OSError:
+        pass
+
+
+def _start(req: dict, fds: list[int], sock_fd: int) -> None:
     """Create the run's pid 1, in namespaces of its own."""
     status_w = fds.pop()
     try:
-        if _clone_into_new_namespaces() == 0:
-            try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                _init(req, fds, status_w)
-            except BaseException as exc:  # noqa: BLE001
-                os.write(fds[2], f"sandbox: {exc}\n".encode())
-                os.write(status_w, struct.pack("i", 125))
-            os._exit(0)
+        pid = _clone_into_new_namespaces()
     except OSError as exc:
-        os.write(fds[2], f"sandbox: {exc}\n".encode())
-        os.write(status_w, struct.pack("i", 125))
-    finally:
-        for fd in (*fds, status_w):
-            os.close(fd)
+        _say(fds[2], f"sandbox: {exc}\n".encode())
+        _say(status_w, struct.pack("i", 125))
+        pid = -1
+    if pid == 0:
+        try:
+            os.close(sock_fd)  # the server's requests are none of the run's business
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _init(req, fds, status_w)
+        finally:
+            os._exit(125)  # whatever escaped _init (which exits itself): never back into the server's loop
+    for fd in (*fds, status_w):
+        os.close(fd)
 
 
 def serve(filter_hex: str, sock_fd: int, ready_fd: int) -> None:
@@ -329,7 +358,7 @@ def serve(filter_hex: str, sock_fd: int, ready_fd: int) -> None:
             os._exit(0)  # the host closed its end, or died: nothing of ours outlives it
         req = json.loads(msg)
         if req["op"] == "run":
-            _start(req, fds)
+            _start(req, fds, sock.fileno())
             continue
         if req["op"] == "close":  # unanswered: the host does not wait for the unmount
             try:
