@@ -92,3 +92,55 @@ def test_bad_threshold_names_its_source(project: Project) -> None:
     result = project.run("--llm-semantic-threshold=1.5")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*Invalid semantic threshold '1.5' from command line --llm-semantic-threshold*"])
+
+
+BERLIN = SUITE.replace("What is the capital of France?", "What year did the Berlin Wall fall?").replace(
+    "expect: [{contains: Paris}]", "expect: [{contains: '1989'}]")
+VERIFY = ("--llm-cache=semantic", "--llm-semantic-verify=judge", "--llm-judge=openai/judge")
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+def test_the_judge_verifies_a_semantic_hit(project: Project, xdist: bool) -> None:
+    workers = ("-n", "2") if xdist else ()
+    project.write("cases/faq.yaml", BERLIN)
+    project.server.answer("Berlin Wall", "In 1989.", model="test-model")
+    project.server.answer("You check a response cache", "yes", model="judge")
+    project.run(*VERIFY, *workers).assert_outcomes(passed=1)
+    # A paraphrase the guard alone refuses ("word replaced: come vs fall"); the judge says it is the same request.
+    project.write("cases/faq.yaml", BERLIN.replace("What year did the Berlin Wall fall?",
+                                                   "In which year did the Berlin Wall come down?"))
+    project.run(*VERIFY, *workers).assert_outcomes(passed=1)
+    models = [r["model"] for r in project.server.requests]
+    assert models == ["test-model", "judge"]  # served from the cache after one verdict
+    doc = project.results()
+    assert doc["cases"][0]["cache"] == "semantic"
+    assert doc["cases"][0]["semantic_hit"]["verified"] == {"judge": "yes", "verdict": "asked"}
+    verify = doc["run"]["semantic_verify"]
+    assert verify["verified"] == 1 and verify["served"] == 1 and verify["judge_calls"] == 1
+    assert verify["prompt_tokens"] > 0
+    # The rerun takes the answer from the exact cache: no lookup, no verdict, no call.
+    project.run(*VERIFY, *workers).assert_outcomes(passed=1)
+    assert len(project.server.requests) == 2
+
+
+def test_a_judge_outage_gives_misses_not_errors(project: Project) -> None:
+    project.write("cases/faq.yaml", BERLIN)
+    project.server.answer("Berlin Wall", "In 1989.", model="test-model")
+    project.server.fail("You check a response cache", 503, model="judge")
+    project.run(*VERIFY).assert_outcomes(passed=1)
+    project.write("cases/faq.yaml", BERLIN.replace("What year did the Berlin Wall fall?",
+                                                   "In which year did the Berlin Wall come down?"))
+    project.run(*VERIFY).assert_outcomes(passed=1)  # the judge failed: the model answered, nothing errored
+    assert [r["model"] for r in project.server.requests] == ["test-model", "judge", "test-model"]
+    doc = project.results()
+    assert doc["cases"][0]["cache"] is None
+    assert doc["run"]["semantic_verify"]["judge_errors"] == 1 and doc["run"]["semantic_verify"]["served"] == 0
+
+
+def test_bad_verify_mode_names_its_source(project: Project) -> None:
+    project.write("cases/faq.yaml", SUITE)
+    project.write("pytest.ini", "[pytest]\nllmeval_semantic_verify = always\n")
+    result = project.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*Invalid semantic verify 'always' from ini key llmeval_semantic_verify: expected one of off, judge.*"])

@@ -28,7 +28,10 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_llmeval.cache.verify import Verifier
 
 DEFAULT_THRESHOLD = 0.75  # by measurement (bench/bench_semantic.py): with the guard, 0 false hits from 0.6 to 0.8
 BRUTE_FORCE_MAX = 8192  # entries per partition searched exhaustively (~0.3 ms); an IVF index beyond
@@ -50,10 +53,12 @@ class SemanticHit:
     key: str  # the exact-cache key of the cached answer
     similarity: float
     request: str  # the cached request's text
-    rejected: int = 0  # closer candidates the guard turned down
+    rejected: int = 0  # closer candidates the guard (or the verifier) turned down
+    verified: dict[str, Any] | None = None  # with --llm-semantic-verify=judge: how the hit was verified
 
     def to_dict(self) -> dict[str, Any]:
-        return {"similarity": round(self.similarity, 6), "request": self.request, "rejected": self.rejected}
+        out = {"similarity": round(self.similarity, 6), "request": self.request, "rejected": self.rejected}
+        return out if self.verified is None else {**out, "verified": self.verified}
 
 
 class _Lists:
@@ -192,6 +197,10 @@ class SemanticCache:
         self._loaded = 0
         self._lock = threading.Lock()
         self._words: dict[str, Any] = {}
+        self._verdicts: dict[tuple[str, str], bool] = {}  # this process's verdicts (the judge's are cached too)
+        from pytest_llmeval.cache.verify import VerifyStats
+
+        self.stats = VerifyStats()  # what --llm-semantic-verify=judge did (results.json's run.semantic_verify)
 
     def _open(self) -> Any:
         if self._store is None:
@@ -257,24 +266,87 @@ class SemanticCache:
             vs.add(vector, entry["text"], entry["key"])
             self._loaded += 1
 
-    def lookup(self, partition: str, text: str, vector: Any = None) -> SemanticHit | None:
-        """A cached answer for a request meaning the same as ``text`` in ``partition``, or None."""
-        from pytest_llmeval.cache.guard import guard
+    def lookup(self, partition: str, text: str, vector: Any = None,
+               verify: Verifier | None = None) -> SemanticHit | None:
+        """A cached answer for a request meaning the same as ``text`` in ``partition``, or None.
 
+        Without ``verify``: the best candidate from the threshold up that the guard passes. With it
+        (``--llm-semantic-verify=judge``, :mod:`pytest_llmeval.cache.verify`): candidates from ``threshold -
+        VERIFY_MARGIN`` up, except those the guard refuses on hard facts, are shown to ``verify`` (outside this
+        cache's lock: a judge call takes a while), the guard's passes first, at most ``VERIFY_MAX``; only a
+        "yes" serves one. A candidate identical to the request but for case, spacing and end punctuation is
+        served unasked.
+        """
+        from pytest_llmeval.cache.guard import guard
+        from pytest_llmeval.cache.verify import VERIFY_MARGIN, is_hard, same_text
+
+        floor = self.threshold - VERIFY_MARGIN if verify is not None else self.threshold
+        asks: list[tuple[bool, float, str, str]] = []  # (refused by the guard, similarity, key, text)
+        hard = 0
         with self._lock:
             self._sync()
             vs = self._sets.get(partition)
             if vs is None or len(vs) == 0:
+                if verify is not None:
+                    self.stats.add(lookups=1)
                 return None
             query = self.embed(text) if vector is None else vector
             rejected = 0
             for score, i in vs.search(query):
-                if score < self.threshold:
+                if score < floor:
                     break
-                if guard(text, vs.texts[i], self.word_similarity, score) is None:
-                    return SemanticHit(vs.keys[i], score, vs.texts[i], rejected)
-                rejected += 1
+                finding = guard(text, vs.texts[i], self.word_similarity, score)
+                if verify is None:
+                    if finding is None:
+                        return SemanticHit(vs.keys[i], score, vs.texts[i], rejected)
+                    rejected += 1
+                elif same_text(text, vs.texts[i]):
+                    self.stats.add(lookups=1, served_identical=1)
+                    return SemanticHit(vs.keys[i], score, vs.texts[i], rejected, {"judge": "identical text"})
+                elif finding is not None and is_hard(finding):
+                    hard += 1
+                else:
+                    asks.append((finding is not None or score < self.threshold, score, vs.keys[i], vs.texts[i]))
+        if verify is None:
             return None
+        return self._verified(text, sorted(asks, key=lambda a: (a[0], -a[1])), verify, hard)
+
+    def _verified(self, text: str, asks: list[tuple[bool, float, str, str]], verify: Verifier,
+                  hard: int) -> SemanticHit | None:
+        """The first of ``asks`` the verifier says is the same request (counted in :attr:`stats`), or None."""
+        from pytest_llmeval.cache.verify import VERIFY_MAX, normalize
+
+        counts = dict.fromkeys(("judge_calls", "judge_cached", "judge_errors", "prompt_tokens",
+                                "completion_tokens", "cost_micro_usd"), 0)
+        hit = None
+        rejected = hard
+        for _, score, key, cached in asks[:VERIFY_MAX]:
+            first, second = sorted((normalize(text), normalize(cached)))
+            memo = (first, second)
+            same = self._verdicts.get(memo)
+            how = "remembered"
+            if same is None:
+                verdict = verify(text, cached)
+                same = verdict.same
+                how = "cached" if verdict.cached else "asked"
+                counts["judge_cached" if verdict.cached else "judge_calls"] += 1
+                counts["prompt_tokens"] += verdict.prompt_tokens
+                counts["completion_tokens"] += verdict.completion_tokens
+                counts["cost_micro_usd"] += round(verdict.cost_usd * 1e6)
+                if verdict.error is not None:
+                    counts["judge_errors"] += 1
+                else:
+                    self._verdicts[memo] = same
+            else:
+                counts["judge_cached"] += 1
+            if same:
+                hit = SemanticHit(key, score, cached, rejected, {"judge": "yes", "verdict": how})
+                break
+            rejected += 1
+        asked = bool(asks[:VERIFY_MAX])
+        self.stats.add(lookups=1, verified=int(asked), served=int(hit is not None),
+                       refused=int(asked and hit is None), hard_refusals=int(hard > 0 and hit is None), **counts)
+        return hit
 
     def add(self, partition: str, text: str, key: str, vector: Any = None) -> None:
         """Record a request whose answer is in the exact cache under ``key``."""
@@ -294,6 +366,7 @@ class SemanticCache:
                 store.add(("word", w), raw)  # add: only if absent
 
     def close(self) -> None:
+        self.stats.close()
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -22,6 +22,7 @@ import pytest
 
 from pytest_llmeval.cache.embeddings import DEFAULT_EMBEDDING_MODEL
 from pytest_llmeval.cache.semantic import DEFAULT_THRESHOLD
+from pytest_llmeval.cache.verify import VERIFY_MODES
 from pytest_llmeval.config import parsers
 from pytest_llmeval.results.gate import DEFAULT_ALPHA, DEFAULT_MAX_DROP
 from pytest_llmeval.sandbox.isolation import LEVELS
@@ -152,6 +153,14 @@ OPTIONS: tuple[Option, ...] = (
         see="[the semantic cache](cache.md#the-semantic-cache-llm-cachesemantic)",
         help="Cosine similarity, a number in (0, 1], from which the semantic cache considers an earlier request (a "
         "guard then rejects differences in negation, numbers, names, quoted text, antonyms).",
+    ),
+    Option(
+        "semantic_verify", flag="--llm-semantic-verify", metavar="MODE", env="LLMEVAL_SEMANTIC_VERIFY",
+        ini="llmeval_semantic_verify", choices=VERIFY_MODES, default="off", label="semantic verify",
+        see="[the semantic cache's verifier](cache.md#verifying-hits-with-the-judge)",
+        help="With `--llm-cache=semantic`: `judge` shows each candidate near the threshold (guard passes and soft "
+        "refusals alike) to the `--llm-judge` model (else the model under test), which must answer that the two "
+        "requests are the same before the cached answer is served; its verdicts are cached. `off`: the guard decides.",
     ),
     Option(
         "cache_dir", flag="--llm-cache-dir", metavar="DIR", env="LLMEVAL_CACHE_DIR", ini="llmeval_cache_dir",

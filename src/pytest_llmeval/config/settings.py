@@ -45,6 +45,7 @@ class Settings:
     rag_docs: Path | None = None  # the `rag` fixture's default docs folder (ini llmeval_rag_docs)
     embedding_model: str | None = None  # default embedding model (ini llmeval_embedding_model)
     semantic_threshold: float = 0.75
+    semantic_verify: str = "off"  # off | judge: the semantic cache's candidates confirmed by the judge model
     baseline: Path | None = None
     update_baseline: bool = False
     gate_rules: tuple[Any, ...] = ()

@@ -214,6 +214,8 @@ class ModelRunner:
         """Share this run's budget and open circuit breakers with its other processes (xdist workers)."""
         self.budget.directory = run_dir / "budget"
         self.breaker.directory = run_dir / "breakers"
+        if self.semantic is not None:
+            self.semantic.stats.directory = run_dir / "semantic_verify"
 
     def _endpoint(self, provider: Provider, resolved: str, api_base: str | None) -> str | None:
         """Where calls to ``resolved`` go, as the circuit breaker keys and names it (None: no breaker)."""
@@ -291,7 +293,8 @@ class ModelRunner:
                                       extra=key_extra or {}, format=2)
             with self._semantic_lock:
                 vector = self.semantic.embed(text)
-                found = self.semantic.lookup(partition, text, vector)
+            # Outside the runner's lock (the cache has its own): a verifier's judge call must not hold up the pool.
+            found = self.semantic.lookup(partition, text, vector, verify=self._semantic_verifier(model))
             semantic_slot = (partition, text, vector)
             stored_answer = self.cache.get(found.key) if found is not None and self.cache is not None else None
             if found is not None and stored_answer is not None:
@@ -370,6 +373,23 @@ class ModelRunner:
                 with self._semantic_lock:
                     self.semantic.add(partition, text, key, vector)
         return completion
+
+    def _semantic_verifier(self, model: str) -> Any:
+        """With --llm-semantic-verify=judge: the semantic cache's verifier, asking the --llm-judge model (else the
+        model under test) through this runner, so its verdicts are cached and budgeted like any call."""
+        if self.settings.semantic_verify != "judge":
+            return None
+        from pytest_llmeval.cache.verify import VERIFY_PARAMS, VERIFY_VERSION, judge_verifier
+
+        judge = self.settings.judge_model or model
+        return judge_verifier(lambda messages: self.complete(
+            judge, messages, VERIFY_PARAMS, semantic=False, key_extra={"semantic_verify": VERIFY_VERSION}))
+
+    def semantic_verify_state(self) -> dict[str, Any]:
+        """What --llm-semantic-verify=judge did in this run, every process counted ({} when it is off)."""
+        if self.semantic is None or self.settings.semantic_verify != "judge":
+            return {}
+        return self.semantic.stats.state()
 
     def _describe(self, exc: BaseException, start: float, attempt: int, down: Any) -> str:
         """The error message of a failed call: the provider's, its root cause, how many attempts, the breaker."""

@@ -133,6 +133,7 @@ class ResultsPlugin:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         state, settings = self.state, self.settings
         budget_state = state.runner.budget.state()
+        semantic_verify = state.runner.semantic_verify_state()  # --llm-semantic-verify=judge: lookups, verdicts
         state.close()
         resumed = 0
         if not state.is_worker and settings.resume:
@@ -154,6 +155,8 @@ class ResultsPlugin:
             doc["run"].update(run_id=run["run_id"], resumed_from=run["resumed_from"], resumed_cases=resumed)
         if budget_state:
             doc["run"]["budget"] = budget_state
+        if semantic_verify:
+            doc["run"]["semantic_verify"] = semantic_verify
         report = RunReport(doc, settings, checks=state.registry, held_out=self.collection.held_out, resumed=resumed,
                            resumed_from=run["resumed_from"][0] if run and run["resumed_from"] else None)
         if settings.split != "dev" and not self.config.option.collectonly:
