@@ -8,7 +8,6 @@ how ``local/`` and ``local-vision/`` reach their models.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -256,6 +255,8 @@ def provider_class(name: str, doc: str, complete: Callable[[str, list[Any], Any,
     model_response, optional_params)`` (litellm has already stripped the provider prefix from ``model``);
     the async variant runs it in a worker thread (generation is CPU/GPU-bound torch code). Built on first
     use, since subclassing CustomLLM means importing litellm (seconds)."""
+    import asyncio  # here, not at the top: ~30 ms of every process's start-up, xdist workers included
+
     from litellm import CustomLLM
 
     class Handler(CustomLLM):
