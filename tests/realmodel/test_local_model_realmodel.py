@@ -134,3 +134,23 @@ def test_smollm2_converted_cache_answers_like_the_gguf(tmp_path: Path, monkeypat
     rewritten = entry.read(repair=False)
     assert rewritten is not None and same_weights(converted.model, rewritten[1])
     assert cache_warnings(recwarn) == []  # nothing beyond the warning expected above
+
+
+@pytest.mark.slow
+@needs_model
+def test_smollm2_parsed_once_loads_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GGUF parsed once per load (local._gguf_parsed_once) gives the same weights, tokenizer and answer as
+    transformers parsing it three times."""
+    import contextlib
+
+    spec = resolve_local_model("smollm2")
+    fast = local._load_uncached(spec)
+    monkeypatch.setattr(local, "_gguf_parsed_once", contextlib.nullcontext)
+    slow = local._load_uncached(spec)
+    assert not fast.from_cache and not slow.from_cache
+    assert same_weights(fast.model, slow.model)
+    assert fast.tokenizer.get_vocab() == slow.tokenizer.get_vocab()
+    assert fast.tokenizer.backend_tokenizer.to_str() == slow.tokenizer.backend_tokenizer.to_str()
+    assert fast.tokenizer.chat_template == slow.tokenizer.chat_template
+    params = {"temperature": 0, "max_tokens": 24}
+    assert local.generate(fast, QUESTION, params) == local.generate(slow, QUESTION, params)

@@ -96,6 +96,46 @@ def test_threads_calling_generate_at_once_share_batches(tiny: Tiny, monkeypatch:
     assert sum(batcher.sizes) == len(PROMPTS) and max(batcher.sizes) > 1
 
 
+LONG = " ".join(["what is the capital of france and"] * 30)  # 180 words: more than twice the others plus 64
+
+
+def test_prompts_of_very_different_lengths_are_not_padded_into_one_batch(tiny: Tiny,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short question padded to a long few-shot prompt would cost that prompt's whole prefill: the batch takes
+    the oldest request and the queued ones of similar length; the others make the next batch."""
+    batcher = Batcher(tiny)
+    monkeypatch.setattr(tiny, "_llmeval_batcher", batcher, raising=False)
+    prompts = [PROMPTS[0], LONG, PROMPTS[1], PROMPTS[2]]
+    expected = [generate_batch(tiny, [request(p)])[0] for p in prompts]
+    assert expected[1].prompt_tokens > local_generate.PAD_RATIO * expected[0].prompt_tokens + local_generate.PAD_SLACK
+    got: dict[int, Any] = {}
+    start = threading.Barrier(len(prompts))
+
+    def call(index: int) -> None:
+        start.wait()
+        got[index] = generate(tiny, *request(prompts[index]))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [got[i] for i in range(len(prompts))] == expected
+    assert sorted(batcher.sizes) == [1, 3]  # the long prompt alone, the three short ones together
+    # generate_batch splits the same way, and gives the same answers
+    assert generate_batch(tiny, [request(p) for p in prompts]) == expected
+
+
+def test_batch_of_takes_the_oldest_and_its_group_within_the_padding_bound(tiny: Tiny) -> None:
+    prepared = [local_generate._prepare(tiny, *request(p, **params)) for p, params in [
+        (LONG, {}), (PROMPTS[0], {}), (LONG + " paris", {}), (LONG, {"max_tokens": 3}), (LONG, {}),
+        (LONG, {"temperature": 0.5})]]
+    assert local_generate._batch_of(prepared, 16) == [0, 2, 4]  # not the short one, another group, nor sampling
+    assert local_generate._batch_of(prepared, 2) == [0, 2]
+    assert local_generate._batch_of(prepared[1:], 16) == [0]
+    assert local_generate._batch_of(prepared[5:], 16) == [0]  # the oldest is always taken
+
+
 def test_a_failing_batch_fails_each_of_its_callers(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     class Broken(Tiny):
         pass

@@ -344,3 +344,52 @@ def test_concurrent_loads_convert_once(fake_gguf: FakeGguf, recwarn: pytest.Warn
     assert same_weights(results[0].model, results[1].model)
     assert fake_gguf.leftovers() == []
     assert cache_warnings(recwarn) == []
+
+
+# ------------------------------------------------------------------------ fast: one GGUF parse per load
+
+
+def _tiny_gguf(path: Path) -> Path:
+    """A real (if tiny) GGUF file written by the gguf package: one metadata field and one tensor."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.arange(8, dtype=np.float32).reshape(2, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_is_parsed_once_per_load_and_the_library_is_restored(tmp_path: Path) -> None:
+    """Inside a load, the config, tokenizer and weights readers of one file are one GGUFReader, and gguf's
+    tensor-name map is built once per (arch, blocks); afterwards gguf is exactly as it was."""
+    gguf = pytest.importorskip("gguf")
+    path = _tiny_gguf(tmp_path / "tiny.gguf")
+    other = _tiny_gguf(tmp_path / "other.gguf")
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with local._gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first  # transformers passes a str, or a Path
+        assert gguf.GGUFReader(other) is not first
+        assert isinstance(first, reader_class)
+        assert [t.name for t in first.tensors] == ["token_embd.weight"]
+        assert first.fields["llama.block_count"].contents() == 2
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+        assert gguf.get_tensor_name_map(arch, 2).get_name("model.embed_tokens") == "token_embd"
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader_class, name_map)
+    assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)
+
+
+def test_gguf_parse_once_restores_the_library_when_the_load_fails(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    reader_class = gguf.GGUFReader
+    path = _tiny_gguf(tmp_path / "tiny.gguf")
+    with pytest.raises(ValueError, match="the load failed"), local._gguf_parsed_once():
+        gguf.GGUFReader(path)
+        raise ValueError("the load failed")
+    assert gguf.GGUFReader is reader_class

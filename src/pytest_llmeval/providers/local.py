@@ -293,7 +293,7 @@ def _load_files(spec: LocalModelSpec, label: str) -> tuple[Any, Any]:
     else:
         source, extra = str(spec.path), {}
     try:
-        with _quiet_gguf_progress():
+        with _quiet_gguf_progress(), _gguf_parsed_once():
             tokenizer: Any = AutoTokenizer.from_pretrained(source, local_files_only=True, **extra)
             model: Any = AutoModelForCausalLM.from_pretrained(
                 source, local_files_only=True, dtype=torch.float32, **extra
@@ -360,6 +360,48 @@ def _quiet_gguf_progress() -> Iterator[None]:
         yield
     finally:
         gguf_utils.tqdm = original
+
+
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Parse the GGUF file once per load instead of three times, and build gguf's tensor-name map once.
+
+    Loading a GGUF model, transformers reads the whole file's metadata three times (for the config, the
+    tokenizer and the weights: a ``GGUFReader`` each, whose field parsing of SmolLM2's 49k-token vocabulary and
+    merges is pure Python), and maps tensor names with a ``TensorNameMap`` built anew for every module of the
+    model (~400 times). Both are deterministic functions of their arguments: for the duration of one load
+    (under _LOAD_LOCK, restored afterwards) the reader is shared per path and the name map per (arch, blocks),
+    which makes a cold load (the newcomer's first run) about twice as fast, with the same tensors and
+    tokenizer (tests/realmodel/test_local_model_cache.py compares them). Any surprise in the libraries'
+    layout leaves them as they are: the load is only slower then.
+    """
+    try:
+        import gguf as _gguf
+    except Exception:
+        yield
+        return
+    gguf: Any = _gguf  # its attributes are swapped below
+    reader_class = getattr(gguf, "GGUFReader", None)
+    name_map = getattr(gguf, "get_tensor_name_map", None)
+    if reader_class is None or name_map is None:
+        yield
+        return
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared_reader(path: Any, mode: str = "r") -> Any:
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = reader_class
+        gguf.get_tensor_name_map = name_map
+        readers.clear()
 
 
 # ------------------------------------------------------------------------------- litellm glue, the provider

@@ -26,6 +26,11 @@ MAX_BATCH = 16
 GATHER_S = 0.02
 #: A batch running longer than this reports its progress, then again every as long.
 PROGRESS_EVERY_S = 5.0
+#: Prompts join one batch only while the longest is at most PAD_RATIO times the shortest plus PAD_SLACK tokens:
+#: every row is computed at the longest prompt's width, so a 30-token question padded to a 1000-token few-shot
+#: prompt costs the prefill of 1000 tokens, far more than its own batch's decoding steps (bench_first_run.py).
+PAD_RATIO = 2
+PAD_SLACK = 64
 
 
 class Loaded(Protocol):
@@ -190,20 +195,20 @@ def generate(loaded: Loaded, messages: Sequence[dict[str, Any]], params: dict[st
 def generate_batch(loaded: Loaded, requests: Sequence[tuple[Sequence[dict[str, Any]], dict[str, Any]]]
                    ) -> list[Generation]:
     """Generate the answers of ``requests`` (``(messages, params)`` pairs) in this thread: greedy requests with
-    the same ``max_tokens`` and ``stop`` as left-padded batches (at most :data:`MAX_BATCH` prompts each), sampled
-    ones one at a time. Each answer is the one :func:`generate` gives for its request alone."""
+    the same ``max_tokens`` and ``stop`` and prompts of similar lengths (see :data:`PAD_RATIO`) as left-padded
+    batches (at most :data:`MAX_BATCH` prompts each), sampled ones one at a time. Each answer is the one
+    :func:`generate` gives for its request alone."""
     prepared = [_prepare(loaded, messages, params) for messages, params in requests]
     out: list[Generation | None] = [None] * len(prepared)
-    groups: dict[Any, list[int]] = {}
-    for index, request in enumerate(prepared):
-        groups.setdefault(request.group if request.batchable else ("alone", index), []).append(index)
+    waiting = list(range(len(prepared)))
     with loaded.lock:
-        for indices in groups.values():
-            for start in range(0, len(indices), MAX_BATCH):
-                chunk = indices[start:start + MAX_BATCH]
-                for index, generation in zip(chunk, _generate_batch(loaded, [prepared[i] for i in chunk]),
-                                             strict=True):
-                    out[index] = generation
+        while waiting:
+            first = prepared[waiting[0]]
+            chunk = ([waiting[i] for i in _batch_of([prepared[i] for i in waiting], MAX_BATCH)]
+                     if first.batchable else [waiting[0]])
+            for index, generation in zip(chunk, _generate_batch(loaded, [prepared[i] for i in chunk]), strict=True):
+                out[index] = generation
+            waiting = [i for i in waiting if out[i] is None]
     return [g for g in out if g is not None]
 
 
@@ -355,10 +360,11 @@ class Batcher:
     """Greedy requests from several threads at once, generated together (group commit).
 
     The first thread to arrive while no batch is being generated leads: it waits briefly for others to join
-    (:data:`GATHER_S`), takes the oldest request's group (same ``max_tokens`` and ``stop``, at most
-    :data:`MAX_BATCH`), generates it as one batch and hands each thread its answer; requests arriving meanwhile
-    queue for the next batch, which the leader also runs until its own answer is back, then another waiting
-    thread leads. A thread alone (no prefetch pool) generates alone, as before, after the short wait.
+    (:data:`GATHER_S`), takes the oldest request's group (same ``max_tokens`` and ``stop``, prompts of similar
+    lengths: :data:`PAD_RATIO`, at most :data:`MAX_BATCH`), generates it as one batch and hands each thread its
+    answer; requests arriving meanwhile queue for the next batch, which the leader also runs until its own answer
+    is back, then another waiting thread leads. A thread alone (no prefetch pool) generates alone, as before,
+    after the short wait.
     """
 
     def __init__(self, loaded: Loaded, max_batch: int = MAX_BATCH) -> None:
@@ -398,8 +404,8 @@ class Batcher:
                 while seen != len(self._queue) and len(self._queue) < self._max:
                     seen = len(self._queue)
                     self._cond.wait(GATHER_S)
-                group = self._queue[0].prepared.group
-                batch = [p for p in self._queue if p.prepared.group == group][:self._max]
+                taken = _batch_of([p.prepared for p in self._queue], self._max)
+                batch = [self._queue[i] for i in taken]
                 for pending in batch:
                     self._queue.remove(pending)
                 self.sizes.append(len(batch))
@@ -416,6 +422,24 @@ class Batcher:
                 for pending in batch:
                     pending.done = True
                 self._cond.notify_all()
+
+
+def _batch_of(queue: Sequence[_Prepared], most: int) -> list[int]:
+    """Indices into ``queue`` of the next batch: the oldest request and, in arrival order, the queued ones of its
+    group whose prompt lengths keep the batch within the padding bound (PAD_RATIO, PAD_SLACK); at most ``most``.
+    The oldest is taken whatever it is; others join only a greedy one, and only when greedy themselves."""
+    group = queue[0].group
+    batch: list[int] = []
+    low = high = len(queue[0].input_ids)
+    for index, prepared in enumerate(queue):
+        if len(batch) == most:
+            break
+        size = len(prepared.input_ids)
+        if index == 0 or (prepared.batchable and queue[0].batchable and prepared.group == group
+                          and max(high, size) <= PAD_RATIO * min(low, size) + PAD_SLACK):
+            batch.append(index)
+            low, high = min(low, size), max(high, size)
+    return batch
 
 
 _BATCHERS_LOCK = threading.Lock()
