@@ -25,7 +25,7 @@ from pytest_llmeval.cache.semantic import DEFAULT_THRESHOLD
 from pytest_llmeval.cache.verify import VERIFY_MODES
 from pytest_llmeval.config import parsers
 from pytest_llmeval.results.gate import DEFAULT_ALPHA, DEFAULT_MAX_DROP
-from pytest_llmeval.sandbox.isolation import LEVELS
+from pytest_llmeval.sandbox.limits import LEVELS  # not isolation: ~10 ms of every process's start-up
 
 DEFAULT_MODEL = "local/smollm2"
 DEFAULT_BASELINE = ".llmeval/baseline.json"  # where --llm-update-baseline writes without --llm-baseline
