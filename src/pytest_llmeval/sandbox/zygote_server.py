@@ -9,7 +9,8 @@ SCM_RIGHTS) and exits when the host closes it:
 ``open``  a work directory's storage: a fresh tmpfs of ``disk_mb`` (and 64 inodes per MiB) with ``work``, ``tmp``,
           ``shm`` and an ``out`` tmpfs of its own, under /run/llmeval-boxes/<n>; the host reaches it through
           ``/proc/<pid>/root``. Answer ``{"box": n}``.
-``close`` unmounts a box (lazily: a straggler of the run still holding it is being killed by the host); no answer.
+``close`` unmounts a box (lazily), when we have nothing else to do; no answer. Meanwhile we also make the next
+          box ahead of its ``open``, which then only gives it to the run's uid.
 ``run``   descriptors [stdin, stdout, stderr, status]: we clone the run's pid 1 (root) into new pid, mount, ipc
           and uts namespaces; it binds the box's ``work``, ``tmp`` and ``shm`` at the work
           directory, /tmp and /dev/shm, covers every box with an empty read-only tmpfs, mounts a fresh /proc (its
@@ -34,6 +35,7 @@ import io
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -92,14 +94,16 @@ def _mount(src: str, dst: str, fstype: str | None, flags: int, data: str | None 
 
 
 _boxes = 0
+_SPARE: dict[tuple[int, int], int] = {}  # (disk_mb, max_file_mb) -> a box made ahead, while we had nothing to do
+_CLOSING: list[int] = []  # boxes to unmount, while we have nothing else to do
+MAX_CLOSING = 8  # more than this, and they are unmounted at once (their memory is the host's)
 
 
-def open_box(req: dict) -> dict:
+def _make_box(disk_mb: int, max_file_mb: int) -> int:
     global _boxes
     _boxes += 1
     box = f"{BOXES}/{_boxes}"
     os.mkdir(box, 0o700)
-    disk_mb, max_file_mb, uid = int(req["disk_mb"]), int(req["max_file_mb"]), int(req["uid"])
     inodes = max(1024, 64 * disk_mb)
     _mount("pytest-llmeval", box, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,nr_inodes={inodes},mode=0755")
     os.mkdir(box + "/out", 0o700)
@@ -108,16 +112,43 @@ def open_box(req: dict) -> dict:
     for name, mode in (("tmp", 0o1777), ("shm", 0o1777), ("work", 0o700)):
         os.mkdir(f"{box}/{name}")
         os.chmod(f"{box}/{name}", mode)
-    os.chown(box + "/work", uid, uid)
-    return {"box": _boxes}
+    return _boxes
 
 
-def close_box(req: dict) -> dict:
-    box = f"{BOXES}/{int(req['box'])}"
+def open_box(req: dict) -> dict:
+    """A fresh box for a work directory, its ``work`` owned by the run's uid: the spare one if it has the size."""
+    key = int(req["disk_mb"]), int(req["max_file_mb"])
+    n = _SPARE.pop(key, None) or _make_box(*key)
+    os.chown(f"{BOXES}/{n}/work", int(req["uid"]), int(req["uid"]))
+    _SPARE.setdefault(key, 0)  # the next one is made when we are idle
+    return {"box": n}
+
+
+def close_box(n: int) -> None:
+    box = f"{BOXES}/{n}"
     libc.umount2((box + "/out").encode(), MNT_DETACH)
     libc.umount2(box.encode(), MNT_DETACH)
     os.rmdir(box)
-    return {}
+
+
+def _idle_work(sock: socket.socket) -> None:
+    """What the host need not wait for, done between requests: unmount closed boxes, make the spare box."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while _CLOSING or 0 in _SPARE.values():
+        if poller.poll(0):
+            return  # a request first
+        if _CLOSING:
+            try:
+                close_box(_CLOSING.pop())
+            except OSError:
+                pass
+            continue
+        key = next(k for k, v in _SPARE.items() if v == 0)
+        try:
+            _SPARE[key] = _make_box(*key)
+        except OSError:
+            del _SPARE[key]  # made when asked for, which reports the error
 
 
 def _set_command_line(argv: list[str]) -> None:
@@ -245,8 +276,11 @@ def _init(req: dict, fds: list[int], status_w: int) -> None:
         _mount("pytest-llmeval", BOXES, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0755")
         pid = os.fork()
         if pid == 0:
-            os.close(status_w)
-            _program(req, fds)
+            try:
+                os.close(status_w)
+                _program(req, fds)
+            finally:
+                os._exit(127)  # (_program never returns) nothing of the program goes on as its pid 1
         for fd in fds:
             os.close(fd)
         while True:
@@ -359,19 +393,20 @@ def serve(filter_hex: str, sock_fd: int, ready_fd: int) -> None:
         req = json.loads(msg)
         if req["op"] == "run":
             _start(req, fds, sock.fileno())
-            continue
-        if req["op"] == "close":  # unanswered: the host does not wait for the unmount
+        elif req["op"] == "close":  # unanswered: the host does not wait for the unmount
+            _CLOSING.append(int(req["box"]))
+            while len(_CLOSING) > MAX_CLOSING:
+                try:
+                    close_box(_CLOSING.pop(0))
+                except OSError:
+                    pass
+        else:
             try:
-                close_box(req)
-            except OSError:
-                pass
-            continue
-        try:
-            reply = open_box(req)
-        except OSError as exc:
-            reply = {"error": str(exc)}
-        sock.send(json.dumps(reply).encode())
-
+                reply = open_box(req)
+            except OSError as exc:
+                reply = {"error": str(exc)}
+            sock.send(json.dumps(reply).encode())
+        _idle_work(sock)
 
 if __name__ == "__main__":
     serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
