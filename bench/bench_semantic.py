@@ -14,6 +14,16 @@
     Goal: >= 90% hits, <= 1% false hits. Also times the whole lookup (guard included, embedding excluded),
     with ``--fill N`` in one partition of N more entries, and embedding a request with its words.
     Sets: semantic_pairs.jsonl (tune here), _holdout, _independent (another author), _holdout2 (written last).
+(v) --llm-semantic-verify=judge on the held-out sets (``--only verify``): paraphrases and meaning changes served
+    with the judge verifier against the guard alone, in the same process, through the real runner path (the
+    verifier calls ModelRunner.complete: litellm, the exact cache). Two judges, reported apart:
+    ``oracle``: the scripted server (tests/helpers/llm_server.py) answering each pair's true label after
+    ``--judge-latency`` (50 ms): the band's recall ceiling and the cost per lookup (judge calls, added latency),
+    then the same lookups again (the verdicts are kept: no judge call; another process reads them from the
+    exact cache, tests/unit/test_semantic_verify.py);
+    ``smollm2``: the offline local/smollm2 (SmolLM2-135M) on a random ``--sample`` of each set: what an offline
+    judge does today.
+        python bench/bench_semantic.py --only verify --judge oracle smollm2 --sample 40
 (c) index build throughput (chunks/s, real model, real lancedb) and query p50 including embedding at
     ``--chunks`` chunks. Goal: <= 15 ms at 10k chunks.
 """
@@ -271,6 +281,99 @@ def bench_index(chunks: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_verify(paths: list[Path], threshold: float, judges: list[str], sample: int, latency: float) -> None:
+    """(v) the judge verifier on held-out pairs: served rates and cost, against the guard alone, same process."""
+    import random
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
+    from helpers.llm_server import ScriptedLLMServer
+
+    from pytest_llmeval.cache import verify as verify_mod
+
+    embedder = get_embedder()
+    embedder.encode(["warm up"])
+    sets = {path.name: [json.loads(line) for line in path.read_text().splitlines() if line.strip()] for path in paths}
+    band = threshold - verify_mod.VERIFY_MARGIN
+    print(f"\n(v) --llm-semantic-verify=judge at threshold {threshold} (band from {band:.2f}, "
+          f"at most {verify_mod.VERIFY_MAX} judge calls per lookup), each pair in its own partition")
+    server = ScriptedLLMServer(default="no", latency=latency).start()
+    try:
+        for pairs in sets.values():
+            for p in pairs:  # the oracle: each pair's true label, matched on the verifier's own prompt
+                a, b = sorted((verify_mod.normalize(p["a"]), verify_mod.normalize(p["b"])))
+                server.answer(f"A: {a}\nB: {b}\n", "yes" if p["label"] == "paraphrase" else "no",
+                              model="oracle", case_sensitive=True)
+        for judge in judges:
+            for name, pairs in sets.items():
+                if judge == "smollm2":
+                    rng = random.Random(0)
+                    pairs = rng.sample(pairs, min(sample, len(pairs)))
+                model = "openai/oracle" if judge == "oracle" else "local/smollm2"
+                label = (f"oracle judge (scripted server, {latency * 1000:.0f} ms)" if judge == "oracle"
+                         else f"local/smollm2 (SmolLM2-135M, offline), random {len(pairs)} of the set")
+                _verify_set(name, pairs, threshold, model, label, server, judge == "oracle")
+    finally:
+        server.stop()
+
+
+def _verify_set(name: str, pairs: list[dict], threshold: float, model: str, label: str, server: object,
+                rerun: bool) -> None:
+    from pytest_llmeval.config.settings import Settings
+    from pytest_llmeval.providers.runner import ModelRunner
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        runner = ModelRunner(Settings(cache_mode="semantic", semantic_verify="judge", judge_model=model,
+                                      api_base=server.url, retries=0, cache_dir=tmp / "cache",  # type: ignore[attr-defined]
+                                      results_path=tmp / "results.json", timeout=120))
+        cache = runner.semantic
+        verify = runner._semantic_verifier("unused")
+        if model.startswith("local/"):  # load the weights before the clock starts (~15 s)
+            runner.complete(model, [{"role": "user", "content": "Say yes."}], {"max_tokens": 2}, semantic=False)
+        va = [cache.embed(p["a"]) for p in pairs]
+        vb = [cache.embed(p["b"]) for p in pairs]
+        for i, (p, v) in enumerate(zip(pairs, va, strict=True)):
+            cache.add(partition_key(pair=i), p["a"], f"k{i}", vector=v)
+        passes = []
+        for verifier in (None, verify, *([verify] if rerun else [])):
+            before = cache.stats.state()
+            rows: dict[str, list[int]] = {}
+            times = []
+            for i, (p, v) in enumerate(zip(pairs, vb, strict=True)):
+                t = time.perf_counter()
+                hit = cache.lookup(partition_key(pair=i), p["b"], vector=v, verify=verifier)
+                times.append(time.perf_counter() - t)
+                r = rows.setdefault("paraphrase" if p["label"] == "paraphrase" else "change", [0, 0])
+                r[0] += 1
+                r[1] += hit is not None
+            after = cache.stats.state()
+            passes.append((rows, times, {k: after[k] - before[k] for k in after if k != "cost_usd"}))
+        runner.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\n  {name}: {label}")
+    print(f"    {'':36} {'paraphrases served':>18} {'meaning changes served':>23} {'judge calls/lookup':>19} "
+          f"{'lookup p50 / p95':>19}")
+    names = ["guard alone (no verifier)", "guard + judge", "guard + judge again (verdicts kept)"]
+    for title, (rows, times, stats) in zip(names, passes, strict=False):
+        para, change = rows.get("paraphrase", [0, 0]), rows.get("change", [0, 0])
+        n = para[0] + change[0]
+        calls = stats.get("judge_calls", 0) / n if stats else 0.0
+        print(f"    {title:36} {para[1]:>4}/{para[0]:<4} {para[1] / max(para[0], 1):>7.1%} "
+              f"{change[1]:>6}/{change[0]:<4} {change[1] / max(change[0], 1):>9.1%}   {calls:>15.2f}"
+              f"   {statistics.median(times) * 1000:7.1f} / {np.percentile(times, 95) * 1000:6.1f} ms")
+    _, times0, _ = passes[0]
+    _, times1, stats1 = passes[1]
+    print(f"    judge: {stats1['judge_calls']} calls, {stats1['judge_errors']} errors or unreadable replies, "
+          f"{stats1['prompt_tokens']} prompt + {stats1['completion_tokens']} completion tokens "
+          f"({stats1['prompt_tokens'] / max(stats1['judge_calls'], 1):.0f} + "
+          f"{stats1['completion_tokens'] / max(stats1['judge_calls'], 1):.1f} per call); "
+          f"{stats1['hard_refusals']} lookups refused unasked on hard guard findings; added latency per lookup: "
+          f"mean {(statistics.mean(times1) - statistics.mean(times0)) * 1000:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -279,8 +382,17 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=semantic.DEFAULT_THRESHOLD)
     parser.add_argument("--fill", type=int, default=0, help="(b): other entries in each pair's partition")
     parser.add_argument("--grow", type=int, default=100000, help="(a2): entries before the lookup+add rounds")
-    parser.add_argument("--only", choices=["lookup", "pairs", "index"], default=None)
+    parser.add_argument("--only", choices=["lookup", "pairs", "index", "verify"], default=None)
+    parser.add_argument("--judge", nargs="+", choices=["oracle", "smollm2"], default=["oracle", "smollm2"],
+                        help="(v): the judges to measure")
+    parser.add_argument("--sets", type=Path, nargs="+", default=[HERE / "semantic_pairs_independent.jsonl",
+                                                                 HERE / "semantic_pairs_holdout2.jsonl"])
+    parser.add_argument("--sample", type=int, default=40, help="(v): pairs per set shown to smollm2")
+    parser.add_argument("--judge-latency", type=float, default=0.05, help="(v): the oracle's latency, seconds")
     args = parser.parse_args()
+    if args.only == "verify":
+        bench_verify(args.sets, args.threshold, args.judge, args.sample, args.judge_latency)
+        return
     if args.only in (None, "lookup"):
         bench_lookup(args.sizes)
         bench_growing(args.grow)
