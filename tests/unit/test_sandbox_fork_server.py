@@ -269,3 +269,13 @@ def test_closed_work_directories_are_unmounted_while_the_server_is_idle() -> Non
     assert len(os.listdir(boxes)) == 1  # the spare
     spare = boxes / os.listdir(boxes)[0]
     assert os.listdir(spare / "work") == [] and os.listdir(spare / "out") == []
+
+
+def test_runs_get_their_own_random_numbers() -> None:
+    """Modules a program usually imports are imported by the server once (a run finds them loaded), and random's state
+    is reseeded in each run: two runs forked from one server draw different numbers, as two interpreters do."""
+    forked, _ = sandboxes()
+    code = "import random, sys\nprint('typing' in sys.modules, random.random(), random.getrandbits(64))"
+    draws = [forked.run_python(code, limits=SHORT).stdout.split() for _ in range(3)]
+    assert all(d[0] == "True" for d in draws), draws
+    assert len({tuple(d[1:]) for d in draws}) == 3, draws

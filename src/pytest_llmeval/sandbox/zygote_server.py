@@ -30,6 +30,7 @@ tmpfs, and a fresh copy of our memory that vanishes with it.
 import atexit
 import ctypes
 import gc
+import importlib
 import importlib.machinery
 import io
 import json
@@ -55,6 +56,11 @@ PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, PR_SET_M
 BOXES = "/run/llmeval-boxes"
 WORK = "/run/pytest-llmeval-box/work"  # the work directory as the code sees it, as at the other levels
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
+# Standard-library modules imported before the first run (generated code imports typing, math, random... often; each
+# import costs a run milliseconds). An in-process run finds them in sys.modules, as it finds ours. random's state
+# is reseeded in every run (a fork would otherwise give every run the same numbers).
+PRELOAD = ("typing", "math", "random", "copy", "string", "collections", "re", "hashlib", "itertools", "functools",
+           "heapq", "bisect", "operator", "dataclasses", "datetime")
 
 
 class _Prog(ctypes.Structure):
@@ -206,6 +212,8 @@ def _run_in_process(req: dict) -> None:
     script = argv[i]
     os.environ.clear()
     os.environ.update(req["env"])
+    if "random" in sys.modules:
+        sys.modules["random"].seed()  # from os.urandom, as at its import in a fresh interpreter
     if "-u" in argv[1:i]:
         # What -u makes: unbuffered binary layers under write-through text.
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding=sys.stdout.encoding,
@@ -383,6 +391,11 @@ def serve(filter_hex: str, sock_fd: int, ready_fd: int) -> None:
     _mount("pytest-llmeval", BOXES, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0700")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # our run children are reaped by the kernel
     _LAYOUT = _layout()
+    for name in PRELOAD:  # a program's usual imports, done once here for every run forked from us
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
     gc.freeze()  # what we hold stays out of every collection: fewer copied pages in each forked run
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
