@@ -21,15 +21,17 @@ from typing import Any
 
 import pytest
 
+from pytest_llmeval.cases.holdout import cached_prompt_hash
 from pytest_llmeval.cases.loader import load_file
 from pytest_llmeval.cases.schema import CaseError, CaseSpec, InvalidCase
+from pytest_llmeval.cases.tools import TRAJECTORY_CHECKS
 from pytest_llmeval.checks.judge import JudgeEnv
 from pytest_llmeval.core.answer import TargetError
 from pytest_llmeval.core.checks import CheckOutcome, CheckSpec
 from pytest_llmeval.core.errors import InfrastructureError, LLMEvalError
 from pytest_llmeval.core.memory import paused_gc
 from pytest_llmeval.providers.runner import Completion, ModelCallError
-from pytest_llmeval.results.aggregate import CaseResult
+from pytest_llmeval.results.aggregate import CaseResult, pass_at_k
 from pytest_llmeval.run.agent import AgentCalls, tool_problems
 from pytest_llmeval.run.calls import vision_summary
 from pytest_llmeval.run.conversation import ConversationCalls
@@ -43,6 +45,10 @@ from pytest_llmeval.run.targets import (
     suite_target,
     target_problems,
 )
+
+# Made once (add_marker with a name looks the marker up anew for every item); a Mark is immutable, so shared.
+_LLMEVAL_MARK = pytest.mark.llmeval
+_ROBUSTNESS_MARK = pytest.mark.robustness
 
 NO_VISION_MODEL_ID = "no-vision-model"  # the model slot of a vision calibration item when none is configured
 
@@ -192,9 +198,9 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         # An application target answers (run/targets.py): None when the --llm model does.
         self.target = suite_target(case.target, _session(self.config))
         self._fixture_request: Any = None  # the fixture request of a fixture target
-        self.add_marker("llmeval")
+        self.add_marker(_LLMEVAL_MARK)
         if stage == "robust":
-            self.add_marker("robustness")
+            self.add_marker(_ROBUSTNESS_MARK)
         # The checks' own markers (a vision check: slow, vision): -m "not slow" runs the fast evaluation; the full
         # run adds the vision judge.
         for marker in dict.fromkeys(m for c in self.checks if c.definition for m in c.definition.markers):
@@ -310,10 +316,11 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
             return None
         # Offline models are CPU-bound in this process: threads would only take turns, except for local/ models,
         # whose greedy calls from the pool's threads are generated together as one batch (local_generate.Batcher).
-        from pytest_llmeval.providers.local import batched
+        if state.runner.is_offline(self.model):
+            from pytest_llmeval.providers.local import batched
 
-        if state.runner.is_offline(self.model) and not batched(state.settings.resolve_model(self.model)):
-            return None  # (an application given an offline model most likely runs it: the same holds)
+            if not batched(state.settings.resolve_model(self.model)):
+                return None  # (an application given an offline model most likely runs it: the same holds)
         if self.target is not None:
             return self.app_plan(state, self.draws)
         return self.agent_plan(state, self.draws) if self.case.tools else self._calls()
@@ -439,8 +446,10 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         if case is None and index < len(self.conversations):
             return grader.grade_conversation(self.conversations[index], index, self.case)
         completion = self.completions[index] if self.target is not None and index < len(self.completions) else None
+        # (trajectory_of is None unless the draw's answer carries a trajectory: not called for the others)
+        has_trajectory = case is None and index < len(self.completions) and bool(self.completions[index].trajectory)
         return grader.grade(answer, index, case or self.case, references=references_of(completion),
-                            trajectory=self.trajectory_of(index) if case is None else None)
+                            trajectory=self.trajectory_of(index) if has_trajectory else None)
 
     # ---- reporting
 
@@ -479,34 +488,38 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         return self.case.path, (line - 1) if line else None, f"{self.case.suite}::{self.name}"
 
     def result(self, outcome: str, message: str | None) -> CaseResult:
-        """This item's CaseResult for the given outcome."""
-        from pytest_llmeval.cases.holdout import cached_prompt_hash
-        from pytest_llmeval.results.aggregate import pass_at_k
-
+        """This item's CaseResult for the given outcome (on every run's hot path: single passes over the draws and
+        calls; the optional families, such as metrics, conversations or agents, only looked at when present)."""
         if outcome == "skipped" and self.status == "unscored":
             outcome = "unscored"
         c = self.completion
-        graded = outcome in ("passed", "failed", "unscored") and bool(self.samples)
-        first = self.samples[0] if self.samples else {}
-        scored = [s for s in self.samples if s["status"] != "unscored"]
-        draw_scores = [s["score"] for s in scored if s["score"] is not None]
+        samples = self.samples
+        graded = bool(samples) and outcome in ("passed", "failed", "unscored")
+        first = samples[0] if samples else {}
+        n, n_scored, k = len(samples), 0, 0
+        draw_scores: list[float] = []
+        for s in samples:
+            if s["status"] != "unscored":
+                n_scored += 1
+                if s["status"] == "passed":
+                    k += 1
+                if s["score"] is not None:
+                    draw_scores.append(s["score"])
         score = sum(draw_scores) / len(draw_scores) if graded and draw_scores and outcome != "unscored" else None
-        n, n_scored = len(self.samples), len(scored)
-        k = sum(1 for s in scored if s["status"] == "passed")
         extra: dict[str, Any] = {}
         if graded:
-            extra["unscored_checks"] = sum(1 for s in self.samples for o in s["outcomes"] if o.unscored)
-            metric_names = sorted({m for s in self.samples for m in s["metrics"]})
-            extra["metrics"] = {m: round(sum(s["metrics"][m] for s in self.samples if m in s["metrics"])
-                                         / sum(1 for s in self.samples if m in s["metrics"]), 6)
-                                for m in metric_names}
+            extra["unscored_checks"] = sum(1 for s in samples for o in s["outcomes"] if o.unscored)
+            metric_names = sorted({m for s in samples for m in s["metrics"]})
+            extra["metrics"] = {m: round(sum(s["metrics"][m] for s in samples if m in s["metrics"])
+                                         / sum(1 for s in samples if m in s["metrics"]), 6) for m in metric_names}
             # Fields a check fills from its outcome in the first draw (jaccard: labels); the first such outcome wins.
-            definitions = {c.name: c.definition for c in self.checks if c.definition is not None}
-            for o in self.outcomes:
-                definition = definitions.get(o.name)
-                if definition is not None and definition.case_fields is not None:
-                    for key, value in definition.case_fields(o, self.case).items():
-                        extra.setdefault(key, value)
+            if any(c.definition is not None and c.definition.case_fields is not None for c in self.checks):
+                definitions = {c.name: c.definition for c in self.checks if c.definition is not None}
+                for o in self.outcomes:
+                    definition = definitions.get(o.name)
+                    if definition is not None and definition.case_fields is not None:
+                        for key, value in definition.case_fields(o, self.case).items():
+                            extra.setdefault(key, value)
             env = self.judge_env
             if env is not None and env.calls:
                 costs = [x.cost_usd for x in env.calls if x.cost_usd is not None]
@@ -529,14 +542,14 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
                  "cached": self.completions[i].cached if self.completions else None,
                  "checks": [o.to_dict() for o in s["outcomes"]], "artifacts": s.get("artifacts") or {},
                  **({"vision": s["vision"]} if s.get("vision") else {}), **self.sample_trajectory(i)}
-                for i, s in enumerate(self.samples)]
-        if self.case.kind == "code" and (graded or outcome == "skipped" and self.samples):
+                for i, s in enumerate(samples)]
+        if self.case.kind == "code" and (graded or outcome == "skipped" and samples):
             extra.update(code=first.get("code"), detail=first.get("detail"), sandbox=first.get("sandbox"),
                          artifacts=first.get("artifacts") or {}, runs=first.get("runs") or [])
         if first.get("vision"):
             extra["vision"] = first["vision"]
-
-        extra["vision_judge"] = vision_summary([x for s in self.samples for x in s.get("calls") or []])
+        vision_calls = [x for s in samples if s.get("calls") for x in s["calls"]]
+        extra["vision_judge"] = vision_summary(vision_calls) if vision_calls else None
         if self.robustness is not None:
             extra["robustness"] = self.robustness.to_dict()
         if self.retrieved:
@@ -546,8 +559,9 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         if self.target is not None:
             extra.update(app_fields(self))
         extra.update(self.conversation_fields())
-        extra.update(self.agent_fields())
-        calls = self.completions or ([c] if c else [])
+        if self.completions and self.completions[0].trajectory or \
+                any(o.name in TRAJECTORY_CHECKS for s in samples for o in s["outcomes"]):
+            extra.update(self.agent_fields())
         answer = c.text if c else (str(self.case.fields.get("answer")) if self.case.kind == "calibration" else None)
         return CaseResult(
             suite=self.suite, case_id=self.case.id, model=self.model, outcome=outcome, stage=self.stage,
@@ -555,15 +569,31 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
             line=self.case.line, resolved_model=c.resolved_model if c else None,
             score=score, checks=[o.to_dict() for o in self.outcomes], prompt=self.case.prompt,
             answer=answer, latency_s=c.latency_s if c else None, ttft_s=c.ttft_s if c else None,
-            retries=sum(x.attempts - 1 for x in calls if not x.cached) + self.failed_retries,
-            prompt_tokens=sum(x.prompt_tokens or 0 for x in calls) if calls else None,
-            completion_tokens=sum(x.completion_tokens or 0 for x in calls) if calls else None,
-            cost_usd=sum(x.cost_usd for x in calls if x.cost_usd is not None)
-            if any(x.cost_usd is not None for x in calls) else None,
-            cached=all(x.cached for x in calls) if calls else None, calls=len(calls),
             tags=list(self.case.tags), message=message, split=self.case.split,
             prompt_hash=cached_prompt_hash(self.case),
-            cache=("semantic" if any(x.semantic for x in calls) else "exact" if all(x.cached for x in calls)
-                   else None) if calls else None,
-            semantic_hit=next((x.semantic for x in calls if x.semantic), None), **extra,
+            **call_totals(self.completions or ([c] if c else []), self.failed_retries), **extra,
         )
+
+
+def call_totals(calls: list[Completion], failed_retries: int) -> dict[str, Any]:
+    """The CaseResult fields totalled over an item's calls (usually one), in one pass."""
+    if not calls:
+        return {"retries": failed_retries, "prompt_tokens": None, "completion_tokens": None, "cost_usd": None,
+                "cached": None, "calls": 0, "cache": None, "semantic_hit": None}
+    retries, prompt_tokens, completion_tokens = failed_retries, 0, 0
+    costs: list[float] = []
+    cached, semantic_hit = True, None
+    for x in calls:
+        if not x.cached:
+            retries += x.attempts - 1
+            cached = False
+        prompt_tokens += x.prompt_tokens or 0
+        completion_tokens += x.completion_tokens or 0
+        if x.cost_usd is not None:
+            costs.append(x.cost_usd)
+        if x.semantic and semantic_hit is None:
+            semantic_hit = x.semantic
+    return {"retries": retries, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "cost_usd": sum(costs) if costs else None, "cached": cached, "calls": len(calls),
+            "cache": "semantic" if semantic_hit is not None else "exact" if cached else None,
+            "semantic_hit": semantic_hit}
