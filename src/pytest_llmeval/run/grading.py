@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmeval.checks.metrics import recorded_metrics
 from pytest_llmeval.core.checks import CheckOutcome, CheckSpec, GradeContext
 
 if TYPE_CHECKING:
@@ -145,11 +146,15 @@ class DrawGrader:
 def draw_status(outcomes: list[CheckOutcome]) -> str:
     """A draw fails when a scored check failed; else it is skipped when a check could not run here (no vision
     model), unscored when a check's output could not be scored; else it passed."""
-    if any(not o.passed and not o.unscored and not o.skipped for o in outcomes):
-        return "failed"
-    if any(o.skipped for o in outcomes):
-        return "skipped"
-    return "unscored" if any(o.unscored for o in outcomes) else "passed"
+    skipped = unscored = False
+    for o in outcomes:  # one pass (every draw of every case comes here)
+        if o.skipped:
+            skipped = True
+        elif o.unscored:
+            unscored = True
+        elif not o.passed:
+            return "failed"
+    return "skipped" if skipped else "unscored" if unscored else "passed"
 
 
 def decide(samples: list[dict[str, Any]], pass_if: str) -> str:
@@ -164,8 +169,6 @@ def decide(samples: list[dict[str, Any]], pass_if: str) -> str:
 
 
 def _draw(outcomes: list[CheckOutcome], case: CaseSpec, answer: str) -> dict[str, Any]:
-    from pytest_llmeval.checks.metrics import recorded_metrics
-
     scores = [o.score for o in outcomes if o.score is not None and not o.unscored]
     status = draw_status(outcomes)
     return {"outcomes": outcomes, "status": status, "passed": status == "passed",
