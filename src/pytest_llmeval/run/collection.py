@@ -88,17 +88,30 @@ class CollectionPlugin:
                 items[:] = kept
         if config.option.collectonly:
             return  # listing tests needs no key
-        # An application target's item does not call its --llm model itself (the application may, or may not).
-        item_models = [(i, None if isinstance(i, CaseItem) and i.target is not None else item_model(i, self.settings.models))
-                       for i in items]
-        needed = sorted({m for _, m in item_models if m}
-                        | {m for i in items if isinstance(i, CaseItem) and item_model(i, self.settings.models)
-                           for m in i.judge_models()})
+        # One pass: each item's model (an application target's item does not call its --llm model itself: the
+        # application may, or may not) and the judge models its checks call, worked out once per item.
+        models = self.settings.models
+        item_models: list[tuple[pytest.Item, str | None, set[str]]] = []
+        wanted: set[str] = set()
+        code = False
+        for i in items:
+            own = item_model(i, models)
+            judges: set[str] = set()
+            if isinstance(i, CaseItem):
+                if own:
+                    judges = i.judge_models()
+                    wanted |= judges
+                    code = code or i.case.kind == "code"
+                if i.target is not None:
+                    own = None
+            if own:
+                wanted.add(own)
+            item_models.append((i, own, judges))
+        needed = sorted(wanted)
         with paused_gc():  # the answers found live on
-            deferred = self._answered_from_cache(item_models, set(needed))
+            deferred = self._answered_from_cache(item_models, wanted)
         problems = {m: p for m in needed if m not in deferred and (p := state.runner.check_model(m))}
-        if any(isinstance(i, CaseItem) and i.case.kind == "code" and item_model(i, self.settings.models)
-               for i in items):
+        if code:
             from pytest_llmeval.sandbox.isolation import SandboxUnavailable
 
             try:
@@ -113,7 +126,8 @@ class CollectionPlugin:
             return
         raise pytest.UsageError("\n".join(problems.values()))
 
-    def _answered_from_cache(self, items: list[tuple[pytest.Item, str | None]], needed: set[str]) -> set[str]:
+    def _answered_from_cache(self, items: list[tuple[pytest.Item, str | None, set[str]]], needed: set[str]
+                             ) -> set[str]:
         """Models whose every call in this selection is already in the exact cache: checking them would import
         litellm (~3 s) for nothing. Their check happens at the first call that misses after all.
 
@@ -141,11 +155,11 @@ class CollectionPlugin:
             pending.clear()
 
         batch = 8  # a first small batch: a run that is not cached finds out after a few lookups
-        for item, model in items:
+        for item, model, judges in items:  # judges: the models the item's checks call
             if model is None or verdict.get(model) is False:
                 continue
             agent = isinstance(item, CaseItem) and bool(item.case.tools) and item.target is None
-            plan = None if not isinstance(item, CaseItem) or item.judge_models() else \
+            plan = None if not isinstance(item, CaseItem) or judges else \
                 item.first_steps(state, item.draws) if agent else item.plan_calls()
             if agent:  # only the first steps are looked up (the later ones when the loop runs), and not kept
                 probes.add(item.nodeid)
