@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,7 +272,8 @@ def aggregate(results: Iterable[CaseResult], check_aggregates: Mapping[str, Aggr
         groups.setdefault((r.suite, r.model), []).append(r)
     rows: list[dict[str, Any]] = []
     for (suite, model), rs in sorted(groups.items()):
-        counts = {o: sum(1 for r in rs if r.outcome == o) for o in OUTCOMES}
+        seen = Counter(r.outcome for r in rs)
+        counts = {o: seen[o] for o in OUTCOMES}
         graded = counts["passed"] + counts["failed"]
         scores = [r.score for r in rs if r.score is not None and r.outcome in ("passed", "failed")]
         latencies = [r.latency_s for r in rs if r.latency_s is not None]
@@ -325,6 +327,15 @@ class EncodedCase(dict):  # type: ignore[type-arg]
         self.json = text
 
 
+def _encoded_case(result: CaseResult, text: str) -> EncodedCase:
+    """``EncodedCase(result.to_dict(), text)`` without the intermediate copy of the case's dict (one per case)."""
+    own = result.__dict__
+    answer = own.get("answer")
+    if len(own) == len(result.__dataclass_fields__) and not (answer and len(answer) > ANSWER_LIMIT):
+        return EncodedCase(own, text)  # what to_dict returns: the fields in order, the answer as is
+    return EncodedCase(result.to_dict(), text)
+
+
 def build_results(results: list[CaseResult], *, models: list[str], cache_mode: str, exit_status: int,
                   invalid: list[dict[str, Any]], workers: int, version: str, shard: str | None = None,
                   encoded: dict[int, str] | None = None,
@@ -333,7 +344,7 @@ def build_results(results: list[CaseResult], *, models: list[str], cache_mode: s
     of ``result.to_dict()``, for the results that have it already. ``check_aggregates``: see :func:`aggregate`."""
     ordered = sorted(results, key=lambda r: (r.suite, r.model, r.case_id, r.nodeid))
     if encoded:
-        cases = [EncodedCase(r.to_dict(), text) if (text := encoded.get(id(r))) is not None else r.to_dict()
+        cases = [_encoded_case(r, text) if (text := encoded.get(id(r))) is not None else r.to_dict()
                  for r in ordered]
     else:
         cases = [r.to_dict() for r in ordered]
