@@ -33,12 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re as _re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -329,7 +331,14 @@ def _verify_set(name: str, pairs: list[dict], threshold: float, model: str, labe
                                       api_base=server.url, retries=0, cache_dir=tmp / "cache",  # type: ignore[attr-defined]
                                       results_path=tmp / "results.json", timeout=120))
         cache = runner.semantic
-        verify = runner._semantic_verifier("unused")
+        judge = runner._semantic_verifier("unused")
+        replies: list[tuple[str, str]] = []  # (the pair's label, the judge's reply)
+        label_of = {tuple(sorted((p["a"], p["b"]))): p["label"] for p in pairs}
+
+        def verify(new: str, cached: str) -> Any:
+            verdict = judge(new, cached)
+            replies.append((label_of.get(tuple(sorted((new, cached))), "other"), verdict.reply or ""))
+            return verdict
         if model.startswith("local/"):  # load the weights before the clock starts (~15 s)
             runner.complete(model, [{"role": "user", "content": "Say yes."}], {"max_tokens": 2}, semantic=False)
         va = [cache.embed(p["a"]) for p in pairs]
@@ -372,6 +381,16 @@ def _verify_set(name: str, pairs: list[dict], threshold: float, model: str, labe
           f"{stats1['completion_tokens'] / max(stats1['judge_calls'], 1):.1f} per call); "
           f"{stats1['hard_refusals']} lookups refused unasked on hard guard findings; added latency per lookup: "
           f"mean {(statistics.mean(times1) - statistics.mean(times0)) * 1000:.1f} ms")
+    if stats1["judge_errors"]:  # what the replies say when read leniently (a yes/no anywhere in the first line)
+        lenient: dict[str, list[int]] = {}
+        for pair_label, reply in replies:
+            words = _re.findall(r"[a-z]+", reply.lower().split("\n")[0])
+            said = next((w for w in words if w in ("yes", "no")), "neither")
+            row = lenient.setdefault("paraphrase" if pair_label == "paraphrase" else "change", [0, 0, 0])
+            row[("yes", "no", "neither").index(said)] += 1
+        print("    its replies read leniently (yes / no / neither): "
+              + "; ".join(f"{k}: {v[0]} / {v[1]} / {v[2]}" for k, v in sorted(lenient.items()))
+              + "; examples: " + ", ".join(repr(r) for _, r in replies[:3]))
 
 
 def main() -> None:

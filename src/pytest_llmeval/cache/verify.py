@@ -56,6 +56,7 @@ class Verdict:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None  # why there is no verdict (an error, an unreadable reply): a refusal
+    reply: str | None = None  # the judge's reply as it came
 
 
 Verifier = Callable[[str, str], Verdict]
@@ -110,7 +111,7 @@ def judge_verifier(ask: Callable[[list[dict[str, Any]]], Any]) -> Verifier:
         same = parse(str(completion.text))
         error = None if same is not None else f"unreadable verdict {str(completion.text)[:40]!r}"
         return Verdict(bool(same), cached=from_cache, prompt_tokens=used[0], completion_tokens=used[1], cost_usd=used[2],
-                       error=error)
+                       error=error, reply=str(completion.text))
 
     return verify
 
