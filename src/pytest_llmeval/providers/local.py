@@ -372,7 +372,7 @@ def _gguf_parsed_once() -> Iterator[None]:
     model (~400 times). Both are deterministic functions of their arguments: for the duration of one load
     (under _LOAD_LOCK, restored afterwards) the reader is shared per path and the name map per (arch, blocks),
     which makes a cold load (the newcomer's first run) about twice as fast, with the same tensors and
-    tokenizer (tests/realmodel/test_local_model_cache.py compares them). Any surprise in the libraries'
+    tokenizer (tests/realmodel/test_local_model_realmodel.py compares them). Any surprise in the libraries'
     layout leaves them as they are: the load is only slower then.
     """
     try:
