@@ -350,6 +350,18 @@ def main() -> None:
                 check_outcome(name, n, proc, server)
         print(f"{'ideal':26} {'':8} {'':8} {'1.00':>10} {'':9} {'1.00':>10} {'C':>8} {'~0':>6} {'< 1':>8}")
 
+        if any(workers):
+            # What xdist itself costs here: the same number of trivial tests (no plugin, no model) with each -n.
+            (root / "trivial").mkdir(exist_ok=True)
+            (root / "trivial" / "test_trivial.py").write_text(
+                f"import pytest\n@pytest.mark.parametrize('i', range({n}))\ndef test_case(i):\n    assert i >= 0\n")
+            floor = []
+            for w in sorted(set(workers)):
+                wall, proc = timed([py, "-m", "pytest", "trivial/", "-p", "no:llmeval", "-p", "no:cacheprovider", "-q",
+                                    *(["-n", str(w)] if w else [])], root, env)
+                floor.append(f"-n {w}: {wall:.2f} s" + ("" if proc.returncode == 0 else f" (exit {proc.returncode})"))
+            print(f"xdist's own floor, {n} trivial tests without the plugin: " + ", ".join(floor))
+
         if opts.ceiling:
             print("\nceiling: the same N calls, through the plugin's ModelRunner.complete (litellm, cache off) from a "
                   "plain\nThreadPoolExecutor(C) in one process, no pytest; and through http.client (no litellm)")
@@ -380,6 +392,9 @@ def main() -> None:
         for (c, w), ours in walls.items():
             if c == jobs:
                 print(f"  llmeval C={c}, -n {w} wall / promptfoo wall: {ours / wall:.2f} (ideal <= 1.00)")
+        print(f"  half of promptfoo's wall is {wall / 2:.2f} s; the physical limit N·L/C at C={jobs} is "
+              f"{n * latency / jobs:.2f} s" + (" (below it: not reachable with the same calls in flight)"
+                                               if wall / 2 < n * latency / jobs else ""))
         if not any(c == jobs for c, _ in walls):
             print(f"  no llmeval run at C={jobs} to compare (C values run: {cs})")
 
