@@ -36,7 +36,7 @@ from pytest_llmeval.run.agent import AgentCalls, tool_problems
 from pytest_llmeval.run.calls import vision_summary
 from pytest_llmeval.run.conversation import ConversationCalls
 from pytest_llmeval.run.grading import DrawGrader, decide, relative_to
-from pytest_llmeval.run.state import RunState, get_state, import_all_modules
+from pytest_llmeval.run.state import RunState, get_state
 from pytest_llmeval.run.targets import (
     app_fields,
     app_retrieval,
@@ -396,7 +396,6 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         """Grade the case's perturbed variants against the original outcome; passed when consistent enough."""
         from pytest_llmeval.robustness import runner as robustness
 
-        import_all_modules()  # before the variants' call threads start (see there)
         original = str(self.status)
 
         def call(v: robustness.CaseVariant) -> dict[str, Any]:

@@ -54,7 +54,7 @@ class RunState:
             from pytest_llmeval.providers.prefetch import Prefetcher
 
             # The pool's threads import what their calls need as they go: core/astguard.py makes pytest's assertion
-            # rewriting safe in threads. Importing every module up front (import_all_modules) cost each xdist worker
+            # rewriting safe in threads. Importing every module up front, as before, cost each xdist worker
             # ~0.25 s of CPU at start-up, eight times over on `-n 8`.
             self.prefetcher = Prefetcher(self.call, self.settings.concurrency)
         from pytest_llmeval.targets.runner import TargetRunner
@@ -266,24 +266,3 @@ STATE: pytest.StashKey[RunState] = pytest.StashKey()
 def get_state(config: pytest.Config) -> RunState:
     """This process's run state (set in ``pytest_configure``)."""
     return config.stash[STATE]
-
-
-def import_all_modules() -> None:
-    """Import every module of this package now, in the main thread, before the prefetch pool starts.
-
-    pytest rewrites the asserts of a plugin's modules when they are first imported, with ``ast.parse``; on
-    CPython 3.11 two threads doing that at once could fail with "SystemError: AST constructor recursion depth
-    mismatch" (CPython gh-106905). core/astguard.py now serializes every AST conversion of the process, which is
-    what makes that impossible; importing up front still keeps the first calls of the pool from waiting on imports
-    (and on each other's import locks). All modules are light at import time (heavy libraries are imported inside
-    functions)."""
-    import importlib
-    import pkgutil
-
-    package_dir = Path(__file__).resolve().parents[1]  # the pytest_llmeval package
-    for info in pkgutil.walk_packages([str(package_dir)], "pytest_llmeval."):
-        # These import hypothesis (slow); they are only ever imported on the main thread. The sandbox's fork server
-        # is not a module of this process: its source runs inside the sandbox.
-        if info.name not in ("pytest_llmeval.strategies", "pytest_llmeval.robustness.strategies",
-                             "pytest_llmeval.robustness.hypothesis", "pytest_llmeval.sandbox.zygote_server"):
-            importlib.import_module(info.name)
