@@ -140,3 +140,39 @@ def test_a_failed_load_is_a_model_call_error(tmp_path: Path) -> None:
     with pytest.raises(ModelCallError, match="FileNotFoundError: w/x: no weights"):
         models.complete("w/x", [{"role": "user", "content": "hi"}])
     models.close()
+
+
+def test_the_call_server_closes_with_workers_still_connected(tmp_path: Path) -> None:
+    """The xdist controller's call server closes while workers' connections are open and their serving threads
+    blocked reading: each connection is shut down and closed once, by its own thread (closing it from close() too
+    raced that thread: "Bad file descriptor" at the end of a run), and a client then finds the server gone."""
+    import threading
+    import time
+
+    from pytest_llmeval.providers.callserver import CallClient, CallServer
+
+    runner = ModelRunner(Settings(cache_mode="off", cache_dir=tmp_path / "cache"), providers=ProviderRegistry())
+    for _ in range(20):
+        server = CallServer(runner)
+        clients = [CallClient(server.address) for _ in range(8)]
+        for client in clients:  # a connection per client, each served by a thread of the server
+            assert "unknown call server request" in str(_raises(lambda c=client: c.request("ping")))
+        serving = [t for t in threading.enumerate() if t.name == "llmeval-calls-conn"]
+        assert len(serving) >= 8
+        server.close()  # raised OSError(EBADF) now and then before
+        deadline = time.monotonic() + 10
+        while any(t.is_alive() for t in serving) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not any(t.is_alive() for t in serving)
+        with server._lock:
+            assert server._connections == []
+        error = _raises(lambda c=clients[0]: c.request("check_model", model="openai/x"))
+        assert isinstance(error, ModelCallError) and "cannot be reached" in str(error)
+
+
+def _raises(call: object) -> BaseException:
+    try:
+        call()  # type: ignore[operator]
+    except BaseException as exc:  # noqa: BLE001 - returned for the test to look at
+        return exc
+    raise AssertionError("no exception")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ class CallServer:
                     return
                 continue
             with self._lock:
+                if self._closed.is_set():  # accepted as the server closed: no thread will serve it
+                    conn.close()
+                    return
                 self._connections.append(conn)
             threading.Thread(target=self._serve, args=(conn,), name="llmeval-calls-conn", daemon=True).start()
 
@@ -89,6 +93,10 @@ class CallServer:
         except (OSError, EOFError):  # the worker went away mid-answer
             return
         finally:
+            # Closed by this thread only, once out of the list: close() shuts down only what is listed, under the
+            # same lock, so it never touches a descriptor closed here (and perhaps reused by then).
+            with self._lock:
+                self._connections.remove(conn)
             conn.close()
 
     def _answer(self, op: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
@@ -109,10 +117,25 @@ class CallServer:
             pass
         with self._lock:
             for conn in self._connections:
-                conn.close()
+                _shut_down(conn)  # wakes the thread serving it, which closes it
         Path(self.address.path).unlink(missing_ok=True)
         try:
             os.rmdir(self._dir)
+        except OSError:
+            pass
+
+
+def _shut_down(conn: Connection) -> None:
+    """End a connection's socket for both sides without closing its descriptor: the thread blocked reading it gets
+    EOF and closes it itself. (Closing it from here raced that thread's own close: "Bad file descriptor" at the end
+    of a run, or a descriptor closed twice after its number was reused.)"""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except (OSError, ValueError):
+        return
+    with sock:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
