@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmeval.cases.schema import CaseError
+from pytest_llmeval.cases.tools import TRAJECTORY_CHECKS
+from pytest_llmeval.core.tools import Trajectory
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.schema import CaseSpec
     from pytest_llmeval.core.checks import CheckOutcome
-    from pytest_llmeval.core.tools import Trajectory
     from pytest_llmeval.providers.runner import Completion
     from pytest_llmeval.run.state import RunState
     from pytest_llmeval.targets.tools import ToolDef
@@ -179,8 +180,6 @@ class AgentCalls:
 
     def trajectory_of(self, index: int) -> Trajectory | None:
         """The trajectory of draw ``index``: its agent run's, or the tool calls an application's answer carried."""
-        from pytest_llmeval.core.tools import Trajectory
-
         if index >= len(self.completions) or not self.completions[index].trajectory:
             return None
         return Trajectory.from_dict(self.completions[index].trajectory or {})
@@ -188,8 +187,6 @@ class AgentCalls:
     def agent_fields(self) -> dict[str, Any]:
         """The CaseResult fields: the first draw's trajectory and the mean score of the trajectory checks over
         every draw (with repeats, each sample's trajectory joins its entry in ``samples``)."""
-        from pytest_llmeval.cases.tools import TRAJECTORY_CHECKS
-
         out: dict[str, Any] = {}
         if self.completions and self.completions[0].trajectory:
             out["trajectory"] = self.completions[0].trajectory

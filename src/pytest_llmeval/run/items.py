@@ -24,7 +24,6 @@ import pytest
 from pytest_llmeval.cases.holdout import cached_prompt_hash
 from pytest_llmeval.cases.loader import load_file
 from pytest_llmeval.cases.schema import CaseError, CaseSpec, InvalidCase
-from pytest_llmeval.cases.tools import TRAJECTORY_CHECKS
 from pytest_llmeval.checks.judge import JudgeEnv
 from pytest_llmeval.core.answer import TargetError
 from pytest_llmeval.core.checks import CheckOutcome, CheckSpec
@@ -445,10 +444,8 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         if case is None and index < len(self.conversations):
             return grader.grade_conversation(self.conversations[index], index, self.case)
         completion = self.completions[index] if self.target is not None and index < len(self.completions) else None
-        # (trajectory_of is None unless the draw's answer carries a trajectory: not called for the others)
-        has_trajectory = case is None and index < len(self.completions) and bool(self.completions[index].trajectory)
         return grader.grade(answer, index, case or self.case, references=references_of(completion),
-                            trajectory=self.trajectory_of(index) if has_trajectory else None)
+                            trajectory=self.trajectory_of(index) if case is None else None)
 
     # ---- reporting
 
@@ -558,9 +555,7 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         if self.target is not None:
             extra.update(app_fields(self))
         extra.update(self.conversation_fields())
-        if self.completions and self.completions[0].trajectory or \
-                any(o.name in TRAJECTORY_CHECKS for s in samples for o in s["outcomes"]):
-            extra.update(self.agent_fields())
+        extra.update(self.agent_fields())
         answer = c.text if c else (str(self.case.fields.get("answer")) if self.case.kind == "calibration" else None)
         return CaseResult(
             suite=self.suite, case_id=self.case.id, model=self.model, outcome=outcome, stage=self.stage,
