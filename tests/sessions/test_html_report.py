@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,26 +48,71 @@ def make_report(project: Project) -> Path:
     return out
 
 
+def payload(text: str) -> dict[str, Any]:
+    """The report's embedded data (report/matrix.py's payload), as the page's script reads it."""
+    found = re.search(r'<script type="application/json" id="llmeval-data">(.*?)</script>', text, re.S)
+    assert found, "no data payload"
+    return json.loads(found.group(1))
+
+
+def probe(tmp_path: Path, text: str, script: str, name: str = "probe") -> dict[str, Any]:
+    """Open a copy of the report in headless Chromium with ``script`` appended (run after the report's own
+    script drew the page; it returns an object); return that object, with the page's script errors and console
+    lines under ``errors`` and ``console``."""
+    page = tmp_path / f"{name}.html"
+    body = ("<script>(function () { let out; try { out = (function () {" + script + "})(); } catch (e) { "
+            "out = {exception: String(e && e.stack || e)}; } out.errors = window.__errors; "
+            "document.body.setAttribute('data-probe', JSON.stringify(out)); })();</script>")
+    page.write_text(text.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", body + "</body>", 1))
+    dom = subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / ('profile-' + name)}",
+                          "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=300)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, dom.stdout[-2000:]
+    result = json.loads(html.unescape(found.group(1)))
+    result["console"] = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    return result
+
+
 def test_report_is_self_contained_and_escaped(project: Project) -> None:
     text = make_report(project).read_text()
     assert "<script src" not in text and "http://" not in text and "https://" not in text  # nothing fetched
-    assert "Paris &lt;b&gt;bold&lt;/b&gt;." in text  # answers are escaped, never rendered as markup
-    assert 'id="pass-chart"' in text and 'class="latency"' in text
-    assert text.count('class="suite-row"') == 1 and text.count('class="case"') == 3
+    assert text.lower().count("<script") == 2  # the data and the page's own script, inline
+    assert "<b>bold</b>" not in text and "Paris \\u003cb\\u003ebold" in text  # answers are data, never markup
+    assert 'id="pass-chart"' in text and 'class="latency chart"' in text
+    assert text.count('class="suite-row"') == 1
+    data = payload(text)
+    assert [data["S"][i] for i in data["rows"]["id"]] == ["jp", "fr", "it"]  # the flipped case first
+    assert data["rows"]["flip"] == [1, 0, 0] and data["baseline"] is True
+    assert "Paris <b>bold</b>." in data["S"]
+    assert '<b id="n-regressed">1</b> pass → fail' in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_report_renders_in_headless_chromium(project: Project, tmp_path: Path) -> None:
     report = make_report(project)
-    profile = tmp_path / "profile"
-    dom = subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    html = dom.stdout
-    assert 'id="gate-status">passed' in html or 'id="gate-status">failed' in html
-    assert "<td>geo</td><td>openai/test-model</td>" in html and "Kyoto." in html
+    result = probe(tmp_path, report.read_text(), """
+      const rows = [...document.querySelectorAll('#matrix tbody tr.row')];
+      const first = rows[0].querySelectorAll('td');
+      rows[1].click();  // fr: its prompt and answer, shown as text
+      const panel = document.querySelector('#matrix tr.detail .panel');
+      return {gate: document.getElementById('gate-status').textContent, rows: rows.length,
+              first: [...first].map(td => td.textContent),
+              answer: panel.querySelector('pre.answer').textContent,
+              prompt: document.querySelector('#matrix tr.detail pre.prompt').textContent,
+              bold: panel.querySelectorAll('b').length - 1,
+              axes: [...document.querySelectorAll('svg .axis-label')].map(t => t.textContent),
+              ticks: document.querySelectorAll('#pass-chart .tick').length};""")
+    assert result["errors"] == [] and result["console"] == []
+    assert result["gate"] in ("passed", "failed") and result["rows"] == 3
+    assert result["first"] == ["1", "geo :: jp", "failed 0.00↓ was passed", "passed"]  # vs the baseline
+    assert result["answer"] == "Paris <b>bold</b>." and result["bold"] == 0  # no <b> but the "answer" label
+    assert result["prompt"].endswith("Capital of France?")
+    assert result["axes"] == ["pass rate (% of graded cases)", "latency (seconds, log scale)", "cases"]
+    assert result["ticks"] >= 6  # 0% .. 100% and the suite's label
     shot = tmp_path / "shot.png"
-    subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
+    subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
                     "--window-size=1200,900", report.as_uri()], capture_output=True, timeout=120)
     from PIL import Image
 
@@ -85,7 +131,10 @@ def test_report_without_a_gate(project: Project) -> None:
 
     doc = json.loads((project.pytester.path / ".llmeval/results.json").read_text())
     text = render(doc, project.pytester.path)
-    assert "gate-status" not in text and text.count('class="case"') == 3
+    data = payload(text)
+    assert "gate-status" not in text and len(data["rows"]["id"]) == 3
+    assert data["baseline"] is False and "baseline-col" not in text.split("<script>")[0]
+    assert "no baseline" in text
 
 
 # --- application targets: references, the app's own calls, metadata, transcripts (issue 17) ---
@@ -153,20 +202,29 @@ def render_app_report(tmp_path: Path) -> Path:
     return out
 
 
+def template(text: str, case_id: str) -> str:
+    """The server-rendered drill-down of a case (its <template>, cloned when its row is opened)."""
+    data = payload(text)
+    row = [data["S"][i] for i in data["rows"]["id"]].index(case_id)
+    k = data["cells"]["x"][data["rows"]["first"][row]]
+    assert k >= 0, f"{case_id} has no drill-down"
+    return text.split(f'<template id="x-{k}">')[1].split("</template>")[0]
+
+
 def test_references_app_usage_metadata_and_transcript_are_shown_escaped(tmp_path: Path) -> None:
     text = render_app_report(tmp_path).read_text()
-    assert "<script" not in text.lower().replace("&lt;script", "")  # no script at all, every one escaped
+    assert text.lower().count("<script") == 2  # the data and the page's script: every other one escaped
     assert "<img" not in text and "window.__pwned" in text  # shown as text, never as markup
-    assert "&lt;/script&gt;&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in text
+    assert "&lt;/script&gt;&lt;script&gt;window.__pwned = 1&lt;/script&gt;" not in text  # the answer is data ...
+    assert XSS_ANSWER in payload(text)["S"]  # ... read back whole by the page's script, shown with textContent
     assert "&lt;/details&gt;&lt;/li&gt;&lt;/ol&gt;&lt;b&gt;not bold&lt;/b&gt;" in text  # a reference's text
-    assert text.count('class="case"') == 3
     # The suite table: a target column, the application's calls per suite.
     assert '<td class="target">python:bot:answer</td>' in text and '<td class="target">model</td>' in text
     assert text.count('class="app-calls"') == 2
     assert "answered 1 case(s) and made 2 model calls · 120 + 30 tokens · $0.0012 · 0.80 s of its own" in text
-    # The drill-down: the target, references numbered with their scores, the long text folded, expected marked.
-    offscreen = text.split('id="case-1"')[1].split('id="case-2"')[0]
-    assert 'target <b class="target">python:bot:answer</b>' in offscreen
+    # The drill-down: references numbered with their scores, the long text folded, expected marked.
+    offscreen = template(text, "offscreen")
+    assert "python:bot:answer" in payload(text)["S"]  # the target, shown in the case's panel
     assert '<li value="1" class="reference is-expected">[1] docs/install.md · Install' in offscreen
     assert '<li value="2" class="reference">[2] docs/sphere.md' in offscreen and "(score 0.910)" in offscreen
     assert '<details class="ref-text"><summary>text (' in offscreen
@@ -177,15 +235,16 @@ def test_references_app_usage_metadata_and_transcript_are_shown_escaped(tmp_path
     assert ('<pre class="metadata">{&#34;note&#34;: &#34;&lt;/script&gt;&lt;script&gt;window.__pwned = 5'
             in offscreen)
     # The conversation: user and assistant bubbles per turn, the turn's references, the ending.
-    chat = text.split('id="case-2"')[1].split('id="case-3"')[0]
+    chat = template(text, "chat")
     assert chat.count('class="bubble user"') == 2 and chat.count('class="bubble assistant"') == 1 + 1
     assert "And on &lt;b&gt;Windows&lt;/b&gt;?" in chat and "Thanks, that works." in chat
     assert '<li value="1" class="reference">[1] docs/install.md' in chat and "1 model call · 50 + 9 tokens" in chat
     assert "ended: the simulated user reached its goal" in chat
     assert "simulated user: {&#34;calls&#34;: 3, &#34;model&#34;: &#34;openai/user-model&#34;}" in chat
-    # A bare model's case shows no target and no transcript.
-    plain = text.split('id="case-3"')[1]
-    assert 'class="target"' not in plain and 'class="chat"' not in plain
+    # A bare model's case has no drill-down beyond its answer: no target, no transcript.
+    data = payload(text)
+    assert data["cells"]["x"] == [0, 1, -1] and data["cells"]["target"][2] == -1
+    assert text.count("<template ") == 2
 
 
 def test_a_python_targets_references_and_usage_reach_the_report(project: Project,
@@ -198,7 +257,7 @@ def test_a_python_targets_references_and_usage_reach_the_report(project: Project
 
     text = render(project.results(), project.pytester.path)
     assert '<td class="target">python:bot:answer</td>' in text and text.count('class="app-calls"') == 1
-    offscreen = next(part for part in text.split('<details class="case"') if "<b>offscreen</b>" in part)
+    offscreen = template(text, "offscreen")
     assert '<li value="1" class="reference is-expected">[1] docs/install.md' in offscreen
     assert "Set ORBIT_OFFSCREEN=1 to render offscreen." in offscreen  # the reference's text, folded
     assert "the application's own model calls: 1 model call · " in offscreen
@@ -206,35 +265,28 @@ def test_a_python_targets_references_and_usage_reach_the_report(project: Project
     assert '<span class="expected">docs/install.md (found)</span>' in offscreen
 
 
-# Appended to a copy of the report: records script errors from the start, then, after the page loaded, checks that
-# the transcript is hidden until its case is expanded (a click on the summary) and visible after, and that nothing
-# injected through an answer or a reference ran or became an element.
+# Recorded from the start of the page: its script errors.
 PROBE_HEAD = "<script>window.__errors = []; addEventListener('error', e => __errors.push(String(e.message)));</script>"
-PROBE_BODY = """<script>
-// Chromium hides a closed <details>' content with content-visibility (its boxes may keep a size): checkVisibility().
-function shown(el) { const r = el.getBoundingClientRect(); return el.checkVisibility() && r.width > 0 && r.height > 0; }
-const chat = document.querySelector('#case-2 .chat'), bubble = chat.querySelector('.bubble.assistant');
-const before = shown(bubble);
-document.querySelector('#case-2 > summary').click();
-const after = shown(bubble), open = document.querySelector('#case-2').open;
-document.body.setAttribute('data-probe', JSON.stringify({before, after, open, errors: window.__errors,
-  pwned: window.__pwned || 0, imgs: document.querySelectorAll('img').length,
-  scripts: document.querySelectorAll('script').length, bubbles: chat.querySelectorAll('.bubble').length}));
-</script>"""
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_the_transcript_shows_when_its_case_is_expanded_in_headless_chromium(tmp_path: Path) -> None:
+    # The transcript is not in the page until its case is opened (a click on its row), then shown; nothing
+    # injected through an answer, a reference or metadata ran or became an element.
     text = render_app_report(tmp_path).read_text()
-    probe = tmp_path / "probe.html"
-    probe.write_text(text.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_BODY + "</body>", 1))
-    dom = subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
-                          "--v=0", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
-    assert found, dom.stdout[-2000:]
-    result = json.loads(html.unescape(found.group(1)))
-    assert result == {"before": False, "after": True, "open": True, "errors": [], "pwned": 0, "imgs": 0,
-                      "scripts": 2, "bubbles": 5}
-    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
-    assert not console, console
+    result = probe(tmp_path, text, """
+      function shown(el) {
+        const r = el.getBoundingClientRect(); return el.checkVisibility() && r.width > 0 && r.height > 0; }
+      const before = document.querySelectorAll('.bubble').length;
+      const rows = [...document.querySelectorAll('#matrix tbody tr.row')];
+      rows[1].click();
+      const chat = document.querySelector('#matrix tr.detail .chat');
+      const after = shown(chat.querySelector('.bubble.assistant')), bubbles = chat.querySelectorAll('.bubble').length;
+      document.querySelector('#matrix tbody tr.row').click();  // the offscreen case too: its answer, as text
+      const answer = document.querySelector('#matrix tr.detail pre.answer').textContent;
+      return {before, after, bubbles, answer,
+              details: document.querySelectorAll('#matrix tr.detail').length, pwned: window.__pwned || 0,
+              imgs: document.querySelectorAll('img').length, scripts: document.querySelectorAll('script').length,
+              refs: document.querySelectorAll('#matrix li.reference').length};""")
+    assert result == {"before": 0, "after": True, "bubbles": 5, "answer": XSS_ANSWER, "details": 2, "pwned": 0,
+                      "imgs": 0, "scripts": 4, "refs": 3, "errors": [], "console": []}
