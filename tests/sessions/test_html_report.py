@@ -290,3 +290,106 @@ def test_the_transcript_shows_when_its_case_is_expanded_in_headless_chromium(tmp
               refs: document.querySelectorAll('#matrix li.reference').length};""")
     assert result == {"before": 0, "after": True, "bubbles": 5, "answer": XSS_ANSWER, "details": 2, "pwned": 0,
                       "imgs": 0, "scripts": 4, "refs": 3, "errors": [], "console": []}
+
+
+# --- scale: 20,000 results (10,000 cases x 2 models), paged and filtered in the page ---
+
+N_CASES = 10_000
+XSS_IN_ANSWER = "zebra-4321 </script><script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
+
+
+def large_results(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run of two models over N_CASES cases in five suites and three tags, with a baseline. Model a fails
+    every tenth case, model b every seventh; in the baseline every case passed except b's every fourteenth."""
+    cases, base = [], []
+    for i in range(N_CASES):
+        for model, fails in (("a", i % 10 == 0), ("b", i % 7 == 0)):
+            answer = XSS_IN_ANSWER if (i, model) == (4321, "b") else f"answer {i} of {model}"
+            if (i, model) == (5, "a"):
+                answer = "long " * 1000
+            cases.append({"suite": f"s{i % 5}", "case_id": f"case{i:06d}", "model": model, "kind": "qna",
+                          "outcome": "failed" if fails else "passed", "score": 0.0 if fails else 1.0,
+                          "prompt": f"question {i}", "answer": answer, "latency_s": 0.05 + (i % 50) / 10,
+                          "tags": [f"t{i % 3}"], "checks": [{"check": "contains", "passed": not fails,
+                                                             "score": 0.0 if fails else 1.0, "reason": "r"}]})
+            base.append({"suite": f"s{i % 5}", "model": model, "case": f"case{i:06d}",
+                         "outcome": "failed" if model == "b" and i % 14 == 0 else "passed"})
+    (tmp_path / "baseline.json").write_text(json.dumps({"baseline_version": 1, "cases": base}))
+    rows = [{"suite": f"s{s}", "model": m, "cases": N_CASES // 5, "pass_rate": 0.9} for s in range(5) for m in "ab"]
+    doc = {"schema_version": 2, "created_at": "2026-12-05T00:00:00Z", "run": {"models": ["a", "b"], "cache": "off",
+                                                                               "exit_status": 0},
+           "gate": {"baseline": "baseline.json", "failed": False, "suites": []}, "suites": rows, "cases": cases}
+    return doc, {"baseline_version": 1, "cases": base}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_twenty_thousand_results_page_and_filter_in_headless_chromium(tmp_path: Path) -> None:
+    from pytest_llmeval.report.html import render
+
+    doc, _ = large_results(tmp_path)
+    text = render(doc, tmp_path)
+    # Expected from the definition of the run, independently of the report's code.
+    # (b failed on every fourteenth case before and fails now: no fail -> pass flip.)
+    regressed = [i for i in range(N_CASES) if i % 10 == 0 or (i % 7 == 0 and i % 14 != 0)]
+    disagree = [i for i in range(N_CASES) if (i % 10 == 0) != (i % 7 == 0)]
+    in_s2_t1 = [i for i in range(N_CASES) if i % 5 == 2 and i % 3 == 1]
+    result = probe(tmp_path, text, """
+      const $ = id => document.getElementById(id);
+      const info = () => $('page-info').textContent;
+      const rows = () => [...document.querySelectorAll('#matrix tbody tr.row')];
+      const ids = () => rows().map(r => r.querySelector('td.case-id b').textContent);
+      function set(id, value) { const el = $(id); el.value = value; el.dispatchEvent(new Event('change')); }
+      const out = {};
+      out.first = {info: info(), rows: rows().length, ids: ids().slice(0, 3),
+                   trs: document.querySelectorAll('#matrix tr').length,
+                   flips: rows().filter(r => r.classList.contains('flipped')).length};
+      $('next').click();
+      out.next = {info: info(), n: rows()[0].firstChild.textContent};
+      set('f-flipped', 'regressed');
+      out.regressed = {info: info(), allDown: rows().every(r => r.querySelector('.flip.down') !== null)};
+      set('f-flipped', 'disagree');
+      out.disagree = info();
+      set('f-flipped', '');
+      set('f-model', '0'); set('f-outcome', '1');
+      out.aFailed = {info: info(), cols: document.querySelectorAll('#matrix th.model-col').length,
+                     allFailed: rows().every(r => r.querySelector('td.cell').classList.contains('o-failed'))};
+      set('f-model', ''); set('f-outcome', '');
+      set('f-suite', '2'); set('f-tag', '1');
+      out.suiteTag = {info: info(), ok: rows().every(r => r.querySelector('.suite').textContent === 's2'
+                                                     && r.querySelector('.tag').textContent === 't1')};
+      set('f-suite', ''); set('f-tag', '');
+      set('f-search', 'ZEBRA-4321');
+      out.search = {info: info(), ids: ids()};
+      rows()[0].click();
+      const answers = [...document.querySelectorAll('#matrix tr.detail pre.answer')].map(p => p.textContent);
+      out.xss = {answers, pwned: window.__pwned || 0, imgs: document.querySelectorAll('#matrix img').length};
+      set('f-search', 'case000005');
+      rows()[0].click();
+      out.cut = document.querySelector('#matrix tr.detail .cut').textContent;
+      set('f-search', '');
+      set('f-size', '200');
+      $('last').click();
+      out.last = {info: info(), rows: rows().length, trs: document.querySelectorAll('#matrix tr').length};
+      out.axes = [...document.querySelectorAll('svg .axis-label')].map(t => t.textContent);
+      return out;""", "large")
+    assert result["errors"] == [] and result["console"] == [], result
+    assert "exception" not in result, result
+    assert result["first"] == {"info": f"1–50 of {N_CASES} matching case(s) ({N_CASES} in all) · page 1 of 200",
+                               "rows": 50, "ids": [f"case{i:06d}" for i in regressed[:3]], "trs": 1 + 50,
+                               "flips": 50}  # the DOM holds one page, not 10,000 rows; flipped first
+    assert result["next"] == {"info": f"51–100 of {N_CASES} matching case(s) ({N_CASES} in all) · page 2 of 200",
+                              "n": "51"}
+    assert result["regressed"] == {"info": f"1–50 of {len(regressed)} matching case(s) ({N_CASES} in all) · page 1 "
+                                           f"of {-(-len(regressed) // 50)}", "allDown": True}
+    assert result["disagree"].startswith(f"1–50 of {len(disagree)} matching")
+    assert result["aFailed"] == {"info": f"1–50 of {N_CASES // 10} matching case(s) ({N_CASES} in all) · page 1 of "
+                                         f"{N_CASES // 10 // 50}", "cols": 1, "allFailed": True}
+    assert result["suiteTag"]["info"].startswith(f"1–50 of {len(in_s2_t1)} matching") and result["suiteTag"]["ok"]
+    assert result["search"] == {"info": f"1–1 of 1 matching case(s) ({N_CASES} in all) · page 1 of 1",
+                                "ids": ["case004321"]}
+    assert result["xss"] == {"answers": ["answer 4321 of a", XSS_IN_ANSWER], "pwned": 0, "imgs": 0}
+    assert result["cut"] == " … [cut at 2000 of 5000 characters; the full text is in results.json]"
+    assert result["last"] == {"info": f"9801–{N_CASES} of {N_CASES} matching case(s) ({N_CASES} in all) · page 50 of "
+                                      "50", "rows": 200, "trs": 1 + 200}
+    assert result["axes"] == ["pass rate (% of graded cases)", "latency (seconds, log scale)", "cases",
+                              "latency (seconds, log scale)", "cases"]
