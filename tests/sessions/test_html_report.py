@@ -393,3 +393,55 @@ def test_twenty_thousand_results_page_and_filter_in_headless_chromium(tmp_path: 
                                       "50", "rows": 200, "trs": 1 + 200}
     assert result["axes"] == ["pass rate (% of graded cases)", "latency (seconds, log scale)", "cases",
                               "latency (seconds, log scale)", "cases"]
+
+
+# --- two models (--llm a --llm b) against a baseline: the matrix side by side ---
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_two_models_side_by_side_against_the_baseline(project: Project, tmp_path: Path) -> None:
+    project.write("cases/geo.yaml", SUITE)
+    s = project.server
+    for model in ("openai/test-model", "openai/other"):
+        s.answer("France", "Paris.", model=model)
+        s.answer("Japan", "Tokyo.", model=model)
+        s.answer("Italy", "Rome.", model=model)
+    project.run("--llm=openai/other", "--llm-update-baseline", "--llm-baseline=b.json", "--llm-cache=off")
+    s.reset()
+    s.answer("France", "Paris.")
+    s.answer("Japan", "Kyoto.", model="openai/test-model")  # test-model regresses on jp
+    s.answer("Japan", "Tokyo.", model="openai/other")
+    s.answer("Italy", "Rome.", model="openai/test-model")
+    s.answer("Italy", "Milan <script>window.__pwned = 1</script>", model="openai/other")  # other regresses on it
+    project.run("--llm=openai/other", "--llm-baseline=b.json", "--llm-cache=off")
+    out = project.pytester.path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "report",
+                           str(project.pytester.path / ".llmeval/results.json"), "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = probe(tmp_path, out.read_text(), """
+      const $ = id => document.getElementById(id);
+      const rows = () => [...document.querySelectorAll('#matrix tbody tr.row')];
+      const cells = () => rows().map(r => [...r.querySelectorAll('td')].slice(1).map(td => td.textContent));
+      function set(id, value) { const el = $(id); el.value = value; el.dispatchEvent(new Event('change')); }
+      const out = {head: [...document.querySelectorAll('#matrix thead th')].map(th => th.textContent),
+                   all: cells()};
+      rows()[0].click();  // it: the two answers side by side
+      out.panels = [...document.querySelectorAll('#matrix tr.detail .panel')].map(p =>
+        [p.querySelector('h4').textContent, p.querySelector('pre.answer').textContent]);
+      set('f-model', '1'); set('f-outcome', '1');
+      out.otherFailed = cells();
+      set('f-model', ''); set('f-outcome', ''); set('f-search', 'kyoto');
+      out.kyoto = cells();
+      out.pwned = window.__pwned || 0;
+      return out;""", "two")
+    assert result["errors"] == [] and result["console"] == [], result
+    assert result["head"] == ["#", "case", "openai/test-model", "openai/other", "baseline"]
+    both = "openai/test-model: passedopenai/other: passed"
+    assert result["all"] == [["geo :: itmodels disagree", "passed 1.00", "failed 0.00↓ was passed", both],
+                             ["geo :: jpmodels disagree", "failed 0.00↓ was passed", "passed 1.00", both],
+                             ["geo :: fr", "passed 1.00", "passed 1.00", both]]  # results.json's order within
+    assert result["panels"] == [["openai/test-model passed", "Rome."],
+                                ["openai/other failed↓ was passed", "Milan <script>window.__pwned = 1</script>"]]
+    assert result["otherFailed"] == [["geo :: itmodels disagree", "failed 0.00↓ was passed", "openai/other: passed"]]
+    assert result["kyoto"] == [result["all"][1]] and result["pwned"] == 0

@@ -170,14 +170,16 @@ def render(doc: dict[str, Any], root: Path | None = None, baseline: Path | None 
     # The rich drill-downs, rendered here (escaped by jinja) into inert <template>s the page clones when a row is
     # opened: the flipped and failing rows' first, up to EXTRAS_LIMIT.
     extras: dict[int, int] = {}
+    rich_total = 0
     for row in matrix.rows:
         for i, c in row.cells:
-            if len(extras) < EXTRAS_LIMIT and _rich(c):
-                extras[i] = len(extras)
+            if _rich(c):
+                rich_total += 1
+                if len(extras) < EXTRAS_LIMIT:
+                    extras[i] = len(extras)
     rich = [(k, cases[i], _images(cases[i], base)) for i, k in sorted(extras.items())]  # in the run's order
     limit = text_limit(len(cases))
     data = payload(matrix, limit, lambda i: extras.get(i, -1))
-    rich_total = sum(1 for c in cases if _rich(c))
     return env.get_template("report.html.j2").render(
         doc=doc, gate=gate, verdicts=verdicts, rich=rich, rich_total=rich_total, extras_limit=EXTRAS_LIMIT,
         app_rows=app_rows, agent_rows=agent_rows, pct=_pct, pct0=_pct0, num=_num, trajectory_view=trajectory_view,
