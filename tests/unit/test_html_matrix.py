@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from pathlib import Path
@@ -165,3 +166,15 @@ def test_the_latency_histogram_has_log_ticks_counts_and_labels() -> None:
     assert sum(int(n) for n, _, _ in bars) == 6 and ("3", "0.178", "0.316") in bars
     assert bars[-1][0] == "1" and bars[-1][2] == "100"  # 500 s lands in the last bin
     assert latency_chart([]) == '<p class="meta">no latencies recorded</p>'
+
+
+def test_every_template_ships_as_package_data() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    found = re.search(r"\[tool\.setuptools\.package-data\]\s*pytest_llmeval = (\[[^\]]*\])",
+                      (repo / "pyproject.toml").read_text())  # (tomllib is 3.11+)
+    assert found
+    patterns = json.loads(found.group(1))
+    templates = repo / "src" / "pytest_llmeval" / "templates"
+    names = [p.relative_to(templates.parent).as_posix() for p in templates.iterdir()]
+    assert "templates/report.js.j2" in names
+    assert [n for n in names if not any(fnmatch.fnmatch(n, p) for p in patterns)] == []
