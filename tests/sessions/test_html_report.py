@@ -55,7 +55,7 @@ def payload(text: str) -> dict[str, Any]:
     return json.loads(found.group(1))
 
 
-def probe(tmp_path: Path, text: str, script: str, name: str = "probe") -> dict[str, Any]:
+def probe(tmp_path: Path, text: str, script: str, name: str = "probe", fragment: str = "") -> dict[str, Any]:
     """Open a copy of the report in headless Chromium with ``script`` appended (run after the report's own
     script drew the page; it returns an object); return that object, with the page's script errors and console
     lines under ``errors`` and ``console``."""
@@ -65,7 +65,7 @@ def probe(tmp_path: Path, text: str, script: str, name: str = "probe") -> dict[s
             "document.body.setAttribute('data-probe', JSON.stringify(out)); })();</script>")
     page.write_text(text.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", body + "</body>", 1))
     dom = subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / ('profile-' + name)}",
-                          "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                          "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri() + fragment],
                          capture_output=True, text=True, timeout=300)
     assert dom.returncode == 0, dom.stderr[-2000:]
     found = re.search(r'data-probe="([^"]*)"', dom.stdout)
@@ -433,6 +433,7 @@ def test_two_models_side_by_side_against_the_baseline(project: Project, tmp_path
       out.otherFailed = cells();
       set('f-model', ''); set('f-outcome', ''); set('f-search', 'kyoto');
       out.kyoto = cells();
+      out.hash = location.hash;
       out.pwned = window.__pwned || 0;
       return out;""", "two")
     assert result["errors"] == [] and result["console"] == [], result
@@ -445,3 +446,9 @@ def test_two_models_side_by_side_against_the_baseline(project: Project, tmp_path
                                 ["openai/other failed↓ was passed", "Milan <script>window.__pwned = 1</script>"]]
     assert result["otherFailed"] == [["geo :: itmodels disagree", "failed 0.00↓ was passed", "openai/other: passed"]]
     assert result["kyoto"] == [result["all"][1]] and result["pwned"] == 0
+    assert result["hash"] == "#q=kyoto"  # the view is in the address ...
+    linked = probe(tmp_path, out.read_text(), """
+      return {model: document.getElementById('f-model').value, flipped: document.getElementById('f-flipped').value,
+              rows: [...document.querySelectorAll('#matrix tbody tr.row td.case-id b')].map(b => b.textContent)};""",
+                   "linked", "#model=openai%2Fother&flipped=regressed&outcome=bogus")
+    assert linked == {"model": "1", "flipped": "regressed", "rows": ["it"], "errors": [], "console": []}  # ... and back
