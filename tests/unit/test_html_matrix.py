@@ -178,3 +178,15 @@ def test_every_template_ships_as_package_data() -> None:
     names = [p.relative_to(templates.parent).as_posix() for p in templates.iterdir()]
     assert "templates/report.js.j2" in names
     assert [n for n in names if not any(fnmatch.fnmatch(n, p) for p in patterns)] == []
+
+
+def test_the_rich_drill_downs_are_capped_flipped_and_failing_first(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_llmeval.report import html
+
+    monkeypatch.setattr(html, "EXTRAS_LIMIT", 2)
+    cases = [case(f"q{i}", "a", "failed" if i == 3 else "passed", metadata={"n": i}) for i in range(4)]
+    text = html.render(doc_of(cases, ["a"]), tmp_path)
+    assert text.count("<template ") == 2 and "kept for 2 of 4 results" in text
+    kept = re.findall(r'<template id="x-(\d)">\s*<b>metadata</b><pre class="metadata">\{&#34;n&#34;: (\d)\}', text)
+    assert kept == [("1", "0"), ("0", "3")]  # the failing q3 first (x-0), then q0; in the run's order in the file
