@@ -1,10 +1,11 @@
-"""``llmeval report``: one self-contained HTML file (no CDN, no scripts fetched; charts are inline SVG,
-artifact images are inlined as data URIs), for reading a run offline or attaching it to a CI job."""
+"""``llmeval report``: one self-contained HTML file (no CDN, nothing fetched: its script and style are inline,
+charts are inline SVG, artifact images are inlined as data URIs), for reading a run offline or attaching it to a
+CI job. The main view is a matrix of cases x models and the baseline (matrix.py), paged and filtered by the page's
+script over one compact JSON payload, so that a 100,000-case run does not become 100,000 elements."""
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import posixpath
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmeval.report.base import Reporter
+from pytest_llmeval.report.charts import latency_chart, pass_rate_chart
+from pytest_llmeval.report.matrix import build_matrix, find_baseline, payload, script_json, text_limit
+
+__all__ = ["HtmlReporter", "latency_chart", "pass_rate_chart", "render"]
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".webp": "image/webp"}
@@ -29,63 +34,6 @@ def _pct0(x: float | None) -> str:
 
 def _num(x: float | None, digits: int = 2) -> str:
     return f"{x:.{digits}f}" if isinstance(x, int | float) else "-"
-
-
-def pass_rate_chart(rows: list[dict[str, Any]], verdicts: dict[tuple[str, str], dict[str, Any]]) -> str:
-    """Horizontal bars of each suite x model pass rate with its interval as a whisker and the baseline's
-    rate as a tick."""
-    height = 24 * len(rows) + 30
-    left, width = 260, 420
-    parts = [f'<svg id="pass-chart" width="{left + width + 60}" height="{height}" role="img" '
-             f'aria-label="pass rates">']
-    for i, r in enumerate(rows):
-        y = 10 + 24 * i
-        label = html.escape(f"{r['suite']} [{r['model']}]")
-        parts.append(f'<text x="0" y="{y + 13}">{label}</text>')
-        rate = r.get("pass_rate")
-        if rate is None:
-            continue
-        parts.append(f'<rect class="bar" x="{left}" y="{y}" width="{rate * width:.1f}" height="16" fill="#54aeff">'
-                     f'<title>{label}: {rate:.1%}</title></rect>')
-        ci = r.get("pass_rate_ci")
-        if ci:
-            parts.append(f'<line x1="{left + ci[0] * width:.1f}" x2="{left + ci[1] * width:.1f}" y1="{y + 8}" '
-                         f'y2="{y + 8}" stroke="#0a3069" stroke-width="2"/>')
-        v = verdicts.get((r["suite"], r["model"]), {})
-        if v.get("base_pass_rate") is not None:
-            x = left + v["base_pass_rate"] * width
-            parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y - 2}" y2="{y + 18}" stroke="#cf222e" '
-                         f'stroke-width="2"><title>baseline {v["base_pass_rate"]:.1%}</title></line>')
-        parts.append(f'<text x="{left + width + 6}" y="{y + 13}">{rate:.0%}</text>')
-    parts.append(f'<line x1="{left}" x2="{left}" y1="0" y2="{height - 20}" stroke="#57606a"/>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def latency_chart(cases: list[dict[str, Any]]) -> str:
-    """A histogram of case latencies per model (log-spaced bins)."""
-    by_model: dict[str, list[float]] = {}
-    for c in cases:
-        if c.get("latency_s") is not None and c["latency_s"] > 0:
-            by_model.setdefault(c["model"], []).append(float(c["latency_s"]))
-    if not by_model:
-        return '<p class="meta">no latencies recorded</p>'
-    edges = [0.01 * 2 ** k for k in range(14)]  # 10 ms .. 82 s
-    out = []
-    for model, values in sorted(by_model.items()):
-        counts = [0] * (len(edges) + 1)
-        for v in values:
-            counts[sum(1 for e in edges if v >= e)] += 1
-        peak = max(counts) or 1
-        bars = []
-        for i, n in enumerate(counts):
-            h = 60 * n / peak
-            bars.append(f'<rect x="{i * 22}" y="{70 - h:.1f}" width="18" height="{h:.1f}" fill="#8250df">'
-                        f'<title>{n} case(s) {"&lt; 0.01" if i == 0 else f"&gt;= {edges[i - 1]:g}"} s</title></rect>')
-        median = sorted(values)[len(values) // 2]
-        out.append(f'<p>{html.escape(model)}: {len(values)} case(s), median {median:.2f} s</p>'
-                   f'<svg class="latency" width="{22 * len(counts)}" height="80">{"".join(bars)}</svg>')
-    return "".join(out)
 
 
 def _images(case: dict[str, Any], root: Path) -> dict[str, str]:
@@ -195,8 +143,18 @@ def trajectory_view(trajectory: dict[str, Any] | None) -> dict[str, Any] | None:
             "errors": sum(1 for s in steps if s["error"] is not None)}
 
 
-def render(doc: dict[str, Any], root: Path | None = None) -> str:
-    """The report of one results document; ``root`` resolves relative artifact paths."""
+RICH = ("trajectory", "references", "app_usage", "metadata", "transcript", "vision", "robustness", "code",
+        "artifacts")
+EXTRAS_LIMIT = 5000  # case results whose rich drill-down (trajectory, references, transcript...) the file keeps
+
+
+def _rich(case: dict[str, Any]) -> bool:
+    return any(case.get(k) for k in RICH) or bool((case.get("retrieval") or {}).get("expected"))
+
+
+def render(doc: dict[str, Any], root: Path | None = None, baseline: Path | None = None) -> str:
+    """The report of one results document; ``root`` resolves relative artifact paths and the gate's baseline;
+    ``baseline`` names a baseline file to compare with (default: the one the gate used, if it can be found)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("pytest_llmeval", "templates"),
@@ -204,13 +162,29 @@ def render(doc: dict[str, Any], root: Path | None = None) -> str:
     gate = doc.get("gate")
     verdicts = {(v["suite"], v["model"]): v for v in (gate or {}).get("suites", [])}
     base = root or Path.cwd()
+    cases = doc.get("cases") or []
     app_rows = [r for r in doc["suites"] if r.get("app_calls")]
     agent_rows = [r for r in doc["suites"] if r.get("agent")]
-    images = {i: imgs for i, c in enumerate(doc["cases"]) if (imgs := _images(c, base))}
+    before, note = find_baseline(doc, base, baseline)
+    matrix = build_matrix(doc, before, note)
+    # The rich drill-downs, rendered here (escaped by jinja) into inert <template>s the page clones when a row is
+    # opened: the flipped and failing rows' first, up to EXTRAS_LIMIT.
+    extras: dict[int, int] = {}
+    rich_total = 0
+    for row in matrix.rows:
+        for i, c in row.cells:
+            if _rich(c):
+                rich_total += 1
+                if len(extras) < EXTRAS_LIMIT:
+                    extras[i] = len(extras)
+    rich = [(k, cases[i], _images(cases[i], base)) for i, k in sorted(extras.items())]  # in the run's order
+    limit = text_limit(len(cases))
+    data = payload(matrix, limit, lambda i: extras.get(i, -1))
     return env.get_template("report.html.j2").render(
-        doc=doc, gate=gate, verdicts=verdicts, images=images, app_rows=app_rows, agent_rows=agent_rows, pct=_pct,
-        pct0=_pct0, num=_num, trajectory_view=trajectory_view,
-        pass_chart=pass_rate_chart(doc["suites"], verdicts), latency_chart=latency_chart(doc["cases"]),
+        doc=doc, gate=gate, verdicts=verdicts, rich=rich, rich_total=rich_total, extras_limit=EXTRAS_LIMIT,
+        app_rows=app_rows, agent_rows=agent_rows, pct=_pct, pct0=_pct0, num=_num, trajectory_view=trajectory_view,
+        matrix=matrix, flips=matrix.counts(), text_limit=limit, data_json=script_json(data),
+        pass_chart=pass_rate_chart(doc["suites"], verdicts), latency_chart=latency_chart(cases),
         isnan=math.isnan, compact_json=compact_json, usage_line=usage_line, references_view=references_view,
         expected_view=expected_view)
 
