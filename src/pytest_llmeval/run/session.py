@@ -192,6 +192,8 @@ class ResultsPlugin:
         run = state.run_decided
         if run is not None:
             doc["run"].update(run_id=run["run_id"], resumed_from=run["resumed_from"], resumed_cases=resumed)
+        if self.collection.collected is not None:  # with --llm-shard: what the whole selection was (llmeval merge)
+            doc["run"]["collected"] = self.collection.collected
         if budget_state:
             doc["run"]["budget"] = budget_state
         if semantic_verify:
