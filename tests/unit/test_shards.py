@@ -64,6 +64,8 @@ def test_plain_results_files_merge_as_before() -> None:
      "shard 3/4 missing (have 1/4, 2/4, 4/4): merge every shard, or pass --allow-partial"),
     ([("s1.json", shard_doc(1, 2)), ("again.json", shard_doc(1, 2)), ("s2.json", shard_doc(2, 2))],
      "shard 1/2 is there twice: s1.json and again.json"),
+    ([("s1.json", shard_doc(1, 2)), ("s2.json", shard_doc(2, 2)), ("s1.json", shard_doc(1, 2))],
+     "shard 1/2 is there twice: s1.json and s1.json"),
     ([("s1.json", shard_doc(1, 2)), ("t2.json", shard_doc(2, 3))],
      "shards of different splits (s1.json is 1/2, t2.json is 2/3)"),
     ([("s1.json", shard_doc(1, 2)), ("s2.json", shard_doc(2, 2, models=("openai/other",)))],

@@ -98,51 +98,44 @@ def check_shards(files: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
     for name, doc in files:
         if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list) or "suites" not in doc:
             raise ShardError(f"{name} is not a results.json file (no 'cases'/'suites')")
-    shards = {name: _parse_shard((doc.get("run") or {}).get("shard"), name) for name, doc in files}
-    sharded = [name for name, s in shards.items() if s is not None]
+    # A list, not a mapping by name: the same file given twice is a duplicated shard, not one file.
+    entries = [(name, _parse_shard((doc.get("run") or {}).get("shard"), name), doc) for name, doc in files]
+    sharded = [(name, s, doc) for name, s, doc in entries if s is not None]
     if not sharded:
         return MergePlan()
-    whole = [name for name, s in shards.items() if s is None]
+    whole = [name for name, s, _ in entries if s is None]
+    first, first_shard, first_doc = sharded[0]
     if whole:
-        raise ShardError(f"{whole[0]} is not a shard (no run.shard) but {sharded[0]} is shard "
-                         f"{shard_label(shards[sharded[0]])}: merge the shards of one run only")  # type: ignore[arg-type]
-    counts = {s[1] for s in shards.values() if s is not None}
-    if len(counts) > 1:
-        listed = ", ".join(f"{name} is {shard_label(s)}" for name, s in shards.items() if s is not None)
+        raise ShardError(f"{whole[0]} is not a shard (no run.shard) but {first} is shard {shard_label(first_shard)}: "
+                         "merge the shards of one run only")
+    if len({s[1] for _, s, _ in sharded}) > 1:
+        listed = ", ".join(f"{name} is {shard_label(s)}" for name, s, _ in sharded)
         raise ShardError(f"the files are shards of different splits ({listed}): use the shards of one run")
-    count = counts.pop()
+    count = first_shard[1]
     seen: dict[int, str] = {}
-    for name, s in shards.items():
-        assert s is not None
+    for name, s, _ in sharded:
         if s[0] in seen:
             raise ShardError(f"shard {shard_label(s)} is there twice: {seen[s[0]]} and {name} (a job retried or an "
                              "artifact downloaded twice?): keep one of them")
         seen[s[0]] = name
     # The same models and the same collection: shards of one run, not of two commits or two option sets.
-    docs = dict(files)
-    models = {name: sorted((docs[name].get("run") or {}).get("models") or []) for name in sharded}
-    first = sharded[0]
-    for name in sharded[1:]:
-        if models[name] != models[first]:
-            raise ShardError(f"{first} ran {models[first]} but {name} ran {models[name]}: the shards of one run "
-                             "run the same --llm models")
-    collected: dict[str, dict[str, Any]] = {}
-    for name in sharded:
-        fingerprint = (docs[name].get("run") or {}).get("collected")
-        if isinstance(fingerprint, dict):
-            collected[name] = fingerprint
-    known = list(collected)
-    for name in known[1:]:
-        if collected[name] != collected[known[0]]:
-            a, b = collected[known[0]], collected[name]
-            raise ShardError(f"{known[0]} and {name} were sharded from different collections ({a.get('items')} vs "
-                             f"{b.get('items')} items, digests {a.get('digest')} vs {b.get('digest')}): run every "
+    models = sorted((first_doc.get("run") or {}).get("models") or [])
+    for name, _, doc in sharded[1:]:
+        theirs = sorted((doc.get("run") or {}).get("models") or [])
+        if theirs != models:
+            raise ShardError(f"{first} ran {models} but {name} ran {theirs}: the shards of one run run the same "
+                             "--llm models")
+    collected = [(name, c) for name, _, doc in sharded if isinstance(c := (doc.get("run") or {}).get("collected"), dict)]
+    for name, c in collected[1:]:
+        (name0, c0) = collected[0]
+        if c != c0:
+            raise ShardError(f"{name0} and {name} were sharded from different collections ({c0.get('items')} vs "
+                             f"{c.get('items')} items, digests {c0.get('digest')} vs {c.get('digest')}): run every "
                              "shard on the same commit with the same options")
     # Every case in the shard its id hashes to, and in one shard only.
     owner: dict[str, str] = {}
-    for name in sharded:
-        index = shards[name][0]  # type: ignore[index]
-        for case in docs[name]["cases"]:
+    for name, (index, _), doc in sharded:
+        for case in doc["cases"]:
             key = _case_key(case)
             if key in owner:
                 raise ShardError(f"{key} is in {owner[key]} and in {name}: the shards overlap (was one of them run "
@@ -161,6 +154,6 @@ def check_shards(files: list[tuple[str, dict[str, Any]]], *, allow_partial: bool
             raise ShardError(f"shard {which} missing (have {', '.join(f'{i}/{count}' for i in present)}): merge "
                              "every shard, or pass --allow-partial to gate on part of the run")
         plan.notes.append(f"partial merge: shard {which} missing")
-    if len(known) not in (0, len(sharded)):
+    if len(collected) not in (0, len(sharded)):
         plan.notes.append("some shards do not record their collection (older version): not compared")
     return plan
