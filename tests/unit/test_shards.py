@@ -150,3 +150,50 @@ def test_merge_command_says_which_shard_is_missing_and_writes_the_baseline(tmp_p
     assert base["baseline_version"] == 1 and len(base["cases"]) == 40
     cut = merge("s1.json", "gone.json", "-o", "m.json")
     assert cut.returncode == 2 and "cannot read gone.json" in cut.stderr
+
+
+def test_cache_merge_copies_what_the_destination_lacks(tmp_path: Path) -> None:
+    """Two shards' caches (exact and semantic, written by the real classes) merged into a third: every answer
+    once, the destination's kept on equal keys, semantic entries renumbered after the destination's and not
+    duplicated; merging again adds nothing."""
+    import numpy as np
+
+    from pytest_llmeval.cache.exact import ResponseCache
+    from pytest_llmeval.cache.semantic import SemanticCache
+
+    def fill(name: str, keys: list[str], texts: list[str]) -> Path:
+        directory = tmp_path / name
+        cache = ResponseCache(directory)
+        for k in keys:
+            cache.set(k, {"text": f"{name}:{k}"})
+        cache.close()
+        semantic = SemanticCache(directory / "semantic")
+        for i, text in enumerate(texts):
+            semantic.add("p", text, f"key-{text}", vector=np.full(4, i + 1.0, dtype=np.float32))
+        semantic.close()
+        return directory
+
+    fill("a", ["k1", "k2"], ["capital of France?"])
+    fill("b", ["k2", "k3"], ["capital of France?", "largest ocean?"])
+    dest = fill("dest", ["k3"], [])
+
+    def merge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "cache", "merge", *args],
+                              capture_output=True, text=True, cwd=tmp_path)
+
+    done = merge("a", "b", "--into", "dest")
+    assert done.returncode == 0, done.stderr
+    assert "merged 2 cache(s) into dest: 2 answer(s) added, 2 there already; 2 semantic entries added" in done.stdout
+    merged = ResponseCache(dest)
+    assert {k: merged.get(k) for k in ("k1", "k2", "k3")} == {"k1": {"text": "a:k1"}, "k2": {"text": "a:k2"},
+                                                              "k3": {"text": "dest:k3"}}
+    merged.close()
+    semantic = SemanticCache(dest / "semantic")
+    semantic._sync()
+    assert semantic._loaded == 2 and sorted(semantic._sets["p"].texts) == ["capital of France?", "largest ocean?"]
+    semantic.close()
+    again = merge("a", "b", "--into", "dest")
+    assert "0 answer(s) added, 4 there already; 0 semantic entries added" in again.stdout
+    (tmp_path / "empty").mkdir()
+    bad = merge("empty", "--into", "dest")
+    assert bad.returncode == 2 and "empty is not a response cache directory (no cache.db in it)" in bad.stderr

@@ -154,6 +154,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_merge(args: argparse.Namespace) -> int:
+    from pytest_llmeval.cache.merge import CacheMergeError, merge_caches
+
+    try:
+        stats = merge_caches([Path(s) for s in args.sources], Path(args.into))
+    except CacheMergeError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"merged {stats.sources} cache(s) into {args.into}: {stats.added} answer(s) added, {stats.present} there "
+          f"already; {stats.semantic_added} semantic entr{'y' if stats.semantic_added == 1 else 'ies'} added")
+    return 0
+
+
 def leaderboard_rows(docs: list[dict]) -> tuple[list[str], list[dict]]:  # type: ignore[type-arg]
     """Models ranked over the suites every one of them ran: per-suite pass rates, their mean, and the pooled
     pass rate with its Wilson interval."""
@@ -371,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--root", default=None, help="directory artifact paths are relative to (default: the "
                         "results file's project)")
     report.set_defaults(func=cmd_report)
+
+    cache = commands.add_parser("cache", help="response cache tools")
+    cache_actions = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
+    cache_merge = cache_actions.add_parser(
+        "merge", help="copy what other response caches hold into one (the caches of a sharded run's jobs)",
+        description="Copy into --into every answer of the SOURCE caches that it lacks (exact and semantic "
+        "entries); the sources are only read. Equal keys are equal requests: the destination's answer is kept.")
+    cache_merge.add_argument("sources", nargs="+", metavar="SOURCE", help="cache directories (--llm-cache-dir of "
+                             "each shard)")
+    cache_merge.add_argument("--into", default=".llmeval/cache", metavar="DIR", help="the cache to fill (default "
+                             ".llmeval/cache; created if missing)")
+    cache_merge.set_defaults(func=cmd_cache_merge)
 
     board = commands.add_parser("leaderboard", help="rank models over the suites they all ran")
     board.add_argument("files", nargs="+", help="results.json files (one run with several --llm, or one per model)")
