@@ -255,26 +255,39 @@ class Runner:
                         shutil.copytree(where / w["path"], copy)
                         self.caches.append((w["key"], copy))
             elif uses.startswith("actions/upload-artifact@"):
-                files = [f for pattern in w["path"].split() for f in sorted(where.glob(pattern))]
-                if files:
-                    with self.lock:
-                        assert w["name"] not in self.artifacts, "artifact names are unique in a workflow run"
-                        self.artifacts[w["name"]] = store = self.work / "artifacts" / w["name"]
-                    for f in files:
-                        (store / f.relative_to(where)).parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(f, store / f.relative_to(where))
+                self.upload(where, w)
             elif uses.startswith("actions/download-artifact@"):
-                assert w.get("merge-multiple") is True
                 for art, store in sorted(self.artifacts.items()):
-                    if fnmatch.fnmatch(art, w["pattern"]):
-                        for f in store.rglob("*"):  # merge-multiple: each artifact's files, flattened into path
-                            if f.is_file():
-                                (where / w["path"]).mkdir(parents=True, exist_ok=True)
-                                shutil.copy2(f, where / w["path"] / f.name)
+                    if fnmatch.fnmatch(art, w["pattern"]):  # merge-multiple: all in path; else path/<artifact name>
+                        target = where / w["path"] if w.get("merge-multiple") is True else where / w["path"] / art
+                        shutil.copytree(store, target, dirs_exist_ok=True)
             else:
                 raise AssertionError(f"step {step}: not known to this runner")
         return {"failed": failed, "log": "\n".join(log), "dir": where,
                 "summary": summary.read_text() if summary.exists() else ""}
+
+    def upload(self, where: Path, w: dict[str, Any]) -> None:
+        """upload-artifact: the files of every path (a directory: all under it); hidden files and folders left out
+        unless include-hidden-files (v4.4+); stored relative to the paths' least common ancestor."""
+        files: list[Path] = []
+        roots: list[Path] = []
+        for pattern in w["path"].split():
+            for match in sorted(where.glob(pattern)):
+                found = sorted(f for f in match.rglob("*") if f.is_file()) if match.is_dir() else [match]
+                files += found
+                roots.append(match if match.is_dir() else match.parent)
+        if w.get("include-hidden-files") is not True:
+            files = [f for f in files if not any(part.startswith(".") for part in f.relative_to(where).parts)]
+        if not files:
+            return
+        root = Path(os.path.commonpath(roots))
+        with self.lock:
+            assert w["name"] not in self.artifacts, "artifact names are unique in a workflow run"
+            self.artifacts[w["name"]] = store = self.work / "artifacts" / str(self.n) / w["name"]
+            self.n += 1
+        for f in files:
+            (store / f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, store / f.relative_to(root))
 
     def run(self, event: str, run_id: int, drop_artifacts: tuple[str, ...] = ()) -> dict[str, Any]:
         """The whole workflow: the shard matrix in parallel, then the gate job (which `needs` it)."""
@@ -305,9 +318,9 @@ def git(repo: Path, *args: str) -> None:
 
 def test_the_github_actions_example_runs_as_written(project: Project, tmp_path: Path) -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
-    shard_steps = workflow["jobs"]["shard"]["steps"]
     assert workflow["jobs"]["shard"]["strategy"]["fail-fast"] is False
-    assert any(s.get("uses", "").startswith("actions/cache/save@") and s.get("if") == "always()" for s in shard_steps)
+    gate_steps = workflow["jobs"]["gate"]["steps"]
+    assert any(s.get("uses", "").startswith("actions/cache/save@") and s.get("if") == "always()" for s in gate_steps)
     repo = project.pytester.path / "repo"
     (repo / "cases").mkdir(parents=True)
     (repo / "cases/big.yaml").write_text(big_suite(24))
@@ -335,12 +348,13 @@ def test_the_github_actions_example_runs_as_written(project: Project, tmp_path: 
     assert not main["gate"]["failed"], main["gate"]["log"]
     assert "merged 4 file(s), 27 cases" in main["gate"]["log"]
     assert len(project.server.requests) - calls == 27  # every case once, in its shard
-    merged = read(runner.artifacts["llmeval-results"] / ".llmeval/results.json")
+    merged = read(runner.artifacts["llmeval-results"] / "results.json")
     assert outcomes(merged) == outcomes(read(tmp_path / "whole.json"))  # the union of the shards = the whole run
     assert merged["run"]["shard_count"] == 4 and sorted(merged["run"]["shards"]) == ["1/4", "2/4", "3/4", "4/4"]
-    assert len(runner.caches) == 4  # one cache per shard, all saved
+    assert [key for key, _ in runner.caches] == ["llmeval-cache-1-1"]  # the shards' caches, merged, saved once
+    assert "merged 4 cache(s) into .llmeval/cache: 27 answer(s) added" in main["gate"]["log"]
     (repo / ".llmeval").mkdir()
-    shutil.copy(runner.artifacts["llmeval-results"] / ".llmeval/baseline.json", repo / ".llmeval/baseline.json")
+    shutil.copy(runner.artifacts["llmeval-results"] / "baseline.json", repo / ".llmeval/baseline.json")
     git(repo, "add", ".llmeval/baseline.json")
     git(repo, "commit", "-qm", "baseline")
     git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")
@@ -351,6 +365,15 @@ def test_the_github_actions_example_runs_as_written(project: Project, tmp_path: 
     assert not same["gate"]["failed"], same["gate"]["log"]
     assert len(project.server.requests) == calls
     assert "gate passed" in same["gate"]["log"] and "gate passed :white_check_mark:" in same["gate"]["summary"]
+
+    # 2b. The same with three shards instead of four: the merged cache still answers every shard.
+    three = {**workflow, "jobs": {**workflow["jobs"], "shard": {**workflow["jobs"]["shard"], "strategy": {
+        **workflow["jobs"]["shard"]["strategy"], "matrix": {"shard": [1, 2, 3]}}}}}
+    runner.workflow = three
+    regrouped = runner.run("pull_request", 5)
+    runner.workflow = workflow
+    assert not regrouped["gate"]["failed"], regrouped["gate"]["log"]
+    assert len(project.server.requests) == calls and "merged 3 file(s), 27 cases" in regrouped["gate"]["log"]
 
     # 3. A pull request whose new system prompt breaks 6 cases that passed: new answers, a regression, once.
     (repo / "cases/big.yaml").write_text(big_suite(24, system="Answer in French."))
