@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from conftest import API_KEY, GEO, Project
+from pytest_llmeval.results.shards import shard_of
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "examples" / "github-actions-sharded.yml"
@@ -165,6 +166,22 @@ def test_two_shards_at_once_share_the_semantic_cache(project: Project) -> None:
     assert_clean(again)
     assert len(project.server.requests) == calls
     assert sum(len(read(root / f".llmeval/results-shard-{i}of2.json")["cases"]) for i in (1, 2)) == 8
+
+
+def test_where_a_shard_writes_its_results(project: Project) -> None:
+    """The ini key (shared by every shard) gets the shard's name; a path on the command line is the job's own."""
+    project.write("cases/big.yaml", big_suite(4))
+    project.server.default = "sure"
+    project.pytester.makeini("[pytest]\nllmeval_results = out/res.json\n")
+    project.run("--llm-shard=1/2").assert_outcomes(passed=len(read_ids(1)))
+    root = project.pytester.path
+    assert read(root / "out/res-shard-1of2.json")["run"]["shard"] == "1/2" and not (root / "out/res.json").exists()
+    project.run("--llm-shard=2/2", "--llm-results=mine.json")
+    assert read(root / "mine.json")["run"]["shard"] == "2/2"
+
+
+def read_ids(shard: int) -> list[str]:
+    return [n for i in range(4) if shard_of(n := f"cases/big.yaml::q{i:03d}[openai/test-model]", 2) == shard]
 
 
 def test_a_shard_cannot_write_the_baseline(project: Project) -> None:

@@ -93,12 +93,14 @@ def resolve(config: pytest.Config) -> Settings:
     rules = [*([DropRule("pass_rate", max_drop)] if max_drop is not None else []),
              *(values["fail_under"].value or ()), *(values["gate"].value or ())]
     # Shards (--llm-shard) sharing a directory must not overwrite each other's results (the last writer would win
-    # and a shard would be lost without a word): each writes its own file unless told where, and none the baseline.
+    # and a shard would be lost without a word): each writes its own file, and none the baseline. Only a path given
+    # on the command line is taken as is (it is the job's own); the default, an ini key or an environment variable
+    # are shared by every shard, so the shard's name is added to them.
     shard = direct["shard"]
     if shard is not None:
         from pytest_llmeval.results.shards import shard_label, shard_results_path
 
-        if values["results_path"].source is None:
+        if not (values["results_path"].source or "").startswith("command line"):
             direct["results_path"] = shard_results_path(direct["results_path"], shard)
         if direct["update_baseline"]:
             raise pytest.UsageError(
