@@ -180,6 +180,23 @@ def test_where_a_shard_writes_its_results(project: Project) -> None:
     assert read(root / "mine.json")["run"]["shard"] == "2/2"
 
 
+def test_an_empty_shard_succeeds_and_still_writes_its_results(project: Project) -> None:
+    """Eight shards of two cases: the six empty ones exit 0 (not pytest's 5, "no tests") and write an empty results
+    file, so the merge sees every shard; a collection with nothing in it still exits 5."""
+    project.write("cases/two.yaml", "suite: two\ncases:\n  - {id: a, question: A?, expect: [{contains: sure}]}\n"
+                  "  - {id: b, question: B?, expect: [{contains: sure}]}\n")
+    project.server.default = "sure"
+    root = project.pytester.path
+    for i in range(1, 9):
+        assert project.run(f"--llm-shard={i}/8").ret == 0
+    sizes = [len(read(root / f".llmeval/results-shard-{i}of8.json")["cases"]) for i in range(1, 9)]
+    assert sorted(sizes) == [0, 0, 0, 0, 0, 0, 1, 1]
+    merged = llmeval(root, "merge", *(f".llmeval/results-shard-{i}of8.json" for i in range(1, 9)), "-o", "m.json")
+    assert merged.returncode == 0, merged.stderr
+    assert sorted(c["case_id"] for c in read(root / "m.json")["cases"]) == ["a", "b"]
+    assert project.run("--llm-shard=1/2", "-k", "nothing-matches").ret == 5
+
+
 def read_ids(shard: int) -> list[str]:
     return [n for i in range(4) if shard_of(n := f"cases/big.yaml::q{i:03d}[openai/test-model]", 2) == shard]
 
