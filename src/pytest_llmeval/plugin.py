@@ -100,6 +100,13 @@ class _XdistController:
             except (OSError, ValueError):  # ValueError: no AF_UNIX family on this platform
                 pass
 
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """With --llm-shard: the workers collected; their fingerprint of the whole selection goes to results.json."""
+        collected = getattr(node, "workeroutput", {}).get("llmeval_collected")
+        plugin = self.state.config.pluginmanager.get_plugin("llmeval-collection")
+        if collected is not None and plugin is not None and plugin.collected is None:
+            plugin.collected = collected
+
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The run's plugin objects go (a long-lived process, pytester or an IDE, configures many runs)."""

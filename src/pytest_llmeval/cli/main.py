@@ -91,8 +91,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for line in format_verdicts(verdicts):
         print(line)
     failed = gate_failed(verdicts)
+    current["gate"] = {"baseline": args.baseline, "rules": [r.describe() for r in rules], "alpha": args.alpha,
+                       "failed": failed, "suites": [v.to_dict() for v in verdicts]}
+    _github_report(current)
     print("gate failed" if failed else "gate passed")
     return 1 if failed else 0
+
+
+def _github_report(doc: dict[str, Any]) -> None:
+    """On GitHub Actions, what a gated pytest run reports: the step summary and the regressed cases' annotations
+    (the merge job of a sharded run gates here, once)."""
+    from pytest_llmeval.report.github import github_annotations, github_summary
+
+    summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_path:
+        try:
+            with open(summary_path, "a", encoding="utf-8") as fh:
+                fh.write(github_summary(doc))
+        except OSError as exc:
+            print(f"llmeval: cannot write the GitHub step summary {summary_path}: {exc}", file=sys.stderr)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(doc):
+            print(line)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -101,17 +121,48 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from pytest_llmeval.checks.builtin import builtin_registry
     from pytest_llmeval.core.version import package_version
     from pytest_llmeval.results.aggregate import merge_results, write_results
+    from pytest_llmeval.results.shards import ShardError, check_shards
 
+    files: list[tuple[str, Any]] = []
+    for name in args.files:
+        try:
+            files.append((name, json.loads(Path(name).read_text(encoding="utf-8"))))
+        except (OSError, json.JSONDecodeError) as exc:  # a missing artifact, a file cut short
+            raise CommandError(f"cannot read {name}: {exc}") from None
     try:
-        docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.files]
+        plan = check_shards(files, allow_partial=args.allow_partial)
+        docs = [doc for _, doc in files]
         # The rows are re-aggregated with the built-in checks' aggregates (labels): a conftest's checks are not
         # loaded outside pytest.
         merged = merge_results(docs, package_version(), builtin_registry().aggregates())
-    except (OSError, json.JSONDecodeError, ValueError, KeyError) as exc:
+    except (ShardError, ValueError, KeyError) as exc:
         raise CommandError(str(exc)) from None
+    if plan.count is not None:
+        merged["run"]["shard_count"] = plan.count
+        merged["run"]["shards_missing"] = [f"{i}/{plan.count}" for i in plan.missing]
+        merged["run"]["collected"] = next((c for d in docs if (c := (d.get("run") or {}).get("collected"))), None)
     write_results(Path(args.output), merged)
+    for note in plan.notes:
+        print(f"llmeval: warning: {note}", file=sys.stderr)
     print(f"merged {len(docs)} file(s), {len(merged['cases'])} cases in {len(merged['suites'])} suite row(s) "
           f"into {args.output}")
+    if args.baseline:
+        from pytest_llmeval.results.gate import write_baseline
+
+        write_baseline(Path(args.baseline), merged)
+        print(f"baseline written: {args.baseline}")
+    return 0
+
+
+def cmd_cache_merge(args: argparse.Namespace) -> int:
+    from pytest_llmeval.cache.merge import CacheMergeError, merge_caches
+
+    try:
+        stats = merge_caches([Path(s) for s in args.sources], Path(args.into))
+    except CacheMergeError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"merged {stats.sources} cache(s) into {args.into}: {stats.added} answer(s) added, {stats.present} there "
+          f"already; {stats.semantic_added} semantic entr{'y' if stats.semantic_added == 1 else 'ies'} added")
     return 0
 
 
@@ -307,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     humaneval.add_argument("--limit", type=int, default=None, help="only the first N problems")
     humaneval.set_defaults(func=cmd_import_humaneval)
 
-    compare = commands.add_parser("compare", help="gate a results file against a baseline (the pytest gate's table)")
+    compare = commands.add_parser("compare", aliases=["gate"],
+                                  help="gate a results file against a baseline (the pytest gate's table)")
     compare.add_argument("baseline", help="baseline: a results.json or a baseline file")
     compare.add_argument("current", help="the results.json of the run to judge")
     compare.add_argument("--max-drop", type=float, default=5.0, help="allowed pass-rate drop in points (default 5)")
@@ -319,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("files", nargs="+", help="results.json files")
     merge.add_argument("-o", "--output", default=".llmeval/results.json", help="where to write (default "
                        ".llmeval/results.json)")
+    merge.add_argument("--allow-partial", action="store_true", help="merge the shards there are when some are "
+                       "missing (default: a missing shard is an error)")
+    merge.add_argument("--baseline", default=None, metavar="PATH", help="also write the merged run as a baseline "
+                       "(what --llm-update-baseline writes for an unsharded run)")
     merge.set_defaults(func=cmd_merge)
 
     report = commands.add_parser("report", help="a self-contained HTML report of a results file")
@@ -327,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--root", default=None, help="directory artifact paths are relative to (default: the "
                         "results file's project)")
     report.set_defaults(func=cmd_report)
+
+    cache = commands.add_parser("cache", help="response cache tools")
+    cache_actions = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
+    cache_merge = cache_actions.add_parser(
+        "merge", help="copy what other response caches hold into one (the caches of a sharded run's jobs)",
+        description="Copy into --into every answer of the SOURCE caches that it lacks (exact and semantic "
+        "entries); the sources are only read. Equal keys are equal requests: the destination's answer is kept.")
+    cache_merge.add_argument("sources", nargs="+", metavar="SOURCE", help="cache directories (--llm-cache-dir of "
+                             "each shard)")
+    cache_merge.add_argument("--into", default=".llmeval/cache", metavar="DIR", help="the cache to fill (default "
+                             ".llmeval/cache; created if missing)")
+    cache_merge.set_defaults(func=cmd_cache_merge)
 
     board = commands.add_parser("leaderboard", help="rank models over the suites they all ran")
     board.add_argument("files", nargs="+", help="results.json files (one run with several --llm, or one per model)")

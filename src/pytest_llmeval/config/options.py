@@ -303,7 +303,9 @@ OPTIONS: tuple[Option, ...] = (
         "shard", flag="--llm-shard", metavar="I/N", env="LLMEVAL_SHARD", ini="llmeval_shard", parse=parsers.shard,
         see="[sharding](gate.md#sharding)",
         help="Run only shard I of N (e.g. 2/4): a deterministic slice of the items by a hash of their ids, the same "
-        "on every machine; merge the shards' results with `llmeval merge` before gating.",
+        "on every machine. Each shard writes its own results file (`results-shard-2of4.json` beside the "
+        "`results.json` it would write, unless `--llm-results` on the command line names it); merge them with "
+        "`llmeval merge` and gate once.",
     ),
     # ------------------------------------------------------------------ the gate
     Option(

@@ -92,6 +92,21 @@ def resolve(config: pytest.Config) -> Settings:
     max_drop = values["max_drop"].value
     rules = [*([DropRule("pass_rate", max_drop)] if max_drop is not None else []),
              *(values["fail_under"].value or ()), *(values["gate"].value or ())]
+    # Shards (--llm-shard) sharing a directory must not overwrite each other's results (the last writer would win
+    # and a shard would be lost without a word): each writes its own file, and none the baseline. Only a path given
+    # on the command line is taken as is (it is the job's own); the default, an ini key or an environment variable
+    # are shared by every shard, so the shard's name is added to them.
+    shard = direct["shard"]
+    if shard is not None:
+        from pytest_llmeval.results.shards import shard_label, shard_results_path
+
+        if not (values["results_path"].source or "").startswith("command line"):
+            direct["results_path"] = shard_results_path(direct["results_path"], shard)
+        if direct["update_baseline"]:
+            raise pytest.UsageError(
+                f"--llm-update-baseline with --llm-shard {shard_label(shard)}: a shard holds part of the run, and "
+                "shards would overwrite each other's baseline; merge the shards' results and write the baseline "
+                "once: llmeval merge <shard results> --baseline .llmeval/baseline.json")
     results_dir = direct["results_path"].parent
     return Settings(**direct, gate_rules=tuple(rules), artifacts_dir=results_dir / "artifacts",
                     index_dir=results_dir / "index")

@@ -379,11 +379,11 @@ def dumps_results(document: dict[str, Any]) -> str:
 
 
 def write_results(path: Path, document: dict[str, Any]) -> None:
-    """Write atomically: a crashed run never leaves half a results file for the next CI step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_results(document) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write atomically: a crashed run never leaves half a results file for the next CI step, and two processes
+    writing one path (shards sharing a directory) never write into one temporary file."""
+    from pytest_llmeval.results.shards import write_atomic
+
+    write_atomic(path, dumps_results(document) + "\n")
 
 
 def merge_results(documents: list[dict[str, Any]], version: str,

@@ -30,25 +30,26 @@ def new_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
-def start_run(base: Path, resume: bool) -> dict[str, Any]:
+def start_run(base: Path, resume: bool, pointer: str = "latest") -> dict[str, Any]:
     """Decide this run's id (on the controller): ``{"run_id", "resumed_from": [older ids, newest first]}``,
-    and point ``latest`` at it."""
+    and point ``pointer`` at it (``latest``; a shard's own, ``latest-shard-2of4``, so that shards sharing the
+    directory each resume their own run)."""
     chain: list[str] = []
     if resume:
-        previous = read_latest(base)
+        previous = read_latest(base, pointer)
         if previous is not None:
             chain = [previous["run_id"], *previous.get("resumed_from", [])]
     run = {"run_id": new_run_id(), "resumed_from": chain}
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f"latest.{os.getpid()}.tmp"
+    tmp = base / f"{pointer}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.write_text(json.dumps(run) + "\n", encoding="utf-8")
-    tmp.replace(base / "latest")
+    tmp.replace(base / pointer)
     return run
 
 
-def read_latest(base: Path) -> dict[str, Any] | None:
+def read_latest(base: Path, pointer: str = "latest") -> dict[str, Any] | None:
     try:
-        data = json.loads((base / "latest").read_text(encoding="utf-8"))
+        data = json.loads((base / pointer).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("run_id"), str) else None

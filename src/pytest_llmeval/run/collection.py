@@ -6,7 +6,6 @@ items the usual pytest way (``pytest_deselected``), so ``-k``, ``--lf`` and xdis
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from pytest_llmeval.cases.loader import referenced_datasets
 from pytest_llmeval.core.memory import paused_gc
+from pytest_llmeval.results.shards import collection_fingerprint, shard_of
 from pytest_llmeval.run.items import NO_VISION_MODEL_ID, CaseFile, CaseItem, InvalidCaseItem
 from pytest_llmeval.run.state import RunState
 
@@ -29,6 +29,7 @@ class CollectionPlugin:
         self.settings = state.settings
         self._datasets: set[Path] | None = None
         self.held_out = 0  # test-split items deselected in a dev run
+        self.collected: dict[str, Any] | None = None  # with --llm-shard: the whole selection's fingerprint
 
     def _in_case_dirs(self, path: Path) -> bool:
         return any(path.is_relative_to(d) for d in self.settings.case_dirs)
@@ -191,14 +192,19 @@ class CollectionPlugin:
             items[:] = keep
 
     def _select_shard(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        """Keep shard I of N: items whose id hashes to it (stable across machines, runs and item order)."""
+        """Keep shard I of N: items whose id hashes to it (stable across machines, runs and item order). What the
+        whole selection was is recorded (results.json's ``run.collected``), so that ``llmeval merge`` can tell
+        shards of one run from shards of two commits."""
         assert self.settings.shard is not None
         index, count = self.settings.shard
+        self.collected = collection_fingerprint(i.nodeid for i in items)
+        workeroutput = getattr(config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller takes it from there (plugin.py)
+            workeroutput["llmeval_collected"] = self.collected
         keep: list[pytest.Item] = []
         drop: list[pytest.Item] = []
         for item in items:
-            digest = int(hashlib.sha256(item.nodeid.encode()).hexdigest()[:12], 16)
-            (keep if digest % count == index - 1 else drop).append(item)
+            (keep if shard_of(item.nodeid, count) == index else drop).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep

@@ -180,7 +180,12 @@ class ResultsPlugin:
             earlier = [CaseResult.from_dict(d) for n, d in state.finished_before().items() if n not in ran]
             self.results.extend(earlier)
             resumed = len(earlier)
-        if state.is_worker or not (self.results or self.invalid):
+        collected = self.collection.collected  # with --llm-shard: the whole selection, before the slice
+        if not state.is_worker and collected and collected["items"] and \
+                session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+            session.exitstatus = pytest.ExitCode.OK  # an empty slice (more shards than items) is not an error
+        # A shard always writes its results, even empty: `llmeval merge` would call it missing otherwise.
+        if state.is_worker or not (self.results or self.invalid or collected):
             return
         workers = getattr(self.config.option, "numprocesses", None) or 0
         doc = build_results(self.results, models=list(settings.models), cache_mode=settings.cache_mode,
@@ -192,6 +197,8 @@ class ResultsPlugin:
         run = state.run_decided
         if run is not None:
             doc["run"].update(run_id=run["run_id"], resumed_from=run["resumed_from"], resumed_cases=resumed)
+        if self.collection.collected is not None:  # with --llm-shard: what the whole selection was (llmeval merge)
+            doc["run"]["collected"] = self.collection.collected
         if budget_state:
             doc["run"]["budget"] = budget_state
         if semantic_verify:

@@ -91,7 +91,9 @@ class RunState:
         if self._run is None:
             from pytest_llmeval.results.journal import start_run
 
-            self._run = start_run(self.journal_dir, self.settings.resume)
+            shard = self.settings.shard  # each shard resumes its own run, whoever else shares the directory
+            self._run = start_run(self.journal_dir, self.settings.resume,
+                                  f"latest-shard-{shard[0]}of{shard[1]}" if shard else "latest")
             self._use_run(self._run)
         return self._run
 
