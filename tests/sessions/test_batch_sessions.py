@@ -68,8 +68,12 @@ def test_batch_run_fills_the_cache_then_grades_and_a_plain_run_grades_from_it(bp
     line = server.lines[0]
     assert line["method"] == "POST" and line["url"] == "/v1/chat/completions"
     assert line["body"]["model"] == "test-model" and line["body"]["max_tokens"] == 32
-    cases = {c["case_id"]: c for c in bproject.results()["cases"]}
+    doc = bproject.results()
+    cases = {c["case_id"]: c for c in doc["cases"]}
     assert cases["capital-fr"]["answer"] == "The capital of France is Paris." and cases["capital-fr"]["cached"]
+    (batch,) = doc["run"]["batch"]["batches"]
+    assert batch["status"] == "completed" and (batch["total"], batch["completed"], batch["failed"]) == (3, 3, 0)
+    assert doc["run"]["batch"]["rounds"] == 2 and doc["run"]["batch"]["refused"] == 0
     # The API key is in no file the batch mode writes.
     assert API_KEY not in (bproject.pytester.path / ".llmeval" / "batches.json").read_text()
     # A second, plain run grades from the cache: no batch, no call.
@@ -111,7 +115,8 @@ def test_a_request_that_expires_twice_is_an_error(bproject: Project) -> None:
     server.expire_next(keep=1)
     server.expire_next(keep=0)
     result = bproject.run(*BATCH)
-    result.assert_outcomes(passed=1, errors=2)
+    outcomes = result.parseoutcomes()  # which line the first batch answered depends on the order of the calls
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 1 and outcomes["errors"] == 2
     result.stdout.fnmatch_lines(["*expired before answering this request (2 batches in a row)*"])
     assert len(server.batches) == 2 and server.chat_calls == 0
 
@@ -192,3 +197,51 @@ def test_a_run_killed_while_polling_resumes_with_the_same_batch(bproject: Projec
     result = bproject.run(*BATCH)
     result.assert_outcomes(passed=2, failed=1)
     assert list(server.batches) == [saved[0]["id"]] and server.chat_calls == 0
+
+
+CONVERSATION = """\
+suite: support
+system: You are a support bot.
+cases:
+  - id: reset
+    turns:
+      - How do I reset my password?
+      - user: And if I lost my email too?
+        expect: [{contains: support}]
+      - Thanks, bye
+    expect: [{contains: welcome}]
+  - id: refund
+    turns:
+      - Can I get a refund?
+      - user: How long does it take?
+        expect: [{contains: days}]
+"""
+
+
+def test_a_conversation_s_turns_are_batched_round_by_round(bproject: Project) -> None:
+    server = bproject.server
+    bproject.write("cases/support.yaml", CONVERSATION)
+    server.answer("reset my password", "Click 'Forgot password' on the login page.")
+    server.answer("lost my email", "Then contact support@example.com.")
+    server.answer("Thanks, bye", "You're welcome!")
+    server.answer("refund", "Yes, within 30 days of purchase.")
+    server.answer("How long", "It takes a while.")
+    result = bproject.run(*BATCH, "-k", "support")
+    result.assert_outcomes(passed=1, failed=1)
+    assert [b["request_counts"]["total"] for b in server.batches.values()] == [2, 2, 1]  # turn 1, 2, 3
+    assert server.chat_calls == 0
+    bproject.run("-k", "support").assert_outcomes(passed=1, failed=1)
+    assert server.chat_calls == 0
+
+
+def test_repeated_draws_each_get_their_batch_line(bproject: Project) -> None:
+    server = bproject.server
+    server.reset()
+    server.answer("capital of Japan", ["Tokyo.", "Kyoto."])
+    result = bproject.run(*BATCH, "--llm-repeat=2", "-k", "capital-jp")
+    result.assert_outcomes(failed=1)
+    assert len(server.lines) == 2 and server.chat_calls == 0
+    samples = bproject.results()["cases"][0]["samples"]
+    assert sorted(s["answer"] for s in samples) == ["Kyoto.", "Tokyo."]
+    bproject.run("--llm-repeat=2", "-k", "capital-jp").assert_outcomes(failed=1)
+    assert server.chat_calls == 0

@@ -12,7 +12,8 @@ The run side (run/batch.py) decides what to submit and when; this module only sp
   cache entry is the same), or as the message of its failure;
 * :class:`BatchHook`: set on ``ModelRunner.batch``, consulted on every exact-cache miss. In the recording pass it
   records a batchable request and answers it with a placeholder (:data:`DEFERRED`), so the item's other draws are
-  recorded too; a request that contains a placeholder (a judge's call on a deferred answer, a conversation's next
+  recorded too (a model without a batch API is called as usual, its answer cached); a request that contains a
+  placeholder (a judge's call on a deferred answer, a conversation's next
   turn) is refused: it belongs to a later round. In the grading pass it refuses the requests whose batch line
   failed (or is still running after ``--llm-batch-timeout``), as ``error`` outcomes with the batch's message.
 """
@@ -202,6 +203,7 @@ class BatchHook:
         self.record = record
         self.refused = dict(refused or {})
         self.requests: dict[str, dict[str, Any]] = {}
+        self.summary: dict[str, Any] | None = None  # what the batch phase did, for results.json's run section
         self.unbatched: dict[str, str] = {}  # model -> why it has no batch API
         self._routes: dict[tuple[str, str | None], tuple[str, str] | None] = {}
         self._lock = threading.Lock()
@@ -219,8 +221,8 @@ class BatchHook:
         if (resolved, api_base) not in self._routes:
             self._routes[(resolved, api_base)] = self._route(runner, resolved, api_base)
         route = self._routes[(resolved, api_base)]
-        if route is None:
-            raise ModelCallError(model, "--llm-batch: no batch API; called when the cases run")
+        if route is None:  # called now: its answer is cached for grading, and later rounds can batch its judges
+            return None
         with self._lock:
             self.requests.setdefault(key, {
                 "key": key, "model": model, "resolved": resolved, "api_base": api_base, "provider": route[0],

@@ -147,7 +147,8 @@ class BatchPlugin:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         phase = BatchPhase(self.state)
         refused = phase.run()
-        self.state.runner.batch = BatchHook(record=False, refused=refused)
+        hook = self.state.runner.batch = BatchHook(record=False, refused=refused)
+        hook.summary = phase.summary
 
 
 # ------------------------------------------------------------------------------------------------ the phase
@@ -166,6 +167,8 @@ class BatchPhase:
         self._terminal = terminal if config.get_verbosity() > -2 else None
         self._clients: dict[tuple[str, str | None], BatchClient] = {}
         self._last_progress: tuple[Any, ...] | None = None
+        self.rounds = 0  # recording passes made
+        self.summary: dict[str, Any] = {}
 
     def say(self, line: str) -> None:
         if self._terminal is not None:
@@ -187,11 +190,13 @@ class BatchPhase:
         for round_no in range(1, MAX_ROUNDS + 1):
             if not finished:
                 break
+            self.rounds = round_no
             requests, unbatched = self.record(round_no)
             for model, why in sorted(unbatched.items()):
                 if model not in told:
                     told.add(model)
-                    self.say(f"--llm-batch: {model} has no batch API ({why}): its calls are made one by one")
+                    self.say(f"--llm-batch: {model} has no batch API ({why}): its calls are made one by one "
+                             "(their answers cached as usual)")
             pending = store.pending_keys()
             new = [r for r in requests if r["key"] not in pending and r["key"] not in store.refused]
             if not new:
@@ -200,6 +205,10 @@ class BatchPhase:
             finished = self.wait(start)
         done = [b for b in store.batches if b.get("collected")]
         answered = sum(int(b["counts"].get("completed", 0)) for b in done)
+        self.summary = {
+            "rounds": self.rounds, "unbatched": sorted(told), "refused": len(store.refused),
+            "batches": [{"id": b["id"], "model": b["model"], "round": b["round"], "status": b["status"],
+                         **b["counts"]} for b in store.batches]}
         self.say(f"--llm-batch: {answered} answer(s) from {len(done)} batch(es) in the cache, {len(store.refused)} "
                  "request(s) failed; grading")
         return dict(store.refused)
