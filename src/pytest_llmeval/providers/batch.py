@@ -204,6 +204,7 @@ class BatchHook:
         self.refused = dict(refused or {})
         self.requests: dict[str, dict[str, Any]] = {}
         self.summary: dict[str, Any] | None = None  # what the batch phase did, for results.json's run section
+        self.waiting = 0  # recording pass: calls (and graders) that wait for a placeholder's answer: another round
         self.unbatched: dict[str, str] = {}  # model -> why it has no batch API
         self._routes: dict[tuple[str, str | None], tuple[str, str] | None] = {}
         self._lock = threading.Lock()
@@ -217,6 +218,7 @@ class BatchHook:
         if not self.record:
             return None
         if DEFERRED in json.dumps(messages, default=str, ensure_ascii=False):
+            self.waiting += 1
             raise ModelCallError(model, "--llm-batch: deferred to a later round (it needs an answer not back yet)")
         if (resolved, api_base) not in self._routes:
             self._routes[(resolved, api_base)] = self._route(runner, resolved, api_base)

@@ -12,10 +12,10 @@ workers start), rounds of
 3. polling until every batch is finished (progress on the terminal), its answers put in the exact cache under the
    very keys a plain call would use, its failed lines kept as the ``error`` outcomes of their cases;
 
-until a recording pass finds nothing new (or :data:`MAX_ROUNDS`). Then the run grades as usual, from the cache;
-what is still missing (models without a batch API) is called one by one. A killed run's batches are in the file:
-the next ``--llm-batch`` run polls them again instead of submitting their requests anew. API keys are never
-written: the file holds batch ids, models, endpoints and cache keys.
+until a recording pass finds nothing new, or nothing waited for the round's answers (or :data:`MAX_ROUNDS`). Then
+the run grades as usual, from the cache (models without a batch API were called in the recording pass, their answers
+cached). A killed run's batches are in the file: the next ``--llm-batch`` run polls them again instead of submitting
+their requests anew. API keys are never written: the file holds batch ids, models, endpoints and cache keys.
 """
 
 from __future__ import annotations
@@ -127,6 +127,9 @@ class RecordPlugin:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         # An item whose answers are placeholders has nothing to grade yet (its judges' calls come next round).
         if any(DEFERRED in c.text for c in getattr(item, "completions", None) or []):
+            judge_models = getattr(item, "judge_models", None)
+            if judge_models is None or judge_models() or getattr(item, "stage", None) == "robust":
+                self.hook.waiting += 1  # its grading calls models: another round will find them
             pytest.skip("--llm-batch: answers deferred to a batch")
         return (yield)
 
@@ -134,7 +137,8 @@ class RecordPlugin:
         with open(self.folder / "requests.jsonl", "w", encoding="utf-8") as out:
             for request in self.hook.requests.values():
                 out.write(json.dumps(request) + "\n")
-        (self.folder / "unbatched.json").write_text(json.dumps(self.hook.unbatched), encoding="utf-8")
+        (self.folder / "unbatched.json").write_text(json.dumps({"unbatched": self.hook.unbatched,
+                                                                "waiting": self.hook.waiting}), encoding="utf-8")
 
 
 class BatchPlugin:
@@ -168,6 +172,7 @@ class BatchPhase:
         self._clients: dict[tuple[str, str | None], BatchClient] = {}
         self._last_progress: tuple[Any, ...] | None = None
         self.rounds = 0  # recording passes made
+        self.resubmit = False  # a request expired in this round: the next round resubmits it
         self.summary: dict[str, Any] = {}
 
     def say(self, line: str) -> None:
@@ -191,7 +196,7 @@ class BatchPhase:
             if not finished:
                 break
             self.rounds = round_no
-            requests, unbatched = self.record(round_no)
+            requests, unbatched, waiting = self.record(round_no)
             for model, why in sorted(unbatched.items()):
                 if model not in told:
                     told.add(model)
@@ -202,7 +207,10 @@ class BatchPhase:
             if not new:
                 break
             self.submit(new, round_no)
+            self.resubmit = False
             finished = self.wait(start)
+            if not waiting and not self.resubmit:  # nothing waits for this round's answers: no new request to find
+                break
         done = [b for b in store.batches if b.get("collected")]
         answered = sum(int(b["counts"].get("completed", 0)) for b in done)
         self.summary = {
@@ -215,9 +223,9 @@ class BatchPhase:
 
     # ---- recording
 
-    def record(self, round_no: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        """One recording pass in a subprocess: the batchable requests the cache lacks, and the models without a
-        batch API."""
+    def record(self, round_no: int) -> tuple[list[dict[str, Any]], dict[str, str], int]:
+        """One recording pass in a subprocess: the batchable requests the cache lacks, the models without a batch
+        API, and how many calls or graders waited for a placeholder's answer (0: no later round is needed)."""
         config = self.state.config
         folder = Path(tempfile.mkdtemp(prefix="llmeval-batch-"))
         try:
@@ -243,8 +251,8 @@ class BatchPhase:
             requests = [json.loads(x) for x in requests_file.read_text(encoding="utf-8").splitlines() if x.strip()] \
                 if requests_file.exists() else []
             unbatched_file = folder / "unbatched.json"
-            unbatched = json.loads(unbatched_file.read_text(encoding="utf-8")) if unbatched_file.exists() else {}
-            return requests, unbatched
+            found = json.loads(unbatched_file.read_text(encoding="utf-8")) if unbatched_file.exists() else {}
+            return requests, found.get("unbatched", {}), int(found.get("waiting", 1))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -366,6 +374,7 @@ class BatchPhase:
 
     def _expired(self, key: str, where: str) -> None:
         self.store.expired[key] = self.store.expired.get(key, 0) + 1
+        self.resubmit = True  # by the next round
         if self.store.expired[key] > MAX_EXPIRED:
             self.store.refused[key] = (f"{where}: expired before answering this request "
                                        f"({self.store.expired[key]} batches in a row)")
