@@ -77,9 +77,16 @@ def pytest_configure(config: pytest.Config) -> None:
         pm.register(plugin, name)
     if pm.hasplugin("xdist") and not hasattr(config, "workerinput"):
         pm.register(_XdistController(state), "llmeval-xdist")
+    # --llm-batch (run/batch.py): the batch phase before the run, its recording pass, or the workers' refusals
+    from pytest_llmeval.run.batch import install as install_batch
+
+    batch = install_batch(state)
+    if batch is not None:
+        pm.register(batch, "llmeval-batch")
 
 
-_RUN_PLUGINS = ("llmeval-fixtures", "llmeval-collection", "llmeval-loop", "llmeval-session", "llmeval-xdist")
+_RUN_PLUGINS = ("llmeval-fixtures", "llmeval-collection", "llmeval-loop", "llmeval-session", "llmeval-xdist",
+                "llmeval-batch")
 
 
 class _XdistController:

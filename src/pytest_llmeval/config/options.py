@@ -275,6 +275,27 @@ OPTIONS: tuple[Option, ...] = (
         help="Stream answers from hosted models to record the time to first token (ttft_s) as well as the total "
         "latency.",
     ),
+    # ------------------------------------------------------------------ provider batch APIs (run/batch.py)
+    Option(
+        "batch", flag="--llm-batch", env="LLMEVAL_BATCH", see="[batch runs](batch.md)",
+        help="Send the selected cases' uncached model calls to the providers' batch APIs (half the price, results "
+        "within hours), in rounds (answers, then judges and later turns), fill the cache from the results, then "
+        "grade as usual. A killed run resumes polling its batches (kept in `.llmeval/batches.json`).",
+    ),
+    Option(
+        "batch_poll", flag="--llm-batch-poll", metavar="SECONDS", env="LLMEVAL_BATCH_POLL", ini="llmeval_batch_poll",
+        parse=parsers.number(float, bad="a number of seconds", ok=lambda v: v > 0, out_of_range="a positive number"),
+        default=30.0, label="batch poll", see="[batch runs](batch.md)",
+        help="Seconds between two looks at the running batches of `--llm-batch`.",
+    ),
+    Option(
+        "batch_timeout", flag="--llm-batch-timeout", metavar="SECONDS", env="LLMEVAL_BATCH_TIMEOUT",
+        ini="llmeval_batch_timeout",
+        parse=parsers.number(float, bad="a number of seconds", ok=lambda v: v > 0, out_of_range="a positive number"),
+        default=86400.0, label="batch timeout", see="[batch runs](batch.md)",
+        help="How long `--llm-batch` waits for its batches; the cases of the requests still running then are "
+        "errors in this run, and the next `--llm-batch` run resumes polling them.",
+    ),
     Option(
         "sandbox", flag="--llm-sandbox", metavar="LEVEL", env="LLMEVAL_SANDBOX", ini="llmeval_sandbox",
         choices=LEVELS, default="auto", see="[the sandbox](sandbox.md)",

@@ -59,6 +59,9 @@ class Settings:
     router: Path | None = None
     rate_limits: dict[str, Limit] = field(default_factory=dict)  # client-side limits per model
     stream: bool = False
+    batch: bool = False  # --llm-batch: the uncached calls go to the providers' batch APIs first (run/batch.py)
+    batch_poll: float = 30.0
+    batch_timeout: float = 86400.0
     split: str = "dev"  # dev | test | all
     explore: bool = False  # robustness: fresh variants and flips saved to the example database (--llm-explore)
 

@@ -126,6 +126,8 @@ class ModelRunner:
         self._checked: dict[str, str | None] = {}
         # In an xdist worker: the controller's call server (callserver.py), which makes this worker's litellm calls
         self.remote: Any = None
+        # With --llm-batch: providers/batch.py's BatchHook, asked on every exact-cache miss (set by run/batch.py)
+        self.batch: Any = None
 
     def remote_serves(self, model: str) -> bool:
         """Whether this runner hands ``model``'s calls to the controller's call server: in an xdist worker, for the
@@ -279,6 +281,10 @@ class ModelRunner:
             hit = self.cache.get(key)
             if hit is not None:
                 return Completion(**{**hit, "model": model, "cached": True})
+        if self.batch is not None:  # --llm-batch: deferred to a batch (recording pass), or its batch line failed
+            deferred: Completion | None = self.batch.intercept(self, key, model, resolved, api_base, messages, params)
+            if deferred is not None:
+                return deferred
         if self.remote_serves(model):  # an xdist worker: the controller calls litellm (and the semantic cache)
             completion: Completion = self.remote.request("complete", model=model, messages=messages, params=params,
                                                          sample=sample, key_extra=key_extra, semantic=semantic)
@@ -361,18 +367,23 @@ class ModelRunner:
             cost_usd=reply.cost_usd, ttft_s=reply.ttft_s, attempts=attempt + 1, tool_calls=reply.tool_calls,
         )
         if self.cache is not None and mode in ("on", "refresh", "semantic"):
-            stored = asdict(completion)
-            del stored["model"], stored["cached"], stored["semantic"]
-            for name in APP_FIELDS:  # a model's answer has none: its entry stays as before targets existed
-                del stored[name]
-            if stored["tool_calls"] is None:  # nor, unless it was offered tools, tool calls
-                del stored["tool_calls"]
-            self.cache.set(key, stored)
+            self.store(key, completion)
             if semantic_slot is not None:
                 partition, text, vector = semantic_slot
                 with self._semantic_lock:
                     self.semantic.add(partition, text, key, vector)
         return completion
+
+    def store(self, key: str, completion: Completion) -> None:
+        """Put a model's answer in the exact cache under ``key`` (also a batch's answers: run/batch.py)."""
+        assert self.cache is not None
+        stored = asdict(completion)
+        del stored["model"], stored["cached"], stored["semantic"]
+        for name in APP_FIELDS:  # a model's answer has none: its entry stays as before targets existed
+            del stored[name]
+        if stored["tool_calls"] is None:  # nor, unless it was offered tools, tool calls
+            del stored["tool_calls"]
+        self.cache.set(key, stored)
 
     def _semantic_verifier(self, model: str) -> Any:
         """With --llm-semantic-verify=judge: the semantic cache's verifier, asking the --llm-judge model (else the

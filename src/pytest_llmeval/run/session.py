@@ -173,6 +173,7 @@ class ResultsPlugin:
         state, settings = self.state, self.settings
         budget_state = state.runner.budget.state()
         semantic_verify = state.runner.semantic_verify_state()  # --llm-semantic-verify=judge: lookups, verdicts
+        batch = getattr(state.runner.batch, "summary", None)  # --llm-batch (run/batch.py): its batches, its counts
         state.close()
         resumed = 0
         if not state.is_worker and settings.resume:
@@ -203,6 +204,8 @@ class ResultsPlugin:
             doc["run"]["budget"] = budget_state
         if semantic_verify:
             doc["run"]["semantic_verify"] = semantic_verify
+        if batch:
+            doc["run"]["batch"] = batch
         report = RunReport(doc, settings, checks=state.registry, held_out=self.collection.held_out, resumed=resumed,
                            resumed_from=run["resumed_from"][0] if run and run["resumed_from"] else None)
         if settings.split != "dev" and not self.config.option.collectonly:

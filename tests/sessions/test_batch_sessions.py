@@ -1,0 +1,248 @@
+"""--llm-batch as a user runs it: whole pytest sessions against the scripted batch server (files + batches over
+real HTTP through litellm), with and without -n 2; a run killed while polling; a second plain run from the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.batch_server import BatchServer
+
+from conftest import API_KEY, GEO, Project
+
+BATCH = ("--llm-batch", "--llm-batch-poll=0.05")
+JUDGE = "openai/judge-model"
+JUDGED = """\
+suite: support
+kind: qna
+params: {temperature: 0}
+cases:
+  - id: capital
+    question: What is the capital of France?
+    reference: Paris is the capital of France.
+    expect:
+      - judge: {rubric: correctness, min: 7}
+"""
+
+
+@pytest.fixture
+def batch_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchServer]:
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    for name in ("LLMEVAL_MODELS", "LLMEVAL_CACHE", "LLMEVAL_RESULTS", "LLMEVAL_API_BASE", "LLMEVAL_BATCH"):
+        monkeypatch.delenv(name, raising=False)
+    with BatchServer() as server:
+        server.answer("capital of France", "The capital of France is Paris.", model="openai/test-model")
+        server.answer("capital of Japan", "The capital of Japan is Kyoto.", model="openai/test-model")
+        server.answer("largest ocean", "The Pacific Ocean.", model="openai/test-model")
+        yield server
+
+
+@pytest.fixture
+def bproject(pytester: pytest.Pytester, batch_server: BatchServer) -> Project:
+    project = Project(pytester, batch_server)
+    project.write("cases/geo.yaml", GEO)
+    return project
+
+
+def store(project: Project) -> dict:
+    return json.loads((project.pytester.path / ".llmeval" / "batches.json").read_text())
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["n0", "n2"])
+def test_batch_run_fills_the_cache_then_grades_and_a_plain_run_grades_from_it(bproject: Project, xdist: bool) -> None:
+    server = bproject.server
+    extra = ("-n", "2") if xdist else ()
+    result = bproject.run(*BATCH, *extra)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*round 1: 3 request(s) submitted to openai/test-model (batch batch_*)",
+                                 "*batches: 1 completed; requests: 3 submitted, 3 completed, 0 failed*",
+                                 "*3 answer(s) from 1 batch(es) in the cache, 0 request(s) failed; grading*"])
+    assert len(server.batches) == 1 and server.chat_calls == 0  # every answer came from the batch
+    line = server.lines[0]
+    assert line["method"] == "POST" and line["url"] == "/v1/chat/completions"
+    assert line["body"]["model"] == "test-model" and line["body"]["max_tokens"] == 32
+    doc = bproject.results()
+    cases = {c["case_id"]: c for c in doc["cases"]}
+    assert cases["capital-fr"]["answer"] == "The capital of France is Paris." and cases["capital-fr"]["cached"]
+    (batch,) = doc["run"]["batch"]["batches"]
+    assert batch["status"] == "completed" and (batch["total"], batch["completed"], batch["failed"]) == (3, 3, 0)
+    # No check grades with a model: one recording pass is enough.
+    assert doc["run"]["batch"]["rounds"] == 1 and doc["run"]["batch"]["refused"] == 0
+    # The API key is in no file the batch mode writes.
+    assert API_KEY not in (bproject.pytester.path / ".llmeval" / "batches.json").read_text()
+    # A second, plain run grades from the cache: no batch, no call.
+    again = bproject.run(*extra)
+    again.assert_outcomes(passed=2, failed=1)
+    assert len(server.batches) == 1 and server.chat_calls == 0
+    # And a second batch run finds nothing to submit.
+    bproject.run(*BATCH, *extra).assert_outcomes(passed=2, failed=1)
+    assert len(server.batches) == 1 and server.chat_calls == 0
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["n0", "n2"])
+def test_a_line_that_fails_inside_the_batch_is_an_error_of_its_case(bproject: Project, xdist: bool) -> None:
+    server = bproject.server
+    server.fail_line("capital of Japan", "Scripted content policy refusal", status=400)
+    result = bproject.run(*BATCH, *(("-n", "2") if xdist else ()))
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*requests: 3 submitted, 2 completed, 1 failed*",
+                                 "*the request failed in the batch: HTTP 400: Scripted content policy refusal*"])
+    assert server.chat_calls == 0  # a provider-side failure: not retried as a plain call
+    cases = {c["case_id"]: c for c in bproject.results()["cases"]}
+    assert cases["capital-jp"]["outcome"] == "error"
+    assert "Scripted content policy refusal" in cases["capital-jp"]["message"]
+
+
+def test_an_expired_batch_keeps_its_answers_and_resubmits_the_rest_once(bproject: Project) -> None:
+    server = bproject.server
+    server.expire_next(keep=1)  # answers the first line, then expires
+    result = bproject.run(*BATCH)
+    result.assert_outcomes(passed=2, failed=1)
+    assert len(server.batches) == 2 and server.chat_calls == 0
+    first, second = server.batches.values()
+    assert first["status"] == "expired" and first["request_counts"]["completed"] == 1
+    assert second["status"] == "completed" and second["request_counts"]["total"] == 2
+
+
+def test_a_request_that_expires_twice_is_an_error(bproject: Project) -> None:
+    server = bproject.server
+    server.expire_next(keep=1)
+    server.expire_next(keep=0)
+    result = bproject.run(*BATCH)
+    outcomes = result.parseoutcomes()  # which line the first batch answered depends on the order of the calls
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 1 and outcomes["errors"] == 2
+    result.stdout.fnmatch_lines(["*expired before answering this request (2 batches in a row)*"])
+    assert len(server.batches) == 2 and server.chat_calls == 0
+
+
+def test_a_failed_batch_makes_its_cases_errors(bproject: Project) -> None:
+    bproject.server.fail_next("Scripted invalid JSONL")
+    result = bproject.run(*BATCH)
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(["*failed: Scripted invalid JSONL*"])
+    assert bproject.server.chat_calls == 0
+
+
+def test_judges_calls_are_batched_in_a_second_round(bproject: Project) -> None:
+    server = bproject.server
+    bproject.write("cases/support.yaml", JUDGED)
+    server.answer("capital of France", '{"score": 9, "reason": "Matches."}', model=JUDGE)
+    result = bproject.run(*BATCH, f"--llm-judge={JUDGE}", "-k", "support")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*round 1: 1 request(s) submitted to openai/test-model*",
+                                 "*round 2: * request(s) submitted to openai/judge-model*"])
+    assert len(server.batches) == 2 and server.chat_calls == 0
+    judged = bproject.results()["cases"][0]
+    assert judged["checks"][0]["passed"] and judged["judge"]["cached"]
+
+
+def test_models_without_a_batch_api_are_called_one_by_one(bproject: Project) -> None:
+    bproject.write("conftest.py", """
+from pytest_llmeval.providers.base import Provider, Reply
+
+def pytest_llmeval_register_providers(register):
+    register(Provider("echo/", lambda request: Reply("Paris, Tokyo and the Pacific.")))
+""")
+    result = bproject.run(*BATCH, model="echo/any")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*echo/any has no batch API (an offline or custom provider): its calls are made one "
+                                 "by one*"])
+    assert not bproject.server.batches
+
+
+def test_batch_mode_needs_the_exact_cache(bproject: Project) -> None:
+    result = bproject.run(*BATCH, "--llm-cache=off")
+    result.stderr.fnmatch_lines(["*--llm-batch puts the batches' answers in the exact cache*--llm-cache=off*"])
+
+
+def test_a_timed_out_run_errors_and_the_next_run_resumes_polling(bproject: Project) -> None:
+    server = bproject.server
+    server.polls_to_complete = 10**9  # never, until told
+    result = bproject.run(*BATCH, "--llm-batch-timeout=0.3")
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(["*was still in_progress when --llm-batch-timeout (0.3 s) ran out*"])
+    assert [b["status"] for b in store(bproject)["batches"]] == ["in_progress"]
+    server.polls_to_complete = 1
+    result = bproject.run(*BATCH)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*resuming 1 batch(es) of an earlier run*"])
+    assert len(server.batches) == 1 and server.chat_calls == 0  # polled again, not resubmitted
+
+
+def test_a_run_killed_while_polling_resumes_with_the_same_batch(bproject: Project) -> None:
+    server = bproject.server
+    server.polls_to_complete = 10**9
+    path = bproject.pytester.path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2] / "src"),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *bproject.args(*BATCH)], cwd=path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not server.retrieves and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.retrieves and proc.poll() is None  # it is polling its batch
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved = store(bproject)["batches"]
+    assert len(saved) == 1 and not saved[0].get("collected")
+    server.polls_to_complete = 1
+    result = bproject.run(*BATCH)
+    result.assert_outcomes(passed=2, failed=1)
+    assert list(server.batches) == [saved[0]["id"]] and server.chat_calls == 0
+
+
+CONVERSATION = """\
+suite: support
+system: You are a support bot.
+cases:
+  - id: reset
+    turns:
+      - How do I reset my password?
+      - user: And if I lost my email too?
+        expect: [{contains: support}]
+      - Thanks, bye
+    expect: [{contains: welcome}]
+  - id: refund
+    turns:
+      - Can I get a refund?
+      - user: How long does it take?
+        expect: [{contains: days}]
+"""
+
+
+def test_a_conversation_s_turns_are_batched_round_by_round(bproject: Project) -> None:
+    server = bproject.server
+    bproject.write("cases/support.yaml", CONVERSATION)
+    server.answer("reset my password", "Click 'Forgot password' on the login page.")
+    server.answer("lost my email", "Then contact support@example.com.")
+    server.answer("Thanks, bye", "You're welcome!")
+    server.answer("refund", "Yes, within 30 days of purchase.")
+    server.answer("How long", "It takes a while.")
+    result = bproject.run(*BATCH, "-k", "support")
+    result.assert_outcomes(passed=1, failed=1)
+    assert [b["request_counts"]["total"] for b in server.batches.values()] == [2, 2, 1]  # turn 1, 2, 3
+    assert server.chat_calls == 0
+    bproject.run("-k", "support").assert_outcomes(passed=1, failed=1)
+    assert server.chat_calls == 0
+
+
+def test_repeated_draws_each_get_their_batch_line(bproject: Project) -> None:
+    server = bproject.server
+    server.reset()
+    server.answer("capital of Japan", ["Tokyo.", "Kyoto."])
+    result = bproject.run(*BATCH, "--llm-repeat=2", "-k", "capital-jp")
+    result.assert_outcomes(failed=1)
+    assert len(server.lines) == 2 and server.chat_calls == 0
+    samples = bproject.results()["cases"][0]["samples"]
+    assert sorted(s["answer"] for s in samples) == ["Kyoto.", "Tokyo."]
+    bproject.run("--llm-repeat=2", "-k", "capital-jp").assert_outcomes(failed=1)
+    assert server.chat_calls == 0
