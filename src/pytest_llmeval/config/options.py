@@ -346,6 +346,15 @@ OPTIONS: tuple[Option, ...] = (
         help="Significance level of the gate's tests.",
     ),
     Option(
+        "gate_redraws", flag="--llm-gate-redraws", metavar="ANSWERS", env="LLMEVAL_GATE_REDRAWS",
+        ini="llmeval_gate_redraws", parse=parsers.whole(0), default=0, default_doc="0 (off)", label="gate redraws",
+        see="[a gate that decides](gate.md#a-gate-that-decides-redraws)",
+        help="Answers the gate may draw again, in all, to decide a suite whose pass-rate verdict is not settled: "
+        "each look draws every paired case of the suite again (new cache slots, as repeats) and a group-sequential "
+        "test keeps the false-alarm rate at the gate's alpha over the looks. The redraws, looks and their cost are "
+        "reported.",
+    ),
+    Option(
         "strict", flag="--llm-strict",
         help="With a gate configured, still fail the run on any failed case (pytest's usual meaning).",
     ),
