@@ -301,3 +301,23 @@ def test_redraws_clear_a_noisy_suite_and_respect_the_budget(project: Project) ->
     two = project.run("--llm-baseline=b.json", "--llm-cache=off", "--llm-gate-redraws=80")
     two.stdout.fnmatch_lines(["big*inconclusive", "*not settled after 80 answers redrawn in 2 look(s)*: the redraw "
                               "budget is spent"])
+
+
+def test_llmeval_compare_says_how_many_redraws_would_settle_an_inconclusive_suite(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    base = [True] * 180 + [False] * 20
+    now = list(base)
+    for i in range(30):  # 30 worse, 18 better: a 6-point drop, inconclusive on one draw per case (p = 0.056)
+        now[i] = False
+    for i in range(180, 198):
+        now[i] = True
+    (tmp_path / "base.json").write_text(json.dumps(doc_from(base)))
+    (tmp_path / "now.json").write_text(json.dumps(doc_from(now)))
+    out = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "compare", str(tmp_path / "base.json"),
+                          str(tmp_path / "now.json")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "inconclusive" in out.stdout
+    assert "  s [m]: redraws: if the 6.0-point drop holds, --llm-gate-redraws 200 would confirm it (look 2: 2 draws " \
+           "per case, 200 answers drawn again)" in out.stdout

@@ -220,6 +220,24 @@ def redraws_to_confirm(design: Design, n: int, drop: float, var_first: float, *,
     return None
 
 
+def redraw_advice(paired: int, worse: int, better: int, drop: float | None, *, alpha: float, max_drop: float
+                  ) -> str | None:
+    """For ``llmeval compare``: how many redrawn answers an inconclusive suite would need, if its observed drop held
+    (one draw per case each side; the default design)."""
+    if drop is None or paired == 0 or drop <= max_drop:
+        return None
+    design = Design(alpha=alpha, max_drop=max_drop)
+    plan = redraws_to_confirm(design, paired, drop, (worse + better) / paired)
+    if plan is None:
+        return (f"redraws: even {paired * sum(design.schedule)} redrawn answers ({len(design.schedule)} looks) would "
+                f"not confirm a {drop:.1f}-point drop over {paired} paired cases; more cases would")
+    look, answers = plan
+    if look == 1:
+        return None
+    return (f"redraws: if the {drop:.1f}-point drop holds, --llm-gate-redraws {answers} would confirm it (look "
+            f"{look}: {design.draws()[look - 1]} draws per case, {answers} answers drawn again)")
+
+
 # ---------------------------------------------------------------------------------------------- simulation
 
 
