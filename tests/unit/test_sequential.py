@@ -139,3 +139,31 @@ def test_baseline_keeps_the_pass_fraction_of_repeated_cases(tmp_path: Path) -> N
     path.write_text(json.dumps(slim))
     loaded = load_baseline(path)
     assert loaded[("s", "m", "a")]["pass_fraction"] == 0.75 and "pass_fraction" not in loaded[("s", "m", "b")]
+
+
+@pytest.mark.parametrize("policy", ["all", "any", "majority"])
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 5, 6])
+def test_auto_repeat_stops_with_the_outcome_of_all_its_draws(policy: str, limit: int) -> None:
+    """Every sequence of MAX pass/fail draws: drawing first_draws, then one at a time until settled, gives the
+    outcome of all MAX draws (run.grading.decide), never with more draws."""
+    from itertools import product
+
+    from pytest_llmeval.results.sequential import first_draws, settled
+    from pytest_llmeval.run.grading import decide as outcome
+
+    for seq in product(("passed", "failed"), repeat=limit):
+        n = first_draws(limit, policy)
+        while n < limit and not settled(seq[:n].count("passed"), seq[:n].count("failed"), policy, limit):
+            n += 1
+        assert outcome([{"status": s} for s in seq[:n]], policy) == outcome([{"status": s} for s in seq], policy)
+
+
+def test_repeat_values() -> None:
+    from pytest_llmeval.results.sequential import AutoRepeat, parse_repeat
+
+    assert parse_repeat("3") == 3 and not isinstance(parse_repeat("3"), AutoRepeat)
+    assert parse_repeat("auto") == 5 and isinstance(parse_repeat("auto"), AutoRepeat)
+    assert parse_repeat(" AUTO:7 ") == 7 and isinstance(parse_repeat("auto:7"), AutoRepeat)
+    for bad in ("0", "auto:0", "auto:x", "many", "-1"):
+        with pytest.raises(ValueError, match="'auto' or 'auto:MAX'"):
+            parse_repeat(bad)

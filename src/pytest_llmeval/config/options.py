@@ -25,6 +25,7 @@ from pytest_llmeval.cache.semantic import DEFAULT_THRESHOLD
 from pytest_llmeval.cache.verify import VERIFY_MODES
 from pytest_llmeval.config import parsers
 from pytest_llmeval.results.gate import DEFAULT_ALPHA, DEFAULT_MAX_DROP
+from pytest_llmeval.results.sequential import parse_repeat
 from pytest_llmeval.sandbox.limits import LEVELS  # not isolation: ~10 ms of every process's start-up
 
 DEFAULT_MODEL = "local/smollm2"
@@ -205,10 +206,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "repeat", flag="--llm-repeat", metavar="N", env="LLMEVAL_REPEAT", ini="llmeval_repeat",
-        parse=parsers.whole(1), default=1, label="repeat",
+        parse=parse_repeat, default=1, label="repeat", see="[repeats](gate.md#repeats-that-stop-when-settled)",
         help="Run every case N times with independent cache slots, so repeats are real samples, not cache hits: "
         "pass fraction, pass^k (all pass), pass@k and flaky cases (both passed and failed) per case and suite. A "
-        "repeated case passes by its suite's pass_if: `all` (default), `majority` or `any` (default for code cases).",
+        "repeated case passes by its suite's pass_if: `all` (default), `majority` or `any` (default for code cases). "
+        "`auto` (or `auto:MAX`, default 5) draws a case's answers only until its outcome is settled: the outcome of "
+        "MAX draws, for fewer calls.",
     ),
     Option(
         "judge_model", flag="--llm-judge", metavar="MODEL", env="LLMEVAL_JUDGE", ini="llmeval_judge",

@@ -350,3 +350,44 @@ def simulate(p: Any, q: Any, design: Design | None, *, trials: int, seed: int) -
                      inconclusive=float((verdict == "inconclusive").mean()), mean_redraws=float(redraws.mean()),
                      redraws_when_drawn=float(redraws[drew].mean()) if drew.any() else 0.0,
                      redrawn_share=float(drew.mean()), looks=looks)
+
+
+# ---------------------------------------------------------------------------------------------- --llm-repeat auto
+
+AUTO_MAX = 5  # --llm-repeat auto: at most this many draws per case
+
+
+class AutoRepeat(int):
+    """``--llm-repeat auto[:MAX]``: at most MAX draws per case, stopping as soon as the case's outcome under its
+    pass_if is settled (an int: MAX, where a number of draws is asked)."""
+
+    def __repr__(self) -> str:
+        return f"AutoRepeat({int(self)})"
+
+
+def parse_repeat(raw: str) -> int:
+    """``3`` -> 3; ``auto`` -> AutoRepeat(5); ``auto:7`` -> AutoRepeat(7); ValueError says what is expected."""
+    text = str(raw).strip().lower()
+    if text == "auto" or text.startswith("auto:"):
+        limit = text.partition(":")[2].strip() or str(AUTO_MAX)
+        if not limit.isdigit() or int(limit) < 1:
+            raise ValueError("expected a whole number >= 1, 'auto' or 'auto:MAX' (MAX a whole number >= 1)")
+        return AutoRepeat(int(limit))
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError("expected a whole number >= 1, 'auto' or 'auto:MAX'")
+    return int(text)
+
+
+def settled(passed: int, failed: int, pass_if: str, limit: int) -> bool:
+    """Whether a case's outcome after ``limit`` draws is already decided by these (curtailed sampling: stopping here
+    gives the outcome all ``limit`` draws would give, with fewer of them)."""
+    if pass_if == "all":
+        return failed >= 1 or passed >= limit
+    if pass_if == "any":
+        return passed >= 1 or failed >= limit
+    return 2 * passed > limit or 2 * failed >= limit  # majority: more than half of the limit pass
+
+
+def first_draws(limit: int, pass_if: str) -> int:
+    """The draws an auto-repeated case makes at once (the fewest that can settle it): 1, or a bare majority."""
+    return limit // 2 + 1 if pass_if == "majority" else 1

@@ -32,6 +32,7 @@ from pytest_llmeval.core.memory import paused_gc
 from pytest_llmeval.providers.runner import Completion, ModelCallError
 from pytest_llmeval.results.aggregate import CaseResult, pass_at_k
 from pytest_llmeval.run.agent import AgentCalls, tool_problems
+from pytest_llmeval.run.auto_repeat import draw_until_settled, planned_draws
 from pytest_llmeval.run.calls import vision_summary
 from pytest_llmeval.run.conversation import ConversationCalls
 from pytest_llmeval.run.grading import DrawGrader, decide, relative_to
@@ -220,7 +221,7 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         settings = _session(self.config).settings
         if self.case.kind == "calibration" or self.stage == "robust":
             return 1  # the judge grades a fixed answer; a robustness item compares variants with one answer
-        return max(settings.repeat, settings.samples if self.case.kind == "code" else 1)
+        return max(planned_draws(self, settings.repeat), settings.samples if self.case.kind == "code" else 1)
 
     @property
     def pass_if(self) -> str:
@@ -351,6 +352,7 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
 
         try:
             self.samples = [self._grade(text, i) for i, text in enumerate(answers)]
+            draw_until_settled(self, state)  # --llm-repeat auto: more draws while the outcome is open
         except BudgetExhausted as exc:  # a judge call past the budget: the case cannot be graded in this run
             pytest.skip(str(exc))
         self.outcomes = self.samples[0]["outcomes"]
