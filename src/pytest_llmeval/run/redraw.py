@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from pytest_llmeval.results.gate import DEFAULT_MAX_DROP, SuiteVerdict
-from pytest_llmeval.results.sequential import Design, Look, decide
+from pytest_llmeval.results.sequential import AutoRepeat, Design, Look, decide
 from pytest_llmeval.run.redraw_child import ENV, draws_of
+from pytest_llmeval.run.state import get_state
 
 # Options of the run that the redraw process must not repeat: xdist's (it runs alone), and files it would overwrite.
 _DROP_WITH_VALUE = ("-n", "--numprocesses", "--dist", "--maxprocesses", "--tx", "--max-worker-restart", "--basetemp",
@@ -63,7 +64,9 @@ def decide_by_redraws(config: pytest.Config, budget: int, alpha: float, doc: dic
         return None
     design = Design(alpha=alpha, max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop)
     slot0 = max([1, *(len(draws_of(c)) for c in doc["cases"])])
-    suites = [s for v in verdicts if (s := _suite(v, doc, baseline)) is not None]
+    # --llm-repeat auto stops a case's draws by their outcomes: only each case's first draw is an unbiased sample.
+    curtailed = isinstance(get_state(config).settings.repeat, AutoRepeat)
+    suites = [s for v in verdicts if (s := _suite(v, doc, baseline, curtailed)) is not None]
     left, rounds, used = budget, 0, 0
     open_: list[_Suite] = []
     for s in suites:
@@ -124,8 +127,8 @@ def decide_by_redraws(config: pytest.Config, budget: int, alpha: float, doc: dic
                        "nominal": [round(x, 6) for x in design.nominal()]}}
 
 
-def _suite(v: SuiteVerdict, doc: dict[str, Any], baseline: dict[tuple[str, str, str], dict[str, Any]]
-           ) -> _Suite | None:
+def _suite(v: SuiteVerdict, doc: dict[str, Any], baseline: dict[tuple[str, str, str], dict[str, Any]],
+           curtailed: bool = False) -> _Suite | None:
     """The paired cases of a suite whose verdict rests on its pass rate (ok, inconclusive, or a pass-rate
     regression; not one decided by a score or tool-accuracy rule, a floor, a budget or errors)."""
     if v.verdict not in ("ok", "inconclusive", "regression") or not v.paired:
@@ -139,7 +142,7 @@ def _suite(v: SuiteVerdict, doc: dict[str, Any], baseline: dict[tuple[str, str, 
         b = baseline.get((v.suite, v.model, str(c["case_id"])))
         if b is None or b.get("outcome") not in ("passed", "failed") or c["outcome"] not in ("passed", "failed"):
             continue
-        mine = draws_of(c)
+        mine = draws_of(c)[:1] if curtailed else draws_of(c)
         if not mine or not c.get("nodeid"):
             continue
         frac = b.get("pass_fraction")
