@@ -321,3 +321,18 @@ def test_llmeval_compare_says_how_many_redraws_would_settle_an_inconclusive_suit
     assert "inconclusive" in out.stdout
     assert "  s [m]: redraws: if the 6.0-point drop holds, --llm-gate-redraws 200 would confirm it (look 2: 2 draws " \
            "per case, 200 answers drawn again)" in out.stdout
+
+
+def test_redraws_replay_from_the_cache_to_the_same_verdict(project: Project) -> None:
+    noisy_project(project)
+    candidate(project)
+    first = project.run("--llm-baseline=b.json", "--llm-cache=on", "--llm-gate-redraws=200")
+    assert first.ret == 1
+    assert len(project.server.requests) == 80  # 40 answers of the run, 40 redrawn (their own cache slots)
+    project.server.reset()
+    project.server.default = "sure"  # any call made now would pass: none is made
+    again = project.run("--llm-baseline=b.json", "--llm-cache=on", "--llm-gate-redraws=200")
+    assert again.ret == 1 and len(project.server.requests) == 0
+    again.stdout.fnmatch_lines(["*pass rate fell 20.0 points (> 5) over 2 draw(s) per case, 40 answers redrawn*",
+                                "*redraws: 40 answers in 1 look(s), 40 calls (40 from the cache)*"])
+    assert project.results()["gate"]["redraws"]["cached_calls"] == 40
