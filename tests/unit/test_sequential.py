@@ -167,3 +167,12 @@ def test_repeat_values() -> None:
     for bad in ("0", "auto:0", "auto:x", "many", "-1"):
         with pytest.raises(ValueError, match="'auto' or 'auto:MAX'"):
             parse_repeat(bad)
+
+
+def test_the_redraw_process_leaves_out_xdist_and_the_run_s_own_files() -> None:
+    from pytest_llmeval.run.redraw import _kept
+
+    args = ["cases/", "-n", "2", "-n2", "-nauto", "--dist=load", "--numprocesses", "4", "--llm=openai/m",
+            "--junitxml", "out.xml", "--basetemp=/tmp/x", "--llm-results=r.json", "--llm-repeat", "3", "--llm-resume",
+            "-k", "geo", "--llm-baseline=b.json", "-q"]
+    assert _kept(args) == ["cases/", "--llm=openai/m", "-k", "geo", "--llm-baseline=b.json", "-q"]
