@@ -211,3 +211,128 @@ def test_leaderboard_ranks_models_over_shared_suites(tmp_path: Path) -> None:
     md = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "leaderboard", "--markdown",
                          str(tmp_path / "a.json"), str(tmp_path / "b.json")], capture_output=True, text=True)
     assert md.stdout.splitlines()[2].startswith("| 1 | large | 90.0% | 80.0% | 85.0% |")
+
+
+# ---------------------------------------------------------------------------------------------- redraws
+
+
+def noisy_project(project: Project) -> None:
+    """40 cases that all pass at baseline except q030-q033; now (candidate()) q000-q009 always fail (a real
+    regression) and q030-q033 pass at their first draw only (one answer in three passes): 10 worse, 4 better on the
+    run's draws, too few to confirm a 15-point drop (p = 0.09)."""
+    project.write("cases/big.yaml", suite_file(40))
+    server = project.server
+    server.default = "sure"
+    for i in (30, 31, 32, 33):
+        server.answer(f"number {i:03d}?", "no")
+    project.run("--llm-update-baseline", "--llm-baseline=b.json", "--llm-cache=off")
+
+
+def candidate(project: Project) -> None:
+    server = project.server
+    server.reset()  # the scripted answers cycle from their first again
+    server.default = "sure"
+    for i in range(10):
+        server.answer(f"number {i:03d}?", "no")
+    for i in (30, 31, 32, 33):
+        server.answer(f"number {i:03d}?", ["sure", "no", "no"])  # cycles: each call the next answer
+
+
+def flaky_candidate(project: Project) -> None:
+    server = project.server
+    server.reset()
+    server.default = "sure"
+    for i in range(6):  # flaky now: fail once, then pass
+        server.answer(f"number {i:03d}?", ["no", "sure", "sure", "sure", "sure", "sure", "sure"])
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["n0", "n2"])
+def test_redraws_confirm_a_regression_the_run_alone_cannot(project: Project, workers: list[str]) -> None:
+    noisy_project(project)
+    candidate(project)
+    plain = project.run("--llm-baseline=b.json", "--llm-cache=off", *workers)
+    assert plain.ret == 0
+    plain.stdout.fnmatch_lines(["big*openai/test-model*40*90.0%*75.0%*-15.0*inconclusive"])
+    candidate(project)
+    result = project.run("--llm-baseline=b.json", "--llm-cache=off", "--llm-gate-redraws=200", *workers)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "big*openai/test-model*40*regression",
+        "*big [[]openai/test-model]: pass rate fell 20.0 points (> 5) over 2 draw(s) per case, 40 answers redrawn "
+        "in 1 look(s): p = 0.0157 < 0.025 (look 2's share of alpha 0.05)",
+        "*big [[]openai/test-model]: redraws: 40 answers in 1 look(s), 40 calls (0 from the cache), * tokens",
+        "ERROR: llmeval gate failed: big [[]openai/test-model] regression",
+    ])
+    gate = project.results()["gate"]
+    assert gate["redraws"]["used"] == 40 and gate["redraws"]["looks"] == 1 and gate["redraws"]["calls"] == 40
+    assert gate["redraws"]["prompt_tokens"] > 0 and gate["redraws"]["design"]["schedule"] == [1, 1, 2]
+    seq = gate["suites"][0]["sequential"]
+    assert [x["decision"] for x in seq["looks"]] == ["continue", "regression"] and seq["redraws"] == 40
+    # The run's own results are the run's: one draw per case, the redraws only in the gate's entry.
+    assert len(project.results()["cases"]) == 40 and project.results()["cases"][0].get("repeats") is None
+
+
+def test_redraws_clear_a_noisy_suite_and_respect_the_budget(project: Project) -> None:
+    project.write("cases/big.yaml", suite_file(40))
+    server = project.server
+    server.default = "sure"
+    for i in (30, 31):
+        server.answer(f"number {i:03d}?", "no")
+    project.run("--llm-update-baseline", "--llm-baseline=b.json", "--llm-cache=off")
+    flaky_candidate(project)
+    # 6 worse, 2 better: a 10-point drop on the run's draws, inconclusive (p = 0.14); the redraws show it is noise.
+    result = project.run("--llm-baseline=b.json", "--llm-cache=off", "--llm-gate-redraws=1000")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([
+        "big*openai/test-model*40*ok",
+        "*big [[]openai/test-model]: pass rate change +2.0 points over 5 draw(s) per case after 160 answers "
+        "redrawn in 3 look(s): within the allowed 5",
+        "*redraws: 160 answers in 3 look(s), 160 calls*",
+        "llmeval gate passed*",
+    ])
+    assert project.results()["gate"]["redraws"]["used"] == 160
+    # A budget smaller than one look of the suite: no redraws, the run's own verdict stands.
+    flaky_candidate(project)
+    small = project.run("--llm-baseline=b.json", "--llm-cache=off", "--llm-gate-redraws=39")
+    small.stdout.fnmatch_lines(["big*-10.0*inconclusive"])
+    assert project.results()["gate"]["redraws"]["used"] == 0
+    # Budget for two looks of three: stopped, still inconclusive, saying why.
+    flaky_candidate(project)
+    two = project.run("--llm-baseline=b.json", "--llm-cache=off", "--llm-gate-redraws=80")
+    two.stdout.fnmatch_lines(["big*inconclusive", "*not settled after 80 answers redrawn in 2 look(s)*: the redraw "
+                              "budget is spent"])
+
+
+def test_llmeval_compare_says_how_many_redraws_would_settle_an_inconclusive_suite(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    base = [True] * 180 + [False] * 20
+    now = list(base)
+    for i in range(30):  # 30 worse, 18 better: a 6-point drop, inconclusive on one draw per case (p = 0.056)
+        now[i] = False
+    for i in range(180, 198):
+        now[i] = True
+    (tmp_path / "base.json").write_text(json.dumps(doc_from(base)))
+    (tmp_path / "now.json").write_text(json.dumps(doc_from(now)))
+    out = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "compare", str(tmp_path / "base.json"),
+                          str(tmp_path / "now.json")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "inconclusive" in out.stdout
+    assert "  s [m]: redraws: if the 6.0-point drop holds, --llm-gate-redraws 200 would confirm it (look 2: 2 draws " \
+           "per case, 200 answers drawn again)" in out.stdout
+
+
+def test_redraws_replay_from_the_cache_to_the_same_verdict(project: Project) -> None:
+    noisy_project(project)
+    candidate(project)
+    first = project.run("--llm-baseline=b.json", "--llm-cache=on", "--llm-gate-redraws=200")
+    assert first.ret == 1
+    assert len(project.server.requests) == 80  # 40 answers of the run, 40 redrawn (their own cache slots)
+    project.server.reset()
+    project.server.default = "sure"  # any call made now would pass: none is made
+    again = project.run("--llm-baseline=b.json", "--llm-cache=on", "--llm-gate-redraws=200")
+    assert again.ret == 1 and len(project.server.requests) == 0
+    again.stdout.fnmatch_lines(["*pass rate fell 20.0 points (> 5) over 2 draw(s) per case, 40 answers redrawn*",
+                                "*redraws: 40 answers in 1 look(s), 40 calls (40 from the cache)*"])
+    assert project.results()["gate"]["redraws"]["cached_calls"] == 40

@@ -92,7 +92,8 @@ def test_bad_repeat_value_names_its_source(project: Project) -> None:
     project.write("cases/flaky.yaml", FLAKY)
     result = project.run("--llm-repeat=0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*Invalid repeat '0' from command line --llm-repeat: expected a number >= 1.*"])
+    result.stderr.fnmatch_lines(["*Invalid repeat '0' from command line --llm-repeat: expected a whole number >= 1, "
+                                 "'auto' or 'auto:MAX'*"])
 
 
 def test_every_pass_rate_has_an_interval_and_choice_suites_report_accuracy(project: Project) -> None:
@@ -201,3 +202,69 @@ def test_labels_suite_jaccard_per_case_and_per_label(project: Project) -> None:
     # micro over labels: tp 3 (DRY, SRP, MC), fp 1 (NAME), fn 1 (NAME) -> Jaccard 3 / 5.
     assert report["micro"]["jaccard"] == pytest.approx(0.6)
     assert report["samples_jaccard"] == pytest.approx((1 + 0.5 + 0.5) / 3, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- --llm-repeat auto
+
+AUTO = """\
+suite: auto
+pass_if: {policy}
+params: {{temperature: 0.7}}
+cases:
+  - id: steady
+    question: What is the capital of France?
+    expect: [{{contains: Paris}}]
+  - id: wobbly
+    question: What is the capital of Japan?
+    expect: [{{contains: Tokyo}}]
+  - id: wrong
+    question: What is the largest ocean?
+    expect: [{{contains: Pacific}}]
+"""
+
+
+def script_auto(project: Project) -> None:
+    s = project.server
+    s.reset()
+    s.answer("France", "Paris.")
+    s.answer("Japan", ["Tokyo.", "Kyoto."])  # alternates: pass, fail, pass, fail, pass
+    s.answer("ocean", "The Atlantic.")
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["n0", "n2"])
+@pytest.mark.parametrize(("policy", "draws", "outcomes"), [
+    # majority of 5: 3 agreeing draws settle a steady case; the alternating one needs all 5 (3 pass of 5)
+    ("majority", {"steady": 3, "wobbly": 5, "wrong": 3}, {"steady": "passed", "wobbly": "passed", "wrong": "failed"}),
+    # all: a passing case needs its 5 draws; the first failure settles the others
+    ("all", {"steady": 5, "wobbly": 2, "wrong": 1}, {"steady": "passed", "wobbly": "failed", "wrong": "failed"}),
+    # any: the first pass settles it; a case that never passes spends all 5
+    ("any", {"steady": 1, "wobbly": 1, "wrong": 5}, {"steady": "passed", "wobbly": "passed", "wrong": "failed"}),
+])
+def test_repeat_auto_draws_until_the_outcome_is_settled(project: Project, workers: list[str], policy: str,
+                                                        draws: dict[str, int], outcomes: dict[str, str]) -> None:
+    project.write("cases/auto.yaml", AUTO.format(policy=policy))
+    script_auto(project)
+    project.run("--llm-repeat=auto:5", "--llm-cache=off", *workers)
+    cases = {c["case_id"]: c for c in project.results()["cases"]}
+    spent = {cid: (c["repeats"] or {"n": 1})["n"] for cid, c in cases.items()}
+    assert spent == draws and {cid: c["outcome"] for cid, c in cases.items()} == outcomes
+    assert {cid: c["calls"] for cid, c in cases.items()} == draws
+    assert len(project.server.requests) == sum(draws.values())
+    # The same outcomes as five draws of every case, for fewer calls.
+    script_auto(project)
+    project.run("--llm-repeat=5", "--llm-cache=off", *workers)
+    assert {c["case_id"]: c["outcome"] for c in project.results()["cases"]} == outcomes
+    assert len(project.server.requests) == 15
+
+
+def test_repeat_auto_uses_the_cache_and_rejects_bad_values(project: Project) -> None:
+    project.write("cases/auto.yaml", AUTO.format(policy="majority"))
+    script_auto(project)
+    project.run("--llm-repeat=auto")  # auto: at most 5
+    first = len(project.server.requests)
+    assert first == 11
+    project.run("--llm-repeat=auto")  # every draw from its own cache slot
+    assert len(project.server.requests) == first
+    bad = project.run("--llm-repeat=auto:0")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*Invalid repeat 'auto:0' from *: expected a whole number >= 1, 'auto' or 'auto:MAX'*"])

@@ -90,6 +90,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     verdicts = Gate(rules, alpha=args.alpha).evaluate(current, baseline)
     for line in format_verdicts(verdicts):
         print(line)
+    from pytest_llmeval.results.sequential import redraw_advice
+
+    for v in verdicts:  # what --llm-gate-redraws would take to settle an inconclusive suite
+        advice = redraw_advice(v.paired, v.worse, v.better, None if v.delta_points is None else -v.delta_points,
+                               alpha=args.alpha, max_drop=args.max_drop) if v.verdict == "inconclusive" else None
+        if advice:
+            print(f"  {v.suite} [{v.model}]: {advice}")
     failed = gate_failed(verdicts)
     current["gate"] = {"baseline": args.baseline, "rules": [r.describe() for r in rules], "alpha": args.alpha,
                        "failed": failed, "suites": [v.to_dict() for v in verdicts]}

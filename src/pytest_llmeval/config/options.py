@@ -25,6 +25,7 @@ from pytest_llmeval.cache.semantic import DEFAULT_THRESHOLD
 from pytest_llmeval.cache.verify import VERIFY_MODES
 from pytest_llmeval.config import parsers
 from pytest_llmeval.results.gate import DEFAULT_ALPHA, DEFAULT_MAX_DROP
+from pytest_llmeval.results.sequential import parse_repeat
 from pytest_llmeval.sandbox.limits import LEVELS  # not isolation: ~10 ms of every process's start-up
 
 DEFAULT_MODEL = "local/smollm2"
@@ -205,10 +206,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "repeat", flag="--llm-repeat", metavar="N", env="LLMEVAL_REPEAT", ini="llmeval_repeat",
-        parse=parsers.whole(1), default=1, label="repeat",
+        parse=parse_repeat, default=1, label="repeat", see="[repeats](gate.md#repeats-that-stop-when-settled)",
         help="Run every case N times with independent cache slots, so repeats are real samples, not cache hits: "
         "pass fraction, pass^k (all pass), pass@k and flaky cases (both passed and failed) per case and suite. A "
-        "repeated case passes by its suite's pass_if: `all` (default), `majority` or `any` (default for code cases).",
+        "repeated case passes by its suite's pass_if: `all` (default), `majority` or `any` (default for code cases). "
+        "`auto` (or `auto:MAX`, default 5) draws a case's answers only until its outcome is settled: the outcome of "
+        "MAX draws, for fewer calls.",
     ),
     Option(
         "judge_model", flag="--llm-judge", metavar="MODEL", env="LLMEVAL_JUDGE", ini="llmeval_judge",
@@ -367,6 +370,15 @@ OPTIONS: tuple[Option, ...] = (
         parse=parsers.number(float, bad="e.g. 0.05", ok=lambda v: 0 < v < 1, out_of_range="a number in (0, 1)"),
         default=DEFAULT_ALPHA, label="gate alpha",
         help="Significance level of the gate's tests.",
+    ),
+    Option(
+        "gate_redraws", flag="--llm-gate-redraws", metavar="ANSWERS", env="LLMEVAL_GATE_REDRAWS",
+        ini="llmeval_gate_redraws", parse=parsers.whole(0), default=0, default_doc="0 (off)", label="gate redraws",
+        see="[a gate that decides](gate.md#a-gate-that-decides-redraws)",
+        help="Answers the gate may draw again, in all, to decide a suite whose pass-rate verdict is not settled: "
+        "each look draws every paired case of the suite again (new cache slots, as repeats) and a group-sequential "
+        "test keeps the false-alarm rate at the gate's alpha over the looks. The redraws, looks and their cost are "
+        "reported.",
     ),
     Option(
         "strict", flag="--llm-strict",

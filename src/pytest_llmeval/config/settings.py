@@ -50,6 +50,7 @@ class Settings:
     update_baseline: bool = False
     gate_rules: tuple[Any, ...] = ()
     gate_alpha: float = 0.05
+    gate_redraws: int = 0  # answers the gate may draw again to decide unsettled suites (0: off)
     strict: bool = False
     shard: tuple[int, int] | None = None  # (index, count), 1-based index
     concurrency: int = 8

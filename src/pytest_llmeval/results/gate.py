@@ -125,7 +125,20 @@ def _entry(case: dict[str, Any]) -> dict[str, Any]:
     out = {"outcome": case.get("outcome"), "score": case.get("score")}
     if case.get("tool_accuracy") is not None:
         out["tool_accuracy"] = case["tool_accuracy"]
+    fraction, draws = _repeats(case)
+    if fraction is not None:  # a repeated case: the share of its draws that passed (what the redraws compare with)
+        out["pass_fraction"], out["draws"] = fraction, draws
     return out
+
+
+def _repeats(case: dict[str, Any]) -> tuple[float | None, int]:
+    """(pass fraction, graded draws) of a case drawn more than once: from a slim baseline or a results file."""
+    if case.get("pass_fraction") is not None:
+        return float(case["pass_fraction"]), int(case.get("draws") or 1)
+    rep = case.get("repeats") or {}
+    if rep.get("pass_fraction") is not None and int(rep.get("scored") or 0) > 1:
+        return float(rep["pass_fraction"]), int(rep["scored"])
+    return None, 1
 
 
 def baseline_document(results: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +150,9 @@ def baseline_document(results: dict[str, Any]) -> dict[str, Any]:
                 "score": None if c.get("score") is None else round(float(c["score"]), 6)}
         if c.get("tool_accuracy") is not None:
             case["tool_accuracy"] = round(float(c["tool_accuracy"]), 6)
+        fraction, draws = _repeats(c)
+        if fraction is not None:  # --llm-repeat: the gate's redraws compare with the share of draws that passed
+            case["pass_fraction"], case["draws"] = round(fraction, 6), draws
         cases.append(case)
     cases.sort(key=lambda c: (c["suite"], c["model"], c["case"]))
     return {"baseline_version": BASELINE_VERSION, "tool": results.get("tool"), "created_at": results.get("created_at"),
@@ -213,6 +229,8 @@ class SuiteVerdict:
     removed: list[str] = field(default_factory=list)
     flipped: list[dict[str, Any]] = field(default_factory=list)  # passed before, failed now: worst first
     reasons: list[str] = field(default_factory=list)
+    # With --llm-gate-redraws: the sequential test's looks, the answers redrawn and their cost (run/redraw.py)
+    sequential: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -383,6 +401,12 @@ def format_verdicts(verdicts: list[SuiteVerdict], show_flipped: int = 10) -> lis
                          f"[{100 * lo:+.1f}, {100 * hi:+.1f}]) over {v.tool_paired} paired agent case(s)")
         for reason in v.reasons:
             lines.append(f"  {v.suite} [{v.model}]: {reason}")
+        seq = v.sequential
+        if seq and seq.get("redraws"):
+            tokens = int(seq["prompt_tokens"]) + int(seq["completion_tokens"])
+            cost = f", ${seq['cost_usd']:.4f}" if seq.get("cost_usd") else ""
+            lines.append(f"  {v.suite} [{v.model}]: redraws: {seq['redraws']} answers in {len(seq['looks']) - 1} "
+                         f"look(s), {seq['calls']} calls ({seq['cached_calls']} from the cache), {tokens} tokens{cost}")
         if v.added or v.removed:
             lines.append(f"  {v.suite} [{v.model}]: {len(v.added)} case(s) added, {len(v.removed)} removed since the "
                          "baseline (not counted)")

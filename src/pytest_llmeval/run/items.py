@@ -32,9 +32,11 @@ from pytest_llmeval.core.memory import paused_gc
 from pytest_llmeval.providers.runner import Completion, ModelCallError
 from pytest_llmeval.results.aggregate import CaseResult, pass_at_k
 from pytest_llmeval.run.agent import AgentCalls, tool_problems
+from pytest_llmeval.run.auto_repeat import draw_until_settled, planned_draws
 from pytest_llmeval.run.calls import vision_summary
 from pytest_llmeval.run.conversation import ConversationCalls
 from pytest_llmeval.run.grading import DrawGrader, decide, relative_to
+from pytest_llmeval.run.redraw_child import first_slot
 from pytest_llmeval.run.state import RunState, get_state
 from pytest_llmeval.run.targets import (
     app_fields,
@@ -219,7 +221,7 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         settings = _session(self.config).settings
         if self.case.kind == "calibration" or self.stage == "robust":
             return 1  # the judge grades a fixed answer; a robustness item compares variants with one answer
-        return max(settings.repeat, settings.samples if self.case.kind == "code" else 1)
+        return max(planned_draws(self, settings.repeat), settings.samples if self.case.kind == "code" else 1)
 
     @property
     def pass_if(self) -> str:
@@ -285,9 +287,9 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         """The model's answers: prefetched by the pool where possible, else called now."""
         if self.case.retrieve:
             messages, key_extra = self._retrieve(self.case.messages())
-            draws = self.draws
-            return [state.runner.complete(self.model, messages, self.case.params, sample=i, key_extra=key_extra,
-                                          semantic=draws == 1) for i in range(draws)]
+            draws, first = self.draws, first_slot(self.config)  # the gate's redraws start past the run's slots
+            return [state.runner.complete(self.model, messages, self.case.params, sample=first + i,
+                                          key_extra=key_extra, semantic=draws == 1 and not first) for i in range(draws)]
         answered = state.answered(self)
         if answered is not None:
             return answered
@@ -299,9 +301,9 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         return [state.runner.complete(**call) for call in self._calls()]
 
     def _calls(self) -> list[dict[str, Any]]:
-        draws = self.draws  # repeated draws are real samples: never from the semantic cache
-        return [{"model": self.model, "messages": self.case.messages(), "params": self.case.params, "sample": i,
-                 "key_extra": None, "semantic": draws == 1} for i in range(draws)]
+        draws, first = self.draws, first_slot(self.config)  # repeats and redraws are real samples: no semantic cache
+        return [{"model": self.model, "messages": self.case.messages(), "params": self.case.params, "sample": first + i,
+                 "key_extra": None, "semantic": draws == 1 and not first} for i in range(draws)]
 
     def plan_calls(self) -> list[dict[str, Any]] | None:
         """The model calls setup will make, for the prefetcher; None when they must not be made ahead."""
@@ -350,6 +352,7 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
 
         try:
             self.samples = [self._grade(text, i) for i, text in enumerate(answers)]
+            draw_until_settled(self, state)  # --llm-repeat auto: more draws while the outcome is open
         except BudgetExhausted as exc:  # a judge call past the budget: the case cannot be graded in this run
             pytest.skip(str(exc))
         self.outcomes = self.samples[0]["outcomes"]

@@ -236,10 +236,16 @@ class ResultsPlugin:
         gate = Gate(list(settings.gate_rules), alpha=settings.gate_alpha)
         baseline = load_baseline(settings.baseline) if settings.baseline and not settings.update_baseline else None
         report.verdicts = gate.evaluate(doc, baseline)
+        from pytest_llmeval.run.redraw import decide_by_redraws  # --llm-gate-redraws: settle inconclusive suites
+
+        rule = gate.drop_rule("pass_rate")
+        redraws = decide_by_redraws(self.config, settings.gate_redraws, settings.gate_alpha, doc, baseline,
+                                    report.verdicts, rule.max_drop if rule else None)
         failed = gate_failed(report.verdicts)
         doc["gate"] = {"baseline": str(settings.baseline) if baseline is not None else None,
                        "rules": [r.describe() for r in settings.gate_rules], "alpha": settings.gate_alpha,
-                       "failed": failed, "suites": [v.to_dict() for v in report.verdicts]}
+                       "failed": failed, "suites": [v.to_dict() for v in report.verdicts],
+                       **({"redraws": redraws} if redraws is not None else {})}
         # With a gate, failed cases are measurements: the gate (and errors) decide the exit status.
         if not settings.strict and session.exitstatus == pytest.ExitCode.TESTS_FAILED and self.other_failures == 0:
             session.exitstatus = pytest.ExitCode.OK

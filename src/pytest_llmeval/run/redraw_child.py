@@ -1,0 +1,83 @@
+"""The pytest process that draws the gate's redraws (a plugin loaded with ``-p``, only there).
+
+The controller of a run (plain or xdist) starts ``python -m pytest <the run's arguments> -p no:xdist -p
+pytest_llmeval.run.redraw_child`` with ``LLMEVAL_REDRAW`` naming a JSON request: the node ids to run, the first
+cache slot of the new draws and the file to write them to. Every other item is deselected; each kept item draws its
+answers from the given slot on (new cache slots, real samples, never the semantic cache), is graded as usual, and
+its draws (pass or fail each, calls, tokens, cost) go to the output file. This process aggregates, gates and
+reports nothing: results, baseline, HTML and step summary stay the run's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ENV = "LLMEVAL_REDRAW"
+FIRST_SLOT = pytest.StashKey[int]()
+_REQUEST = pytest.StashKey[dict[str, Any]]()
+
+
+def first_slot(config: pytest.Config) -> int:
+    """The cache slot of an item's first draw: 0, except in a redraw process."""
+    return config.stash.get(FIRST_SLOT, 0)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = os.environ.get(ENV)
+    if not path:
+        return
+    request = json.loads(Path(path).read_text(encoding="utf-8"))
+    config.stash[_REQUEST] = request
+    config.stash[FIRST_SLOT] = int(request["first_slot"])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    request = config.stash.get(_REQUEST, None)
+    if request is None:
+        return
+    wanted = set(request["nodeids"])
+    keep = [i for i in items if i.nodeid in wanted and _redrawable(i)]
+    drop = [i for i in items if i not in keep]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    items[:] = keep
+
+
+def _redrawable(item: pytest.Item) -> bool:
+    """Plain model cases: their draws take the slot offset (agent, application and conversation cases do not).
+    (Read off the item's attributes: run.items imports this module.)"""
+    case = getattr(item, "case", None)
+    return case is not None and getattr(item, "target", None) is None and not getattr(case, "tools", None) \
+        and not getattr(case, "is_conversation", False) and getattr(case, "kind", "") != "calibration" \
+        and getattr(item, "stage", None) != "robust"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    request = session.config.stash.get(_REQUEST, None)
+    if request is None:
+        return
+    plugin = session.config.pluginmanager.get_plugin("llmeval-session")
+    results = list(getattr(plugin, "results", []))
+    out = [{"nodeid": r.nodeid, "suite": r.suite, "case_id": r.case_id, "model": r.model, "outcome": r.outcome,
+            "draws": draws_of(r.to_dict()), "calls": r.calls or 0, "cached": bool(r.cached),
+            "prompt_tokens": r.prompt_tokens or 0, "completion_tokens": r.completion_tokens or 0,
+            "cost_usd": r.cost_usd} for r in results]
+    Path(request["output"]).write_text(json.dumps(out), encoding="utf-8")
+    if plugin is not None:  # nothing to aggregate, gate or report here: the run does that
+        plugin.results.clear()
+        plugin.invalid.clear()
+    session.exitstatus = pytest.ExitCode.OK
+
+
+def draws_of(case: dict[str, Any]) -> list[int]:
+    """A case's graded draws, 1 passed / 0 failed (each repeat's own outcome; unscored and errored draws left out)."""
+    samples = case.get("samples") or []
+    if samples:
+        return [1 if s.get("passed") else 0 for s in samples if s.get("status") in ("passed", "failed")]
+    return {"passed": [1], "failed": [0]}.get(str(case.get("outcome")), [])
