@@ -104,6 +104,26 @@ def project(pytester: pytest.Pytester, llm_server: ScriptedLLMServer) -> Project
     return Project(pytester, llm_server)
 
 
+# A two-case support conversation: three and two turns, a check on a middle turn and one on the last.
+SUPPORT_CONVERSATION = """\
+suite: support
+system: You are a support bot.
+cases:
+  - id: reset
+    turns:
+      - How do I reset my password?
+      - user: And if I lost my email too?
+        expect: [{contains: support}]
+      - Thanks, bye
+    expect: [{contains: welcome}]
+  - id: refund
+    turns:
+      - Can I get a refund?
+      - user: How long does it take?
+        expect: [{contains: days}]
+"""
+
+
 GEO = """\
 suite: geography
 kind: qna

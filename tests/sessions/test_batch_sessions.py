@@ -16,6 +16,7 @@ import pytest
 from helpers.batch_server import BatchServer
 
 from conftest import API_KEY, GEO, Project
+from conftest import SUPPORT_CONVERSATION as CONVERSATION
 
 BATCH = ("--llm-batch", "--llm-batch-poll=0.05")
 JUDGE = "openai/judge-model"
@@ -200,23 +201,6 @@ def test_a_run_killed_while_polling_resumes_with_the_same_batch(bproject: Projec
     assert list(server.batches) == [saved[0]["id"]] and server.chat_calls == 0
 
 
-CONVERSATION = """\
-suite: support
-system: You are a support bot.
-cases:
-  - id: reset
-    turns:
-      - How do I reset my password?
-      - user: And if I lost my email too?
-        expect: [{contains: support}]
-      - Thanks, bye
-    expect: [{contains: welcome}]
-  - id: refund
-    turns:
-      - Can I get a refund?
-      - user: How long does it take?
-        expect: [{contains: days}]
-"""
 
 
 def test_a_conversation_s_turns_are_batched_round_by_round(bproject: Project) -> None:

@@ -15,26 +15,9 @@ from typing import Any
 import pytest
 
 from conftest import GEO, Project, script_geo
+from conftest import SUPPORT_CONVERSATION as SCRIPT
 
 JUDGE = "openai/judge-model"
-
-SCRIPT = """\
-suite: support
-system: You are a support bot.
-cases:
-  - id: reset
-    turns:
-      - How do I reset my password?
-      - user: And if I lost my email too?
-        expect: [{contains: support}]
-      - Thanks, bye
-    expect: [{contains: welcome}]
-  - id: refund
-    turns:
-      - Can I get a refund?
-      - user: How long does it take?
-        expect: [{contains: days}]
-"""
 
 
 def _script(project: Project, model: str | None = None) -> None:
