@@ -137,6 +137,36 @@ def test_report_without_a_gate(project: Project) -> None:
     assert "no baseline" in text
 
 
+def test_report_against_a_baseline_named_on_the_command_line(project: Project) -> None:
+    """`llmeval report --baseline FILE` compares a run that had no gate with a baseline of the user's choosing; a
+    baseline that cannot be read is a usage error naming it."""
+    project.write("cases/geo.yaml", SUITE)
+    s = project.server
+    for country, city in (("France", "Paris."), ("Japan", "Tokyo."), ("Italy", "Rome.")):
+        s.answer(country, city)
+    project.run("--llm-update-baseline", "--llm-baseline=b.json", "--llm-cache=off")
+    s.reset()
+    for country, city in (("France", "Paris."), ("Japan", "Kyoto."), ("Italy", "Rome.")):
+        s.answer(country, city)
+    project.run("--llm-cache=off")  # no --llm-baseline: results.json names no baseline
+    root = project.pytester.path
+
+    def report(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "report",
+                               str(root / ".llmeval/results.json"), "-o", str(root / "r.html"), *extra],
+                              capture_output=True, text=True)
+
+    assert report().returncode == 0
+    assert payload((root / "r.html").read_text())["baseline"] is False
+    done = report("--baseline", str(root / "b.json"))
+    assert done.returncode == 0, done.stderr
+    data = payload((root / "r.html").read_text())
+    assert data["baseline"] is True and [data["S"][i] for i in data["rows"]["id"]][0] == "jp"
+    assert data["rows"]["flip"][0] == 1  # passed in b.json, fails now
+    missing = report("--baseline", str(root / "nope.json"))
+    assert missing.returncode == 2 and "nope.json" in missing.stderr and "Traceback" not in missing.stderr
+
+
 # --- application targets: references, the app's own calls, metadata, transcripts (issue 17) ---
 
 XSS_ANSWER = 'Set it [1]. </script><script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'

@@ -234,7 +234,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from pytest_llmeval.report.builtin import builtin_reporters
+    from pytest_llmeval.report.html import render
+    from pytest_llmeval.results.gate import GateError
 
     path = Path(args.results)
     try:
@@ -246,9 +247,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     root = Path(args.root) if args.root else path.resolve().parent.parent  # .llmeval/results.json -> the project
-    html = builtin_reporters().get("html")
-    assert html is not None
-    out.write_text(html.render(doc, root) or "", encoding="utf-8")
+    try:
+        page = render(doc, root, Path(args.baseline) if args.baseline else None)
+    except GateError as exc:  # --baseline names a file that cannot be read
+        raise CommandError(str(exc)) from None
+    out.write_text(page, encoding="utf-8")
     print(f"wrote {out} ({out.stat().st_size // 1024} KiB, self-contained)")
     return 0
 
@@ -389,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", default=".llmeval/report.html", help="default .llmeval/report.html")
     report.add_argument("--root", default=None, help="directory artifact paths are relative to (default: the "
                         "results file's project)")
+    report.add_argument("--baseline", default=None, metavar="PATH", help="a baseline file or results.json to compare "
+                        "with (default: the baseline the run's gate used, if it can be found)")
     report.set_defaults(func=cmd_report)
 
     cache = commands.add_parser("cache", help="response cache tools")
