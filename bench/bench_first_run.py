@@ -22,6 +22,12 @@ Two parts measure single causes (``--load``, ``--padding``; only those parts):
   per load (``local._gguf_parsed_once``) and as transformers does it alone (three parses, a tensor-name map per
   module), alternated ``--repeat`` times in fresh subprocesses: CPU seconds of the load (torch and transformers
   imported before the clock), the ratio, and whether weights and tokenizer are identical.
+- ``--threads``: the prompts of three short-answer suites generated batched (what the pool does) with torch's
+  threads at the default of a local model (``local.default_threads``: half the usable cores) and at torch's own
+  default (all cores, what the default was before), alternated ``--repeat`` times in fresh subprocesses (converted-model
+  cache warm, load outside the clock): wall and CPU seconds, the ratios, identical answers. With ``--busy N``, N
+  processes spin on the CPU meanwhile, standing in for the run's own main thread (grading, the sandbox, imports) and
+  for anything else the machine runs.
 - ``--padding``: one 843-token prompt and five ~27-token questions, 48 tokens each, generated as one left-padded
   batch (what batching did before the padding bound) and split as the bound splits them (the long one alone, the
   five together), alternated ``--repeat`` times: CPU seconds, the ratio, identical answers.
@@ -217,6 +223,65 @@ def padding(repeat: int) -> bool:
     return same
 
 
+THREADS_SCRIPT = """
+import json, sys, time, torch
+sys.path.insert(0, sys.argv[2])
+from bench_first_run import QUICK_SUITES, suite_requests
+from pytest_llmeval.providers import local
+from pytest_llmeval.providers.local_generate import generate_batch
+loaded = local.load(local.resolve_local_model("smollm2"))
+torch.set_num_threads(int(sys.argv[1]))
+requests = suite_requests(QUICK_SUITES)
+wall, cpu = time.perf_counter(), time.process_time()
+answers = generate_batch(loaded, requests)
+print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
+                  "answers": [a.text for a in answers]}))
+"""
+
+
+def threads(repeat: int, busy: int) -> bool:
+    """``--threads``: batched generation with local.default_threads vs torch's own default, in fresh processes."""
+    import json
+    import multiprocessing
+
+    import torch
+
+    from pytest_llmeval.providers import local
+
+    counts = {"default_threads": local.default_threads(len(os.sched_getaffinity(0))),
+              "torch's default": torch.get_num_threads()}
+    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(busy)]
+    for spinner in spinners:
+        spinner.start()
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in counts}
+    try:
+        for _ in range(repeat):
+            for label, count in counts.items():
+                done = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(count), str(ROOT / "bench")],
+                                      capture_output=True, text=True, check=True, env={**os.environ})
+                runs[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    finally:
+        for spinner in spinners:
+            spinner.terminate()
+    same = len({json.dumps(r["answers"]) for v in runs.values() for r in v}) == 1
+    print(f"{len(runs['default_threads'][0]['answers'])} prompts of {', '.join(QUICK_SUITES)}, batched; "
+          f"{len(os.sched_getaffinity(0))} usable cores, {busy} busy process(es) beside; median of {repeat}")
+    median = {k: (statistics.median(r["wall"] for r in v), statistics.median(r["cpu"] for r in v))
+              for k, v in runs.items()}
+    for label, count in counts.items():
+        print(f"  {label:16} ({count} thread(s))  wall {median[label][0]:6.1f} s  CPU {median[label][1]:6.1f} s   "
+              f"runs (wall): {fmt([r['wall'] for r in runs[label]])}")
+    new, old = median["default_threads"], median["torch's default"]
+    print(f"  default_threads / torch's default: wall {new[0] / old[0]:.2f}x, CPU {new[1] / old[1]:.2f}x   "
+          f"answers identical: {same}")
+    return same
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
 # The last commit before issue 19's first-run work on the converted-model load, the batches and the first-run set.
 BEFORE = "e2df7a5"
 FIRST_RUN = ("-k", "not slow", "cases/")
@@ -300,7 +365,11 @@ def main() -> int:
                         help=f"part 3 only: the newcomer's first run now vs at REF (default {BEFORE})")
     parser.add_argument("--load", action="store_true", help="only: a cold GGUF load, parsed once vs three times")
     parser.add_argument("--padding", action="store_true", help="only: one padded batch vs split by the bound")
+    parser.add_argument("--threads", action="store_true", help="only: local.default_threads vs torch's default")
+    parser.add_argument("--busy", type=int, default=0, help="with --threads: processes spinning meanwhile")
     options = parser.parse_args()
+    if options.threads:
+        return 0 if threads(options.repeat, options.busy) else 1
     if options.load or options.padding:
         ok = cold_load(options.repeat) if options.load else True
         return 0 if (padding(options.repeat) if options.padding else True) and ok else 1

@@ -64,3 +64,30 @@ def test_the_docs_bot_app_suite_passes_on_smollm2_with_its_own_model_calls(
     assert app_calls["calls"] == 3 and app_calls["cached"] == 0
     assert app_calls["prompt_tokens"] == sum(cases[c]["app_usage"]["prompt_tokens"]
                                              for c in ("sphere-radius", "offscreen", "background"))
+
+
+def test_the_docs_bot_chat_suite_runs_its_conversations_side_by_side_on_smollm2(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """cases/docs_bot_chat.yaml: both conversations are prefetched (each in one pool thread, their turns in order),
+    so SmolLM2 generates their docs turns together; the answers are those of a run without the pool."""
+    for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS", "LLMEVAL_CACHE", "LLMEVAL_RESULTS", "DOCS_BOT_API_BASE",
+                 "DOCS_BOT_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DOCS_BOT_INDEX", str(tmp_path / "docs-bot-index"))
+    shutil.copytree(REPO / "examples" / "docs_bot", pytester.path / "examples" / "docs_bot",
+                    ignore=shutil.ignore_patterns("__pycache__", "suites"))
+    shutil.copytree(REPO / "cases" / "docs", pytester.path / "cases" / "docs")
+    shutil.copy(REPO / "cases" / "docs_bot_chat.yaml", pytester.path / "cases" / "docs_bot_chat.yaml")
+    shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")
+    transcripts = []
+    for concurrency in ("8", "1"):  # the pool (prefetched conversations), then every turn in order on the main thread
+        for name in [m for m in sys.modules if m == "examples" or m.startswith("examples.")]:
+            monkeypatch.delitem(sys.modules, name)
+        result = pytester.runpytest("cases/docs_bot_chat.yaml", "-p", "no:cacheprovider", "--llm-cache=off",
+                                    f"--llm-concurrency={concurrency}")
+        result.assert_outcomes(passed=2)
+        doc = json.loads((pytester.path / ".llmeval/results.json").read_text())
+        transcripts.append({c["case_id"]: [(t["user"], t["answer"]) for t in c["transcript"]["turns"]]
+                            for c in doc["cases"]})
+    assert transcripts[0] == transcripts[1]
+    assert [len(transcripts[0][c]) for c in ("sphere-follow-up", "small-talk-then-docs")] == [2, 3]

@@ -100,6 +100,31 @@ def test_the_second_run_of_a_conversation_is_served_from_the_cache(project: Proj
     assert all(c["cached"] for c in _cases(project).values())
 
 
+@pytest.mark.parametrize("concurrency", [8, 1])
+def test_the_conversations_of_several_items_run_side_by_side_in_the_prefetch_pool(project: Project,
+                                                                                   concurrency: int) -> None:
+    """With the pool, each draw's whole conversation runs in a pool thread, so the next item's conversation starts
+    while this one waits for an answer (a local model then generates their turns together); its turns stay in
+    order. With --llm-concurrency=1 (no pool) the conversations run one after the other, as before."""
+    project.write("cases/support.yaml", SCRIPT)
+    project.server.answer("reset my password", "Click 'Forgot password' on the login page.", delay=1.0)  # first match
+    _script(project)
+    project.run(f"--llm-concurrency={concurrency}").assert_outcomes(passed=1, failed=1)
+    asked = [str(r["messages"][-1]["content"]) for r in project.server.requests]
+    assert sorted(asked) == sorted(["How do I reset my password?", "And if I lost my email too?", "Thanks, bye",
+                                    "Can I get a refund?", "How long does it take?"])
+    reset = [q for q in asked if q in ("How do I reset my password?", "And if I lost my email too?", "Thanks, bye")]
+    assert reset == ["How do I reset my password?", "And if I lost my email too?", "Thanks, bye"]
+    if concurrency > 1:  # the refund conversation ran while the reset one waited for its slow first answer
+        assert asked.index("How long does it take?") < asked.index("And if I lost my email too?")
+    else:
+        assert asked == [*reset, "Can I get a refund?", "How long does it take?"]
+    cases = _cases(project)
+    assert [t["answer"] for t in cases["reset"]["transcript"]["turns"]] == [
+        "Click 'Forgot password' on the login page.", "Then contact support@example.com.", "You're welcome!"]
+    assert cases["refund"]["outcome"] == "failed"
+
+
 def test_each_draw_is_a_conversation_of_its_own(project: Project) -> None:
     project.write("cases/support.yaml", SCRIPT)
     _script(project)
@@ -192,18 +217,19 @@ cases:
       persona: A confused customer.
       goal: Find the invoice of order 42.
       max_turns: 2
-      model: openai/sim-model
+      model: openai/sim-invoice
     expect: [{goal: true}]
 """
 
 
 def _simulated(project: Project) -> None:
     server = project.server
-    # The simulated user: opens, then stops with the marker once the assistant gave the steps.
-    server.answer("conversation starts now", ["How do I export my orders?", "Where is my invoice?"],
-                  model="sim-model")
+    # The simulated users (one model each: the two conversations run side by side in the prefetch pool, so their
+    # openers arrive in either order): opens, then stops with the marker once the assistant gave the steps.
+    server.answer("conversation starts now", "How do I export my orders?", model="sim-model")
+    server.answer("conversation starts now", "Where is my invoice?", model="sim-invoice")
     server.answer("File > Export", "Great, that works. GOAL_REACHED", model="sim-model")
-    server.answer("I cannot find", "Please look again.", model="sim-model")
+    server.answer("I cannot find", "Please look again.", model="sim-invoice")
     # The model under test.
     server.answer("export my orders", "Open File > Export and pick CSV.", model="test-model")
     server.answer("invoice", "I cannot find that invoice.", model="test-model")

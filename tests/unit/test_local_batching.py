@@ -76,6 +76,29 @@ def test_mixed_parameters_are_grouped_and_keep_their_order(tiny: Tiny) -> None:
     assert alone[1].completion_tokens <= 3 and alone[4].completion_tokens <= 3
 
 
+def test_rows_of_different_max_tokens_share_a_batch_and_each_stops_at_its_own(tiny: Tiny,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batch (not one per max_tokens), and every answer is the one generated alone: a row cut at its own
+    limit ends with finish_reason "length" and exactly that many tokens, while the longer rows go on."""
+    limits = [12, 3, 5, 1, 12, 7, 2, 12]
+    requests = [request(p, max_tokens=m) for p, m in zip(PROMPTS, limits, strict=True)]
+    alone = [generate_batch(tiny, [r])[0] for r in requests]
+    batches: list[int] = []
+    real = local_generate._generate_batch
+
+    def counted(loaded: Any, batch: Any) -> Any:
+        batches.append(len(batch))
+        return real(loaded, batch)
+
+    monkeypatch.setattr(local_generate, "_generate_batch", counted)
+    assert generate_batch(tiny, requests) == alone
+    assert batches == [len(PROMPTS)]
+    assert all(a.completion_tokens <= m for a, m in zip(alone, limits, strict=True))
+    assert any(a.finish_reason == "length" and a.completion_tokens == m < 12
+               for a, m in zip(alone, limits, strict=True))
+    assert any(a.completion_tokens > 5 for a in alone)  # the long rows went on past the short rows' limits
+
+
 def test_threads_calling_generate_at_once_share_batches(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     batcher = Batcher(tiny)
     monkeypatch.setattr(tiny, "_llmeval_batcher", batcher, raising=False)
@@ -130,7 +153,8 @@ def test_batch_of_takes_the_oldest_and_its_group_within_the_padding_bound(tiny: 
     prepared = [local_generate._prepare(tiny, *request(p, **params)) for p, params in [
         (LONG, {}), (PROMPTS[0], {}), (LONG + " paris", {}), (LONG, {"max_tokens": 3}), (LONG, {}),
         (LONG, {"temperature": 0.5})]]
-    assert local_generate._batch_of(prepared, 16) == [0, 2, 4]  # not the short one, another group, nor sampling
+    # not the short one, nor sampling; another max_tokens joins (each row stops at its own)
+    assert local_generate._batch_of(prepared, 16) == [0, 2, 3, 4]
     assert local_generate._batch_of(prepared, 2) == [0, 2]
     assert local_generate._batch_of(prepared[1:], 16) == [0]
     assert local_generate._batch_of(prepared[5:], 16) == [0]  # the oldest is always taken

@@ -393,3 +393,31 @@ def test_gguf_parse_once_restores_the_library_when_the_load_fails(tmp_path: Path
         gguf.GGUFReader(path)
         raise ValueError("the load failed")
     assert gguf.GGUFReader is reader_class
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
+def test_default_threads_leave_half_the_cores_to_the_run(cores: int, threads: int) -> None:
+    assert local.default_threads(cores) == threads
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, "half"), ("3", "3")])
+def test_the_thread_setting_applied_at_load(setting: str | None, expected: str) -> None:
+    """Unset: half the usable cores, never more than torch's own default; LLMEVAL_LOCAL_THREADS: as set. In a
+    subprocess: torch's thread count is process-wide."""
+    import subprocess
+
+    code = (
+        "import os, torch\n"
+        "from pytest_llmeval.providers import local\n"
+        "before = torch.get_num_threads()\n"
+        "local._apply_thread_setting(torch)\n"
+        "half = min(before, local.default_threads(len(os.sched_getaffinity(0))))\n"
+        "print(torch.get_num_threads(), half)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != local.THREADS_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    if setting is not None:
+        env[local.THREADS_ENV] = setting
+    got, half = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True,
+                               text=True).stdout.split()
+    assert got == (half if expected == "half" else expected)

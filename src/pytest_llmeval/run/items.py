@@ -308,8 +308,7 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
     def plan_calls(self) -> list[dict[str, Any]] | None:
         """The model calls setup will make, for the prefetcher; None when they must not be made ahead."""
         state = _session(self.config)
-        if self.case.kind == "calibration" or self.case.retrieve or self.model == NO_VISION_MODEL_ID \
-                or self.case.is_conversation:  # each turn's call depends on the answers before it
+        if self.case.kind == "calibration" or self.case.retrieve or self.model == NO_VISION_MODEL_ID:
             return None
         if any(c.definition and c.definition.grade is None for c in self.checks):
             return None
@@ -322,6 +321,8 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
 
             if not batched(state.settings.resolve_model(self.model)):
                 return None  # (an application given an offline model most likely runs it: the same holds)
+        if self.case.is_conversation:  # each draw's turns in order, in one pool thread (run/conversation.py)
+            return self.conversation_plan(state, self.draws)
         if self.target is not None:
             return self.app_plan(state, self.draws)
         return self.agent_plan(state, self.draws) if self.case.tools else self._calls()

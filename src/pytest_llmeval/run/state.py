@@ -71,7 +71,7 @@ class RunState:
         self._sandbox_error: Exception | None = None
         self._indexes: dict[tuple[Any, ...], Any] = {}
         self.tool_defs: dict[Any, Any] = {}  # an agent suite's tools, made once (run/agent.py)
-        self.agent_items: dict[str, Any] = {}  # nodeid -> agent item whose runs the prefetcher plans (run/agent.py)
+        self.agent_items: dict[str, Any] = {}  # nodeid -> agent or conversation item whose draws the prefetcher plans
         from pytest_llmeval.robustness import context
 
         context.HYPOTHESIS_DIR[:] = [self.hypothesis_dir]  # where llm_settings' database goes (read at first use)
@@ -194,6 +194,8 @@ class RunState:
             return self.target_runner.planned(call["target"], call["request"])
         if "agent" in call:  # one draw's whole agent run (run/agent.py)
             return self.agent_items[call["agent"]].agent_draw(self, call["sample"])
+        if "conversation" in call:  # one draw's whole conversation (run/conversation.py)
+            return self.agent_items[call["conversation"]].conversation_draw(self, call["sample"])
         return self.runner.complete(**call)
 
     # ------------------------------------------------------------------------------------ answers and prefetch
