@@ -18,7 +18,8 @@ from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.core.version import package_version
 from pytest_llmeval.providers.runner import ModelCallError
 from pytest_llmeval.report.base import ReporterRegistry, RunReport
-from pytest_llmeval.results.aggregate import CaseResult, build_results
+from pytest_llmeval.results.aggregate import CaseResult
+from pytest_llmeval.results.stream import ResultCollector
 from pytest_llmeval.run.calls import CALLS, VISION, VISION_CALLS, vision_summary
 from pytest_llmeval.run.collection import CollectionPlugin, item_model
 from pytest_llmeval.run.items import NO_VISION_MODEL_ID, CaseItem, InvalidCaseItem, ModelUnusable
@@ -35,13 +36,14 @@ class ResultsPlugin:
         self.settings = state.settings
         self.reporters = ReporterRegistry()
         self.config.hook.pytest_llmeval_register_reporters(register=self.reporters.register)
-        # The last report's data, its CaseResult and JSON text; id(result) -> JSON text of the results kept.
+        # The last report's data, its CaseResult and JSON text.
         self._made: tuple[dict[str, Any], CaseResult, str | None] | None = None
-        self._encoded: dict[int, str] = {}
         # Under xdist: id(report) -> the JSON text of its case, to send in the worker (see pytest_report_to_serializable)
         # and to reuse for results.json in the controller.
         self._wire: dict[int, str] = {}
-        self.results: list[CaseResult] = []
+        # The run's cases, on disk as they arrive (results/stream.py): the controller's, or a plain run's. An xdist
+        # worker keeps none: its cases go to the controller.
+        self.results = ResultCollector()
         self.invalid: list[dict[str, Any]] = []
         self.other_failures = 0  # failed reports that are not graded case failures (errors, plain tests)
         self.report: RunReport | None = None
@@ -120,25 +122,32 @@ class ResultsPlugin:
             return "error", "E", ("ERROR", {"red": True})
         return None
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, None, None]:
         data = getattr(report, "llmeval", None)
         if report.failed and not (data and data.get("outcome") == "failed"):
             self.other_failures += 1
         if data:
             made, self._made = self._made, None
-            if made is not None and made[0] is data:
-                self.results.append(made[1])
-                if made[2] is not None:
-                    self._encoded[id(made[1])] = made[2]
+            if self.state.is_worker:
+                pass  # the controller collects the worker's cases
+            elif made is not None and made[0] is data:
+                self.results.add(made[1], made[2])
             else:
                 result = CaseResult.from_dict(data)
-                self.results.append(result)
                 text = self._wire.pop(id(report), None) if self._wire else None
-                if text is not None and result.to_dict() == data:  # the text of exactly this case: reused as is
-                    self._encoded[id(result)] = text
+                # the text of exactly this case is reused as is
+                self.results.add(result, text if text is not None and result.to_dict() == data else None)
         invalid = getattr(report, "llmeval_invalid", None)
         if invalid:
             self.invalid.extend(invalid)
+        try:
+            return (yield)
+        finally:
+            if data:
+                # Every plugin has seen the report: what pytest keeps of it to the end (the terminal's stats) keeps
+                # only the outcome of the case (pytest_report_teststatus), not the whole case, once per case.
+                report.__dict__["llmeval"] = {"outcome": data.get("outcome")}
 
     # Under xdist a report crosses to the controller through execnet's serializer, in pure Python: a case's dict of
     # ~50 fields costs ~50 us to dump in the worker and ~55 us to load in the controller, where every report of the
@@ -176,19 +185,21 @@ class ResultsPlugin:
         state.close()
         resumed = 0
         if not state.is_worker and settings.resume:
-            ran = {r.nodeid for r in self.results}
-            earlier = [CaseResult.from_dict(d) for n, d in state.finished_before().items() if n not in ran]
-            self.results.extend(earlier)
-            resumed = len(earlier)
-        if state.is_worker or not (self.results or self.invalid):
+            ran = self.results.nodeids()
+            for nodeid, data in state.finished_before().items():
+                if nodeid not in ran:
+                    self.results.add(CaseResult.from_dict(data))
+                    resumed += 1
+        if state.is_worker or not (len(self.results) or self.invalid):
             return
         workers = getattr(self.config.option, "numprocesses", None) or 0
-        doc = build_results(self.results, models=list(settings.models), cache_mode=settings.cache_mode,
-                            exit_status=int(exitstatus), invalid=self.invalid, workers=int(workers),
-                            version=package_version(), encoded=self._encoded,
-                            shard="/".join(map(str, settings.shard)) if settings.shard else None,
-                            # the checks' own row entries (labels...): results sits below checks, so they are passed in
-                            check_aggregates=state.registry.aggregates())
+        doc = self.results.document(models=list(settings.models), cache_mode=settings.cache_mode,
+                                    exit_status=int(exitstatus), invalid=self.invalid, workers=int(workers),
+                                    version=package_version(),
+                                    shard="/".join(map(str, settings.shard)) if settings.shard else None,
+                                    # the checks' own row entries (labels...): results sits below checks, so they
+                                    # are passed in
+                                    check_aggregates=state.registry.aggregates())
         run = state.run_decided
         if run is not None:
             doc["run"].update(run_id=run["run_id"], resumed_from=run["resumed_from"], resumed_cases=resumed)
@@ -202,7 +213,7 @@ class ResultsPlugin:
             from pytest_llmeval.cases import holdout
 
             ledger = settings.results_path.parent / holdout.LEDGER_NAME
-            report.holdout = holdout.evaluations(self.results, ledger)
+            report.holdout = holdout.evaluations([r for r in self.results.results() if r.split == "test"], ledger)
             holdout.record(ledger, report.holdout, run["run_id"] if run else None, settings.split)
             doc["run"]["holdout"] = [{**e.entry(None, settings.split), "changed_since": e.changed_since}
                                      for e in report.holdout]
