@@ -9,6 +9,7 @@ serialises to the controller.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Generator
 from typing import Any
 
@@ -24,6 +25,22 @@ from pytest_llmeval.run.calls import CALLS, VISION, VISION_CALLS, vision_summary
 from pytest_llmeval.run.collection import CollectionPlugin, item_model
 from pytest_llmeval.run.items import NO_VISION_MODEL_ID, CaseItem, InvalidCaseItem, ModelUnusable
 from pytest_llmeval.run.state import RunState
+
+# What a report keeps of its case once every plugin has seen it: its outcome (pytest_report_teststatus reads it
+# again for the short summary). One dict per outcome, shared by the reports: do not modify.
+_SLIM = {o: {"outcome": o} for o in ("passed", "failed", "unscored", "error", "skipped")}
+
+
+def release(item: CaseItem) -> None:
+    """Drop what an item holds only while it runs (its answers, graded draws and check outcomes): its CaseResult
+    is made and its reports written (repr_failure has used them), and pytest keeps every item to the end."""
+    item.completion = None
+    item.completions = []
+    item.outcomes = []
+    item.samples = []
+    item.retrieved = []
+    item.judge_env = None
+    item.robustness = None
 
 
 class ResultsPlugin:
@@ -61,6 +78,8 @@ class ResultsPlugin:
             elif isinstance(exc, ModelCallError | ModelUnusable):
                 report.longrepr = f"model call failed: {exc}"
         final = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+        if report.when == "teardown" and isinstance(item, CaseItem):
+            release(item)
         if not final:
             return report
         if isinstance(item, InvalidCaseItem):
@@ -78,8 +97,9 @@ class ResultsPlugin:
             self._made = (data, result, text) if data["answer"] is result.answer else None
             if text is not None and self.state.is_worker:
                 self._wire[id(report)] = text
-            props = [("llmeval_suite", result.suite), ("llmeval_case", result.case_id),
-                     ("llmeval_model", result.model), ("llmeval_outcome", result.outcome),
+            intern = sys.intern  # one string per suite, model and outcome, not one per case
+            props = [("llmeval_suite", intern(result.suite)), ("llmeval_case", result.case_id),
+                     ("llmeval_model", intern(result.model)), ("llmeval_outcome", intern(result.outcome)),
                      ("llmeval_score", "" if result.score is None else f"{result.score:.4f}"),
                      ("llmeval_latency_s", "" if result.latency_s is None else f"{result.latency_s:.3f}"),
                      ("llmeval_cached", str(bool(result.cached)).lower())]
@@ -147,7 +167,8 @@ class ResultsPlugin:
             if data:
                 # Every plugin has seen the report: what pytest keeps of it to the end (the terminal's stats) keeps
                 # only the outcome of the case (pytest_report_teststatus), not the whole case, once per case.
-                report.__dict__["llmeval"] = {"outcome": data.get("outcome")}
+                outcome = data.get("outcome")
+                report.__dict__["llmeval"] = _SLIM.get(outcome) or {"outcome": outcome}
 
     # Under xdist a report crosses to the controller through execnet's serializer, in pure Python: a case's dict of
     # ~50 fields costs ~50 us to dump in the worker and ~55 us to load in the controller, where every report of the
