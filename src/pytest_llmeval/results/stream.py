@@ -148,9 +148,15 @@ class _RowCases:
         return len(self._indices)
 
     def __iter__(self) -> Iterator[CaseResult]:
-        text = self._spool.text
+        text, fields, new = self._spool.text, CaseResult.__dataclass_fields__, object.__new__
         for j in self._indices:
-            yield CaseResult.from_dict(json.loads(text(j)))
+            data = json.loads(text(j))
+            if len(data) == len(fields) and all(k in fields for k in data):  # to_dict's own: all fields, in order
+                result = new(CaseResult)
+                result.__dict__.update(data)
+                yield result
+            else:
+                yield CaseResult.from_dict(data)
 
 
 class ResultCollector:
