@@ -19,7 +19,10 @@ Three ways to write, for three needs:
 from __future__ import annotations
 
 import json
+import os
 import re
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +37,22 @@ __all__ = ["CaseFileEditError", "Flow", "FlowList", "append_jsonl_cases", "appen
 NO_WRAP = 1 << 30  # the emitter's line width: a long question stays on one line
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def write_atomic(path: Path, text: str | Iterable[str]) -> None:
+    """Write ``text`` (or its pieces, in order) to ``path`` through a temporary file beside it, then rename it into
+    place: a reader never sees half a file, and the temporary file's name is this writer's own (process and a
+    random part), so two processes writing one path (shards sharing a directory) never write into each other's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            if isinstance(text, str):
+                fh.write(text)
+            else:
+                fh.writelines(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ------------------------------------------------------------------------------------------ new suite files

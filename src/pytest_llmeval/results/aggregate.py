@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prob_all_fail
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def _percentile(values: Sequence[float], q: float) -> float | None:
     """Linear-interpolated percentile (numpy's default), without importing numpy for a dozen numbers."""
     if not values:
         return None
@@ -163,9 +163,12 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, AggregateFn]) -> dict[str, Any]:
+def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, AggregateFn],
+            check_results: Iterable[CaseResult], unscored: int, plain: bool) -> dict[str, Any]:
     """The parts of a suite row that only some suites have: repeats, metrics, judges, the checks' own aggregates
-    (labels), calibration."""
+    (labels), calibration. ``rs``: the row's cases that are not plain (:func:`is_plain`; a plain case adds nothing
+    here); ``check_results``: all the row's cases, for the checks' aggregates; ``unscored``: the row's unscored
+    cases; ``plain``: whether the row has plain cases (they are of the dev split)."""
     graded = [r for r in rs if r.outcome in ("passed", "failed")]
     out: dict[str, Any] = {}
     unscored_checks = sum(r.unscored_checks for r in rs)
@@ -190,7 +193,7 @@ def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, Aggr
                         "self_judging": any(r.judge.get("self_judging") for r in judged if r.judge),
                         "calls": sum(int(r.judge["calls"]) for r in judged if r.judge)}
     for check_aggregate in check_aggregates.values():  # each returns {} for a row without anything of its own
-        out.update(check_aggregate(rs))
+        out.update(check_aggregate(check_results))  # type: ignore[arg-type]
     retrieved = [r.retrieval for r in rs if r.retrieval and r.retrieval.get("recall_at_k") is not None]
     if retrieved:
         out["retrieval"] = {"cases": len(retrieved), "k": max(int(x["k"]) for x in retrieved),
@@ -236,7 +239,7 @@ def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, Aggr
             "cases_consistent": sum(1 for x in robust if x["passed"]),
             "perturb": sorted({p for x in robust for p in x["perturb"]}),
         }
-    splits = sorted({r.split for r in rs})
+    splits = sorted({r.split for r in rs} | ({"dev"} if plain else set()))
     if splits != ["dev"]:
         out["split"] = splits[0] if len(splits) == 1 else "mixed"
     semantic = sum(1 for r in rs if r.cache == "semantic")
@@ -253,7 +256,7 @@ def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, Aggr
         kappa = cohen_kappa(verdicts)
         out["calibration"] = {
             "examples": len(calibrated),
-            "unscored": sum(1 for r in rs if r.outcome == "unscored"),
+            "unscored": unscored,
             "agreement": _r(agree / len(calibrated)), "agreement_ci": wilson(agree, len(calibrated)),
             "mean_abs_error": _r(_mean(errors)),
             "verdict_accuracy": _r(sum(1 for h, j in verdicts if h == j) / len(verdicts)),
@@ -262,58 +265,109 @@ def _extras(rs: list[CaseResult], kind: str, check_aggregates: Mapping[str, Aggr
     return out
 
 
+# The fields only some cases set. A case with none of them set (and of the dev split, not a semantic cache hit) is
+# plain: its row needs from it only its ``column``, so the streaming collector (results/stream.py) keeps no more
+# of it in memory than that.
+RARE_FIELDS = ("unscored_checks", "repeats", "flaky", "metrics", "judge", "retrieval", "target", "app_usage", "stage",
+               "vision", "robustness", "calibration", "pass_at_k", "labels", "trajectory", "detail")
+
+
+def is_plain(r: CaseResult) -> bool:
+    """Whether the case adds nothing to its row beyond its ``column`` (see ``RARE_FIELDS``)."""
+    return (r.split == "dev" and r.cache != "semantic" and r.tool_accuracy is None
+            and not any(getattr(r, f) for f in RARE_FIELDS))
+
+
+# One case as its row needs it: outcome, kind, score, latency_s, ttft_s, cost_usd, prompt_tokens,
+# completion_tokens, cached, calls, retries.
+Column = tuple[str, str, "float | None", "float | None", "float | None", "float | None", int, int, bool, int, int]
+
+
+def column(r: CaseResult) -> Column:
+    return (r.outcome, r.kind, r.score, r.latency_s, r.ttft_s, r.cost_usd, r.prompt_tokens or 0,
+            r.completion_tokens or 0, bool(r.cached), r.calls, r.retries)
+
+
+def make_row(suite: str, model: str, columns: Iterable[Column], special: list[CaseResult],
+             check_results: Iterable[CaseResult], check_aggregates: Mapping[str, AggregateFn] | None) -> dict[str, Any]:
+    """One suite x model row from its cases in order: ``columns`` of every case, ``special`` (at least) the cases
+    that are not plain (:func:`is_plain`), ``check_results`` every case (iterated once per check aggregate). Sums run in the
+    cases' order, so the same cases in the same order give the same row to the last bit."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    scores, latencies, ttfts, costs = array("d"), array("d"), array("d"), array("d")
+    kinds: set[str] = set()
+    first_kind: str | None = None
+    prompt_tokens = completion_tokens = cache_hits = calls = retried = n = 0
+    for outcome, kind, score, latency, ttft, cost, ptok, ctok, cached, ncalls, retries in columns:
+        n += 1
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if first_kind is None:
+            first_kind = kind
+        kinds.add(kind)
+        if score is not None and outcome in ("passed", "failed"):
+            scores.append(score)
+        if latency is not None:
+            latencies.append(latency)
+        if ttft is not None:
+            ttfts.append(ttft)
+        if cost is not None:
+            costs.append(cost)
+        prompt_tokens += ptok
+        completion_tokens += ctok
+        cache_hits += cached
+        calls += ncalls
+        retried += retries
+    counts = {o: counts[o] for o in OUTCOMES}
+    graded = counts["passed"] + counts["failed"]
+    kind = str(first_kind) if len(kinds) == 1 else "mixed"
+    pass_rate = _r(counts["passed"] / graded) if graded else None
+    row: dict[str, Any] = {
+        "suite": suite,
+        "model": model,
+        "kind": kind,
+        "cases": n,
+        **counts,
+        "pass_rate": pass_rate,
+        "pass_rate_ci": wilson(counts["passed"], graded),
+        "mean_score": _r(sum(scores) / len(scores)) if scores else None,
+        "latency_p50_s": _r(_percentile(latencies, 50), 4),
+        "latency_p95_s": _r(_percentile(latencies, 95), 4),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cost_usd": _r(sum(costs)) if costs else None,
+        "cache_hits": cache_hits,
+        "calls": calls,
+    }
+    if ttfts:
+        row.update(ttft_p50_s=_r(_percentile(ttfts, 50), 4), ttft_p95_s=_r(_percentile(ttfts, 95), 4))
+    if retried:
+        row["retries"] = retried
+    if kind == "choice":  # multiple choice: the pass rate is the accuracy
+        row.update(accuracy=pass_rate, accuracy_ci=row["pass_rate_ci"])
+    row.update(_extras(special, kind, check_aggregates or {}, check_results, counts["unscored"], n > len(special)))
+    with_k = [r.pass_at_k for r in special if r.pass_at_k and r.outcome in ("passed", "failed")]
+    if with_k:
+        ks = sorted({k for d in with_k for k in d}, key=int)
+        row["pass_at_k"] = {k: _r(sum(d[k] for d in with_k if k in d) / sum(1 for d in with_k if k in d))
+                            for k in ks}
+        if kind == "code":
+            row["no_compile"] = sum(1 for r in special if r.detail == "NO_COMPILE")
+    return row
+
+
 def aggregate(results: Iterable[CaseResult], check_aggregates: Mapping[str, AggregateFn] | None = None
               ) -> list[dict[str, Any]]:
     """One row per (suite, model), sorted. Pass rate = passed / (passed + failed), with its 95% Wilson interval:
     unscored cases, errors and skips are not the model's doing (or not measurable) and are counted on their own.
-    ``check_aggregates``: check name -> ``aggregate(results) -> dict``, whose entries join each row."""
+    ``check_aggregates``: check name -> ``aggregate(results) -> dict``, whose entries join each row.
+    (results/stream.py makes the same rows, with :func:`make_row`, from a run's cases kept on disk.)"""
     groups: dict[tuple[str, str], list[CaseResult]] = {}
     for r in results:
         groups.setdefault((r.suite, r.model), []).append(r)
-    rows: list[dict[str, Any]] = []
-    for (suite, model), rs in sorted(groups.items()):
-        seen = Counter(r.outcome for r in rs)
-        counts = {o: seen[o] for o in OUTCOMES}
-        graded = counts["passed"] + counts["failed"]
-        scores = [r.score for r in rs if r.score is not None and r.outcome in ("passed", "failed")]
-        latencies = [r.latency_s for r in rs if r.latency_s is not None]
-        ttfts = [r.ttft_s for r in rs if r.ttft_s is not None]
-        costs = [r.cost_usd for r in rs if r.cost_usd is not None]
-        kind = rs[0].kind if len({r.kind for r in rs}) == 1 else "mixed"
-        pass_rate = _r(counts["passed"] / graded) if graded else None
-        rows.append({
-            "suite": suite,
-            "model": model,
-            "kind": kind,
-            "cases": len(rs),
-            **counts,
-            "pass_rate": pass_rate,
-            "pass_rate_ci": wilson(counts["passed"], graded),
-            "mean_score": _r(sum(scores) / len(scores)) if scores else None,
-            "latency_p50_s": _r(_percentile(latencies, 50), 4),
-            "latency_p95_s": _r(_percentile(latencies, 95), 4),
-            "prompt_tokens": sum(r.prompt_tokens or 0 for r in rs),
-            "completion_tokens": sum(r.completion_tokens or 0 for r in rs),
-            "cost_usd": _r(sum(costs)) if costs else None,
-            "cache_hits": sum(1 for r in rs if r.cached),
-            "calls": sum(r.calls for r in rs),
-        })
-        if ttfts:
-            rows[-1].update(ttft_p50_s=_r(_percentile(ttfts, 50), 4), ttft_p95_s=_r(_percentile(ttfts, 95), 4))
-        retried = sum(r.retries for r in rs)
-        if retried:
-            rows[-1]["retries"] = retried
-        if kind == "choice":  # multiple choice: the pass rate is the accuracy
-            rows[-1].update(accuracy=pass_rate, accuracy_ci=rows[-1]["pass_rate_ci"])
-        rows[-1].update(_extras(rs, kind, check_aggregates or {}))
-        with_k = [r.pass_at_k for r in rs if r.pass_at_k and r.outcome in ("passed", "failed")]
-        if with_k:
-            ks = sorted({k for d in with_k for k in d}, key=int)
-            rows[-1]["pass_at_k"] = {k: _r(sum(d[k] for d in with_k if k in d) / sum(1 for d in with_k if k in d))
-                                     for k in ks}
-            if kind == "code":
-                rows[-1]["no_compile"] = sum(1 for r in rs if r.detail == "NO_COMPILE")
-    return rows
+    # Every case as "special": the rows of the streamed form, which passes only the cases that are not plain, must
+    # be these (tests/unit/test_aggregate_stream.py), which shows that leaving the plain ones out loses nothing.
+    return [make_row(suite, model, map(column, rs), rs, rs, check_aggregates)
+            for (suite, model), rs in sorted(groups.items())]
 
 
 class EncodedCase(dict):  # type: ignore[type-arg]
@@ -363,27 +417,46 @@ def build_results(results: list[CaseResult], *, models: list[str], cache_mode: s
 _CASES_SLOT = "\x00cases\x00"  # stands for the cases list while the rest of the document is indented
 
 
+def _results_chunks(document: dict[str, Any]) -> Iterator[str]:
+    """The text of :func:`dumps_results`, in pieces: the document around the cases, then one case at a time
+    (a ``results.stream.SpooledCases`` hands over its cases' JSON text as read from disk)."""
+    cases = document.get("cases")
+    if not cases or not isinstance(cases, Sequence):
+        if cases is not None and not cases and not isinstance(cases, list):  # an empty SpooledCases
+            document = {**document, "cases": []}
+        yield json.dumps(document, indent=2, ensure_ascii=False)
+        return
+    text = json.dumps({**document, "cases": _CASES_SLOT}, indent=2, ensure_ascii=False)
+    head, _, tail = text.partition(json.dumps(_CASES_SLOT))
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    texts = getattr(cases, "texts", None)
+    lines = texts() if texts is not None else (case.json if type(case) is EncodedCase else encode(case)
+                                               for case in cases)
+    yield head + "[\n    "
+    first = True
+    for line in lines:
+        yield line if first else ",\n    " + line
+        first = False
+    yield "\n  ]" + tail
+
+
 def dumps_results(document: dict[str, Any]) -> str:
     """The results document as text: indented, with one line per case.
 
     ``json.dumps(indent=2)`` runs the pure-Python encoder (the C one does not indent), ~50 us per case; each case
     on a line of its own goes through the C encoder, ~10x faster, and a case still reads (and diffs) as a unit."""
-    cases = document.get("cases")
-    if not isinstance(cases, list) or not cases:
-        return json.dumps(document, indent=2, ensure_ascii=False)
-    text = json.dumps({**document, "cases": _CASES_SLOT}, indent=2, ensure_ascii=False)
-    encode = json.JSONEncoder(ensure_ascii=False).encode
-    listed = "[\n    " + ",\n    ".join(case.json if type(case) is EncodedCase else encode(case)
-                                         for case in cases) + "\n  ]"
-    return text.replace(json.dumps(_CASES_SLOT), listed, 1)
+    return "".join(_results_chunks(document))
 
 
 def write_results(path: Path, document: dict[str, Any]) -> None:
     """Write atomically: a crashed run never leaves half a results file for the next CI step, and two processes
-    writing one path (shards sharing a directory) never write into one temporary file."""
-    from pytest_llmeval.results.shards import write_atomic
+    writing one path (shards sharing a directory) never write into one temporary file. Written piece by piece
+    (see :func:`dumps_results`): the cases are never one string in memory."""
+    import itertools
 
-    write_atomic(path, dumps_results(document) + "\n")
+    from pytest_llmeval.cases.writer import write_atomic
+
+    write_atomic(path, itertools.chain(_results_chunks(document), ("\n",)))
 
 
 def merge_results(documents: list[dict[str, Any]], version: str,

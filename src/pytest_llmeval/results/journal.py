@@ -96,6 +96,17 @@ def finished(base: Path, run_ids: list[str]) -> dict[str, dict[str, Any]]:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False)
 
 
+def encode_line(result: dict[str, Any]) -> str:
+    """A case's journal line (without the newline): compact JSON, non-ASCII as is, unless the text holds a lone
+    surrogate (which UTF-8 cannot write): then \\u-escaped, which reads back the same."""
+    text = _ENCODER.encode(result)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(result, default=str)
+    return text
+
+
 class Journal:
     """Appends one JSON line per finished case with a single write(2) to an O_APPEND descriptor, at once.
 

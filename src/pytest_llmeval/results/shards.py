@@ -15,8 +15,6 @@ a shard it does not hash to, shards that ran different models or collected diffe
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,19 +51,6 @@ def collection_fingerprint(nodeids: Iterable[str]) -> dict[str, Any]:
     ids = sorted(nodeids)
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     return {"items": len(ids), "digest": digest}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` whole, then rename it into place. The temporary file's name is this writer's own (process
-    and a random part): two processes writing one path never write into each other's temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @dataclass

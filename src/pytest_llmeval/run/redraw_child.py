@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from pytest_llmeval.results.stream import ResultCollector
+
 ENV = "LLMEVAL_REDRAW"
 FIRST_SLOT = pytest.StashKey[int]()
 _REQUEST = pytest.StashKey[dict[str, Any]]()
@@ -63,14 +65,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if request is None:
         return
     plugin = session.config.pluginmanager.get_plugin("llmeval-session")
-    results = list(getattr(plugin, "results", []))
+    results = list(plugin.results.results()) if plugin is not None else []
     out = [{"nodeid": r.nodeid, "suite": r.suite, "case_id": r.case_id, "model": r.model, "outcome": r.outcome,
             "draws": draws_of(r.to_dict()), "calls": r.calls or 0, "cached": bool(r.cached),
             "prompt_tokens": r.prompt_tokens or 0, "completion_tokens": r.completion_tokens or 0,
             "cost_usd": r.cost_usd} for r in results]
     Path(request["output"]).write_text(json.dumps(out), encoding="utf-8")
     if plugin is not None:  # nothing to aggregate, gate or report here: the run does that
-        plugin.results.clear()
+        plugin.results.spool.close()
+        plugin.results = ResultCollector()
         plugin.invalid.clear()
     session.exitstatus = pytest.ExitCode.OK
 

@@ -9,6 +9,7 @@ serialises to the controller.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Generator
 from typing import Any
 
@@ -18,11 +19,28 @@ from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.core.version import package_version
 from pytest_llmeval.providers.runner import ModelCallError
 from pytest_llmeval.report.base import ReporterRegistry, RunReport
-from pytest_llmeval.results.aggregate import CaseResult, build_results
+from pytest_llmeval.results.aggregate import CaseResult
+from pytest_llmeval.results.stream import ResultCollector
 from pytest_llmeval.run.calls import CALLS, VISION, VISION_CALLS, vision_summary
 from pytest_llmeval.run.collection import CollectionPlugin, item_model
 from pytest_llmeval.run.items import NO_VISION_MODEL_ID, CaseItem, InvalidCaseItem, ModelUnusable
 from pytest_llmeval.run.state import RunState
+
+# What a report keeps of its case once every plugin has seen it: its outcome (pytest_report_teststatus reads it
+# again for the short summary). One dict per outcome, shared by the reports: do not modify.
+_SLIM = {o: {"outcome": o} for o in ("passed", "failed", "unscored", "error", "skipped")}
+
+
+def release(item: CaseItem) -> None:
+    """Drop what an item holds only while it runs (its answers, graded draws and check outcomes): its CaseResult
+    is made and its reports written (repr_failure has used them), and pytest keeps every item to the end."""
+    item.completion = None
+    item.completions = []
+    item.outcomes = []
+    item.samples = []
+    item.retrieved = []
+    item.judge_env = None
+    item.robustness = None
 
 
 class ResultsPlugin:
@@ -35,13 +53,14 @@ class ResultsPlugin:
         self.settings = state.settings
         self.reporters = ReporterRegistry()
         self.config.hook.pytest_llmeval_register_reporters(register=self.reporters.register)
-        # The last report's data, its CaseResult and JSON text; id(result) -> JSON text of the results kept.
+        # The last report's data, its CaseResult and JSON text.
         self._made: tuple[dict[str, Any], CaseResult, str | None] | None = None
-        self._encoded: dict[int, str] = {}
         # Under xdist: id(report) -> the JSON text of its case, to send in the worker (see pytest_report_to_serializable)
         # and to reuse for results.json in the controller.
         self._wire: dict[int, str] = {}
-        self.results: list[CaseResult] = []
+        # The run's cases, on disk as they arrive (results/stream.py): the controller's, or a plain run's. An xdist
+        # worker keeps none: its cases go to the controller.
+        self.results = ResultCollector()
         self.invalid: list[dict[str, Any]] = []
         self.other_failures = 0  # failed reports that are not graded case failures (errors, plain tests)
         self.report: RunReport | None = None
@@ -59,6 +78,8 @@ class ResultsPlugin:
             elif isinstance(exc, ModelCallError | ModelUnusable):
                 report.longrepr = f"model call failed: {exc}"
         final = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+        if report.when == "teardown" and isinstance(item, CaseItem):
+            release(item)
         if not final:
             return report
         if isinstance(item, InvalidCaseItem):
@@ -76,8 +97,9 @@ class ResultsPlugin:
             self._made = (data, result, text) if data["answer"] is result.answer else None
             if text is not None and self.state.is_worker:
                 self._wire[id(report)] = text
-            props = [("llmeval_suite", result.suite), ("llmeval_case", result.case_id),
-                     ("llmeval_model", result.model), ("llmeval_outcome", result.outcome),
+            intern = sys.intern  # one string per suite, model and outcome, not one per case
+            props = [("llmeval_suite", intern(result.suite)), ("llmeval_case", result.case_id),
+                     ("llmeval_model", intern(result.model)), ("llmeval_outcome", intern(result.outcome)),
                      ("llmeval_score", "" if result.score is None else f"{result.score:.4f}"),
                      ("llmeval_latency_s", "" if result.latency_s is None else f"{result.latency_s:.3f}"),
                      ("llmeval_cached", str(bool(result.cached)).lower())]
@@ -120,25 +142,33 @@ class ResultsPlugin:
             return "error", "E", ("ERROR", {"red": True})
         return None
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, None, None]:
         data = getattr(report, "llmeval", None)
         if report.failed and not (data and data.get("outcome") == "failed"):
             self.other_failures += 1
         if data:
             made, self._made = self._made, None
-            if made is not None and made[0] is data:
-                self.results.append(made[1])
-                if made[2] is not None:
-                    self._encoded[id(made[1])] = made[2]
+            if self.state.is_worker:
+                pass  # the controller collects the worker's cases
+            elif made is not None and made[0] is data:
+                self.results.add(made[1], made[2])
             else:
                 result = CaseResult.from_dict(data)
-                self.results.append(result)
                 text = self._wire.pop(id(report), None) if self._wire else None
-                if text is not None and result.to_dict() == data:  # the text of exactly this case: reused as is
-                    self._encoded[id(result)] = text
+                # the text of exactly this case is reused as is
+                self.results.add(result, text if text is not None and result.to_dict() == data else None)
         invalid = getattr(report, "llmeval_invalid", None)
         if invalid:
             self.invalid.extend(invalid)
+        try:
+            return (yield)
+        finally:
+            if data:
+                # Every plugin has seen the report: what pytest keeps of it to the end (the terminal's stats) keeps
+                # only the outcome of the case (pytest_report_teststatus), not the whole case, once per case.
+                outcome = data.get("outcome")
+                report.__dict__["llmeval"] = _SLIM.get(outcome) or {"outcome": outcome}
 
     # Under xdist a report crosses to the controller through execnet's serializer, in pure Python: a case's dict of
     # ~50 fields costs ~50 us to dump in the worker and ~55 us to load in the controller, where every report of the
@@ -177,24 +207,26 @@ class ResultsPlugin:
         state.close()
         resumed = 0
         if not state.is_worker and settings.resume:
-            ran = {r.nodeid for r in self.results}
-            earlier = [CaseResult.from_dict(d) for n, d in state.finished_before().items() if n not in ran]
-            self.results.extend(earlier)
-            resumed = len(earlier)
+            ran = self.results.nodeids()
+            for nodeid, data in state.finished_before().items():
+                if nodeid not in ran:
+                    self.results.add(CaseResult.from_dict(data))
+                    resumed += 1
         collected = self.collection.collected  # with --llm-shard: the whole selection, before the slice
         if not state.is_worker and collected and collected["items"] and \
                 session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             session.exitstatus = pytest.ExitCode.OK  # an empty slice (more shards than items) is not an error
         # A shard always writes its results, even empty: `llmeval merge` would call it missing otherwise.
-        if state.is_worker or not (self.results or self.invalid or collected):
+        if state.is_worker or not (len(self.results) or self.invalid or collected):
             return
         workers = getattr(self.config.option, "numprocesses", None) or 0
-        doc = build_results(self.results, models=list(settings.models), cache_mode=settings.cache_mode,
-                            exit_status=int(exitstatus), invalid=self.invalid, workers=int(workers),
-                            version=package_version(), encoded=self._encoded,
-                            shard="/".join(map(str, settings.shard)) if settings.shard else None,
-                            # the checks' own row entries (labels...): results sits below checks, so they are passed in
-                            check_aggregates=state.registry.aggregates())
+        doc = self.results.document(models=list(settings.models), cache_mode=settings.cache_mode,
+                                    exit_status=int(exitstatus), invalid=self.invalid, workers=int(workers),
+                                    version=package_version(),
+                                    shard="/".join(map(str, settings.shard)) if settings.shard else None,
+                                    # the checks' own row entries (labels...): results sits below checks, so they
+                                    # are passed in
+                                    check_aggregates=state.registry.aggregates())
         run = state.run_decided
         if run is not None:
             doc["run"].update(run_id=run["run_id"], resumed_from=run["resumed_from"], resumed_cases=resumed)
@@ -212,7 +244,7 @@ class ResultsPlugin:
             from pytest_llmeval.cases import holdout
 
             ledger = settings.results_path.parent / holdout.LEDGER_NAME
-            report.holdout = holdout.evaluations(self.results, ledger)
+            report.holdout = holdout.evaluations([r for r in self.results.results() if r.split == "test"], ledger)
             holdout.record(ledger, report.holdout, run["run_id"] if run else None, settings.split)
             doc["run"]["holdout"] = [{**e.entry(None, settings.split), "changed_since": e.changed_since}
                                      for e in report.holdout]
