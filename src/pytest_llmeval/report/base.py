@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 class RunReport:
     """A finished run, as reporters see it.
 
-    ``doc`` is the results.json document (schema in docs/reports.md); ``verdicts`` the gate's verdicts (None
+    ``doc`` is the results.json document (schema in docs/reports.md), except that ``doc["cases"]`` is a read-only
+    sequence read from disk as it is iterated (len, indexing, slices, repeated iteration), not a list: a 100,000-case
+    run never holds every case in memory; ``list(doc["cases"])`` makes one. ``verdicts`` the gate's verdicts (None
     without a gate); ``holdout`` the holdout evaluations of the test-split suites this run evaluated;
     ``held_out`` how many test-split items a dev run deselected; ``resumed`` how many cases came from the runs
     ``--llm-resume`` continued (``resumed_from``: the first of them)."""
