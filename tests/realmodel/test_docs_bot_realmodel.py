@@ -22,18 +22,23 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_docs_bot_app_suite_passes_on_smollm2_with_its_own_model_calls(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _docs_bot_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, suite: str) -> None:
+    """The checkout's bot, docs, the suite ``suite`` and the offline conftest, as they are, in the pytester folder
+    (the run writes only there); no key, model or cache settings from the environment."""
     for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS", "LLMEVAL_CACHE", "LLMEVAL_RESULTS", "DOCS_BOT_API_BASE",
                  "DOCS_BOT_MODEL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DOCS_BOT_INDEX", str(tmp_path / "docs-bot-index"))
-    # The checkout's bot, docs and suite, as they are; the run writes only into the pytester folder.
     shutil.copytree(REPO / "examples" / "docs_bot", pytester.path / "examples" / "docs_bot",
                     ignore=shutil.ignore_patterns("__pycache__", "suites"))
     shutil.copytree(REPO / "cases" / "docs", pytester.path / "cases" / "docs")
-    shutil.copy(REPO / "cases" / "docs_bot_app.yaml", pytester.path / "cases" / "docs_bot_app.yaml")
+    shutil.copy(REPO / "cases" / suite, pytester.path / "cases" / suite)
     shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")  # offline settings
+
+
+def test_the_docs_bot_app_suite_passes_on_smollm2_with_its_own_model_calls(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _docs_bot_project(pytester, monkeypatch, tmp_path, "docs_bot_app.yaml")
     for name in [m for m in sys.modules if m == "examples" or m.startswith("examples.")]:
         monkeypatch.delitem(sys.modules, name)  # import the copy, with a fresh bot
 
@@ -70,15 +75,7 @@ def test_the_docs_bot_chat_suite_runs_its_conversations_side_by_side_on_smollm2(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """cases/docs_bot_chat.yaml: both conversations are prefetched (each in one pool thread, their turns in order),
     so SmolLM2 generates their docs turns together; the answers are those of a run without the pool."""
-    for name in ("OPENAI_API_KEY", "LLMEVAL_MODELS", "LLMEVAL_CACHE", "LLMEVAL_RESULTS", "DOCS_BOT_API_BASE",
-                 "DOCS_BOT_MODEL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DOCS_BOT_INDEX", str(tmp_path / "docs-bot-index"))
-    shutil.copytree(REPO / "examples" / "docs_bot", pytester.path / "examples" / "docs_bot",
-                    ignore=shutil.ignore_patterns("__pycache__", "suites"))
-    shutil.copytree(REPO / "cases" / "docs", pytester.path / "cases" / "docs")
-    shutil.copy(REPO / "cases" / "docs_bot_chat.yaml", pytester.path / "cases" / "docs_bot_chat.yaml")
-    shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")
+    _docs_bot_project(pytester, monkeypatch, tmp_path, "docs_bot_chat.yaml")
     transcripts = []
     for concurrency in ("8", "1"):  # the pool (prefetched conversations), then every turn in order on the main thread
         for name in [m for m in sys.modules if m == "examples" or m.startswith("examples.")]:

@@ -402,13 +402,23 @@ def build_results(results: list[CaseResult], *, models: list[str], cache_mode: s
                  for r in ordered]
     else:
         cases = [r.to_dict() for r in ordered]
+    return results_document(models=models, cache_mode=cache_mode, exit_status=exit_status, workers=workers,
+                            version=version, shard=shard, suites=aggregate(ordered, check_aggregates), cases=cases,
+                            invalid=invalid)
+
+
+def results_document(*, models: list[str], cache_mode: str, exit_status: int, workers: int, version: str,
+                     shard: str | None, suites: list[dict[str, Any]], cases: Sequence[dict[str, Any]],
+                     invalid: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results.json document around its suite rows and cases (made in memory by :func:`build_results`, or
+    streamed by ``stream.ResultCollector``)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "pytest-llmeval", "version": version},
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "run": {"models": models, "cache": cache_mode, "exit_status": exit_status, "workers": workers,
                 "shard": shard},
-        "suites": aggregate(ordered, check_aggregates),
+        "suites": suites,
         "cases": cases,
         "invalid": sorted(invalid, key=lambda e: (e["file"], e["line"] or 0, e.get("field") or "")),
     }

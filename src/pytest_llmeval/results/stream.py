@@ -23,11 +23,11 @@ from typing import Any, overload
 
 from pytest_llmeval.core.checks import AggregateFn
 from pytest_llmeval.results.aggregate import (
-    SCHEMA_VERSION,
     CaseResult,
     column,
     is_plain,
     make_row,
+    results_document,
 )
 from pytest_llmeval.results.journal import encode_line
 
@@ -226,16 +226,7 @@ class ResultCollector:
                  check_aggregates: Mapping[str, AggregateFn] | None = None) -> dict[str, Any]:
         """The results.json document, as ``aggregate.build_results`` makes it, with ``cases`` a
         :class:`SpooledCases` (written line by line by ``aggregate.write_results``)."""
-        import datetime as _dt
-
         order = self.spool.order()
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "tool": {"name": "pytest-llmeval", "version": version},
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "run": {"models": models, "cache": cache_mode, "exit_status": exit_status, "workers": workers,
-                    "shard": shard},
-            "suites": self.rows(order, check_aggregates),
-            "cases": SpooledCases(self.spool, array("q", order)),
-            "invalid": sorted(invalid, key=lambda e: (e["file"], e["line"] or 0, e.get("field") or "")),
-        }
+        return results_document(models=models, cache_mode=cache_mode, exit_status=exit_status, workers=workers,
+                                version=version, shard=shard, suites=self.rows(order, check_aggregates),
+                                cases=SpooledCases(self.spool, array("q", order)), invalid=invalid)
