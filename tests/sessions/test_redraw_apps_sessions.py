@@ -34,6 +34,17 @@ def answer(request):
     return reply.choices[0].message.content
 '''
 
+CONFTEST = """\
+import pytest
+
+import bot
+
+
+@pytest.fixture
+def bot_app():
+    return bot.answer
+"""
+
 AGENT = """\
 suite: agent
 tools:
@@ -55,9 +66,9 @@ def agent_rows(ids: list[int]) -> str:
     return "\n".join(f"  - {{id: a{i:03d}, prompt: 'Agent task {i:03d}?', expect: [{{contains: sure}}]}}" for i in ids)
 
 
-def app_suite(ids: list[int], pass_if: str = "") -> str:
+def app_suite(ids: list[int], pass_if: str = "", target: str = "python: 'bot:answer'") -> str:
     rows = "\n".join(f"  - {{id: p{i:03d}, question: 'App query {i:03d}?', expect: [{{contains: sure}}]}}" for i in ids)
-    return f"suite: app\ntarget: {{python: 'bot:answer', version: 1}}\n{pass_if}cases:\n{rows}\n"
+    return f"suite: app\ntarget: {{{target}, version: 1}}\n{pass_if}cases:\n{rows}\n"
 
 
 def chat_suite(ids: list[int], pass_if: str = "", extra: str = "") -> str:
@@ -67,10 +78,11 @@ def chat_suite(ids: list[int], pass_if: str = "", extra: str = "") -> str:
 
 
 def write(project: Project, monkeypatch: pytest.MonkeyPatch, ids: list[int], pass_if: str = "",
-          chat_extra: str = "") -> None:
+          chat_extra: str = "", target: str = "python: 'bot:answer'") -> None:
     project.write("bot.py", BOT)
+    project.write("conftest.py", CONFTEST)
     project.write("cases/agent.yaml", AGENT.format(pass_if=pass_if, rows=agent_rows(ids)))
-    project.write("cases/app.yaml", app_suite(ids, pass_if))
+    project.write("cases/app.yaml", app_suite(ids, pass_if, target))
     project.write("cases/chat.yaml", chat_suite(ids, pass_if, chat_extra))
     monkeypatch.setenv("BOT_API_BASE", project.server.url)
 
@@ -140,7 +152,8 @@ SIMULATED = """\
 
 def test_repeat_auto_draws_agent_application_and_conversation_cases_until_settled(project: Project,
                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    write(project, monkeypatch, [0, 1], pass_if="pass_if: majority\n", chat_extra=SIMULATED)
+    # The application is a fixture target here: its draws past the first few are asked in the item's call phase.
+    write(project, monkeypatch, [0, 1], pass_if="pass_if: majority\n", chat_extra=SIMULATED, target="fixture: bot_app")
 
     def scripted() -> None:
         script(project, {1: ["sure", "no"]})  # case 0 steady, case 1 alternates: pass, fail, pass, fail, pass
