@@ -62,8 +62,8 @@ class ConversationCalls(TargetCalls):
         user_calls: list[Completion] = []
         self.conversations, self.user_calls = conversations, user_calls
         out: list[Completion] = []
-        for i, slot in enumerate(draw_slots(self.config, draws)):  # one at a time when not prefetched: a failed
-            # draw leaves the ones before it shown
+        # One at a time when not prefetched: a failed draw leaves the ones before it shown.
+        for i, slot in enumerate(draw_slots(self.config, draws)):
             completion, conversation, users = ran[i] if ran is not None else self.conversation_draw(state, slot)
             conversations.append(conversation)
             user_calls.extend(users)

@@ -10,8 +10,8 @@ reports nothing: results, baseline, HTML and step summary stay the run's own.
 Every call of a draw takes its slot: a plain model case's answer, each step of an agent's trajectory
 (run/agent.py), each turn of a conversation and each of its simulated user's messages (run/conversation.py), and
 an application's request (``TargetRequest.sample``: part of its answer's cache key, and the application's to pass
-on to its own model calls; run/targets.py). What cannot be drawn again (:func:`why_not_redrawn`) is named in the output,
-so the gate can say why a suite stays unsettled.
+on to its own model calls; run/targets.py). What cannot be drawn again (:func:`why_not_redrawn`) is named in the
+output, so the gate can say why a suite stays unsettled.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             else:
                 skipped[i.nodeid] = why
     config.stash[_SKIPPED] = skipped
-    drop = [i for i in items if i not in keep]
+    kept = {id(i) for i in keep}
+    drop = [i for i in items if id(i) not in kept]
     if drop:
         config.hook.pytest_deselected(items=drop)
     items[:] = keep
@@ -82,6 +83,8 @@ def why_not_redrawn(kind: str | None, stage: str | None) -> str | None:
     if kind == "test":
         return "hand-written tests choose their own calls and samples"
     return None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     request = session.config.stash.get(_REQUEST, None)
