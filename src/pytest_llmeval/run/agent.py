@@ -7,8 +7,8 @@ loop of each draw run in setup (targets/agent.py), and the trajectories the chec
 - **The loop** talks to the model through the run's ModelRunner, one call per step: the caches (each step is an
   exact-cache entry keyed by the whole history and the tools offered, so a rerun replays the run without a call),
   retries, rate limits, the budget and the breaker are those of every other call. Each draw has its own cache
-  slot. ``mode: auto`` uses native function calling, or prompt-and-parse for a model whose provider has none
-  (``local/``).
+  slot, taken by every step of its trajectory (past the run's own in the gate's redraws: run/redraw_child.py).
+  ``mode: auto`` uses native function calling, or prompt-and-parse for a model whose provider has none (``local/``).
 - **Trajectories**: a draw's Completion carries its trajectory (``{"mode", "steps", "final", "ended"}``), the
   model's and the tools' latency, and every step's tokens and cost added up. An application target's answer may
   carry its agent's tool calls instead (``Answer.tool_calls``, mode ``app``); the same checks grade both.
@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmeval.cases.schema import CaseError
 from pytest_llmeval.cases.tools import TRAJECTORY_CHECKS
 from pytest_llmeval.core.tools import Trajectory
+from pytest_llmeval.run.redraw_child import draw_slots
 
 if TYPE_CHECKING:
+    import pytest
+
     from pytest_llmeval.cases.schema import CaseSpec
     from pytest_llmeval.core.checks import CheckOutcome
     from pytest_llmeval.providers.runner import Completion
@@ -101,6 +104,7 @@ class AgentCalls:
     case: CaseSpec
     model: str
     nodeid: str
+    config: pytest.Config
     completions: list[Completion]
     samples: list[dict[str, Any]]
 
@@ -114,16 +118,17 @@ class AgentCalls:
             prefetched = state.prefetcher.take(self)
             if prefetched is not None:
                 return list(prefetched)
-        return [self.agent_draw(state, i) for i in range(draws)]
+        return [self.agent_draw(state, slot) for slot in draw_slots(self.config, draws)]
 
     def agent_plan(self, state: RunState, draws: int) -> list[dict[str, Any]]:
-        """The prefetcher's plan for this item: one whole agent run per draw (``state.call(agent=..., sample=i)``
+        """The prefetcher's plan for this item: one whole agent run per draw (``state.call(agent=..., sample=slot)``
         runs it in a pool thread; the steps of one run stay in order)."""
         state.agent_items[self.nodeid] = self
-        return [{"agent": self.nodeid, "sample": i} for i in range(draws)]
+        return [{"agent": self.nodeid, "sample": slot} for slot in draw_slots(self.config, draws)]
 
     def agent_draw(self, state: RunState, sample: int) -> Completion:
-        """One draw's agent run (safe in a pool thread: the runner is thread-safe, each run has its own runtime)."""
+        """One draw's agent run, every step from cache slot ``sample`` (safe in a pool thread: the runner is
+        thread-safe, each run has its own runtime)."""
         from pytest_llmeval.targets.agent import run_agent, tool_params
         from pytest_llmeval.targets.tools import ToolRuntime, to_openai
 
@@ -175,8 +180,8 @@ class AgentCalls:
             return None
         params = tool_params(self.case.params, offered, options.get("tool_choice"),
                              options.get("parallel_tool_calls"))
-        return [{"model": self.model, "messages": self.case.messages(), "params": params, "sample": i}
-                for i in range(draws)]
+        return [{"model": self.model, "messages": self.case.messages(), "params": params, "sample": slot}
+                for slot in draw_slots(self.config, draws)]
 
     def trajectory_of(self, index: int) -> Trajectory | None:
         """The trajectory of draw ``index``: its agent run's, or the tool calls an application's answer carried."""

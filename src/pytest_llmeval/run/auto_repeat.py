@@ -4,8 +4,9 @@ A case first draws the fewest answers that could settle it (one for ``all`` and 
 ``majority``), is graded, and draws one more at a time, each graded at once, until its outcome is what MAX draws
 would give whatever the rest said (results/sequential.settled: curtailed sampling, so the verdict is that of
 ``--llm-repeat MAX``, for fewer calls). Every draw has its own cache slot, as with ``--llm-repeat N``; the draws
-spent are the case's ``repeats.n`` and ``calls`` in results.json. Application, agent, conversation and retrieval
-cases draw their MAX answers at once (their calls are made elsewhere).
+spent are the case's ``repeats.n`` and ``calls`` in results.json. A draw is a whole draw of the case's kind: an
+agent's whole trajectory (every step at the draw's slot), an application's answer, a conversation with every turn
+and the simulated user's messages. Retrieval cases draw their MAX answers at once (their prompt is built in setup).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from pytest_llmeval.run.redraw_child import first_slot
 
 def _sequential(item: Any) -> bool:
     case = item.case
-    return item.target is None and not case.tools and not case.is_conversation and not case.retrieve \
-        and case.kind != "calibration" and item.stage != "robust"
+    return not case.retrieve and case.kind != "calibration" and item.stage != "robust"
 
 
 def planned_draws(item: Any, repeat: int) -> int:
@@ -41,7 +41,21 @@ def draw_until_settled(item: Any, state: Any) -> None:
         if settled(passed, failed, item.pass_if, int(limit)):
             return
         i = len(item.samples)
-        completion = state.runner.complete(item.model, item.case.messages(), item.case.params, sample=start + i,
-                                           key_extra=None, semantic=False)
-        item.completions.append(completion)
-        item.samples.append(item._grade(completion.text, i))
+        item.completions.append(_draw(item, state, start + i))
+        item.samples.append(item._grade(item.completions[-1].text, i))
+
+
+def _draw(item: Any, state: Any, slot: int) -> Any:
+    """One more draw of the item, every call of it at cache ``slot`` (a Completion; a conversation's transcript and
+    its simulated user's calls are kept on the item, as setup keeps those of the first draws)."""
+    if item.case.is_conversation:
+        completion, conversation, users = item.conversation_draw(state, slot)
+        item.conversations = [*item.conversations, conversation]
+        item.user_calls = [*item.user_calls, *users]
+        return completion
+    if item.target is not None:
+        return item.ask_target(state, item.target_request(slot))
+    if item.case.tools:
+        return item.agent_draw(state, slot)
+    return state.runner.complete(item.model, item.case.messages(), item.case.params, sample=slot, key_extra=None,
+                                 semantic=False)

@@ -3,8 +3,9 @@ whole conversation in setup (targets/conversation.py), against the ``--llm`` mod
 target, so that a failing call is an ``error`` outcome; grading is run/grading.py's ``grade_conversation``.
 
 - The model answers each turn through the run's ModelRunner (the cache, retries, budget): the whole history each
-  time, the draw's own cache slot (``sample``), never from the semantic cache (an earlier turn's near-duplicate is
-  not this turn's answer).
+  time, the draw's own cache slot (``sample``: every turn, the application's requests and the simulated user's
+  messages of a draw take it; past the run's own slots in the gate's redraws, run/redraw_child.py), never from the
+  semantic cache (an earlier turn's near-duplicate is not this turn's answer).
 - An application target gets one TargetRequest per turn: ``messages`` the history, ``prompt`` this turn's user
   message, ``turn`` its index.
 - The simulated user (``simulate.model``, else the judge model) speaks through the ModelRunner too, with its own
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmeval.core.answer import Answer, Usage
+from pytest_llmeval.run.redraw_child import draw_slots
 from pytest_llmeval.run.targets import TargetCalls
 
 if TYPE_CHECKING:
@@ -60,8 +62,9 @@ class ConversationCalls(TargetCalls):
         user_calls: list[Completion] = []
         self.conversations, self.user_calls = conversations, user_calls
         out: list[Completion] = []
-        for i in range(draws):  # one at a time when not prefetched: a failed draw leaves the ones before it shown
-            completion, conversation, users = ran[i] if ran is not None else self.conversation_draw(state, i)
+        # One at a time when not prefetched: a failed draw leaves the ones before it shown.
+        for i, slot in enumerate(draw_slots(self.config, draws)):
+            completion, conversation, users = ran[i] if ran is not None else self.conversation_draw(state, slot)
             conversations.append(conversation)
             user_calls.extend(users)
             out.append(completion)
@@ -69,14 +72,14 @@ class ConversationCalls(TargetCalls):
 
     def conversation_plan(self, state: RunState, draws: int) -> list[dict[str, Any]] | None:
         """The prefetcher's plan for this item: each draw's whole conversation, run in one pool thread
-        (``state.call(conversation=..., sample=i)``): its turns stay in order, and the conversations of the items
+        (``state.call(conversation=..., sample=slot)``): its turns stay in order, and the conversations of the items
         after it run beside it, so a ``local/`` model generates their turns together (turn 2 of every conversation
         once their turn 1 is answered). None for a per-item (fixture) target: it needs the item's fixtures."""
         spec = self.target
         if spec is not None and (spec.definition is None or spec.definition.per_item):
             return None
         state.agent_items[self.nodeid] = self
-        return [{"conversation": self.nodeid, "sample": i} for i in range(draws)]
+        return [{"conversation": self.nodeid, "sample": slot} for slot in draw_slots(self.config, draws)]
 
     def conversation_draw(self, state: RunState, sample: int) -> tuple[Completion, Conversation, list[Completion]]:
         """One draw's conversation (safe in a pool thread: the runner and the target runner are thread-safe): its

@@ -24,7 +24,7 @@ import pytest
 
 from pytest_llmeval.results.gate import DEFAULT_MAX_DROP, SuiteVerdict
 from pytest_llmeval.results.sequential import AutoRepeat, Design, Look, decide
-from pytest_llmeval.run.redraw_child import ENV, draws_of
+from pytest_llmeval.run.redraw_child import ENV, draws_of, why_not_redrawn
 from pytest_llmeval.run.state import get_state
 
 # Options of the run that the redraw process must not repeat: xdist's (it runs alone), and files it would overwrite.
@@ -49,6 +49,7 @@ class _Suite:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     stopped: str | None = None  # why it stopped without a decision
+    fixed: dict[str, int] = field(default_factory=dict)  # why cases cannot be drawn again -> how many
 
     @property
     def n(self) -> int:
@@ -70,6 +71,10 @@ def decide_by_redraws(config: pytest.Config, budget: int, alpha: float, doc: dic
     left, rounds, used = budget, 0, 0
     open_: list[_Suite] = []
     for s in suites:
+        if sum(s.fixed.values()) > s.n // 10:  # redraws cannot settle it: the run's ordinary verdict stands
+            if s.verdict.verdict == "inconclusive":
+                s.verdict.reasons.append(f"not redrawn: {_fixed_reason(s)}")
+            continue
         if left < s.n * design.schedule[0]:
             continue  # not affordable: the run's ordinary verdict stands (decided before this suite's data is seen)
         s.looks.append(decide(design, s.base, s.draws, 1, first=s.first, base_draws=s.base_draws))
@@ -99,8 +104,9 @@ def decide_by_redraws(config: pytest.Config, budget: int, alpha: float, doc: dic
             fresh = [got.get(n) for n in s.nodeids]
             missing = sum(1 for f in fresh if not f or not f["draws"])
             if problem or missing > s.n // 10:
-                s.stopped = problem or (f"{missing} of {s.n} cases could not be drawn again (agent, application or "
-                                        "conversation cases, or errors)")
+                whys = sorted({f["why"] for f in fresh if f and f.get("why")})
+                s.stopped = problem or (f"{missing} of {s.n} cases could not be drawn again ("
+                                        + ("; ".join(whys) or "they errored or were not run") + ")")
                 continue
             for draws, f in zip(s.draws, fresh, strict=True):
                 if f and f["draws"]:
@@ -136,6 +142,7 @@ def _suite(v: SuiteVerdict, doc: dict[str, Any], baseline: dict[tuple[str, str, 
     if any(not r.startswith("pass rate fell") for r in v.reasons):
         return None
     nodeids, base, draws, base_draws = [], [], [], 1
+    fixed: dict[str, int] = {}
     for c in doc["cases"]:
         if c["suite"] != v.suite or c["model"] != v.model:
             continue
@@ -145,6 +152,8 @@ def _suite(v: SuiteVerdict, doc: dict[str, Any], baseline: dict[tuple[str, str, 
         mine = draws_of(c)[:1] if curtailed else draws_of(c)
         if not mine or not c.get("nodeid"):
             continue
+        if (why := why_not_redrawn(c.get("kind"), c.get("stage"))) is not None:
+            fixed[why] = fixed.get(why, 0) + 1
         frac = b.get("pass_fraction")
         base.append(float(frac) if frac is not None else 1.0 if b["outcome"] == "passed" else 0.0)
         base_draws = max(base_draws, int(b.get("draws") or 1))
@@ -152,7 +161,12 @@ def _suite(v: SuiteVerdict, doc: dict[str, Any], baseline: dict[tuple[str, str, 
         draws.append(list(mine))
     if not nodeids:
         return None
-    return _Suite(v, nodeids, base, draws, min(len(d) for d in draws), base_draws)
+    return _Suite(v, nodeids, base, draws, min(len(d) for d in draws), base_draws, fixed=fixed)
+
+
+def _fixed_reason(s: _Suite) -> str:
+    """Why a suite's cases cannot be drawn again (calibration, robustness items...), with how many of each."""
+    return "; ".join(f"{k} of {s.n} cases cannot be drawn again: {why}" for why, k in sorted(s.fixed.items()))
 
 
 def _draw(config: pytest.Config, nodeids: list[str], extra: int, first_slot: int

@@ -6,6 +6,12 @@ cache slot of the new draws and the file to write them to. Every other item is d
 answers from the given slot on (new cache slots, real samples, never the semantic cache), is graded as usual, and
 its draws (pass or fail each, calls, tokens, cost) go to the output file. This process aggregates, gates and
 reports nothing: results, baseline, HTML and step summary stay the run's own.
+
+Every call of a draw takes its slot: a plain model case's answer, each step of an agent's trajectory
+(run/agent.py), each turn of a conversation and each of its simulated user's messages (run/conversation.py), and
+an application's request (``TargetRequest.sample``: part of its answer's cache key, and the application's to pass
+on to its own model calls; run/targets.py). What cannot be drawn again (:func:`why_not_redrawn`) is named in the
+output, so the gate can say why a suite stays unsettled.
 """
 
 from __future__ import annotations
@@ -22,11 +28,18 @@ from pytest_llmeval.results.stream import ResultCollector
 ENV = "LLMEVAL_REDRAW"
 FIRST_SLOT = pytest.StashKey[int]()
 _REQUEST = pytest.StashKey[dict[str, Any]]()
+_SKIPPED = pytest.StashKey[dict[str, str]]()  # node id -> why it was not drawn again
 
 
 def first_slot(config: pytest.Config) -> int:
     """The cache slot of an item's first draw: 0, except in a redraw process."""
     return config.stash.get(FIRST_SLOT, 0)
+
+
+def draw_slots(config: pytest.Config, draws: int) -> range:
+    """The cache slots of an item's ``draws`` draws (``sample`` of every call a draw makes)."""
+    first = config.stash.get(FIRST_SLOT, 0)
+    return range(first, first + draws)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,20 +56,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if request is None:
         return
     wanted = set(request["nodeids"])
-    keep = [i for i in items if i.nodeid in wanted and _redrawable(i)]
-    drop = [i for i in items if i not in keep]
+    keep, skipped = [], {}
+    for i in items:
+        if i.nodeid in wanted:
+            why = why_not_redrawn(getattr(getattr(i, "case", None), "kind", "test"), getattr(i, "stage", None))
+            if why is None:
+                keep.append(i)
+            else:
+                skipped[i.nodeid] = why
+    config.stash[_SKIPPED] = skipped
+    kept = {id(i) for i in keep}
+    drop = [i for i in items if id(i) not in kept]
     if drop:
         config.hook.pytest_deselected(items=drop)
     items[:] = keep
 
 
-def _redrawable(item: pytest.Item) -> bool:
-    """Plain model cases: their draws take the slot offset (agent, application and conversation cases do not).
-    (Read off the item's attributes: run.items imports this module.)"""
-    case = getattr(item, "case", None)
-    return case is not None and getattr(item, "target", None) is None and not getattr(case, "tools", None) \
-        and not getattr(case, "is_conversation", False) and getattr(case, "kind", "") != "calibration" \
-        and getattr(item, "stage", None) != "robust"
+def why_not_redrawn(kind: str | None, stage: str | None) -> str | None:
+    """Why a case item (its kind and stage, as results.json has them) cannot be drawn again; None when it can.
+    Plain model, retrieval, code, agent, application and conversation cases can: every call of a draw takes its
+    cache slot. (Read off plain values: run.items imports this module, and the controller has only results.json.)"""
+    if kind == "calibration":
+        return "calibration cases grade the judge on the case's own answer: there is no answer to draw again"
+    if stage == "robust":
+        return "robustness items grade perturbed variants of the case against its outcome, not draws of an answer"
+    if kind == "test":
+        return "hand-written tests choose their own calls and samples"
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -70,6 +96,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             "draws": draws_of(r.to_dict()), "calls": r.calls or 0, "cached": bool(r.cached),
             "prompt_tokens": r.prompt_tokens or 0, "completion_tokens": r.completion_tokens or 0,
             "cost_usd": r.cost_usd} for r in results]
+    out += [{"nodeid": nodeid, "draws": [], "calls": 0, "cached": False, "prompt_tokens": 0, "completion_tokens": 0,
+             "cost_usd": None, "why": why} for nodeid, why in session.config.stash.get(_SKIPPED, {}).items()]
     Path(request["output"]).write_text(json.dumps(out), encoding="utf-8")
     if plugin is not None:  # nothing to aggregate, gate or report here: the run does that
         plugin.results.spool.close()

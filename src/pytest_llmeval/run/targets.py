@@ -16,6 +16,7 @@ import pytest
 from pytest_llmeval.cases.schema import CaseError
 from pytest_llmeval.core.answer import Reference, TargetRequest
 from pytest_llmeval.core.targets import TargetEnv, TargetSpec
+from pytest_llmeval.run.redraw_child import draw_slots
 
 if TYPE_CHECKING:
     from pytest_llmeval.cases.schema import CaseSpec
@@ -84,7 +85,8 @@ class TargetCalls:
 
     def target_request(self, sample: int = 0, messages: list[dict[str, Any]] | None = None, turn: int = 0,
                        prompt: str | None = None) -> TargetRequest:
-        """The request of one draw (or one turn of a conversation)."""
+        """The request of one draw (or one turn of a conversation); ``sample`` the draw's cache slot (past the run's
+        own in the gate's redraws): part of the answer's cache key (the ``model`` kind asks at that slot)."""
         msgs = messages if messages is not None else self.case.messages()
         return TargetRequest(prompt=prompt if prompt is not None else self.case.prompt, messages=msgs,
                              case=self.case.fields, case_id=self.case.id, suite=self.case.suite, model=self.model,
@@ -97,7 +99,8 @@ class TargetCalls:
         if spec.definition is None or spec.definition.per_item:
             return None
         key = state.target_runner.remember(spec, state.target_env(spec.path or self.case.path))
-        return [{"target": key, "request": self.target_request(i).to_dict()} for i in range(draws)]
+        return [{"target": key, "request": self.target_request(slot).to_dict()}
+                for slot in draw_slots(self.config, draws)]
 
     def app_answers(self, state: RunState, draws: int) -> list[Completion]:
         """The application's answers for every draw: prefetched where possible, else asked now."""
@@ -107,7 +110,7 @@ class TargetCalls:
             prefetched = state.prefetcher.take(self)
             if prefetched is not None:
                 return prefetched
-        return [self.ask_target(state, self.target_request(i)) for i in range(draws)]
+        return [self.ask_target(state, self.target_request(slot)) for slot in draw_slots(self.config, draws)]
 
     def ask_variant(self, state: RunState, messages: list[dict[str, Any]], prompt: str, fields: dict[str, Any]) -> str:
         """The application's answer to a robustness variant of the case (its perturbed prompt and fields)."""
