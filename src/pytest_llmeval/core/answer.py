@@ -205,7 +205,7 @@ class TargetRequest:
       as a setting is evaluated across ``--llm=a,b``, one column each in the summary;
     - ``params``: the case's sampling parameters (``temperature``, ``max_tokens``...);
     - ``system``: the system prompt, if any; ``turn``: the turn of a conversation (0 for a single question);
-      ``sample``: the draw, with ``--llm-repeat``.
+      ``sample``: the draw's cache slot (with ``--llm-repeat``; past the run's own slots in the gate's redraws).
     """
 
     prompt: str
