@@ -24,7 +24,8 @@ through the base's rules, unless scripted otherwise::
         server.polls_to_complete = 10**9  # batches stay in_progress
 
 :attr:`message_batches` holds every Message Batch made (id -> object), :attr:`message_requests` every request
-submitted, :attr:`batch_headers` the headers of each create, and ``chat_calls`` counts plain calls of both APIs.
+submitted, :attr:`batch_headers` the headers of each create, :attr:`message_calls` / :attr:`message_headers` the
+plain Anthropic calls, and ``chat_calls`` counts plain calls of both APIs.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class AnthropicBatchServer(BatchServer):
         self.message_requests: list[dict[str, Any]] = []  # every request of every Message Batch, in order
         self.batch_headers: list[dict[str, str]] = []  # the headers of each create (to check what was sent)
         self.message_calls: list[dict[str, Any]] = []  # the bodies of plain POST /v1/messages calls
+        self.message_headers: list[dict[str, str]] = []  # and their headers
 
     def start(self) -> AnthropicBatchServer:
         if self._httpd is not None:
@@ -165,6 +167,7 @@ class AnthropicBatchServer(BatchServer):
             self.message_requests.clear()
             self.batch_headers.clear()
             self.message_calls.clear()
+            self.message_headers.clear()
 
     # -- the Messages API -------------------------------------------------
 
@@ -172,6 +175,7 @@ class AnthropicBatchServer(BatchServer):
         with self._lock:
             self.chat_calls += 1
             self.message_calls.append(params)
+            self.message_headers.append({k.lower(): v for k, v in handler.headers.items()})
         fault, decided, _ = self._decide(_openai_view(params))
         if fault is not None:
             handler._send_json(fault.status, _error(fault.status, fault.message or f"Scripted HTTP {fault.status}"))

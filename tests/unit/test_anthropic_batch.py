@@ -13,7 +13,7 @@ from helpers.anthropic_batch_server import AnthropicBatchServer
 
 from pytest_llmeval.config.settings import Settings
 from pytest_llmeval.core.errors import InfrastructureError
-from pytest_llmeval.providers.anthropic_batch import AnthropicBatchClient, anthropic_params
+from pytest_llmeval.providers.anthropic_batch import AnthropicBatchClient, anthropic_params, anthropic_request
 from pytest_llmeval.providers.batch import BatchHook, batch_route, completion_of, line_error
 from pytest_llmeval.providers.runner import ModelRunner
 
@@ -78,6 +78,29 @@ def test_the_batch_request_is_what_a_plain_call_sends(tmp_path: Path, server: An
     assert "seed" not in translated
     if "tools" in params:
         assert translated["tools"][0]["name"] == "get_weather" and "input_schema" in translated["tools"][0]
+
+
+def test_the_beta_features_a_plain_call_names_are_named_on_the_create(tmp_path: Path,
+                                                                      server: AnthropicBatchServer) -> None:
+    model = "claude-sonnet-4-5-20250929"  # structured outputs: a beta header on a plain call
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+              "additionalProperties": False}
+    params = {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}}
+    messages = [{"role": "user", "content": "Which city is the capital of France?"}]
+    runner = runner_for(tmp_path, server)
+    try:
+        runner.complete(f"anthropic/{model}", messages, params)
+    finally:
+        runner.close()
+    plain_betas = set(server.message_headers[-1]["anthropic-beta"].split(","))
+    assert plain_betas
+    translated = anthropic_request({"model": model, "messages": messages, **params})
+    assert translated.params == server.message_calls[-1] and set(translated.betas) == plain_betas
+    AnthropicBatchClient(server.url).submit([{"custom_id": "k1", "body": {"model": model, "messages": messages,
+                                                                          **params}}])
+    sent = set(server.batch_headers[-1]["anthropic-beta"].split(","))
+    assert plain_betas < sent and "message-batches-2024-09-24" in sent
+    assert set(server.message_requests[-1]) == {"custom_id", "params"}
 
 
 def test_a_batched_answer_is_the_cache_entry_a_plain_call_makes(tmp_path: Path, server: AnthropicBatchServer) -> None:
@@ -186,3 +209,30 @@ def test_split_within_the_request_and_byte_limits(server: AnthropicBatchServer) 
 def test_anthropic_models_have_a_batch_api() -> None:
     assert batch_route("anthropic/claude-3-5-haiku-latest", None) == ("anthropic", "claude-3-5-haiku-latest")
     assert batch_route("anthropic/test-model", "http://127.0.0.1:9") == ("anthropic", "test-model")
+
+
+def test_a_response_format_answer_reads_as_a_plain_call_reads_it(tmp_path: Path, server: AnthropicBatchServer) -> None:
+    # Without native structured outputs litellm asks for the JSON through a forced tool, and reads its input back as
+    # the answer's text: the batched answer must read the same, in this process and in a resumed one.
+    model = "claude-3-5-haiku-latest"
+    server.tool_call("capital of Italy", "json_tool_call", {"city": "Rome"}, model=f"anthropic/{model}")
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    params = {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+              "max_tokens": 64}
+    messages = [{"role": "user", "content": "What is the capital of Italy?"}]
+    plain_runner = ModelRunner(Settings(cache_dir=tmp_path / "plain", results_path=tmp_path / "results.json",
+                                        api_base=server.url, retries=0, cache_mode="off"))
+    try:
+        plain = plain_runner.complete(f"anthropic/{model}", messages, params)
+    finally:
+        plain_runner.close()
+    assert '"Rome"' in plain.text and not plain.tool_calls
+    client = AnthropicBatchClient(server.url)
+    batch_id = client.submit([{"custom_id": "k1", "body": {"model": model, "messages": messages, **params}}])
+    assert server.message_requests[-1]["params"]["tool_choice"]["name"] == "json_tool_call"
+    assert ended(client, batch_id)[-1] == "completed"
+    for reader in (client, AnthropicBatchClient(server.url)):  # the submitting process; a resumed one
+        (line,) = reader.lines(batch_id)
+        batched = completion_of(line, f"anthropic/{model}", f"anthropic/{model}", tools=False)
+        assert (batched.text, batched.prompt_tokens, batched.completion_tokens) == \
+            (plain.text, plain.prompt_tokens, plain.completion_tokens)

@@ -9,7 +9,8 @@ What litellm 1.x does and does not do here, and so what this module does:
   ``transform_request``: the system message lifted out, the ``max_tokens`` Anthropic requires filled in, tools
   and ``tool_choice`` translated, unsupported parameters dropped as ``litellm.drop_params`` does), and the URL and
   headers (``x-api-key``, ``anthropic-version``, ``anthropic-beta``) come from litellm's ``AnthropicBatchesConfig``,
-  which reads the key from ``ANTHROPIC_API_KEY`` as a plain call does. The key goes in that header only;
+  which reads the key from ``ANTHROPIC_API_KEY`` as a plain call does (the key goes in that header only); the beta
+  features a plain call of a request would name in its headers (structured outputs...) are named on the create;
 * **retrieving** a batch: ``litellm.retrieve_batch(custom_llm_provider="anthropic")``, whose OpenAI-shaped batch
   :meth:`AnthropicBatchClient.retrieve` maps to a :class:`BatchInfo` (``in_progress`` / ``canceling`` /
   ``ended`` become ``in_progress`` / ``cancelling`` / ``completed``; an ended batch's failed count is every request
@@ -32,12 +33,14 @@ import copy
 import json
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmeval.providers.batch import BatchInfo
 from pytest_llmeval.providers.runner import ModelCallError, redact
 
-__all__ = ["MAX_BYTES", "MAX_REQUESTS", "AnthropicBatchClient", "anthropic_params", "openai_line"]
+__all__ = ["MAX_BYTES", "MAX_REQUESTS", "AnthropicBatchClient", "Translated", "anthropic_params",
+           "anthropic_request", "openai_line"]
 
 MAX_REQUESTS = 100_000  # Anthropic's limit of requests per Message Batch
 MAX_BYTES = 256_000_000  # and of one batch's request body: 256 MB (read as decimal, below the binary reading too)
@@ -50,24 +53,62 @@ def _litellm() -> Any:
     return get_litellm()
 
 
+@dataclass
+class Translated:
+    """One request as a plain ``anthropic/...`` call would send it (:func:`anthropic_request`)."""
+
+    params: dict[str, Any]  # the body: a Message Batch request's ``params``
+    betas: list[str]  # the ``anthropic-beta`` features the call names in its headers (structured outputs...)
+    json_mode: bool = False  # response_format answered through litellm's forced tool: read back as the text
+    schema: Any = None  # and the response_format schema litellm reads that tool's answer with
+
+
 def anthropic_params(body: dict[str, Any]) -> dict[str, Any]:
     """The ``params`` of a Message Batch request: what a plain ``anthropic/...`` call sends for the OpenAI-style
     chat ``body`` (``model``, ``messages`` and the sampling parameters), translated by litellm's AnthropicConfig."""
+    return anthropic_request(body).params
+
+
+def anthropic_request(body: dict[str, Any]) -> Translated:
+    """``body`` translated by the steps of litellm's plain Anthropic call (llms/anthropic/chat/handler.py) up to the
+    POST: its params, its beta headers (a batch names them on its create), how its answer is to be read."""
     _litellm()
+    from litellm.anthropic_beta_gated_fields import strip_beta_gated_request_body
+    from litellm.anthropic_beta_headers_manager import update_request_with_filtered_beta
     from litellm.llms.anthropic.chat.transformation import AnthropicConfig
 
     config = AnthropicConfig()
     model = str(body["model"])
     params = {k: copy.deepcopy(v) for k, v in body.items() if k not in ("model", "messages")}
     optional = config.map_openai_params(non_default_params=params, optional_params={}, model=model, drop_params=True)
-    result: dict[str, Any] = config.transform_request(model=model, messages=copy.deepcopy(body["messages"]),
-                                                      optional_params=optional, litellm_params={}, headers={})
-    return result
+    json_mode = bool(optional.pop("json_mode", False))  # how the answer is read, not sent
+    schema = None
+    if json_mode:
+        from litellm.llms.anthropic.chat.transformation import JsonModeRequest
+
+        schema = JsonModeRequest.model_validate(optional).tool_schema()
+    for name in ("stream", "vertex_count_tokens_location"):  # the call's own, not the request's
+        optional.pop(name, None)
+    optional["is_vertex_request"] = bool(optional.get("is_vertex_request", False))
+    messages = copy.deepcopy(body["messages"])
+    try:  # the headers first: some betas come from the tools and messages
+        headers: dict[str, Any] = config.validate_environment(headers={}, model=model, messages=messages,
+                                                              optional_params=dict(optional), litellm_params={})
+    except Exception:  # no key: the create says so
+        headers = {}
+    data = config.transform_request(model=model, messages=messages, optional_params=optional, litellm_params={},
+                                    headers=headers)
+    headers, filtered = update_request_with_filtered_beta(headers=headers, request_data=data, provider="anthropic")
+    result = dict(strip_beta_gated_request_body(filtered, headers, drop_params=None, model=model,
+                                                provider="anthropic"))
+    betas = [b.strip() for b in str(headers.get("anthropic-beta") or "").split(",") if b.strip()]
+    return Translated(params=result, betas=betas, json_mode=json_mode, schema=schema)
 
 
-def openai_line(row: dict[str, Any]) -> dict[str, Any]:
+def openai_line(row: dict[str, Any], request: Translated | None = None) -> dict[str, Any]:
     """One line of a Message Batch's results as the OpenAI batch-output line run/batch.py reads (see the module
-    docstring); a line already in that shape (a litellm that converts them) is kept."""
+    docstring); a line already in that shape (a litellm that converts them) is kept. ``request``: how its request
+    was translated (None: not known to this process, a resumed batch)."""
     if "result" not in row:
         return row
     custom_id = row.get("custom_id")
@@ -75,7 +116,7 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
     kind = result.get("type")
     if kind == "succeeded":
         try:
-            body = _chat_completion(result.get("message") or {})
+            body = _chat_completion(result.get("message") or {}, request)
         except Exception as exc:  # completion_of reports it as a malformed line: the case is an error
             body = {"malformed": f"{type(exc).__name__}: {exc}"[:300]}
         return {"custom_id": custom_id, "response": {"status_code": 200, "body": body}}
@@ -98,7 +139,7 @@ def openai_line(row: dict[str, Any]) -> dict[str, Any]:
     return {"custom_id": custom_id, "error": {"code": "unknown_result", "message": f"result type {kind!r}"}}
 
 
-def _chat_completion(message: dict[str, Any]) -> dict[str, Any]:
+def _chat_completion(message: dict[str, Any], request: Translated | None) -> dict[str, Any]:
     """An Anthropic message as the chat completion a plain call makes of it (litellm's reading of the reply)."""
     import httpx
 
@@ -109,13 +150,16 @@ def _chat_completion(message: dict[str, Any]) -> dict[str, Any]:
     content = message.get("content")
     if not isinstance(content, list):
         raise ValueError(f"no content blocks in the message ({str(message)[:200]})")
-    # A response_format request is answered through a forced tool; a plain call reads it back as the text (json_mode).
-    json_mode = (len(content) == 1 and isinstance(content[0], dict) and content[0].get("type") == "tool_use"
-                 and content[0].get("name") == RESPONSE_FORMAT_TOOL_NAME)
+    if request is not None:
+        json_mode, schema = request.json_mode, request.schema
+    else:  # a resumed batch: json_mode matters only when litellm's response_format tool answered (its schema unknown)
+        json_mode = any(isinstance(b, dict) and b.get("type") == "tool_use" and b.get("name") == RESPONSE_FORMAT_TOOL_NAME
+                        for b in content)
+        schema = None
     raw = httpx.Response(200, content=json.dumps(message).encode("utf-8"))
     response = AnthropicConfig().transform_parsed_response(completion_response=message, raw_response=raw,
                                                            model_response=litellm.ModelResponse(),
-                                                           json_mode=json_mode)
+                                                           json_mode=json_mode, response_format_schema=schema)
     dumped: dict[str, Any] = response.model_dump()
     return dumped
 
@@ -133,6 +177,8 @@ class AnthropicBatchClient:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.kwargs: dict[str, Any] = {"custom_llm_provider": "anthropic", "timeout": timeout}
+        # custom_id -> how a request submitted by this process was translated, to read its answer the same way
+        self.translated: dict[str, Translated] = {}
         if api_base:
             self.kwargs["api_base"] = api_base
 
@@ -157,8 +203,9 @@ class AnthropicBatchClient:
         size = 0
         overhead = len('{"requests":[]}')
         for line in lines:
-            request = line if "params" in line else {"custom_id": line["custom_id"], "params": self._translate(line)}
-            n = len(json.dumps(request, separators=(",", ":")).encode("utf-8")) + 1
+            request = line if "params" in line else self._translate(line)
+            sent = {"custom_id": request["custom_id"], "params": request["params"]}
+            n = len(json.dumps(sent, separators=(",", ":")).encode("utf-8")) + 1
             if n + overhead > self.max_bytes:
                 raise ModelCallError("batch", f"request {request['custom_id'][:16]} is {n} bytes, over the "
                                               f"{self.max_bytes} bytes of an Anthropic batch")
@@ -173,10 +220,14 @@ class AnthropicBatchClient:
 
     def _translate(self, line: dict[str, Any]) -> dict[str, Any]:
         try:
-            return anthropic_params(line["body"])
+            translated = anthropic_request(line["body"])
         except Exception as exc:
             raise ModelCallError("batch", redact(f"cannot translate request {str(line.get('custom_id'))[:16]} for "
                                                  f"anthropic: {type(exc).__name__}: {exc}")) from None
+        # how to read its answer (not its params: 100,000 of them need not stay in memory)
+        self.translated[line["custom_id"]] = Translated({}, [], translated.json_mode, translated.schema)
+        return {"custom_id": line["custom_id"], "params": translated.params,
+                **({"betas": translated.betas} if translated.betas else {})}
 
     def submit(self, lines: list[dict[str, Any]], metadata: dict[str, str] | None = None) -> str:
         """Create a Message Batch of ``lines`` (translated first unless they carry ``params``); its id.
@@ -184,6 +235,8 @@ class AnthropicBatchClient:
         import httpx
 
         requests = [r for chunk in self.split(lines) for r in chunk]
+        betas = sorted({b for r in requests for b in r.get("betas") or ()})  # the batch's headers carry them all
+        requests = [{"custom_id": r["custom_id"], "params": r["params"]} for r in requests]
         _litellm()
         from litellm.llms.anthropic.batches.transformation import AnthropicBatchesConfig
 
@@ -192,8 +245,9 @@ class AnthropicBatchClient:
         def post() -> Any:
             url = config.get_complete_batch_url(api_base=self.api_base, api_key=None, model="", optional_params={},
                                                 litellm_params={}, data={})  # type: ignore[typeddict-item]
-            headers = config.validate_environment(headers={}, model="", messages=[], optional_params={},
-                                                  litellm_params={}, api_key=None, api_base=self.api_base)
+            headers = config.validate_environment(headers={"anthropic-beta": ",".join(betas)} if betas else {},
+                                                  model="", messages=[], optional_params={}, litellm_params={},
+                                                  api_key=None, api_base=self.api_base)
             data = json.dumps({"requests": requests}, separators=(",", ":")).encode("utf-8")
             with httpx.Client(timeout=self.timeout) as client:
                 response = client.post(url, headers=headers, content=data)
@@ -234,7 +288,8 @@ class AnthropicBatchClient:
                              lambda: litellm.file_content(file_id=file_id, **self.kwargs))
         raw = content.content if hasattr(content, "content") else content
         text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        return [openai_line(json.loads(x)) for x in text.splitlines() if x.strip()]
+        rows = [json.loads(x) for x in text.splitlines() if x.strip()]
+        return [openai_line(row, self.translated.get(str(row.get("custom_id")))) for row in rows]
 
     def cancel(self, batch_id: str) -> None:
         import httpx
