@@ -58,7 +58,7 @@ def ended(client: AnthropicBatchClient, batch_id: str) -> list[str]:
 
 @pytest.mark.parametrize("params", [
     {},  # no max_tokens: Anthropic requires one, litellm fills in its default
-    {"temperature": 0, "max_tokens": 32, "stop": ["\n\n"], "seed": 3},  # seed: not Anthropic's, dropped
+    {"temperature": 0, "max_tokens": 32, "stop": ["END"], "seed": 3},  # seed: not Anthropic's, dropped
     {"tools": TOOLS, "tool_choice": "auto", "max_tokens": 64},
     {"response_format": {"type": "json_object"}},
 ], ids=["system-default-max-tokens", "sampling", "tools", "response-format"])
@@ -76,6 +76,8 @@ def test_the_batch_request_is_what_a_plain_call_sends(tmp_path: Path, server: An
     assert translated["system"] == [{"type": "text", "text": "Answer in one short sentence."}]
     assert all(m["role"] != "system" for m in translated["messages"]) and translated["max_tokens"] > 0
     assert "seed" not in translated
+    if "stop" in params:
+        assert translated["stop_sequences"] == ["END"] and translated["max_tokens"] == 32
     if "tools" in params:
         assert translated["tools"][0]["name"] == "get_weather" and "input_schema" in translated["tools"][0]
 
