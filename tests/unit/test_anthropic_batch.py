@@ -13,7 +13,7 @@ from helpers.anthropic_batch_server import AnthropicBatchServer
 
 from pytest_llmeval.config.settings import Settings
 from pytest_llmeval.core.errors import InfrastructureError
-from pytest_llmeval.providers.anthropic_batch import AnthropicBatchClient, anthropic_params, anthropic_request
+from pytest_llmeval.providers.anthropic_batch import AnthropicBatchClient, anthropic_params, anthropic_request, openai_line
 from pytest_llmeval.providers.batch import BatchHook, batch_route, completion_of, line_error
 from pytest_llmeval.providers.runner import ModelRunner
 
@@ -238,3 +238,13 @@ def test_a_response_format_answer_reads_as_a_plain_call_reads_it(tmp_path: Path,
         batched = completion_of(line, f"anthropic/{model}", f"anthropic/{model}", tools=False)
         assert (batched.text, batched.prompt_tokens, batched.completion_tokens) == \
             (plain.text, plain.prompt_tokens, plain.completion_tokens)
+
+
+def test_result_lines_already_in_openai_shape_are_kept() -> None:
+    converted = {"custom_id": "k1", "response": {"status_code": 200, "body": {"choices": []}}}
+    assert openai_line(converted) is converted
+    assert (line_error(openai_line({"custom_id": "k2", "result": {"type": "mystery"}})) or "").startswith(
+        "unknown_result: ")
+    malformed = openai_line({"custom_id": "k3", "result": {"type": "succeeded", "message": {"content": None}}})
+    with pytest.raises(InfrastructureError, match="malformed batch output line"):
+        completion_of(malformed, MODEL, MODEL, tools=False)

@@ -157,10 +157,12 @@ def _chat_completion(message: dict[str, Any], request: Translated | None) -> dic
                         for b in content)
         schema = None
     raw = httpx.Response(200, content=json.dumps(message).encode("utf-8"))
-    response = AnthropicConfig().transform_parsed_response(completion_response=message, raw_response=raw,
-                                                           model_response=litellm.ModelResponse(),
-                                                           json_mode=json_mode, response_format_schema=schema)
-    dumped: dict[str, Any] = response.model_dump()
+    with warnings.catch_warnings():  # litellm's response types trip a pydantic warning on first use
+        warnings.filterwarnings("ignore", message=".*ReadOnly.*", category=UserWarning)
+        response = AnthropicConfig().transform_parsed_response(
+            completion_response=message, raw_response=raw, model_response=litellm.ModelResponse(),
+            json_mode=json_mode, response_format_schema=schema)
+        dumped: dict[str, Any] = response.model_dump()
     return dumped
 
 
