@@ -126,7 +126,7 @@ def test_tool_calls_of_a_batch_line() -> None:
 def test_which_models_have_a_batch_api() -> None:
     assert batch_route("openai/gpt-4o-mini", None) == ("openai", "gpt-4o-mini")
     assert batch_route("gpt-4o-mini", None) == ("openai", "gpt-4o-mini")
-    assert batch_route("anthropic/claude-3-5-haiku-latest", None) is None
+    assert batch_route("anthropic/claude-3-5-haiku-latest", None) == ("anthropic", "claude-3-5-haiku-latest")
     assert batch_route("groq/llama3-70b-8192", None) is None
 
 

@@ -4,7 +4,8 @@ reading of a batch's output into Completions, and the hook through which the run
 The run side (run/batch.py) decides what to submit and when; this module only speaks to the provider:
 
 * :func:`batch_route`: whether a model's calls can go to a batch API (litellm's OpenAI-compatible files and batches:
-  ``openai``, ``azure``, ``hosted_vllm``, ``litellm_proxy``), and under which provider and model name;
+  ``openai``, ``azure``, ``hosted_vllm``, ``litellm_proxy``; Anthropic's Message Batches, whose client is
+  providers/anthropic_batch.py), and under which provider and model name;
 * :class:`BatchClient`: upload a JSONL file of requests, create the batch, retrieve it, read its output and error
   files (``litellm.create_file`` / ``create_batch`` / ``retrieve_batch`` / ``file_content``). API keys come from
   the provider's usual environment variables, as for a plain call; they are never written anywhere;
@@ -28,12 +29,14 @@ from typing import Any
 
 from pytest_llmeval.providers.runner import Completion, ModelCallError, redact
 
-__all__ = ["BATCH_PROVIDERS", "DEFERRED", "BatchClient", "BatchHook", "BatchInfo", "batch_route", "completion_of",
-           "line_error"]
+__all__ = ["BATCH_PROVIDERS", "DEFERRED", "OWN_BATCH_PROVIDERS", "BatchClient", "BatchHook", "BatchInfo",
+           "batch_route", "completion_of", "line_error"]
 
 #: litellm providers whose OpenAI-compatible files + batches API litellm speaks (create_file, create_batch).
-#: Anthropic's Message Batches are not among them: litellm 1.x can retrieve them but not create them.
 BATCH_PROVIDERS = ("openai", "azure", "hosted_vllm", "litellm_proxy")
+#: Providers with a batch API of their own, served by their own client (run/batch.py picks it): Anthropic's
+#: Message Batches (providers/anthropic_batch.py; litellm 1.x retrieves them but cannot create them).
+OWN_BATCH_PROVIDERS = ("anthropic",)
 ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000  # OpenAI's limit of requests per batch
 #: The text of a deferred answer in the recording pass: a request containing it depends on an answer not back yet.
@@ -49,7 +52,7 @@ def batch_route(model: str, api_base: str | None) -> tuple[str, str] | None:
         name, provider, _, _ = get_litellm().get_llm_provider(model, api_base=api_base)
     except Exception:
         return None
-    return (provider, name) if provider in BATCH_PROVIDERS else None
+    return (provider, name) if provider in BATCH_PROVIDERS + OWN_BATCH_PROVIDERS else None
 
 
 @dataclass
@@ -121,6 +124,10 @@ class BatchClient:
         raw = content.content if hasattr(content, "content") else content
         text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
         return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+    def split(self, lines: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """``lines`` in chunks of at most :data:`MAX_LINES`: one batch each."""
+        return [lines[start:start + MAX_LINES] for start in range(0, len(lines), MAX_LINES)]
 
     def cancel(self, batch_id: str) -> None:
         self._call(f"cancel batch {batch_id}", "cancel_batch", batch_id=batch_id)
@@ -246,5 +253,5 @@ class BatchHook:
         if route is None:
             with self._lock:
                 self.unbatched.setdefault(resolved, why or f"litellm has no batch API for it (only for "
-                                                           f"{', '.join(BATCH_PROVIDERS)})")
+                                                           f"{', '.join(BATCH_PROVIDERS + OWN_BATCH_PROVIDERS)})")
         return route

@@ -7,8 +7,9 @@ workers start), rounds of
    its output kept out of sight), whose runner (providers/batch.py's BatchHook) records every batchable request
    the exact cache lacks and answers it with a placeholder; a request that needs a placeholder (a judge's call on
    an answer not back yet, a conversation's next turn) waits for a later round;
-2. the new requests submitted as one batch per provider, model and endpoint (providers/batch.py's BatchClient),
-   their ids saved in ``.llmeval/batches.json`` at once;
+2. the new requests submitted as one batch per provider, model and endpoint (providers/batch.py's BatchClient;
+   for ``anthropic/`` models providers/anthropic_batch.py's AnthropicBatchClient), split within the provider's
+   limits, their ids saved in ``.llmeval/batches.json`` at once;
 3. polling until every batch is finished (progress on the terminal), its answers put in the exact cache under the
    very keys a plain call would use, its failed lines kept as the ``error`` outcomes of their cases;
 
@@ -34,7 +35,8 @@ from typing import Any
 import pytest
 
 from pytest_llmeval.core.errors import InfrastructureError
-from pytest_llmeval.providers.batch import DEFERRED, MAX_LINES, BatchClient, BatchHook, BatchInfo, completion_of, line_error
+from pytest_llmeval.providers.anthropic_batch import AnthropicBatchClient
+from pytest_llmeval.providers.batch import DEFERRED, BatchClient, BatchHook, BatchInfo, completion_of, line_error
 from pytest_llmeval.run.state import RunState
 
 __all__ = ["MAX_ROUNDS", "BatchPhase", "BatchStore", "install"]
@@ -169,7 +171,7 @@ class BatchPhase:
         config = state.config
         terminal = config.pluginmanager.get_plugin("terminalreporter")
         self._terminal = terminal if config.get_verbosity() > -2 else None
-        self._clients: dict[tuple[str, str | None], BatchClient] = {}
+        self._clients: dict[tuple[str, str | None], BatchClient | AnthropicBatchClient] = {}
         self._last_progress: tuple[Any, ...] | None = None
         self.rounds = 0  # recording passes made
         self.resubmit = False  # a request expired in this round: the next round resubmits it
@@ -179,9 +181,11 @@ class BatchPhase:
         if self._terminal is not None:
             self._terminal.write_line(f"llmeval: {line}")
 
-    def client(self, provider: str, api_base: str | None) -> BatchClient:
+    def client(self, provider: str, api_base: str | None) -> BatchClient | AnthropicBatchClient:
         if (provider, api_base) not in self._clients:
-            self._clients[(provider, api_base)] = BatchClient(provider, api_base, self.settings.timeout)
+            self._clients[(provider, api_base)] = (
+                AnthropicBatchClient(api_base, self.settings.timeout) if provider == AnthropicBatchClient.provider
+                else BatchClient(provider, api_base, self.settings.timeout))
         return self._clients[(provider, api_base)]
 
     def run(self) -> dict[str, str]:
@@ -263,18 +267,20 @@ class BatchPhase:
         for r in requests:
             groups.setdefault((r["provider"], r["api_base"], r["resolved"]), []).append(r)
         for (provider, api_base, resolved), group in sorted(groups.items(), key=lambda g: (g[0][0], g[0][2])):
-            for start in range(0, len(group), MAX_LINES):
-                chunk = group[start:start + MAX_LINES]
-                lines = [{"custom_id": r["key"], "method": "POST", "url": "/v1/chat/completions", "body": r["body"]}
-                         for r in chunk]
+            client = self.client(provider, api_base)
+            by_key = {r["key"]: r for r in group}
+            try:  # one batch per chunk, within the provider's limits
+                chunks = client.split([{"custom_id": r["key"], "method": "POST", "url": "/v1/chat/completions",
+                                        "body": r["body"]} for r in group])
+            except InfrastructureError as exc:
+                self._refuse(group, exc)
+                continue
+            for lines in chunks:
+                chunk = [by_key[line["custom_id"]] for line in lines]
                 try:
-                    batch_id = self.client(provider, api_base).submit(lines, {"source": "pytest-llmeval",
-                                                                               "round": str(round_no)})
+                    batch_id = client.submit(lines, {"source": "pytest-llmeval", "round": str(round_no)})
                 except InfrastructureError as exc:
-                    for r in chunk:
-                        self.store.refused[r["key"]] = str(exc)
-                    self.store.save()
-                    self.say(f"--llm-batch: {exc}")
+                    self._refuse(chunk, exc)
                     continue
                 self.store.batches.append({
                     "id": batch_id, "provider": provider, "api_base": api_base, "model": resolved, "round": round_no,
@@ -284,6 +290,13 @@ class BatchPhase:
                 self.store.save()  # at once: a run killed from here on resumes this batch instead of resubmitting
                 self.say(f"--llm-batch round {round_no}: {len(chunk)} request(s) submitted to {resolved} "
                          f"(batch {batch_id})")
+
+    def _refuse(self, requests: list[dict[str, Any]], exc: InfrastructureError) -> None:
+        """Requests that could not be submitted: their cases are errors with the reason."""
+        for r in requests:
+            self.store.refused[r["key"]] = str(exc)
+        self.store.save()
+        self.say(f"--llm-batch: {exc}")
 
     # ---- polling and collecting
 
