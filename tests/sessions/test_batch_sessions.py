@@ -307,6 +307,8 @@ def test_a_batched_answer_has_no_latency_and_stays_out_of_the_statistics(bprojec
     result.stdout.fnmatch_lines(["*: latency_p50 * breaks latency_p50<=0.1"])
     (batch,) = doc["run"]["batch"]["batches"]
     assert batch["turnaround_s"] is not None and batch["turnaround_s"] >= 0
+    result.stdout.fnmatch_lines(["batches: 1 finished, turnaround * s, 2 answer(s); a batched answer has no latency "
+                                 "of its own: p50 s / p95 s are over the others"])
     # A run of batched answers only: no latency anywhere, in the table nor in the HTML report.
     again = bproject.run(*BATCH, "-k", "not capital-fr", "--llm-results=.llmeval/only.json", "--llm-cache=on")
     again.assert_outcomes(passed=1, failed=1)

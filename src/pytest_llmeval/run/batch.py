@@ -125,6 +125,7 @@ class BatchPlugin:
 
     def __init__(self, state: RunState) -> None:
         self.state = state
+        self.summary: dict[str, Any] = {}
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -135,7 +136,19 @@ class BatchPlugin:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / REFUSED).write_text(json.dumps(refused), encoding="utf-8")  # for the xdist workers
         hook = state.runner.batch = BatchHook(record=False, refused=refused)
-        hook.summary = phase.summary
+        hook.summary = self.summary = phase.summary
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Under the llmeval summary: the batches' turnaround, and why batched answers show no latency."""
+        batches = self.summary.get("batches") or []
+        times = sorted(b["turnaround_s"] for b in batches if b.get("turnaround_s") is not None)
+        if not times:
+            return
+        answered = sum(int(b.get("completed", 0)) for b in batches)
+        span = f"{times[0]:.1f} s" if times[0] == times[-1] else f"{times[0]:.1f}-{times[-1]:.1f} s"
+        terminalreporter.write_line(f"batches: {len(times)} finished, turnaround {span}, {answered} answer(s); a "
+                                    "batched answer has no latency of its own: p50 s / p95 s are over the others")
 
 
 # ------------------------------------------------------------------------------------------------ the phase
