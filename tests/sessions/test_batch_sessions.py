@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -329,12 +329,12 @@ def _start(bproject: Project, out: Path, *extra: str) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def _until(what: object, proc: list[subprocess.Popen], seconds: float = 120) -> None:
+def _until(what: Callable[[], bool], proc: list[subprocess.Popen], seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
-    while not what() and time.monotonic() < deadline:  # type: ignore[operator]
+    while not what() and time.monotonic() < deadline:
         assert all(p.poll() is None for p in proc), "a run ended early"
         time.sleep(0.1)
-    assert what()  # type: ignore[operator]
+    assert what()
 
 
 def test_two_runs_sharing_the_store_keep_each_other_s_batches(bproject: Project) -> None:
