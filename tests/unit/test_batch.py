@@ -4,6 +4,7 @@ create, poll, output, expired, partial and whole failures; the runner's hook; th
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,17 +167,87 @@ def test_the_runner_records_defers_and_refuses(tmp_path: Path, server: BatchServ
 def test_the_store_keeps_running_batches_for_the_next_run(tmp_path: Path) -> None:
     path = tmp_path / "batches.json"
     store = BatchStore(path)
-    store.batches = [{"id": "b1", "keys": {"k1": False}, "collected": True},
-                     {"id": "b2", "keys": {"k2": False, "k3": True}}]
-    store.refused = {"k9": "failed"}
-    store.expired = {"k2": 1}
-    store.save()
+    with store.locked():
+        store.batches = [{"id": "b1", "keys": {"k1": False}, "collected": True, "failed": {"k1": "no"}},
+                         {"id": "b2", "keys": {"k2": False, "k3": True}}]
+        store.expired = {"k2": 1}
     again = BatchStore(path)
-    assert again.pending_keys() == {"k2", "k3"}
-    again.start_run()
+    assert again.pending_keys() == {"k2": "b2", "k3": "b2"}
+    with again.locked():
+        again.start_run("me")
     assert [b["id"] for b in BatchStore(path).batches] == ["b2"]  # finished ones forgotten, running ones kept
-    assert BatchStore(path).refused == {} and BatchStore(path).expired == {"k2": 1}
+    assert BatchStore(path).expired == {"k2": 1} and again.alive("me") and not again.alive("gone")
     path.write_text("{not json")
     with pytest.raises(pytest.UsageError, match="cannot read .*batches.json.*delete it"):
         BatchStore(path)
     assert "sk-" not in json.dumps(again.batches)
+
+
+def test_a_finished_batch_is_kept_while_another_run_may_wait_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "batches.json"
+    store = BatchStore(path)
+    with store.locked():
+        store.start_run("first")  # this process: alive
+        store.batches = [{"id": "b1", "keys": {"k1": False}, "collected": True, "failed": {"k1": "no"}}]
+    with store.locked():
+        store.start_run("second")
+    assert [b["id"] for b in BatchStore(path).batches] == ["b1"]  # "first" may still need b1's failures
+    with store.locked():
+        store.end_run("first")
+        store.end_run("second")
+        store.runs["killed"] = {"pid": 2**22 + 12345, "host": socket.gethostname(), "started": 0}
+    with store.locked():
+        store.start_run("third")  # the killed run is gone: nobody else waits
+    assert BatchStore(path).batches == [] and set(BatchStore(path).runs) == {"third"}
+
+
+def test_the_lock_makes_read_modify_write_safe_across_processes(tmp_path: Path) -> None:
+    """Eight processes add 25 batches each, every add a read-modify-write of the whole file: none is lost."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; from pytest_llmeval.run.batch_store import BatchStore\n"
+        "store = BatchStore(Path(sys.argv[1]))\n"
+        "for i in range(25):\n"
+        "    with store.locked():\n"
+        "        store.batches.append({'id': f'{sys.argv[2]}-{i}', 'keys': {}})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "batches.json"), f"p{n}"])
+             for n in range(8)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 8
+    ids = [b["id"] for b in BatchStore(tmp_path / "batches.json").batches]
+    assert len(ids) == 200 and len(set(ids)) == 200
+
+
+def test_batched_requests_are_counted_in_the_budget_up_to_its_limit(tmp_path: Path) -> None:
+    from pytest_llmeval.providers.resilience import Budget, BudgetExhausted
+
+    budget = Budget(tmp_path / "budget", max_calls=5, max_cost=None)
+    try:
+        budget.reserve()
+        assert budget.reserve_batch(3) == 3 and budget.reserve_batch(3) == 1  # 1 + 3 + 1: the limit
+        assert budget.reserve_batch(2) == 0
+        with pytest.raises(BudgetExhausted, match="--llm-max-calls 5 reached"):
+            budget.reserve()  # a plain call after the batches meets the same budget
+        assert budget.state() == {"calls": 5, "spend_usd": 0.0, "max_calls": 5, "max_cost_usd": None, "batched": 4}
+    finally:
+        budget.close()
+    costly = Budget(tmp_path / "cost", max_calls=None, max_cost=0.01)
+    try:
+        assert costly.reserve_batch(100) == 100  # nothing priced yet: a round goes whole
+        costly.spend(0.02)  # its answers, priced
+        assert costly.reserve_batch(1) == 0  # the next round does not go
+    finally:
+        costly.close()
+    off = Budget(tmp_path / "off", max_calls=None, max_cost=None)
+    assert off.reserve_batch(7) == 7 and off.state() == {}
+
+
+def test_a_total_latency_is_unknown_when_one_call_s_is() -> None:
+    from pytest_llmeval.providers.runner import Completion, total_latency
+
+    def call(latency: float | None) -> Completion:
+        return Completion(text="", model="m", resolved_model="m", latency_s=latency)
+
+    assert total_latency([call(0.25), call(0.5)]) == 0.75 and total_latency([call(0.123456)], 4) == 0.1235
+    assert total_latency([call(0.25), call(None)]) is None and total_latency([]) is None

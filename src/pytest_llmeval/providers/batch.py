@@ -151,7 +151,8 @@ def line_error(line: dict[str, Any]) -> str | None:
 
 def completion_of(line: dict[str, Any], model: str, resolved: str, tools: bool) -> Completion:
     """The Completion of a successful output line: what a plain call would have stored in the exact cache (its
-    latency is 0: a batch has none per request; its price litellm's batch price, None when unknown).
+    latency is None, unknown: a batch has none per request, only the batch's turnaround; its price litellm's batch
+    price, None when unknown).
     MalformedResponse when the body is not a chat completion."""
     from pytest_llmeval.providers.base import MalformedResponse
 
@@ -170,7 +171,7 @@ def completion_of(line: dict[str, Any], model: str, resolved: str, tools: bool) 
                                     "arguments": _arguments((tc.get("function") or {}).get("arguments"))}}
                       for tc in message.get("tool_calls") or []]
     return Completion(text=content if isinstance(content, str) else "", model=model, resolved_model=resolved,
-                      latency_s=0.0, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                      latency_s=None, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                       cost_usd=_batch_cost(resolved, prompt_tokens, completion_tokens), tool_calls=tool_calls)
 
 
@@ -236,7 +237,7 @@ class BatchHook:
             self.requests.setdefault(key, {
                 "key": key, "model": model, "resolved": resolved, "api_base": api_base, "provider": route[0],
                 "body": {"model": route[1], "messages": messages, **params}, "tools": "tools" in params})
-        return Completion(text=f"{DEFERRED}{key[:16]}", model=model, resolved_model=resolved, latency_s=0.0)
+        return Completion(text=f"{DEFERRED}{key[:16]}", model=model, resolved_model=resolved, latency_s=None)
 
     def _route(self, runner: Any, resolved: str, api_base: str | None) -> tuple[str, str] | None:
         why = None

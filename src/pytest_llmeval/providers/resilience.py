@@ -10,7 +10,8 @@
   consecutive connection-level failures: the remaining cases error at once with one message, across all
   processes of a run, instead of each spending its retries and backoff on it.
 * :class:`Budget` stops new model calls at ``--llm-max-calls`` / ``--llm-max-cost``, counted across all
-  processes of a run (an atomic counter in a diskcache under ``.llmeval/run/<run id>``).
+  processes of a run (an atomic counter in a diskcache under ``.llmeval/run/<run id>``); with ``--llm-batch``,
+  the requests submitted to batches are counted when submitted and their cost when answered.
 """
 
 from __future__ import annotations
@@ -349,6 +350,23 @@ class Budget:
             store.decr("calls", 1)
             raise BudgetExhausted(f"--llm-max-calls {self.max_calls} reached: no more model calls in this run")
 
+    def reserve_batch(self, n: int) -> int:
+        """Count up to ``n`` requests about to be submitted to a batch API (``--llm-batch``); how many fit the budget
+        (``n`` when it is off). The others are not counted: their calls, made later, meet the spent budget as
+        :class:`BudgetExhausted`, the same as any call past it."""
+        if not self.active or n <= 0:
+            return max(n, 0)
+        store = self._open()
+        if self.max_cost is not None and store.get("spend_micro_usd", 0) >= self.max_cost * 1e6:
+            return 0
+        calls = store.incr("calls", n, default=0)
+        over = 0 if self.max_calls is None else min(n, max(0, calls - self.max_calls))
+        if over:
+            store.decr("calls", over)
+        if n - over:
+            store.incr("batched", n - over, default=0)
+        return n - over
+
     def spend(self, usd: float | None) -> None:
         if self.active and usd:
             self._open().incr("spend_micro_usd", int(round(usd * 1e6)), default=0)
@@ -358,7 +376,8 @@ class Budget:
             return {}
         store = self._open()
         return {"calls": int(store.get("calls", 0)), "spend_usd": store.get("spend_micro_usd", 0) / 1e6,
-                "max_calls": self.max_calls, "max_cost_usd": self.max_cost}
+                "max_calls": self.max_calls, "max_cost_usd": self.max_cost,
+                **({"batched": int(store.get("batched", 0))} if store.get("batched") else {})}
 
     def close(self) -> None:
         with self._lock:

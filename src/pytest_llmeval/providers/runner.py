@@ -27,7 +27,7 @@ from pytest_llmeval.providers.base import MalformedResponse, Provider, Request
 if TYPE_CHECKING:
     from pytest_llmeval.providers.base import ProviderRegistry
 
-__all__ = ["Completion", "MalformedResponse", "ModelCallError", "ModelRunner", "redact"]
+__all__ = ["Completion", "MalformedResponse", "ModelCallError", "ModelRunner", "redact", "total_latency"]
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 
@@ -56,6 +56,17 @@ class ModelCallError(InfrastructureError):
         return (type(self), (self.model, self.message, self.attempts))
 
 
+def total_latency(calls: list[Completion], digits: int | None = None) -> float | None:
+    """The latencies of ``calls`` added up (rounded to ``digits``); None (unknown) when one is unknown (a batched
+    answer) or none was made."""
+    total = 0.0
+    for c in calls:
+        if c.latency_s is None:
+            return None
+        total += c.latency_s
+    return None if not calls else total if digits is None else round(total, digits)
+
+
 APP_FIELDS = ("references", "context", "metadata", "app_usage", "target", "trajectory")
 
 
@@ -66,7 +77,9 @@ class Completion:
     text: str
     model: str  # as the user named it (maybe an alias)
     resolved_model: str  # what the provider was called with (aliases resolved)
-    latency_s: float  # of the original call, also when served from the cache
+    # of the original call, also when served from the cache; None: unknown (a --llm-batch answer: a batch has no
+    # per-request latency), left out of the latency statistics
+    latency_s: float | None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost_usd: float | None = None

@@ -234,7 +234,7 @@ def indent_reason(outcome: CheckOutcome, first: str, trajectory_shown: bool = Fa
 def _summed(calls: list[Completion], model: str, trajectory: Trajectory, mode: str) -> Completion:
     """A draw's Completion: the final answer, with the trajectory, every step's tokens, cost, retries and the
     model's and tools' latency added up."""
-    from pytest_llmeval.providers.runner import Completion
+    from pytest_llmeval.providers.runner import Completion, total_latency
 
     record = {"mode": mode, **trajectory.to_dict()}
     tools_s = sum(s.latency_s or 0.0 for s in trajectory.steps)
@@ -246,8 +246,8 @@ def _summed(calls: list[Completion], model: str, trajectory: Trajectory, mode: s
         values = [getattr(c, name) for c in calls if getattr(c, name) is not None]
         return sum(values) if values else None
 
-    return dataclasses.replace(calls[-1], text=trajectory.final or "", latency_s=sum(c.latency_s for c in calls)
-                               + tools_s, prompt_tokens=total("prompt_tokens"),
+    return dataclasses.replace(calls[-1], text=trajectory.final or "", latency_s=None if (model_s := total_latency(
+                               calls)) is None else model_s + tools_s, prompt_tokens=total("prompt_tokens"),
                                completion_tokens=total("completion_tokens"), cost_usd=total("cost_usd"),
                                cached=all(c.cached for c in calls), attempts=1 + sum(c.attempts - 1 for c in calls),
                                semantic=None, ttft_s=None, tool_calls=None, trajectory=record)

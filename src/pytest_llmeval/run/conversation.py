@@ -165,7 +165,7 @@ class ConversationCalls(TargetCalls):
 def _summed(calls: list[Completion], model: str, conversation: Conversation) -> Completion:
     """A draw's Completion: the final answer's, with every turn's tokens, cost, latency and retries added up
     (and the application's usage); an empty answer when the simulated user stopped before any."""
-    from pytest_llmeval.providers.runner import Completion
+    from pytest_llmeval.providers.runner import Completion, total_latency
 
     if not calls:
         return Completion(text="", model=model, resolved_model=model, latency_s=0.0, cached=True)
@@ -181,7 +181,7 @@ def _summed(calls: list[Completion], model: str, conversation: Conversation) -> 
         app_usage = {name: (sum(v) if (v := [u[name] for u in usages if u.get(name) is not None]) else None)
                      for name in ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s")}
     return dataclasses.replace(final, text=conversation.final.text if conversation.final else final.text,
-                               latency_s=sum(c.latency_s for c in calls), prompt_tokens=total("prompt_tokens"),
+                               latency_s=total_latency(calls), prompt_tokens=total("prompt_tokens"),
                                completion_tokens=total("completion_tokens"), cost_usd=total("cost_usd"),
                                cached=all(c.cached for c in calls), attempts=1 + sum(c.attempts - 1 for c in calls),
                                app_usage=app_usage, semantic=None, ttft_s=None)

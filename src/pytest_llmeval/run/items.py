@@ -29,7 +29,7 @@ from pytest_llmeval.core.answer import TargetError
 from pytest_llmeval.core.checks import CheckOutcome, CheckSpec
 from pytest_llmeval.core.errors import InfrastructureError, LLMEvalError
 from pytest_llmeval.core.memory import paused_gc
-from pytest_llmeval.providers.runner import Completion, ModelCallError
+from pytest_llmeval.providers.runner import Completion, ModelCallError, total_latency
 from pytest_llmeval.results.aggregate import CaseResult, pass_at_k
 from pytest_llmeval.run.agent import AgentCalls, tool_problems
 from pytest_llmeval.run.auto_repeat import draw_until_settled, planned_draws
@@ -524,7 +524,7 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
             if env is not None and env.calls:
                 costs = [x.cost_usd for x in env.calls if x.cost_usd is not None]
                 extra["judge"] = {"model": env.judge_model, "self_judging": env.self_judging,
-                                  "calls": len(env.calls), "latency_s": round(sum(x.latency_s for x in env.calls), 4),
+                                  "calls": len(env.calls), "latency_s": total_latency(env.calls, 4),
                                   "cost_usd": sum(costs) if costs else None, "cached": all(x.cached for x in env.calls)}
             if self.calibration:
                 extra["calibration"] = self.calibration

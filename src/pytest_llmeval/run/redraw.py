@@ -11,10 +11,6 @@ run's results, baseline and reports are written once, by this process, with the 
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +20,12 @@ import pytest
 
 from pytest_llmeval.results.gate import DEFAULT_MAX_DROP, SuiteVerdict
 from pytest_llmeval.results.sequential import AutoRepeat, Design, Look, decide
+from pytest_llmeval.run.child import kept_args, run_child
 from pytest_llmeval.run.redraw_child import ENV, draws_of, why_not_redrawn
 from pytest_llmeval.run.state import get_state
 
-# Options of the run that the redraw process must not repeat: xdist's (it runs alone), and files it would overwrite.
-_DROP_WITH_VALUE = ("-n", "--numprocesses", "--dist", "--maxprocesses", "--tx", "--max-worker-restart", "--basetemp",
-                    "--junitxml", "--junit-xml", "--llm-results", "--llm-repeat", "--result-log")
-_DROP_FLAGS = ("--llm-resume", "-f", "--looponfail")
+# Options of the run that the redraw process must not repeat besides run/child.py's: it sets its own repeat.
+_DROP_WITH_VALUE = ("--llm-repeat",)
 
 
 @dataclass
@@ -171,41 +166,24 @@ def _fixed_reason(s: _Suite) -> str:
 
 def _draw(config: pytest.Config, nodeids: list[str], extra: int, first_slot: int
           ) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """One look: ``extra`` more answers for each node id, from cache slot ``first_slot`` on, in a pytest process."""
+    """One look: ``extra`` more answers for each node id, from cache slot ``first_slot`` on, in a pytest process
+    (run/child.py: the run's arguments, xdist off, its own results and temporary files)."""
     with tempfile.TemporaryDirectory(prefix="llmeval-redraw-") as tmp:
-        request, output = Path(tmp) / "request.json", Path(tmp) / "draws.json"
+        folder = Path(tmp)
+        request, output = folder / "request.json", folder / "draws.json"
         request.write_text(json.dumps({"nodeids": nodeids, "first_slot": first_slot, "output": str(output)}),
                            encoding="utf-8")
-        args = [*_kept(list(config.invocation_params.args)), "-p", "no:xdist", "-p", "pytest_llmeval.run.redraw_child",
-                f"--llm-repeat={extra}", f"--llm-results={Path(tmp) / 'results.json'}", "-q", "--no-header"]
-        env = {k: v for k, v in os.environ.items() if k not in ("GITHUB_STEP_SUMMARY", "GITHUB_ACTIONS")
-               and not k.startswith("PYTEST_XDIST")}
-        env[ENV] = str(request)
-        if env.get("PYTEST_ADDOPTS"):
-            env["PYTEST_ADDOPTS"] = shlex.join(_kept(shlex.split(env["PYTEST_ADDOPTS"])))
-        proc = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=config.invocation_params.dir, env=env,
-                              capture_output=True, text=True, check=False)
+        child = run_child(config, folder, ["-p", "pytest_llmeval.run.redraw_child", f"--llm-repeat={extra}", "-q",
+                                           "--no-header"], env={ENV: str(request)}, drop=_DROP_WITH_VALUE)
         if not output.exists():
-            tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
-            return {}, f"the redraw process failed (exit {proc.returncode}): {tail[0]}"
+            return {}, f"the redraw process failed (exit {child.returncode}): {child.last_line()}"
         rows = json.loads(output.read_text(encoding="utf-8"))
     return {r["nodeid"]: r for r in rows}, None
 
 
 def _kept(args: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        name = a.split("=", 1)[0]
-        if name in _DROP_WITH_VALUE:
-            skip = "=" not in a
-            continue
-        if a.startswith("-n") and not a.startswith("--") and a[2:].isalnum() or name in _DROP_FLAGS:
-            continue  # -n2, -nauto
-        out.append(a)
-    return out
+    """The run's arguments a redraw process repeats (run/child.py's filter; the redraws set their own repeat)."""
+    return kept_args(args, _DROP_WITH_VALUE)
 
 
 def _settle(s: _Suite, design: Design) -> None:

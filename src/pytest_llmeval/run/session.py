@@ -17,7 +17,7 @@ import pytest
 
 from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.core.version import package_version
-from pytest_llmeval.providers.runner import ModelCallError
+from pytest_llmeval.providers.runner import ModelCallError, total_latency
 from pytest_llmeval.report.base import ReporterRegistry, RunReport
 from pytest_llmeval.results.aggregate import CaseResult
 from pytest_llmeval.results.stream import ResultCollector
@@ -309,7 +309,6 @@ def hand_written_result(item: pytest.Item, outcome: str, message: str | None,
         suite = module.__name__.rpartition(".")[2] if module else item.path.stem
     tags = list(marker.kwargs.get("tags", [])) if marker else []
     name = item.name.split("[", 1)[0]
-    latencies = [c.latency_s for c in calls]
     last = calls[-1] if calls else None
     costs = [c.cost_usd for c in calls if c.cost_usd is not None]
     return CaseResult(
@@ -318,7 +317,7 @@ def hand_written_result(item: pytest.Item, outcome: str, message: str | None,
         if item.path.is_relative_to(item.config.rootpath) else str(item.path),
         line=(item.reportinfo()[1] or 0) + 1, resolved_model=last.resolved_model if last else None,
         score=(1.0 if outcome == "passed" else 0.0) if outcome in ("passed", "failed") else None,
-        answer=last.text if last else None, latency_s=sum(latencies) if calls else None,
+        answer=last.text if last else None, latency_s=total_latency(calls),
         prompt_tokens=sum(c.prompt_tokens or 0 for c in calls) if calls else None,
         completion_tokens=sum(c.completion_tokens or 0 for c in calls) if calls else None,
         cost_usd=sum(costs) if costs else None, cached=all(c.cached for c in calls) if calls else None,
