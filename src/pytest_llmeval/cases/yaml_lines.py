@@ -140,6 +140,11 @@ def _construct(loader: Any, root: yaml.Node, duplicates: list[Duplicate]) -> Any
         # into the nodes, and merged keys may repeat explicit ones (which the merge-key type allows).
         duplicates += _repeated_keys(loader, root)
         return loader.construct_document(root)
+    finally:
+        # ``build`` refers to itself through its closure: a cycle, which only a garbage collection frees. Collection
+        # runs with the collector paused and freezes what is left (core/memory.py), so the cycle would keep ``seen``
+        # (an int per node, ~270 B a case) to the end of the session: emptied now, only the small cycle is left.
+        seen.clear()
     duplicates += [(_locate(root, mapping) + (key.value,), key.start_mark.line + 1, first.start_mark.line + 1)
                    for mapping, first, key in repeated]
     return data
