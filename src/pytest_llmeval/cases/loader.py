@@ -48,7 +48,7 @@ from pytest_llmeval.cases.schema import (
 )
 from pytest_llmeval.cases.targets import parse_target
 from pytest_llmeval.cases.tools import AGENT_FIELDS, SuiteTools, case_tools, suite_tools
-from pytest_llmeval.cases.yaml_lines import Duplicate, _line_lookup, _yaml_with_lines
+from pytest_llmeval.cases.yaml_lines import Duplicate, _line_lookup, _releaser, _yaml_with_lines
 from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
 from pytest_llmeval.core.targets import TargetRegistry, TargetSpec
 
@@ -353,6 +353,7 @@ class _Loader:
             out.errors.append(self.error(mark.line + 1 if mark else None, None, msg))
             return out
         line_of = _line_lookup(lines)
+        release = _releaser(lines)
         if not isinstance(data, dict):
             out.errors.append(self.error(1, None, "expected a mapping with suite settings and 'cases'"))
             return out
@@ -417,6 +418,8 @@ class _Loader:
         for raw, loc, case_line_of, path in raw_cases:
             built = self.build_case(raw, loc, suite, out.suite, suite.kind, suite_checks, case_line_of, seen,
                                     path, typed=path == self.path)
+            if loc:
+                release(loc)  # its nodes: every line it needs is known now
             if isinstance(built, list):
                 out.errors += built
             else:
