@@ -30,6 +30,7 @@ shared 2-core machine (2026-12-05, KiB per item at 5000 -> 20 000, ratio to bare
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -49,8 +50,33 @@ PY = sys.executable
 TIMEOUT = 1800.0
 
 PROBE = '''\
-"""Loaded with -p: writes this process's peak RSS (VmHWM, kB) at the very end of its pytest session."""
+"""Loaded with -p: writes this process's peak RSS (VmHWM, kB) at the very end of its pytest session, and the
+seconds its pytest_sessionfinish (aggregation, results.json) and pytest_terminal_summary (the summary) took."""
+import json
 import os
+import time
+
+import pytest
+
+SPENT = {"finish_s": 0.0, "summary_s": 0.0}
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session):
+    start = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        SPENT["finish_s"] += time.perf_counter() - start
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    start = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        SPENT["summary_s"] += time.perf_counter() - start
 
 
 def pytest_unconfigure(config):
@@ -61,10 +87,13 @@ def pytest_unconfigure(config):
     with open("/proc/self/status") as fh:
         hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
     with open(os.path.join(out, f"{role}.{os.getpid()}"), "w") as fh:
-        fh.write(str(hwm))
+        json.dump({"hwm": hwm, **SPENT}, fh)
 '''
 
 BEFORE = {"bare": (70.6, 152.0, 5.4), "cached": (146.0, 409.0, 17.5)}  # MB at 5k, MB at 20k, KB per item
+
+
+SPENT: dict[str, float] = {}  # the last run's main process: seconds in pytest_sessionfinish and the terminal summary
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str], probe_dir: Path) -> tuple[dict[str, int], int, str]:
@@ -89,9 +118,29 @@ def run(args: list[str], cwd: Path, env: dict[str, str], probe_dir: Path) -> tup
         out.seek(0)
         text = out.read().decode(errors="replace")
     peaks = {}
+    SPENT.clear()
     for path in probe_dir.iterdir():
-        peaks[path.name.split(".")[0]] = int(path.read_text())
+        found = json.loads(path.read_text())
+        peaks[path.name.split(".")[0]] = int(found["hwm"])
+        if path.name.startswith("main."):
+            SPENT.update(finish_s=found["finish_s"], summary_s=found["summary_s"])
     return peaks, usage.ru_maxrss, text
+
+
+def results_usable(project: Path, env: dict[str, str], probe_dir: Path) -> str:
+    """results.json's size, and what ``llmeval report`` (the HTML report) takes to read it: seconds, peak RSS."""
+    results = project / ".llmeval" / "results.json"
+    if not results.is_file():
+        return "no results.json"
+    report = project / "report.html"
+    start = time.perf_counter()
+    _, tree, text = run(["-c", "import sys; from pytest_llmeval.cli import main; sys.exit(main())", "report",
+                         str(results), "-o", str(report)], project, env, probe_dir)
+    wall = time.perf_counter() - start
+    made = f"{report.stat().st_size / 2**20:.1f} MiB" if report.is_file() else "NOT written: " + text[-300:]
+    return (f"results.json {results.stat().st_size / 2**20:.1f} MiB (sessionfinish {SPENT.get('finish_s', 0):.1f} s, "
+            f"terminal summary {SPENT.get('summary_s', 0):.1f} s); llmeval report: {wall:.1f} s, "
+            f"{tree / 1024:.0f} MiB peak, report.html {made}")
 
 
 def expect_passed(name: str, text: str, n: int) -> None:
@@ -110,6 +159,9 @@ def main() -> None:
     parser.add_argument("--workers", help="comma-separated -n values (default 0,2; quick 0)")
     parser.add_argument("--only", default="bare,cached,uncached", help="which kinds of run (default: all three)")
     parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per run (default 1800)")
+    parser.add_argument("--results", action="store_true",
+                        help="after each llmeval run: results.json's size, the seconds its writing and the summary took, "
+                             "and `llmeval report` on it (seconds, peak RSS)")
     opts = parser.parse_args()
     TIMEOUT = opts.timeout
     sizes = [int(s) for s in (opts.sizes or ("1000,4000" if opts.quick else "5000,20000")).split(",")]
@@ -172,6 +224,8 @@ def main() -> None:
                     shown = ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in sorted(peaks.items()))
                     print(f"  {kind:8} -n {w} {n:>7} cases: {shown} (tree ru_maxrss {tree / 1024:.1f} MiB, "
                           f"{wall:.1f} s)", flush=True)
+                    if kind != "bare" and opts.results:
+                        print(f"    {results_usable(project, env, probe_dir)}", flush=True)
     print("\npeak RSS per process (MiB) and the slope between the first two sizes (KiB per item); "
           "ratio = slope / bare's slope")
     head = "".join(f"{n:>10}" for n in sizes)
