@@ -133,13 +133,14 @@ def results_usable(project: Path, env: dict[str, str], probe_dir: Path) -> str:
     if not results.is_file():
         return "no results.json"
     report = project / "report.html"
+    spent = dict(SPENT)  # this run's: the report's run below replaces them
     start = time.perf_counter()
     _, tree, text = run(["-c", "import sys; from pytest_llmeval.cli import main; sys.exit(main())", "report",
                          str(results), "-o", str(report)], project, env, probe_dir)
     wall = time.perf_counter() - start
     made = f"{report.stat().st_size / 2**20:.1f} MiB" if report.is_file() else "NOT written: " + text[-300:]
-    return (f"results.json {results.stat().st_size / 2**20:.1f} MiB (sessionfinish {SPENT.get('finish_s', 0):.1f} s, "
-            f"terminal summary {SPENT.get('summary_s', 0):.1f} s); llmeval report: {wall:.1f} s, "
+    return (f"results.json {results.stat().st_size / 2**20:.1f} MiB (sessionfinish {spent.get('finish_s', 0):.2f} s, "
+            f"terminal summary {spent.get('summary_s', 0):.2f} s); llmeval report: {wall:.1f} s, "
             f"{tree / 1024:.0f} MiB peak, report.html {made}")
 
 
