@@ -1,8 +1,10 @@
 """Benchmark of issue 20 (part 1c): memory per case, against bare pytest's memory per item.
 
 Run with ``.venv/bin/python bench/bench_memory.py`` (sizes 5000 and 20000, ``-n 0`` and ``-n 2``), ``--quick``
-(1000 and 4000, ``-n 0`` only) or ``--sizes 5000,20000,100000`` (``--big`` adds 100 000).  Options: ``--sizes
-A,B[,C]``, ``--workers 0,2``, ``--only bare,cached,uncached``, ``--timeout S``.
+(1000 and 4000, ``-n 0`` only; ``--quick --workers 2``: the same with ``-n 2``) or ``--sizes 5000,20000,100000``
+(``--big`` adds 100 000).  Options: ``--sizes A,B[,C]``, ``--workers 0,2``, ``--only bare,cached,uncached``,
+``--timeout S``, ``--results`` (after each llmeval run: results.json's size, the seconds its sessionfinish and
+terminal summary took, ``llmeval report`` on it).
 
 Every run is a whole pytest session in a subprocess, in a temp dir of its own (as in bench_overhead.py):
 
@@ -24,7 +26,10 @@ Before issue 20 (the issue's figures, whole cached runs, one process): 5000 case
 shared 2-core machine (2026-12-05, KiB per item at 5000 -> 20 000, ratio to bare with the same -n and role), before
 -> after results were streamed to disk: cached -n 0 20.7 -> 10.2 (3.77x -> 1.86x); uncached -n 0 18.9 -> 9.7
 (3.44x -> 1.77x); -n 2 controller cached 24.4 -> 10.0 (3.52x -> 1.43x), uncached 25.2 -> 10.3 (3.64x -> 1.49x);
--n 2 worker cached 11.3 -> 8.5 (2.77x -> 2.04x), uncached 10.9 -> 8.1 (2.66x -> 1.94x).
+-n 2 worker cached 11.3 -> 8.5 (2.77x -> 2.04x), uncached 10.9 -> 8.1 (2.66x -> 1.94x). Then, with the YAML nodes
+released case by case, check parameters shared and a worker's sent reports slimmed (docs/benchmarks.md): cached -n 0
+9.1 (1.65x), uncached -n 0 8.6 (1.56x); -n 2 controller cached 9.9 (1.43x), uncached 10.4 (1.51x); -n 2 worker
+cached 6.6 (1.60x), uncached 6.2 (1.49x).
 """
 
 from __future__ import annotations
