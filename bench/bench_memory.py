@@ -1,8 +1,10 @@
 """Benchmark of issue 20 (part 1c): memory per case, against bare pytest's memory per item.
 
 Run with ``.venv/bin/python bench/bench_memory.py`` (sizes 5000 and 20000, ``-n 0`` and ``-n 2``), ``--quick``
-(1000 and 4000, ``-n 0`` only) or ``--sizes 5000,20000,100000`` (``--big`` adds 100 000).  Options: ``--sizes
-A,B[,C]``, ``--workers 0,2``, ``--only bare,cached,uncached``, ``--timeout S``.
+(1000 and 4000, ``-n 0`` only; ``--quick --workers 2``: the same with ``-n 2``) or ``--sizes 5000,20000,100000``
+(``--big`` adds 100 000).  Options: ``--sizes A,B[,C]``, ``--workers 0,2``, ``--only bare,cached,uncached``,
+``--timeout S``, ``--results`` (after each llmeval run: results.json's size, the seconds its sessionfinish and
+terminal summary took, ``llmeval report`` on it).
 
 Every run is a whole pytest session in a subprocess, in a temp dir of its own (as in bench_overhead.py):
 
@@ -24,12 +26,16 @@ Before issue 20 (the issue's figures, whole cached runs, one process): 5000 case
 shared 2-core machine (2026-12-05, KiB per item at 5000 -> 20 000, ratio to bare with the same -n and role), before
 -> after results were streamed to disk: cached -n 0 20.7 -> 10.2 (3.77x -> 1.86x); uncached -n 0 18.9 -> 9.7
 (3.44x -> 1.77x); -n 2 controller cached 24.4 -> 10.0 (3.52x -> 1.43x), uncached 25.2 -> 10.3 (3.64x -> 1.49x);
--n 2 worker cached 11.3 -> 8.5 (2.77x -> 2.04x), uncached 10.9 -> 8.1 (2.66x -> 1.94x).
+-n 2 worker cached 11.3 -> 8.5 (2.77x -> 2.04x), uncached 10.9 -> 8.1 (2.66x -> 1.94x). Then, with the YAML nodes
+released case by case, check parameters shared and a worker's sent reports slimmed (docs/benchmarks.md): cached -n 0
+9.1 (1.65x), uncached -n 0 8.6 (1.56x); -n 2 controller cached 9.9 (1.43x), uncached 10.4 (1.51x); -n 2 worker
+cached 6.6 (1.60x), uncached 6.2 (1.49x).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -49,8 +55,33 @@ PY = sys.executable
 TIMEOUT = 1800.0
 
 PROBE = '''\
-"""Loaded with -p: writes this process's peak RSS (VmHWM, kB) at the very end of its pytest session."""
+"""Loaded with -p: writes this process's peak RSS (VmHWM, kB) at the very end of its pytest session, and the
+seconds its pytest_sessionfinish (aggregation, results.json) and pytest_terminal_summary (the summary) took."""
+import json
 import os
+import time
+
+import pytest
+
+SPENT = {"finish_s": 0.0, "summary_s": 0.0}
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session):
+    start = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        SPENT["finish_s"] += time.perf_counter() - start
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    start = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        SPENT["summary_s"] += time.perf_counter() - start
 
 
 def pytest_unconfigure(config):
@@ -61,10 +92,13 @@ def pytest_unconfigure(config):
     with open("/proc/self/status") as fh:
         hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
     with open(os.path.join(out, f"{role}.{os.getpid()}"), "w") as fh:
-        fh.write(str(hwm))
+        json.dump({"hwm": hwm, **SPENT}, fh)
 '''
 
 BEFORE = {"bare": (70.6, 152.0, 5.4), "cached": (146.0, 409.0, 17.5)}  # MB at 5k, MB at 20k, KB per item
+
+
+SPENT: dict[str, float] = {}  # the last run's main process: seconds in pytest_sessionfinish and the terminal summary
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str], probe_dir: Path) -> tuple[dict[str, int], int, str]:
@@ -89,9 +123,30 @@ def run(args: list[str], cwd: Path, env: dict[str, str], probe_dir: Path) -> tup
         out.seek(0)
         text = out.read().decode(errors="replace")
     peaks = {}
+    SPENT.clear()
     for path in probe_dir.iterdir():
-        peaks[path.name.split(".")[0]] = int(path.read_text())
+        found = json.loads(path.read_text())
+        peaks[path.name.split(".")[0]] = int(found["hwm"])
+        if path.name.startswith("main."):
+            SPENT.update(finish_s=found["finish_s"], summary_s=found["summary_s"])
     return peaks, usage.ru_maxrss, text
+
+
+def results_usable(project: Path, env: dict[str, str], probe_dir: Path) -> str:
+    """results.json's size, and what ``llmeval report`` (the HTML report) takes to read it: seconds, peak RSS."""
+    results = project / ".llmeval" / "results.json"
+    if not results.is_file():
+        return "no results.json"
+    report = project / "report.html"
+    spent = dict(SPENT)  # this run's: the report's run below replaces them
+    start = time.perf_counter()
+    _, tree, text = run(["-c", "import sys; from pytest_llmeval.cli import main; sys.exit(main())", "report",
+                         str(results), "-o", str(report)], project, env, probe_dir)
+    wall = time.perf_counter() - start
+    made = f"{report.stat().st_size / 2**20:.1f} MiB" if report.is_file() else "NOT written: " + text[-300:]
+    return (f"results.json {results.stat().st_size / 2**20:.1f} MiB (sessionfinish {spent.get('finish_s', 0):.2f} s, "
+            f"terminal summary {spent.get('summary_s', 0):.2f} s); llmeval report: {wall:.1f} s, "
+            f"{tree / 1024:.0f} MiB peak, report.html {made}")
 
 
 def expect_passed(name: str, text: str, n: int) -> None:
@@ -110,6 +165,9 @@ def main() -> None:
     parser.add_argument("--workers", help="comma-separated -n values (default 0,2; quick 0)")
     parser.add_argument("--only", default="bare,cached,uncached", help="which kinds of run (default: all three)")
     parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per run (default 1800)")
+    parser.add_argument("--results", action="store_true",
+                        help="after each llmeval run: results.json's size, the seconds its writing and the summary took, "
+                             "and `llmeval report` on it (seconds, peak RSS)")
     opts = parser.parse_args()
     TIMEOUT = opts.timeout
     sizes = [int(s) for s in (opts.sizes or ("1000,4000" if opts.quick else "5000,20000")).split(",")]
@@ -172,6 +230,8 @@ def main() -> None:
                     shown = ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in sorted(peaks.items()))
                     print(f"  {kind:8} -n {w} {n:>7} cases: {shown} (tree ru_maxrss {tree / 1024:.1f} MiB, "
                           f"{wall:.1f} s)", flush=True)
+                    if kind != "bare" and opts.results:
+                        print(f"    {results_usable(project, env, probe_dir)}", flush=True)
     print("\npeak RSS per process (MiB) and the slope between the first two sizes (KiB per item); "
           "ratio = slope / bare's slope")
     head = "".join(f"{n:>10}" for n in sizes)

@@ -48,7 +48,7 @@ from pytest_llmeval.cases.schema import (
 )
 from pytest_llmeval.cases.targets import parse_target
 from pytest_llmeval.cases.tools import AGENT_FIELDS, SuiteTools, case_tools, suite_tools
-from pytest_llmeval.cases.yaml_lines import Duplicate, _line_lookup, _yaml_with_lines
+from pytest_llmeval.cases.yaml_lines import Duplicate, _line_lookup, _releaser, _yaml_with_lines
 from pytest_llmeval.core.checks import CheckRegistry, CheckSpec
 from pytest_llmeval.core.targets import TargetRegistry, TargetSpec
 
@@ -147,6 +147,8 @@ class _Loader:
         self.app_default = app_default  # --llm-target names an application: its references make sources meaningful
         # Problems found before validation (keys repeated in a case), by the case's location: (line, loc, message).
         self.case_problems: dict[Loc, list[tuple[int | None, Loc, str]]] = {}
+        # The checks validated so far, by what was written (see _check_key): their parameters are shared.
+        self.checks_seen: dict[tuple[Any, ...], CheckSpec] = {}
 
     @property
     def app_target(self) -> bool:
@@ -157,6 +159,20 @@ class _Loader:
               path: Path | None = None) -> CaseError:
         shown = format_loc(loc) if isinstance(loc, tuple) else loc
         return CaseError(path or self.path, line, shown or None, message, case_id)
+
+    def parse_check(self, entry: Any, loc: Loc, kind: str, line_of: Callable[[Loc], int | None], base: Path
+                    ) -> tuple[CheckSpec | None, list[tuple[Loc, str]]]:
+        """schema.parse_check, with the parameters of a check written the same way before in this file shared: the
+        cases of a suite mostly repeat their checks, and a validated parameters model is ~350 B that every case would
+        otherwise keep to the end of the run. Only a valid check is remembered; its line is always this entry's."""
+        key = _check_key(entry, kind, base)
+        seen = self.checks_seen.get(key) if key is not None else None
+        if seen is not None:
+            return CheckSpec(seen.name, seen.params, line_of(loc), seen.definition), []
+        spec, errs = parse_check(entry, loc, kind, self.registry, line_of, base)
+        if key is not None and spec is not None and not errs:
+            self.checks_seen[key] = spec
+        return spec, errs
 
     def build_case(self, raw: Any, loc: Loc, suite: SuiteModel, suite_name: str, kind: str,
                    suite_checks: list[CheckSpec], line_of: Callable[[Loc], int | None],
@@ -191,7 +207,7 @@ class _Loader:
 
         checks = list(suite_checks)
         for j, entry in enumerate(raw.get("expect") or []):
-            spec, errs = parse_check(entry, loc + ("expect", j), kind, self.registry, line_of, path.parent)
+            spec, errs = self.parse_check(entry, loc + ("expect", j), kind, line_of, path.parent)
             problems += errs
             if spec:
                 checks.append(spec)
@@ -300,7 +316,8 @@ class _Loader:
         return CaseSpec(
             suite=suite_name, kind=kind, id=model.id, path=path, line=line,
             system=model.system if model.system is not None else suite.system,
-            prompt=prompt, params={**suite.params, **model.params},
+            # The suite's params, shared, when the case has none of its own (never modified: ~200 B a case).
+            prompt=prompt, params={**suite.params, **model.params} if model.params else suite.params,
             tags=tuple(dict.fromkeys([*suite.tags, *model.tags])), checks=checks,
             fields={k: v for k, v in dumped.items()
                     if k not in ("expect", "limits", "retrieve", "split", "robustness", "turns", "tools", "returns",
@@ -336,6 +353,7 @@ class _Loader:
             out.errors.append(self.error(mark.line + 1 if mark else None, None, msg))
             return out
         line_of = _line_lookup(lines)
+        release = _releaser(lines)
         if not isinstance(data, dict):
             out.errors.append(self.error(1, None, "expected a mapping with suite settings and 'cases'"))
             return out
@@ -400,6 +418,8 @@ class _Loader:
         for raw, loc, case_line_of, path in raw_cases:
             built = self.build_case(raw, loc, suite, out.suite, suite.kind, suite_checks, case_line_of, seen,
                                     path, typed=path == self.path)
+            if loc:
+                release(loc)  # its nodes: every line it needs is known now
             if isinstance(built, list):
                 out.errors += built
             else:
@@ -466,6 +486,24 @@ class _Loader:
             else:
                 out.cases.append(built)
         return out
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_key(entry: Any, kind: str, base: Path) -> tuple[Any, ...] | None:
+    """What a check entry is, as a key (None: not a one-key mapping of scalars, or of a mapping of scalars). The
+    types are part of it: ``1``, ``1.0`` and ``true`` are equal keys but may validate differently."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        return None
+    name, value = next(iter(entry.items()))
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) and isinstance(v, _SCALARS) for k, v in value.items()):
+            return None
+        return kind, base, name, dict, tuple((k, type(v), v) for k, v in value.items())
+    if isinstance(value, _SCALARS):
+        return kind, base, name, type(value), value
+    return None
 
 
 class _RepeatedKey(Exception):

@@ -63,6 +63,26 @@ class _Lines:
         """The line of ``loc``, else of its longest prefix that is in the document."""
         return self._find(loc)[0]
 
+    def release(self, loc: Loc) -> None:
+        """Let the nodes of the sequence item ``loc`` go (a case, once it is built): its own line is still found,
+        the locations below it are then at its line. A document's nodes, with their marks, are ~4 KiB a case, all
+        alive at once beside the cases being built: released case by case, loading peaks near the nodes alone."""
+        parent, _, found = self._walk(loc[:-1])
+        index = loc[-1] if loc else None
+        if not found or not isinstance(parent, yaml.SequenceNode) or not isinstance(index, int) \
+                or not 0 <= index < len(parent.value):
+            return
+        node = parent.value[index]
+        below: list[Any] = []
+        if isinstance(node, yaml.MappingNode):
+            below = [k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark) for k, _ in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            below = list(range(len(node.value)))
+        for part in below:
+            self._known.pop(loc + (part,), None)
+        self._known.pop(loc, None)
+        parent.value[index] = yaml.ScalarNode(_STR_TAG, "", node.start_mark, node.start_mark)
+
 
 class DuplicateKeyError(yaml.constructor.ConstructorError, CaseDataError):
     """A key written twice in one mapping (YAML 1.2 requires unique keys; PyYAML would keep the last silently)."""
@@ -140,6 +160,11 @@ def _construct(loader: Any, root: yaml.Node, duplicates: list[Duplicate]) -> Any
         # into the nodes, and merged keys may repeat explicit ones (which the merge-key type allows).
         duplicates += _repeated_keys(loader, root)
         return loader.construct_document(root)
+    finally:
+        # ``build`` refers to itself through its closure: a cycle, which only a garbage collection frees. Collection
+        # runs with the collector paused and freezes what is left (core/memory.py), so the cycle would keep ``seen``
+        # (an int per node, ~270 B a case) to the end of the session: emptied now, only the small cycle is left.
+        seen.clear()
     duplicates += [(_locate(root, mapping) + (key.value,), key.start_mark.line + 1, first.start_mark.line + 1)
                    for mapping, first, key in repeated]
     return data
@@ -198,6 +223,11 @@ def _repeated_keys(loader: Any, root: yaml.Node) -> list[Duplicate]:
 
     walk(root, ())
     return found
+
+
+def _releaser(lines: _Lines | dict[Loc, int]) -> Callable[[Loc], None]:
+    """``lines.release`` (nothing to release for a dict of lines)."""
+    return lines.release if isinstance(lines, _Lines) else lambda _loc: None
 
 
 def _line_lookup(lines: _Lines | dict[Loc, int]) -> Callable[[Loc], int | None]:

@@ -182,9 +182,9 @@ class CaseItem(AgentCalls, ConversationCalls, pytest.Item):
         # baseline never mix with the fast stage's.
         self.suite = f"{case.suite}:{stage}" if stage in ("judged", "robust") else case.suite
         # The fast and the robustness stages grade slow checks by their fast form (a vision check by its pixel
-        # pre-checks only: no vision model).
-        self.checks = [self._fast(c) if stage in ("runs", "robust") and c.definition and c.definition.fast else c
-                       for c in case.checks]
+        # pre-checks only: no vision model); the other stages, the case's own list (shared: never modified).
+        self.checks = case.checks if stage not in ("runs", "robust") else \
+            [self._fast(c) if c.definition and c.definition.fast else c for c in case.checks]
         self.completion: Completion | None = None
         self.completions: list[Completion] = []
         self.failed_retries = 0  # retries of a model call that failed in the end (the case is an error)

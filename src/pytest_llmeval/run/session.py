@@ -41,6 +41,17 @@ def release(item: CaseItem) -> None:
     item.retrieved = []
     item.judge_env = None
     item.robustness = None
+    # Its properties were copied into its teardown report (junitxml reads them there): the item's own list is dead.
+    if item.user_properties:
+        item.user_properties[:] = [p for p in item.user_properties if not str(p[0]).startswith("llmeval_")]
+
+
+def slim_sent(report: pytest.TestReport) -> None:
+    """In an xdist worker, empty what a case item's report holds for other plugins once every plugin of the worker
+    has seen it: the report has gone to the controller, and the worker's terminal keeps it only to count it. Its
+    keywords (the item's, one dict per report) and user properties were ~0.5 KiB of each case's memory there."""
+    report.keywords.clear()  # type: ignore[attr-defined]  # a dict made for this report (TestReport.from_item_and_call)
+    report.user_properties.clear()
 
 
 class ResultsPlugin:
@@ -169,6 +180,8 @@ class ResultsPlugin:
                 # only the outcome of the case (pytest_report_teststatus), not the whole case, once per case.
                 outcome = data.get("outcome")
                 report.__dict__["llmeval"] = _SLIM.get(outcome) or {"outcome": outcome}
+            if self.state.is_worker and "llmeval" in report.keywords:  # a case item's (the marker's keyword)
+                slim_sent(report)
 
     # Under xdist a report crosses to the controller through execnet's serializer, in pure Python: a case's dict of
     # ~50 fields costs ~50 us to dump in the worker and ~55 us to load in the controller, where every report of the
