@@ -1,7 +1,7 @@
 """The pytest process that draws the gate's redraws (a plugin loaded with ``-p``, only there).
 
-The controller of a run (plain or xdist) starts ``python -m pytest <the run's arguments> -p no:xdist -p
-pytest_llmeval.run.redraw_child`` with ``LLMEVAL_REDRAW`` naming a JSON request: the node ids to run, the first
+The controller of a run (plain or xdist) starts ``python -m pytest <the run's arguments> -n0 -p
+pytest_llmeval.run.redraw_child`` (run/child.py) with ``LLMEVAL_REDRAW`` naming a JSON request: the node ids to run, the first
 cache slot of the new draws and the file to write them to. Every other item is deselected; each kept item draws its
 answers from the given slot on (new cache slots, real samples, never the semantic cache), is graded as usual, and
 its draws (pass or fail each, calls, tokens, cost) go to the output file. This process aggregates, gates and
