@@ -146,6 +146,41 @@ cases:
       - not_contains: Atlantic
 """
 
+#: GEO's three questions with the answers the scripted servers give (capital-jp's is wrong: 2 passed, 1 failed).
+GEO_ANSWERS = (("capital of France", "The capital of France is Paris."),
+               ("capital of Japan", "The capital of Japan is Kyoto."),
+               ("largest ocean", "The Pacific Ocean."))
+
+#: One case graded by a judge (the batch tests' second round).
+JUDGED = """\
+suite: support
+kind: qna
+params: {temperature: 0}
+cases:
+  - id: capital
+    question: What is the capital of France?
+    reference: Paris is the capital of France.
+    expect:
+      - judge: {rubric: correctness, min: 7}
+"""
+
+
+def poll_batch(client: Any, batch_id: str) -> list[str]:
+    """The statuses a batch client retrieves for ``batch_id`` until it is done (at most 10 polls)."""
+    statuses = []
+    for _ in range(10):
+        info = client.retrieve(batch_id)
+        statuses.append(info.status)
+        if info.done:
+            break
+    return statuses
+
+
+def batch_store(project: Project) -> dict:
+    """.llmeval/batches.json of a project (--llm-batch's saved batches)."""
+    return json.loads((project.pytester.path / ".llmeval" / "batches.json").read_text())
+
+
 SIQA = """\
 suite: social
 kind: choice

@@ -5,7 +5,6 @@ Anthropic judge batched in a second round. The API key never reaches .llmeval/, 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,23 +16,13 @@ from pathlib import Path
 import pytest
 from helpers.anthropic_batch_server import AnthropicBatchServer
 
-from conftest import API_KEY, GEO, Project
+from conftest import API_KEY, GEO, GEO_ANSWERS, JUDGED, Project
+from conftest import batch_store as store
 
 ANTHROPIC_KEY = "sk-ant-test"
 MODEL = "anthropic/test-model"
 BATCH = ("--llm-batch", "--llm-batch-poll=0.05")
 JUDGE = "anthropic/judge-model"
-JUDGED = """\
-suite: support
-kind: qna
-params: {temperature: 0}
-cases:
-  - id: capital
-    question: What is the capital of France?
-    reference: Paris is the capital of France.
-    expect:
-      - judge: {rubric: correctness, min: 7}
-"""
 
 
 @pytest.fixture
@@ -45,9 +34,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicBatchServer]:
         monkeypatch.delenv(name, raising=False)
     with AnthropicBatchServer() as s:
         for model in (MODEL, "openai/test-model"):
-            s.answer("capital of France", "The capital of France is Paris.", model=model)
-            s.answer("capital of Japan", "The capital of Japan is Kyoto.", model=model)
-            s.answer("largest ocean", "The Pacific Ocean.", model=model)
+            for question, answer in GEO_ANSWERS:
+                s.answer(question, answer, model=model)
         yield s
 
 
@@ -61,9 +49,6 @@ def aproject(pytester: pytest.Pytester, server: AnthropicBatchServer) -> Project
 def run(project: Project, *extra: str) -> pytest.RunResult:
     return project.run(*extra, model=MODEL)
 
-
-def store(project: Project) -> dict:
-    return json.loads((project.pytester.path / ".llmeval" / "batches.json").read_text())
 
 
 def assert_no_key(project: Project, *results: pytest.RunResult) -> None:

@@ -3,7 +3,6 @@ real HTTP through litellm), with and without -n 2; a run killed while polling; a
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,22 +14,12 @@ from pathlib import Path
 import pytest
 from helpers.batch_server import BatchServer
 
-from conftest import API_KEY, GEO, Project
+from conftest import API_KEY, GEO, GEO_ANSWERS, JUDGED, Project
 from conftest import SUPPORT_CONVERSATION as CONVERSATION
+from conftest import batch_store as store
 
 BATCH = ("--llm-batch", "--llm-batch-poll=0.05")
 JUDGE = "openai/judge-model"
-JUDGED = """\
-suite: support
-kind: qna
-params: {temperature: 0}
-cases:
-  - id: capital
-    question: What is the capital of France?
-    reference: Paris is the capital of France.
-    expect:
-      - judge: {rubric: correctness, min: 7}
-"""
 
 
 @pytest.fixture
@@ -39,9 +28,8 @@ def batch_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchServer]:
     for name in ("LLMEVAL_MODELS", "LLMEVAL_CACHE", "LLMEVAL_RESULTS", "LLMEVAL_API_BASE", "LLMEVAL_BATCH"):
         monkeypatch.delenv(name, raising=False)
     with BatchServer() as server:
-        server.answer("capital of France", "The capital of France is Paris.", model="openai/test-model")
-        server.answer("capital of Japan", "The capital of Japan is Kyoto.", model="openai/test-model")
-        server.answer("largest ocean", "The Pacific Ocean.", model="openai/test-model")
+        for question, answer in GEO_ANSWERS:
+            server.answer(question, answer, model="openai/test-model")
         yield server
 
 
@@ -51,9 +39,6 @@ def bproject(pytester: pytest.Pytester, batch_server: BatchServer) -> Project:
     project.write("cases/geo.yaml", GEO)
     return project
 
-
-def store(project: Project) -> dict:
-    return json.loads((project.pytester.path / ".llmeval" / "batches.json").read_text())
 
 
 @pytest.mark.parametrize("xdist", [False, True], ids=["n0", "n2"])

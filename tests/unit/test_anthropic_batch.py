@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from helpers.anthropic_batch_server import AnthropicBatchServer
 
+from conftest import poll_batch as ended
 from pytest_llmeval.config.settings import Settings
 from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.providers.anthropic_batch import AnthropicBatchClient, anthropic_params, anthropic_request, openai_line
@@ -45,15 +46,6 @@ def body(prompt: str, system: str | None = None, **params: Any) -> dict[str, Any
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return {"model": "test-model", "messages": messages, **params}
 
-
-def ended(client: AnthropicBatchClient, batch_id: str) -> list[str]:
-    statuses = []
-    for _ in range(10):
-        info = client.retrieve(batch_id)
-        statuses.append(info.status)
-        if info.done:
-            break
-    return statuses
 
 
 @pytest.mark.parametrize("params", [

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.batch_server import BatchServer
 
+from conftest import poll_batch as poll
 from pytest_llmeval.config.settings import Settings
 from pytest_llmeval.core.errors import InfrastructureError
 from pytest_llmeval.providers.batch import DEFERRED, BatchClient, BatchHook, batch_route, completion_of, line_error
@@ -34,15 +35,6 @@ def line(custom_id: str, prompt: str, **params: object) -> dict:
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": "test-model", "messages": [{"role": "user", "content": prompt}], **params}}
 
-
-def poll(client: BatchClient, batch_id: str) -> list[str]:
-    statuses = []
-    for _ in range(10):
-        info = client.retrieve(batch_id)
-        statuses.append(info.status)
-        if info.done:
-            break
-    return statuses
 
 
 def test_upload_create_poll_and_read_the_output(server: BatchServer) -> None:
