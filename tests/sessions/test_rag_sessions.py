@@ -136,22 +136,27 @@ def test_rag_fixture_for_hand_written_tests(pytester: pytest.Pytester) -> None:
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
-def test_cli_index_build_info_search(tmp_path: Path) -> None:
+def test_cli_index_build_info_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The first build through the installed entry point (a process of its own), the rest through the same main()
+    in this process (the embedding model loads once)."""
+    from pytest_llmeval.cli.main import main
+
     docs = write_docs(tmp_path / "docs")
-    llmeval = [sys.executable, "-m", "pytest_llmeval.cli.main"]
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*llmeval, "index", *args, str(docs), "--dir", str(tmp_path / "idx")],
-                              capture_output=True, text=True, timeout=300)
-
-    built = run("build")
+    where = ["--dir", str(tmp_path / "idx")]
+    built = subprocess.run([sys.executable, "-m", "pytest_llmeval.cli.main", "index", "build", str(docs), *where],
+                           capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     assert "rebuilt docs-" in built.stdout and "3 files (3 changed, 0 removed)" in built.stdout
-    assert "0 embedded" in run("build").stdout
-    info = json.loads(run("info").stdout)
+
+    def run(*args: str) -> str:
+        assert main(["index", *args]) == 0
+        return capsys.readouterr().out
+
+    assert "0 embedded" in run("build", str(docs), *where)
+    info = json.loads(run("info", str(docs), *where))
     assert info["exists"] and info["files"] == 3 and info["chunks"] > 0
-    search = subprocess.run([*llmeval, "index", "search", str(docs), "radius of a sphere", "-k", "1", "--dir",
-                             str(tmp_path / "idx")], capture_output=True, text=True, timeout=300)
-    assert search.stdout.startswith("[1] ") and "sphere.md" in search.stdout
-    missing = subprocess.run([*llmeval, "index", "build", str(tmp_path / "nope")], capture_output=True, text=True)
-    assert missing.returncode == 2 and "docs folder not found" in missing.stderr
+    search = run("search", str(docs), "radius of a sphere", "-k", "1", *where)
+    assert search.startswith("[1] ") and "sphere.md" in search
+    with pytest.raises(SystemExit) as exited:
+        main(["index", "build", str(tmp_path / "nope")])
+    assert exited.value.code == 2 and "docs folder not found" in capsys.readouterr().err

@@ -231,15 +231,16 @@ def script_auto(project: Project) -> None:
     s.answer("ocean", "The Atlantic.")
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["n0", "n2"])
-@pytest.mark.parametrize(("policy", "draws", "outcomes"), [
-    # majority of 5: 3 agreeing draws settle a steady case; the alternating one needs all 5 (3 pass of 5)
-    ("majority", {"steady": 3, "wobbly": 5, "wrong": 3}, {"steady": "passed", "wobbly": "passed", "wrong": "failed"}),
+@pytest.mark.parametrize(("policy", "draws", "outcomes", "workers"), [
+    # majority of 5: 3 agreeing draws settle a steady case; the alternating one needs all 5 (3 pass of 5); under
+    # xdist, each worker settles its own cases
+    ("majority", {"steady": 3, "wobbly": 5, "wrong": 3}, {"steady": "passed", "wobbly": "passed", "wrong": "failed"},
+     ["-n", "2"]),
     # all: a passing case needs its 5 draws; the first failure settles the others
-    ("all", {"steady": 5, "wobbly": 2, "wrong": 1}, {"steady": "passed", "wobbly": "failed", "wrong": "failed"}),
+    ("all", {"steady": 5, "wobbly": 2, "wrong": 1}, {"steady": "passed", "wobbly": "failed", "wrong": "failed"}, []),
     # any: the first pass settles it; a case that never passes spends all 5
-    ("any", {"steady": 1, "wobbly": 1, "wrong": 5}, {"steady": "passed", "wobbly": "passed", "wrong": "failed"}),
-])
+    ("any", {"steady": 1, "wobbly": 1, "wrong": 5}, {"steady": "passed", "wobbly": "passed", "wrong": "failed"}, []),
+], ids=["majority-n2", "all-n0", "any-n0"])
 def test_repeat_auto_draws_until_the_outcome_is_settled(project: Project, workers: list[str], policy: str,
                                                         draws: dict[str, int], outcomes: dict[str, str]) -> None:
     project.write("cases/auto.yaml", AUTO.format(policy=policy))

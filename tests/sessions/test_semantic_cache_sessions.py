@@ -99,17 +99,16 @@ BERLIN = SUITE.replace("What is the capital of France?", "What year did the Berl
 VERIFY = ("--llm-cache=semantic", "--llm-semantic-verify=judge", "--llm-judge=openai/judge")
 
 
-@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
-def test_the_judge_verifies_a_semantic_hit(project: Project, xdist: bool) -> None:
-    workers = ("-n", "2") if xdist else ()
+def test_the_judge_verifies_a_semantic_hit(project: Project) -> None:
     project.write("cases/faq.yaml", BERLIN)
     project.server.answer("Berlin Wall", "In 1989.", model="test-model")
     project.server.answer("You check a response cache", "yes", model="judge")
-    project.run(*VERIFY, *workers).assert_outcomes(passed=1)
-    # A paraphrase the guard alone refuses ("word replaced: come vs fall"); the judge says it is the same request.
+    project.run(*VERIFY).assert_outcomes(passed=1)
+    # A paraphrase the guard alone refuses ("word replaced: come vs fall"); the judge says it is the same request,
+    # on an xdist worker (its verdict and counts reach the controller's results).
     project.write("cases/faq.yaml", BERLIN.replace("What year did the Berlin Wall fall?",
                                                    "In which year did the Berlin Wall come down?"))
-    project.run(*VERIFY, *workers).assert_outcomes(passed=1)
+    project.run(*VERIFY, "-n", "2").assert_outcomes(passed=1)
     models = [r["model"] for r in project.server.requests]
     assert models == ["test-model", "judge"]  # served from the cache after one verdict
     doc = project.results()
@@ -119,7 +118,7 @@ def test_the_judge_verifies_a_semantic_hit(project: Project, xdist: bool) -> Non
     assert verify["verified"] == 1 and verify["served"] == 1 and verify["judge_calls"] == 1
     assert verify["prompt_tokens"] > 0
     # The rerun takes the answer from the exact cache: no lookup, no verdict, no call.
-    project.run(*VERIFY, *workers).assert_outcomes(passed=1)
+    project.run(*VERIFY).assert_outcomes(passed=1)
     assert len(project.server.requests) == 2
 
 
