@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,6 +178,29 @@ def poll_batch(client: Any, batch_id: str) -> list[str]:
         if info.done:
             break
     return statuses
+
+
+def plugin_env() -> dict[str, str]:
+    """The environment of a pytest process a test starts itself: this checkout's src first on the path."""
+    src = str(Path(__file__).parents[1] / "src")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+
+
+def kill_while_polling(project: Project, *args: str, model: str = "openai/test-model") -> None:
+    """Start ``pytest *args`` (a process group of its own), wait until it polls its batch (the server saw a
+    retrieve) and kill it with SIGKILL, the whole group."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *project.args(*args, model=model)],
+                            cwd=project.pytester.path, env=plugin_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    server: Any = project.server
+    try:
+        deadline = time.monotonic() + 120
+        while not server.retrieves and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.retrieves and proc.poll() is None  # it is polling its batch
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def batch_store(project: Project) -> dict:

@@ -5,18 +5,12 @@ Anthropic judge batched in a second round. The API key never reaches .llmeval/, 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from helpers.anthropic_batch_server import AnthropicBatchServer
 
-from conftest import API_KEY, GEO, GEO_ANSWERS, JUDGED, Project
+from conftest import API_KEY, GEO, GEO_ANSWERS, JUDGED, Project, kill_while_polling
 from conftest import batch_store as store
 
 ANTHROPIC_KEY = "sk-ant-test"
@@ -146,19 +140,7 @@ def test_a_killed_poller_resumes_with_the_same_batch(aproject: Project) -> None:
     server = aproject.server
     assert isinstance(server, AnthropicBatchServer)
     server.polls_to_complete = 10**9  # the batch stays in_progress
-    path = aproject.pytester.path
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2] / "src"),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *aproject.args(*BATCH, model=MODEL)], cwd=path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not server.retrieves and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert server.retrieves and proc.poll() is None  # it is polling its batch
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_while_polling(aproject, *BATCH, model=MODEL)
     saved = store(aproject)["batches"]
     assert len(saved) == 1 and not saved[0].get("collected")  # its status: whatever it saw before the kill
     assert saved[0]["id"].startswith("msgbatch_")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers.batch_server import BatchServer
 
-from conftest import API_KEY, GEO, GEO_ANSWERS, JUDGED, Project
+from conftest import API_KEY, GEO, GEO_ANSWERS, JUDGED, Project, kill_while_polling, plugin_env
 from conftest import SUPPORT_CONVERSATION as CONVERSATION
 from conftest import batch_store as store
 
@@ -165,19 +165,7 @@ def test_a_timed_out_run_errors_and_the_next_run_resumes_polling(bproject: Proje
 def test_a_run_killed_while_polling_resumes_with_the_same_batch(bproject: Project) -> None:
     server = bproject.server
     server.polls_to_complete = 10**9
-    path = bproject.pytester.path
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2] / "src"),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *bproject.args(*BATCH)], cwd=path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not server.retrieves and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert server.retrieves and proc.poll() is None  # it is polling its batch
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_while_polling(bproject, *BATCH)
     saved = store(bproject)["batches"]
     assert len(saved) == 1 and not saved[0].get("collected")
     server.polls_to_complete = 1
@@ -306,11 +294,9 @@ def test_a_batched_answer_has_no_latency_and_stays_out_of_the_statistics(bprojec
 
 
 def _start(bproject: Project, out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2] / "src"),
-                                                                     os.environ.get("PYTHONPATH")]))}
     with open(out, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "pytest", *bproject.args(*BATCH, *extra)],
-                                cwd=bproject.pytester.path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=bproject.pytester.path, env=plugin_env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
