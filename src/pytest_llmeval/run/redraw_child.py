@@ -1,10 +1,10 @@
 """The pytest process that draws the gate's redraws (a plugin loaded with ``-p``, only there).
 
 The controller of a run (plain or xdist) starts ``python -m pytest <the run's arguments> -n0 -p
-pytest_llmeval.run.redraw_child`` (run/child.py) with ``LLMEVAL_REDRAW`` naming a JSON request: the node ids to run, the first
-cache slot of the new draws and the file to write them to. Every other item is deselected; each kept item draws its
-answers from the given slot on (new cache slots, real samples, never the semantic cache), is graded as usual, and
-its draws (pass or fail each, calls, tokens, cost) go to the output file. This process aggregates, gates and
+pytest_llmeval.run.redraw_child`` (run/child.py) with ``LLMEVAL_REDRAW`` naming a JSON request: the node ids to
+run, the first cache slot of the new draws and the file to write them to. Every other item is deselected; each kept
+item draws its answers from the given slot on (new cache slots, real samples, never the semantic cache), is graded
+as usual, and its draws (pass or fail each, calls, tokens, cost) go to the output file. This process aggregates, gates and
 reports nothing: results, baseline, HTML and step summary stay the run's own.
 
 Every call of a draw takes its slot: a plain model case's answer, each step of an agent's trajectory
